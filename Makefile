@@ -1,0 +1,48 @@
+# Two commands do everything: `make demo` and `make test` (README).
+PY      ?= python3
+VENV    := .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed
+SUDO    := $(shell [ "$$(id -u)" = "0" ] || echo sudo)
+
+.PHONY: demo test lint bench deps system-deps testdata clean
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip "setuptools<81" wheel
+
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e '.[test]'
+	# face_recognition's metadata demands a dlib source build; dlib-bin already provides dlib.
+	$(BIN)/pip install -q --no-deps 'face_recognition>=1.3,<2'
+	touch $(STAMP)
+
+deps: $(STAMP)
+
+# Mosquitto (tests start their own on a free port) and Chromium (browser tests), from Debian.
+system-deps:
+	@command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || \
+	  { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q mosquitto mosquitto-clients; }
+	@command -v mosquitto_pub >/dev/null 2>&1 || \
+	  { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q mosquitto-clients; }
+	@[ -x /usr/bin/chromium ] || { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q chromium; } || \
+	  echo "chromium could not be installed: browser tests will be skipped"
+
+testdata: $(STAMP)
+	$(BIN)/python -m tests.data.gather
+
+demo: $(STAMP) system-deps
+	$(BIN)/station demo --config examples/station.toml
+
+test: $(STAMP) system-deps testdata
+	$(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check station firmware_stubs shelf_sim tests bench
+	$(BIN)/mypy station
+
+bench: $(STAMP) system-deps testdata
+	$(BIN)/python -m bench.run_all
+
+clean:
+	rm -rf $(VENV) var/demo .pytest_cache

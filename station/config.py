@@ -1,0 +1,316 @@
+"""Station configuration: one TOML file, validated at the edge with pydantic.
+
+Secrets never live in this file: they come from a separate secrets file or the environment
+(`load_secrets`). A bad file is refused with a message naming the file, the key and the fault.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import os
+import re
+import secrets as pysecrets
+import tomllib
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+SIZE_CLASSES = ("S", "M", "L", "XL")
+SizeClass = Literal["S", "M", "L", "XL"]
+ID_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,31}$"
+
+
+class ConfigError(ValueError):
+    """A configuration or secrets file that cannot be used; the message says where and why."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class StationSection(_Strict):
+    id: Annotated[str, Field(pattern=ID_PATTERN)]
+    name: str = Field(min_length=1)
+    address: str = ""
+    database: str = "var/station.db"
+    snapshots_dir: str = "var/snapshots"
+    snapshots_enabled: bool = True
+    retention_days: int = Field(default=7, ge=1, le=365)
+    snapshot_retention_days: int = Field(default=30, ge=1, le=3650)
+    placement_mode: Literal["guided", "free"] = "guided"
+    # guided mode, parcel put in another slot: take the real slot, or ask the courier to move it
+    guided_mismatch: Literal["accept", "ask_move"] = "accept"
+    placement_timeout_s: float = Field(default=60.0, gt=0, le=3600)
+    pickup_session_timeout_s: float = Field(default=300.0, gt=0, le=7200)
+    timezone: str = "Asia/Shanghai"
+
+
+class MqttSection(_Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(default=1883, ge=1, le=65535)
+    username: str | None = None
+    # the password itself is a secret: name of the secrets entry / environment variable
+    tls: bool = False
+    ca_file: str | None = None
+    keepalive_s: int = Field(default=30, ge=5, le=600)
+    command_ttl_s: float = Field(default=10.0, gt=0, le=600)
+    light_ttl_s: float = Field(default=600.0, gt=0, le=86400)
+
+
+class ShelfConfig(_Strict):
+    number: int = Field(ge=1, le=99)
+    rows: int = Field(ge=1, le=9)
+    columns: int = Field(ge=1, le=99)
+    # size class of each row, top row first; one entry per row
+    row_sizes: list[SizeClass]
+    capacity: int = Field(default=2, ge=1, le=4)
+    device: Annotated[str, Field(pattern=ID_PATTERN)]
+    outbound: bool = False  # slots for parcels customers drop off for sending
+
+    @model_validator(mode="after")
+    def _row_sizes_match(self) -> "ShelfConfig":
+        if len(self.row_sizes) != self.rows:
+            raise ValueError(
+                f"row_sizes has {len(self.row_sizes)} entries but the shelf has {self.rows} rows"
+            )
+        return self
+
+
+class DoorsConfig(_Strict):
+    entry: Annotated[str, Field(pattern=ID_PATTERN)] = "door-entry"
+    exit: Annotated[str, Field(pattern=ID_PATTERN)] = "door-exit"
+    unlock_pulse_s: float = Field(default=5.0, gt=0, le=60)
+    held_open_alarm_s: float = Field(default=60.0, gt=0, le=3600)
+
+
+class CameraConfig(_Strict):
+    id: Annotated[str, Field(pattern=ID_PATTERN)]
+    role: Literal["face", "document", "room", "kiosk"]
+    # device index ("0"), file path, rtsp:// or http(s):// URL, or sim:NAME for the simulator
+    source: str
+
+
+class CarrierConfig(_Strict):
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,32}$")]
+    pattern: str
+    send_code_pattern: str | None = None
+
+    @field_validator("pattern", "send_code_pattern")
+    @classmethod
+    def _compiles(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                re.compile(value)
+            except re.error as exc:
+                raise ValueError(f"not a regular expression: {exc}") from None
+        return value
+
+
+class SenderConfig(_Strict):
+    kind: Literal["console", "webhook", "mqtt"]
+    url: str | None = None  # webhook
+    topic: str | None = None  # mqtt
+
+    @model_validator(mode="after")
+    def _needs(self) -> "SenderConfig":
+        if self.kind == "webhook" and not self.url:
+            raise ValueError("a webhook sender needs url")
+        return self
+
+
+class NotifySection(_Strict):
+    senders: list[SenderConfig] = Field(default_factory=lambda: [SenderConfig(kind="console")])
+    retry_initial_s: float = Field(default=1.0, gt=0)
+    retry_max_s: float = Field(default=300.0, gt=0)
+
+
+class LockoutSection(_Strict):
+    """Guessing limits; docs/pickup-codes.md derives the odds from these numbers."""
+
+    free_failures: int = Field(default=3, ge=1, le=10)
+    first_delay_s: float = Field(default=30.0, gt=0)
+    max_delay_s: float = Field(default=3600.0, gt=0)
+    daily_failure_cap: int = Field(default=20, ge=1, le=1000)
+    otp_ttl_s: float = Field(default=300.0, gt=0, le=1800)
+    otp_tries: int = Field(default=3, ge=1, le=10)
+    otp_per_phone_per_day: int = Field(default=3, ge=1, le=20)
+
+
+class UpstreamSection(_Strict):
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: int = Field(default=1883, ge=1, le=65535)
+    topic: str | None = None  # default ps/v1/{station}/station/events
+
+
+class ApiSection(_Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)
+    cors_origins: list[str] = Field(default_factory=list)
+
+
+class StationConfig(_Strict):
+    station: StationSection
+    mqtt: MqttSection = MqttSection()
+    api: ApiSection = ApiSection()
+    shelves: list[ShelfConfig] = Field(min_length=1)
+    doors: DoorsConfig = DoorsConfig()
+    cameras: list[CameraConfig] = Field(default_factory=list)
+    carriers: list[CarrierConfig] = Field(min_length=1)
+    notify: NotifySection = NotifySection()
+    lockout: LockoutSection = LockoutSection()
+    upstream: UpstreamSection = UpstreamSection()
+
+    @model_validator(mode="after")
+    def _unique_ids(self) -> "StationConfig":
+        _unique([s.number for s in self.shelves], "shelves", "number")
+        _unique([c.id for c in self.cameras], "cameras", "id")
+        _unique([c.name for c in self.carriers], "carriers", "name")
+        devices = [s.device for s in self.shelves] + [self.doors.entry, self.doors.exit]
+        _unique(devices, "shelves/doors", "device")
+        return self
+
+    @property
+    def shelf_devices(self) -> dict[str, ShelfConfig]:
+        return {s.device: s for s in self.shelves}
+
+    @property
+    def device_ids(self) -> list[str]:
+        return [s.device for s in self.shelves] + [self.doors.entry, self.doors.exit]
+
+    def camera(self, role: str) -> CameraConfig | None:
+        return next((c for c in self.cameras if c.role == role), None)
+
+
+def _unique(values: list[object], section: str, key: str) -> None:
+    seen: set[object] = set()
+    for value in values:
+        if value in seen:
+            raise ValueError(f"duplicate {key} {value!r} in {section}")
+        seen.add(value)
+
+
+def _format_validation(path: Path, exc: ValidationError) -> str:
+    lines = [f"{path}: invalid configuration"]
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+        lines.append(f"  {loc}: {msg}")
+    return "\n".join(lines)
+
+
+def parse_config(data: dict[str, object], path: Path | str = "<config>") -> StationConfig:
+    try:
+        return StationConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_format_validation(Path(path), exc)) from None
+
+
+def load_config(path: Path | str) -> StationConfig:
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such configuration file") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not UTF-8 text") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    return parse_config(data, path)
+
+
+# --- secrets -------------------------------------------------------------------------------
+
+SECRET_NAMES = ("device_master_key", "hash_key", "encryption_key", "token_key")
+ENV_PREFIX = "PS_SECRET_"
+SECRETS_FILE_ENV = "PS_SECRETS_FILE"
+
+
+class Secrets(_Strict):
+    """Key material, each 32 bytes; hex or base64 in the file or `PS_SECRET_<NAME>`."""
+
+    device_master_key: bytes
+    hash_key: bytes
+    encryption_key: bytes
+    token_key: bytes
+    mqtt_password: str | None = None
+
+    def device_key(self, station_id: str, device_id: str) -> bytes:
+        """Per-device HMAC key. A real device is provisioned with only its own derived key,
+        so a compromised shelf cannot sign for a door."""
+        msg = f"ps-device-key/v1/{station_id}/{device_id}".encode()
+        return hmac.new(self.device_master_key, msg, hashlib.sha256).digest()
+
+
+def _decode_key(name: str, value: object, origin: str) -> bytes:
+    if not isinstance(value, str):
+        raise ConfigError(f"{origin}: {name}: must be a string of hex or base64")
+    text = value.strip()
+    raw: bytes | None = None
+    if re.fullmatch(r"[0-9a-fA-F]{64}", text):
+        raw = bytes.fromhex(text)
+    else:
+        try:
+            raw = base64.b64decode(text, validate=True)
+        except ValueError:
+            raw = None
+    if raw is None or len(raw) != 32:
+        raise ConfigError(f"{origin}: {name}: must be 32 bytes as 64 hex digits or base64")
+    return raw
+
+
+def load_secrets(path: Path | str | None = None, env: dict[str, str] | None = None) -> Secrets:
+    """Secrets from `path` (or $PS_SECRETS_FILE), each overridable by PS_SECRET_<NAME>."""
+    env = dict(os.environ if env is None else env)
+    values: dict[str, object] = {}
+    origin = "environment"
+    path = path or env.get(SECRETS_FILE_ENV)
+    if path:
+        path = Path(path)
+        origin = str(path)
+        try:
+            values.update(tomllib.loads(path.read_text("utf-8")))
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: no such secrets file") from None
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    for name in (*SECRET_NAMES, "mqtt_password"):
+        if f"{ENV_PREFIX}{name.upper()}" in env:
+            values[name] = env[f"{ENV_PREFIX}{name.upper()}"]
+    unknown = set(values) - set(SECRET_NAMES) - {"mqtt_password"}
+    if unknown:
+        raise ConfigError(f"{origin}: {sorted(unknown)[0]}: unknown key")
+    decoded: dict[str, object] = {}
+    for name in SECRET_NAMES:
+        if name not in values:
+            raise ConfigError(
+                f"{origin}: {name}: missing secret (set it in the secrets file or {ENV_PREFIX}{name.upper()})"
+            )
+        decoded[name] = _decode_key(name, values[name], origin)
+    decoded["mqtt_password"] = values.get("mqtt_password")
+    return Secrets.model_validate(decoded)
+
+
+def generate_secrets_toml() -> str:
+    lines = ["# Station secrets: keep this file private (chmod 600), never in the config."]
+    for name in SECRET_NAMES:
+        lines.append(f'{name} = "{pysecrets.token_hex(32)}"')
+    return "\n".join(lines) + "\n"
+
+
+def write_new_secrets(path: Path | str) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(generate_secrets_toml())
+    return path

@@ -1,0 +1,57 @@
+"""Shared fixtures: a real Mosquitto per session (and per test where a test stops it),
+fresh secrets and the example configuration pointed at temporary files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from station.config import StationConfig, load_config, load_secrets, Secrets, write_new_secrets
+from station.mosquitto import MosquittoProcess
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLE_CONFIG = ROOT / "examples" / "station.toml"
+
+
+@pytest.fixture(scope="session")
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MosquittoProcess]:
+    """One broker for the session; tests that must not share it use `own_broker`."""
+    with MosquittoProcess(workdir=tmp_path_factory.mktemp("mosquitto")) as proc:
+        yield proc
+
+
+@pytest.fixture
+def own_broker(tmp_path: Path) -> Iterator[MosquittoProcess]:
+    """A broker this test alone uses, free to stop and restart."""
+    with MosquittoProcess(workdir=tmp_path / "mosquitto") as proc:
+        yield proc
+
+
+@pytest.fixture
+def secrets_file(tmp_path: Path) -> Path:
+    return write_new_secrets(tmp_path / "secrets.toml")
+
+
+@pytest.fixture
+def secrets(secrets_file: Path) -> Secrets:
+    return load_secrets(secrets_file, env={})
+
+
+def example_config(tmp_path: Path, **station_overrides: object) -> StationConfig:
+    """The example config with its files moved under tmp_path (and any [station] overrides)."""
+    base = load_config(EXAMPLE_CONFIG)
+    station = base.station.model_copy(
+        update={
+            "database": str(tmp_path / "station.db"),
+            "snapshots_dir": str(tmp_path / "snapshots"),
+            **station_overrides,
+        }
+    )
+    return base.model_copy(update={"station": station})
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> StationConfig:
+    return example_config(tmp_path)
