@@ -1,0 +1,60 @@
+"""Guessing limits for codes, one-time codes and PINs (docs/pickup-codes.md).
+
+Pure: the caller passes the failure times it has on record (from the store, so a restart
+forgets nothing). Per scope (a kiosk, a courier id): `free_failures` failures cost nothing,
+then each further failure doubles the wait, from `first_delay_s` up to `max_delay_s`.
+For the whole station: at most `daily_failure_cap` failures in any 24 hours; after that,
+typed entry is refused until the oldest failure is a day old and an operator is alarmed."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+DAY_S = 86400.0
+
+
+@dataclass(frozen=True)
+class LockoutPolicy:
+    free_failures: int = 3
+    first_delay_s: float = 30.0
+    max_delay_s: float = 3600.0
+    daily_failure_cap: int = 20
+
+
+@dataclass(frozen=True)
+class LockoutVerdict:
+    allowed: bool
+    retry_after_s: float = 0.0
+    reason: str = ""
+
+
+def scope_delay(policy: LockoutPolicy, consecutive_failures: int) -> float:
+    extra = consecutive_failures - policy.free_failures
+    if extra <= 0:
+        return 0.0
+    return min(policy.first_delay_s * 2 ** (extra - 1), policy.max_delay_s)
+
+
+def check(
+    policy: LockoutPolicy,
+    now: float,
+    scope_failures: Sequence[float],
+    station_failures: Sequence[float],
+) -> LockoutVerdict:
+    """scope_failures: times of this scope's failures since its last success;
+    station_failures: times of every failure at the station (any scope)."""
+    recent = sorted(t for t in station_failures if now - t < DAY_S)
+    if len(recent) >= policy.daily_failure_cap:
+        wait = DAY_S - (now - recent[len(recent) - policy.daily_failure_cap])
+        return LockoutVerdict(False, max(wait, 1.0), "daily_cap")
+    if scope_failures:
+        delay = scope_delay(policy, len(scope_failures))
+        wait = max(scope_failures) + delay - now
+        if wait > 0:
+            return LockoutVerdict(False, wait, "delay")
+    return LockoutVerdict(True)
+
+
+def max_failures_per_day(policy: LockoutPolicy) -> int:
+    return policy.daily_failure_cap

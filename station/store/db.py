@@ -1,0 +1,214 @@
+"""The station's SQLite store: one writer connection, one transaction per fact.
+
+`with store.transaction() as tx: tx.emit(Event(...))` appends the event to the hash-chained
+log and applies it to the projection tables in the same SQLite transaction; side tables are
+written through `tx.conn` inside the same transaction. WAL with synchronous=FULL: a
+committed fact survives a power cut."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+from .eventlog import (
+    GENESIS,
+    Event,
+    EventRecord,
+    canonical_json,
+    row_hash,
+    utc_iso,
+)
+from .projections import apply_event
+from .schema import migrate
+
+Listener = Callable[[Sequence[EventRecord]], None]
+
+
+class StoreError(RuntimeError):
+    """The store cannot take this change; the message is meant for a person."""
+
+
+class StoreFull(StoreError):
+    pass
+
+
+def connect(path: str | Path) -> sqlite3.Connection:
+    path = Path(path)
+    if str(path) != ":memory:":
+        path.parent.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False, timeout=10)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=FULL")
+    conn.execute("PRAGMA foreign_keys=ON")
+    conn.execute("PRAGMA busy_timeout=10000")
+    return conn
+
+
+class Tx:
+    """A transaction in progress: append events and write side tables."""
+
+    def __init__(self, store: "Store", conn: sqlite3.Connection, now: float) -> None:
+        self._store = store
+        self.conn = conn
+        self.now = now
+        self.events: list[EventRecord] = []
+
+    def emit(self, event: Event) -> EventRecord:
+        return self._store._append(self, event)
+
+    def execute(self, sql: str, args: Sequence[Any] = ()) -> sqlite3.Cursor:
+        return self.conn.execute(sql, args)
+
+
+class Store:
+    def __init__(self, path: str | Path, *, clock: Callable[[], float] = time.time) -> None:
+        self.path = Path(path)
+        self.clock = clock
+        self._lock = threading.RLock()
+        self._conn: sqlite3.Connection | None = None
+        self._last_seq = 0
+        self._last_hash = GENESIS
+        self._last_ts = ""
+        self._listeners: list[Listener] = []
+
+    # --- lifecycle ------------------------------------------------------------------------
+
+    def open(self) -> "Store":
+        with self._lock:
+            if self._conn is None:
+                try:
+                    conn = connect(self.path)
+                    migrate(conn)
+                except sqlite3.DatabaseError as exc:
+                    raise StoreError(f"{self.path}: cannot open the database: {exc}") from None
+                self._conn = conn
+                row = conn.execute("SELECT seq, hash, ts FROM events ORDER BY seq DESC LIMIT 1").fetchone()
+                if row:
+                    self._last_seq, self._last_hash, self._last_ts = row
+        return self
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+    def __enter__(self) -> "Store":
+        return self.open()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def conn(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise StoreError("the store is not open")
+        return self._conn
+
+    @property
+    def last_seq(self) -> int:
+        return self._last_seq
+
+    def subscribe(self, listener: Listener) -> None:
+        """Called after each commit with its events (pages, upstream forwarder)."""
+        self._listeners.append(listener)
+
+    def unsubscribe(self, listener: Listener) -> None:
+        if listener in self._listeners:
+            self._listeners.remove(listener)
+
+    # --- writing ----------------------------------------------------------------------------
+
+    @contextmanager
+    def transaction(self) -> Iterator[Tx]:
+        with self._lock:
+            conn = self.conn
+            saved = (self._last_seq, self._last_hash, self._last_ts)
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError as exc:
+                raise _translate(exc) from None
+            tx = Tx(self, conn, self.clock())
+            try:
+                yield tx
+                conn.execute("COMMIT")
+            except BaseException as exc:
+                self._last_seq, self._last_hash, self._last_ts = saved
+                try:
+                    conn.execute("ROLLBACK")
+                except sqlite3.OperationalError:
+                    pass
+                if isinstance(exc, sqlite3.OperationalError):
+                    raise _translate(exc) from None
+                raise
+        if tx.events:
+            for listener in list(self._listeners):
+                try:
+                    listener(tx.events)
+                except Exception:  # a broken listener must not undo a committed fact
+                    pass
+
+    def append(self, *events: Event) -> list[EventRecord]:
+        with self.transaction() as tx:
+            return [tx.emit(e) for e in events]
+
+    def _append(self, tx: Tx, event: Event) -> EventRecord:
+        seq = self._last_seq + 1
+        ts = utc_iso(tx.now)
+        if ts < self._last_ts:  # a clock step back must not reorder the log's times
+            ts = self._last_ts
+        data_json = canonical_json(event.data)
+        digest = row_hash(
+            seq, ts, event.type, event.actor, event.subject, data_json, event.snapshot,
+            self._last_hash,
+        )
+        tx.conn.execute(
+            "INSERT INTO events(seq, ts, type, actor, subject, data, snapshot, prev_hash, hash)"
+            " VALUES (?,?,?,?,?,?,?,?,?)",
+            (seq, ts, event.type, event.actor, event.subject, data_json, event.snapshot,
+             self._last_hash, digest),
+        )
+        record = EventRecord(
+            seq, ts, event.type, event.actor, event.subject, json.loads(data_json),
+            event.snapshot, self._last_hash, digest,
+        )
+        apply_event(tx.conn, record)
+        self._last_seq, self._last_hash, self._last_ts = seq, digest, ts
+        tx.events.append(record)
+        return record
+
+    # --- reading ----------------------------------------------------------------------------
+
+    def query(self, sql: str, args: Sequence[Any] = ()) -> list[sqlite3.Row]:
+        with self._lock:
+            cur = self.conn.execute(sql, args)
+            cols = [c[0] for c in cur.description or ()]
+            return [_Row(cols, r) for r in cur.fetchall()]
+
+    def query_one(self, sql: str, args: Sequence[Any] = ()) -> sqlite3.Row | None:
+        rows = self.query(sql, args)
+        return rows[0] if rows else None
+
+    @contextmanager
+    def reading(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            yield self.conn
+
+
+class _Row(dict):  # type: ignore[type-arg]
+    """A row readable by column name (row["state"]) and as a dict (JSON responses)."""
+
+    def __init__(self, cols: list[str], values: Sequence[Any]) -> None:
+        super().__init__(zip(cols, values))
+
+
+def _translate(exc: sqlite3.OperationalError) -> StoreError:
+    text = str(exc)
+    if "full" in text:
+        return StoreFull("the station's disk is full: new work is refused until space is freed")
+    return StoreError(f"the database refused the change: {text}")

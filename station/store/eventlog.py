@@ -1,0 +1,177 @@
+"""The append-only event log and its hash chain (DESIGN §3).
+
+Each row's hash is SHA-256 over its canonical form, which includes the previous row's hash,
+so changing, removing or reordering any row breaks every hash after it; `verify` names the
+first row that does not hold."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Iterator
+
+GENESIS = "0" * 64
+
+
+def canonical_json(data: Any) -> str:
+    return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def utc_iso(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def parse_utc(text: str) -> float:
+    """ISO time (with Z or offset, or a date) -> epoch seconds."""
+    value = text.strip()
+    if value.endswith("Z"):
+        value = value[:-1] + "+00:00"
+    dt = datetime.fromisoformat(value)
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=timezone.utc)
+    return dt.timestamp()
+
+
+@dataclass(frozen=True)
+class Event:
+    """An event before it is written: what happened, to whom, by whom."""
+
+    type: str
+    subject: str = ""
+    actor: str = "station"
+    data: dict[str, Any] = field(default_factory=dict)
+    snapshot: str | None = None
+
+
+@dataclass(frozen=True)
+class EventRecord:
+    seq: int
+    ts: str
+    type: str
+    actor: str
+    subject: str
+    data: dict[str, Any]
+    snapshot: str | None
+    prev_hash: str
+    hash: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "seq": self.seq,
+            "ts": self.ts,
+            "type": self.type,
+            "actor": self.actor,
+            "subject": self.subject,
+            "data": self.data,
+            "snapshot": self.snapshot,
+            "prev_hash": self.prev_hash,
+            "hash": self.hash,
+        }
+
+
+def row_hash(
+    seq: int, ts: str, type_: str, actor: str, subject: str, data_json: str,
+    snapshot: str | None, prev_hash: str,
+) -> str:
+    canonical = canonical_json([seq, ts, type_, actor, subject, data_json, snapshot, prev_hash])
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+EVENT_COLUMNS = "seq, ts, type, actor, subject, data, snapshot, prev_hash, hash"
+
+
+def record_from_row(row: tuple[Any, ...]) -> EventRecord:
+    seq, ts, type_, actor, subject, data, snapshot, prev_hash, hash_ = row
+    return EventRecord(seq, ts, type_, actor, subject, json.loads(data), snapshot, prev_hash, hash_)
+
+
+@dataclass(frozen=True)
+class VerifyResult:
+    ok: bool
+    checked: int
+    first_bad_seq: int | None = None
+    problem: str = ""
+
+
+def verify_chain(conn: sqlite3.Connection, batch: int = 20000) -> VerifyResult:
+    """Walk the whole chain in seq order; stop at the first row that does not hold."""
+    prev = GENESIS
+    expected_seq: int | None = None
+    checked = 0
+    cursor = conn.execute(f"SELECT {EVENT_COLUMNS} FROM events ORDER BY seq")
+    while True:
+        rows = cursor.fetchmany(batch)
+        if not rows:
+            break
+        for seq, ts, type_, actor, subject, data, snapshot, prev_hash, hash_ in rows:
+            if expected_seq is not None and seq != expected_seq:
+                return VerifyResult(False, checked, expected_seq, f"row {expected_seq} is missing")
+            if prev_hash != prev:
+                return VerifyResult(False, checked, seq, "prev_hash does not match the row before")
+            if row_hash(seq, ts, type_, actor, subject, data, snapshot, prev_hash) != hash_:
+                return VerifyResult(False, checked, seq, "hash does not match the row's content")
+            prev = hash_
+            expected_seq = seq + 1
+            checked += 1
+    return VerifyResult(True, checked)
+
+
+def iter_events(
+    conn: sqlite3.Connection,
+    *,
+    after_seq: int = 0,
+    until_seq: int | None = None,
+    since: str | None = None,
+    until: str | None = None,
+    types: list[str] | None = None,
+    subject: str | None = None,
+    actor: str | None = None,
+    text: str | None = None,
+    limit: int | None = None,
+    descending: bool = False,
+) -> Iterator[EventRecord]:
+    where = ["seq > ?"]
+    args: list[Any] = [after_seq]
+    if until_seq is not None:
+        where.append("seq <= ?")
+        args.append(until_seq)
+    if since:
+        where.append("ts >= ?")
+        args.append(since)
+    if until:
+        where.append("ts <= ?")
+        args.append(until)
+    if types:
+        clauses = []
+        for t in types:
+            if t.endswith("*"):
+                clauses.append("type LIKE ?")
+                args.append(t[:-1] + "%")
+            else:
+                clauses.append("type = ?")
+                args.append(t)
+        where.append("(" + " OR ".join(clauses) + ")")
+    if subject:
+        where.append("subject = ?")
+        args.append(subject)
+    if actor:
+        where.append("actor = ?")
+        args.append(actor)
+    if text:
+        where.append("data LIKE ?")
+        args.append(f"%{text}%")
+    order = "DESC" if descending else "ASC"
+    sql = f"SELECT {EVENT_COLUMNS} FROM events WHERE {' AND '.join(where)} ORDER BY seq {order}"
+    if limit is not None:
+        sql += " LIMIT ?"
+        args.append(int(limit))
+    cursor = conn.execute(sql, args)
+    while True:
+        rows = cursor.fetchmany(5000)
+        if not rows:
+            return
+        for row in rows:
+            yield record_from_row(row)

@@ -1,0 +1,231 @@
+"""Projection appliers: one function per event type that changes a projection table.
+
+The live path and replay run the same appliers, so a replayed log rebuilds exactly the
+tables on disk. Events with no applier (door, light, exit, alarm notices ...) are log-only."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from typing import Any, Callable
+
+from .eventlog import EventRecord, parse_utc
+
+Applier = Callable[[sqlite3.Connection, EventRecord, float], None]
+APPLIERS: dict[str, Applier] = {}
+
+
+def applies(*types: str) -> Callable[[Applier], Applier]:
+    def register(fn: Applier) -> Applier:
+        for t in types:
+            APPLIERS[t] = fn
+        return fn
+
+    return register
+
+
+def apply_event(conn: sqlite3.Connection, event: EventRecord) -> None:
+    applier = APPLIERS.get(event.type)
+    if applier is not None:
+        applier(conn, event, parse_utc(event.ts))
+
+
+# --- couriers ----------------------------------------------------------------------------
+
+
+@applies("courier.added")
+def _courier_added(conn: sqlite3.Connection, e: EventRecord, at: float) -> None:
+    d = e.data
+    conn.execute(
+        "INSERT INTO couriers(id, carrier, name, pin_hash, active, valid_from, valid_until,"
+        " has_face, created_at) VALUES (?,?,?,?,1,?,?,0,?)",
+        (d["courier_id"], d["carrier"], d["name"], d["pin_hash"], d.get("valid_from"),
+         d.get("valid_until"), at),
+    )
+
+
+@applies("courier.disabled", "courier.enabled")
+def _courier_active(conn: sqlite3.Connection, e: EventRecord, at: float) -> None:
+    active = 1 if e.type == "courier.enabled" else 0
+    conn.execute("UPDATE couriers SET active = ? WHERE id = ?", (active, e.data["courier_id"]))
+
+
+@applies("courier.pin.changed")
+def _courier_pin(conn: sqlite3.Connection, e: EventRecord, at: float) -> None:
+    conn.execute(
+        "UPDATE couriers SET pin_hash = ? WHERE id = ?", (e.data["pin_hash"], e.data["courier_id"])
+    )
+
+
+@applies("courier.face.enrolled", "courier.face.removed")
+def _courier_face(conn: sqlite3.Connection, e: EventRecord, at: float) -> None:
+    has = 1 if e.type == "courier.face.enrolled" else 0
+    conn.execute("UPDATE couriers SET has_face = ? WHERE id = ?", (has, e.data["courier_id"]))
+
+
+@applies("courier.removed")
+def _courier_removed(conn: sqlite3.Connection, e: EventRecord, at: float) -> None:
+    conn.execute("DELETE FROM couriers WHERE id = ?", (e.data["courier_id"],))
+
+
+# --- shelving ------------------------------------------------------------------------------
+
+
+@applies("shelving.opened", "return.opened", "pickup.opened", "dropoff.opened")
+def _session_opened(conn: sqlite3.Connection, e: EventRecord, at: float) -> None:
+    d = e.data
+    conn.execute(
+        "INSERT INTO sessions(id, kind, actor, recipient_hash, colour, mode, state, opened_at,"
+        " expires_at, parcels) VALUES (?,?,?,?,?,?,'open',?,?,?)",
+        (d["session_id"], e.type.split(".")[0], e.actor, d.get("recipient_hash"), d.get("colour"),
+         d.get("mode"), at, d.get("expires_at"), json.dumps(d.get("parcels", []))),
+    )
+
+
+@applies("shelving.closed", "return.closed", "pickup.closed", "dropoff.closed")
+def _session_closed(conn: sqlite3.Connection, e: EventRecord, at: float) -> None:
+    conn.execute(
+        "UPDATE sessions SET state = 'closed', closed_at = ?, reason = ? WHERE id = ?",
+        (at, e.data.get("reason", ""), e.data["session_id"]),
+    )
+
+
+@applies("pickup.extended")
+def _session_extended(conn: sqlite3.Connection, e: EventRecord, at: float) -> None:
+    conn.execute(
+        "UPDATE sessions SET expires_at = ? WHERE id = ?",
+        (e.data["expires_at"], e.data["session_id"]),
+    )
+
+
+@applies("parcel.scanned")
+def _parcel_scanned(conn: sqlite3.Connection, e: EventRecord, at: float) -> None:
+    d = e.data
+    conn.execute(
+        "INSERT INTO pending_placements(id, session_id, waybill, carrier, size, recipient_hash,"
+        " phone_masked, target_slot, state, created_at, deadline) VALUES (?,?,?,?,?,?,?,?,"
+        "'waiting',?,?)",
+        (d["pending_id"], d["session_id"], d["waybill"], d["carrier"], d["size"],
+         d["recipient_hash"], d["phone_masked"], d.get("target_slot"), at, d["deadline"]),
+    )
+
+
+@applies("parcel.placement.failed")
+def _placement_failed(conn: sqlite3.Connection, e: EventRecord, at: float) -> None:
+    conn.execute(
+        "UPDATE pending_placements SET state = 'failed', reason = ? WHERE id = ?",
+        (e.data["reason"], e.data["pending_id"]),
+    )
+
+
+@applies("parcel.placement.retargeted")
+def _placement_retargeted(conn: sqlite3.Connection, e: EventRecord, at: float) -> None:
+    conn.execute(
+        "UPDATE pending_placements SET target_slot = ? WHERE id = ?",
+        (e.data["target_slot"], e.data["pending_id"]),
+    )
+
+
+@applies("parcel.shelved", "parcel.dropped_off")
+def _parcel_placed(conn: sqlite3.Connection, e: EventRecord, at: float) -> None:
+    d = e.data
+    direction = "out" if e.type == "parcel.dropped_off" else "in"
+    state = "dropped_off" if direction == "out" else "shelved"
+    conn.execute(
+        "INSERT INTO parcels(id, waybill, carrier, direction, state, slot, size, recipient_hash,"
+        " phone_masked, code_digest, courier_id, created_at, updated_at, deadline)"
+        " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+        (d["parcel_id"], d["waybill"], d["carrier"], direction, state, d["slot"], d["size"],
+         d.get("recipient_hash"), d.get("phone_masked"), d.get("code_digest"),
+         d.get("courier_id"), at, at, d.get("deadline")),
+    )
+    if d.get("pending_id"):
+        conn.execute(
+            "UPDATE pending_placements SET state = 'placed', parcel_id = ? WHERE id = ?",
+            (d["parcel_id"], d["pending_id"]),
+        )
+
+
+_STATE_OF_EVENT = {
+    "parcel.picked_up": "picked_up",
+    "parcel.expired": "expired",
+    "parcel.recalled": "recalled",
+    "parcel.returned": "returned",
+    "parcel.missing": "missing",
+    "parcel.found": "shelved",
+    "parcel.collected": "collected",
+}
+
+
+@applies(*_STATE_OF_EVENT)
+def _parcel_state(conn: sqlite3.Connection, e: EventRecord, at: float) -> None:
+    conn.execute(
+        "UPDATE parcels SET state = ?, updated_at = ? WHERE id = ?",
+        (_STATE_OF_EVENT[e.type], at, e.data["parcel_id"]),
+    )
+
+
+# --- devices, authentication, alarms -------------------------------------------------------
+
+
+@applies("device.online", "device.offline")
+def _device(conn: sqlite3.Connection, e: EventRecord, at: float) -> None:
+    online = 1 if e.type == "device.online" else 0
+    conn.execute(
+        "INSERT INTO devices(id, online, boot_id, changed_at) VALUES (?,?,?,?)"
+        " ON CONFLICT(id) DO UPDATE SET online = excluded.online,"
+        " boot_id = COALESCE(excluded.boot_id, devices.boot_id), changed_at = excluded.changed_at",
+        (e.data["device"], online, e.data.get("boot_id"), at),
+    )
+
+
+def _auth_kind(event_type: str) -> str:
+    # auth.code.rejected -> code; auth.pin.rejected -> pin; auth.otp.rejected -> otp
+    return event_type.split(".")[1]
+
+
+@applies("auth.code.rejected", "auth.pin.rejected", "auth.otp.rejected", "auth.qr.rejected")
+def _auth_rejected(conn: sqlite3.Connection, e: EventRecord, at: float) -> None:
+    conn.execute(
+        "INSERT INTO auth_failures(seq, at, kind, scope) VALUES (?,?,?,?)",
+        (e.seq, at, _auth_kind(e.type), e.data.get("scope", "")),
+    )
+
+
+@applies("auth.code.accepted", "auth.pin.accepted", "auth.otp.accepted", "auth.qr.accepted")
+def _auth_accepted(conn: sqlite3.Connection, e: EventRecord, at: float) -> None:
+    conn.execute(
+        "UPDATE auth_failures SET cleared = 1 WHERE kind = ? AND scope = ?",
+        (_auth_kind(e.type), e.data.get("scope", "")),
+    )
+
+
+@applies("alarm.raised")
+def _alarm_raised(conn: sqlite3.Connection, e: EventRecord, at: float) -> None:
+    d = e.data
+    conn.execute(
+        "INSERT INTO alarms(id, kind, subject, message, raised_at) VALUES (?,?,?,?,?)",
+        (d["alarm_id"], d["kind"], e.subject, d.get("message", ""), at),
+    )
+
+
+@applies("alarm.acknowledged")
+def _alarm_ack(conn: sqlite3.Connection, e: EventRecord, at: float) -> None:
+    conn.execute(
+        "UPDATE alarms SET acknowledged_at = ?, acknowledged_by = ? WHERE id = ?",
+        (at, e.actor, e.data["alarm_id"]),
+    )
+
+
+def known_types() -> list[str]:
+    return sorted(APPLIERS)
+
+
+def dump_projections(conn: sqlite3.Connection) -> dict[str, list[tuple[Any, ...]]]:
+    """Every projection table's rows in a stable order: what replay must reproduce."""
+    from .schema import PROJECTION_TABLES
+
+    out: dict[str, list[tuple[Any, ...]]] = {}
+    for table in PROJECTION_TABLES:
+        out[table] = list(conn.execute(f"SELECT * FROM {table} ORDER BY 1"))
+    return out

@@ -1,0 +1,228 @@
+"""Schema migrations, applied in order; `meta.schema_version` says how far a database is.
+
+Projection tables are rebuilt from the event log by replay. Side tables hold what must
+never be in the log (encrypted face templates, encrypted outbox payloads, one-time code
+digests) and are not projections."""
+
+from __future__ import annotations
+
+import sqlite3
+
+PROJECTION_TABLES = (
+    "parcels",
+    "couriers",
+    "sessions",
+    "pending_placements",
+    "devices",
+    "auth_failures",
+    "alarms",
+    "session_slots",
+    "slot_alarms",
+)
+SIDE_TABLES = ("face_templates", "outbox", "otps", "upstream_cursor")
+
+MIGRATIONS: list[str] = [
+    # 1: event log and projections
+    """
+    CREATE TABLE events (
+        seq INTEGER PRIMARY KEY,
+        ts TEXT NOT NULL,
+        type TEXT NOT NULL,
+        actor TEXT NOT NULL,
+        subject TEXT NOT NULL,
+        data TEXT NOT NULL,
+        snapshot TEXT,
+        prev_hash TEXT NOT NULL,
+        hash TEXT NOT NULL
+    );
+    CREATE INDEX events_ts ON events(ts);
+    CREATE INDEX events_type ON events(type, seq);
+    CREATE INDEX events_subject ON events(subject, seq);
+    CREATE TRIGGER events_no_update BEFORE UPDATE ON events
+        BEGIN SELECT RAISE(ABORT, 'the event log is append-only'); END;
+    CREATE TRIGGER events_no_delete BEFORE DELETE ON events
+        BEGIN SELECT RAISE(ABORT, 'the event log is append-only'); END;
+
+    CREATE TABLE parcels (
+        id TEXT PRIMARY KEY,
+        waybill TEXT NOT NULL UNIQUE,
+        carrier TEXT NOT NULL,
+        direction TEXT NOT NULL,
+        state TEXT NOT NULL,
+        slot TEXT NOT NULL,
+        size TEXT NOT NULL,
+        recipient_hash TEXT,
+        phone_masked TEXT,
+        code_digest TEXT,
+        courier_id TEXT,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL,
+        deadline REAL
+    );
+    CREATE INDEX parcels_slot ON parcels(slot, state);
+    CREATE INDEX parcels_recipient ON parcels(recipient_hash, state);
+    CREATE INDEX parcels_code ON parcels(code_digest);
+    CREATE INDEX parcels_state ON parcels(state, carrier);
+
+    CREATE TABLE couriers (
+        id TEXT PRIMARY KEY,
+        carrier TEXT NOT NULL,
+        name TEXT NOT NULL,
+        pin_hash TEXT NOT NULL,
+        active INTEGER NOT NULL,
+        valid_from REAL,
+        valid_until REAL,
+        has_face INTEGER NOT NULL DEFAULT 0,
+        created_at REAL NOT NULL
+    );
+
+    CREATE TABLE sessions (
+        id TEXT PRIMARY KEY,
+        kind TEXT NOT NULL,
+        actor TEXT NOT NULL,
+        recipient_hash TEXT,
+        colour TEXT,
+        mode TEXT,
+        state TEXT NOT NULL,
+        opened_at REAL NOT NULL,
+        expires_at REAL,
+        closed_at REAL,
+        reason TEXT,
+        parcels TEXT NOT NULL DEFAULT '[]'
+    );
+    CREATE INDEX sessions_open ON sessions(state, kind);
+
+    CREATE TABLE pending_placements (
+        id TEXT PRIMARY KEY,
+        session_id TEXT NOT NULL,
+        waybill TEXT NOT NULL,
+        carrier TEXT NOT NULL,
+        size TEXT NOT NULL,
+        recipient_hash TEXT NOT NULL,
+        phone_masked TEXT NOT NULL,
+        target_slot TEXT,
+        state TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        deadline REAL NOT NULL,
+        parcel_id TEXT,
+        reason TEXT
+    );
+    CREATE INDEX pending_open ON pending_placements(state, session_id);
+
+    CREATE TABLE devices (
+        id TEXT PRIMARY KEY,
+        online INTEGER NOT NULL,
+        boot_id TEXT,
+        changed_at REAL NOT NULL
+    );
+
+    CREATE TABLE auth_failures (
+        seq INTEGER PRIMARY KEY,
+        at REAL NOT NULL,
+        kind TEXT NOT NULL,
+        scope TEXT NOT NULL,
+        cleared INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE INDEX auth_failures_scope ON auth_failures(kind, scope, cleared);
+    CREATE INDEX auth_failures_at ON auth_failures(at);
+
+    CREATE TABLE alarms (
+        id TEXT PRIMARY KEY,
+        kind TEXT NOT NULL,
+        subject TEXT NOT NULL,
+        message TEXT NOT NULL,
+        raised_at REAL NOT NULL,
+        acknowledged_at REAL,
+        acknowledged_by TEXT
+    );
+
+    CREATE TABLE session_slots (
+        session_id TEXT NOT NULL,
+        slot TEXT NOT NULL,
+        remaining INTEGER NOT NULL,
+        PRIMARY KEY (session_id, slot)
+    );
+    CREATE INDEX session_slots_slot ON session_slots(slot);
+
+    CREATE TABLE slot_alarms (
+        slot TEXT PRIMARY KEY,
+        until REAL NOT NULL,
+        reason TEXT NOT NULL
+    );
+
+    CREATE TABLE face_templates (
+        courier_id TEXT NOT NULL,
+        idx INTEGER NOT NULL,
+        blob BLOB NOT NULL,
+        PRIMARY KEY (courier_id, idx)
+    );
+
+    CREATE TABLE outbox (
+        id TEXT PRIMARY KEY,
+        created_at REAL NOT NULL,
+        channel TEXT NOT NULL,
+        subject TEXT NOT NULL,
+        payload BLOB NOT NULL,
+        state TEXT NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_at REAL NOT NULL,
+        last_error TEXT,
+        delivered_at REAL
+    );
+    CREATE INDEX outbox_due ON outbox(state, next_at);
+
+    CREATE TABLE otps (
+        id TEXT PRIMARY KEY,
+        recipient_hash TEXT NOT NULL,
+        digest TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        expires_at REAL NOT NULL,
+        tries_left INTEGER NOT NULL,
+        state TEXT NOT NULL
+    );
+    CREATE INDEX otps_recipient ON otps(recipient_hash, created_at);
+
+    CREATE TABLE upstream_cursor (
+        name TEXT PRIMARY KEY,
+        seq INTEGER NOT NULL
+    );
+    """,
+]
+
+
+def migrate(conn: sqlite3.Connection) -> int:
+    conn.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+    row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+    version = int(row[0]) if row else 0
+    if version > len(MIGRATIONS):
+        raise RuntimeError(
+            f"database schema version {version} is newer than this software ({len(MIGRATIONS)})"
+        )
+    for number in range(version + 1, len(MIGRATIONS) + 1):
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in _split(MIGRATIONS[number - 1]):
+                conn.execute(statement)
+            conn.execute(
+                "INSERT OR REPLACE INTO meta(key, value) VALUES ('schema_version', ?)", (str(number),)
+            )
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+    return len(MIGRATIONS)
+
+
+def _split(script: str) -> list[str]:
+    """Split a migration into statements, keeping trigger bodies whole."""
+    statements: list[str] = []
+    buf: list[str] = []
+    for line in script.strip().splitlines():
+        buf.append(line)
+        candidate = "\n".join(buf).strip()
+        if candidate.endswith(";") and sqlite3.complete_statement(candidate):
+            statements.append(candidate)
+            buf = []
+    if "".join(buf).strip():
+        statements.append("\n".join(buf))
+    return statements
