@@ -1,0 +1,681 @@
+"""The station end of the device link: the one owner of the station's MQTT connection.
+
+`DeviceLink` signs and sends commands, tracks each by cmd_id until an ack or its expiry (never
+after), keeps the desired lights per shelf and brings a device back to them when it returns,
+answers device time challenges, and turns everything devices say into `DeviceEvent`s handed to
+`on_event` exactly once (the service writes them to the event log).
+
+Threads: paho's network thread runs the message callbacks; one timer thread retries, expires
+and reconciles. Both change link state under one lock and hand events to `on_event` outside
+it, in order, so `on_event` may call back into the link (but must not `wait()` on a handle).
+
+Commands to one device are sent one at a time, in order (docs/adr/0013): a retry can then
+never overtake a newer command, and a replay window cannot open.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+from collections import OrderedDict, deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Literal, Mapping
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from pydantic import ValidationError
+
+from station.config import Secrets, StationConfig
+
+from . import envelope as env
+from .envelope import EnvelopeError
+from .messages import AckMsg, DoorState, ShelfState, parse_event, parse_state
+
+log = logging.getLogger("station.devices")
+
+Slot = tuple[int, int]
+PATTERNS = ("solid", "blink", "alternate")
+TRANSIENT_REASONS = frozenset({"no_trusted_time"})  # retried after a time.sync, not final
+
+
+@dataclass(frozen=True)
+class Light:
+    """What one slot should show: up to 4 colours ("#RRGGBB"), a pattern and a time to live
+    after which the device turns it off by itself."""
+
+    colours: tuple[str, ...]
+    pattern: Literal["solid", "blink", "alternate"] = "solid"
+    ttl_s: float = 600.0
+
+    def __post_init__(self) -> None:
+        if not 1 <= len(self.colours) <= 4 or not all(
+            isinstance(c, str) and len(c) == 7 and c[0] == "#" and _is_hex(c[1:])
+            for c in self.colours
+        ):
+            raise ValueError(f"colours must be 1-4 '#RRGGBB' strings, not {self.colours!r}")
+        if self.pattern not in PATTERNS:
+            raise ValueError(f"pattern must be one of {PATTERNS}")
+        if not 0 < self.ttl_s <= 86400:
+            raise ValueError("ttl_s must be in (0, 86400]")
+
+
+def _is_hex(text: str) -> bool:
+    try:
+        int(text, 16)
+    except ValueError:
+        return False
+    return True
+
+
+@dataclass(frozen=True)
+class DeviceEvent:
+    """Something a device did or the link observed; `ts` is the station's receive time (the
+    device's own time, if it had trusted time, is `data['device_ts']`)."""
+
+    device: str
+    kind: str
+    data: dict[str, Any]
+    ts: float
+
+
+@dataclass(frozen=True)
+class CommandOutcome:
+    """How a command ended: `acked` (the device did it), `refused` (with the device's reason)
+    or `expired` (no ack before its expiry: it will never run)."""
+
+    status: Literal["acked", "refused", "expired"]
+    reason: str | None
+    cmd_id: str
+    device: str
+    op: str
+    result: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "acked"
+
+
+class CommandHandle:
+    """A sent command; `wait()` returns its outcome, which always comes by its expiry."""
+
+    def __init__(self, cmd_id: str, device: str, op: str, expires_at: float) -> None:
+        self.cmd_id, self.device, self.op, self.expires_at = cmd_id, device, op, expires_at
+        self._done = threading.Event()
+        self._outcome: CommandOutcome | None = None
+
+    def _resolve(self, outcome: CommandOutcome) -> bool:
+        if self._outcome is not None:
+            return False
+        self._outcome = outcome
+        self._done.set()
+        return True
+
+    def done(self) -> bool:
+        return self._done.is_set()
+
+    @property
+    def outcome(self) -> CommandOutcome | None:
+        return self._outcome
+
+    def wait(self, timeout: float | None = None) -> CommandOutcome:
+        """Block until acked/refused/expired; TimeoutError if `timeout` ends first."""
+        if not self._done.wait(timeout):
+            raise TimeoutError(f"{self.op} {self.cmd_id} to {self.device}: no outcome yet")
+        assert self._outcome is not None
+        return self._outcome
+
+
+class SeqSource:
+    """Per-device command sequence numbers that only ever grow, across station restarts.
+
+    seq = max(last + 1, microseconds since the epoch). A durable high-water mark, reserved 10 s
+    ahead with one fsync, guards against a clock that steps back after a restart.
+    """
+
+    RESERVE_US = 10_000_000
+
+    def __init__(self, path: Path | str | None) -> None:
+        self.path = Path(path) if path else None
+        self._lock = threading.Lock()
+        self._reserved = 0
+        if self.path and self.path.exists():
+            self._reserved = int(self.path.read_text().strip() or 0)
+        self._last = self._reserved
+
+    def next(self) -> int:
+        with self._lock:
+            seq = max(self._last + 1, time.time_ns() // 1000)
+            if self.path and seq > self._reserved:
+                self._reserved = seq + self.RESERVE_US
+                self._persist(self._reserved)
+            self._last = seq
+            return seq
+
+    def _persist(self, value: int) -> None:
+        assert self.path is not None
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".tmp")
+        with open(tmp, "w") as fh:
+            fh.write(str(value))
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, self.path)
+
+
+@dataclass
+class _Pending:
+    cmd_id: str
+    op: str
+    args: dict[str, Any]
+    expires_at: float
+    handle: CommandHandle
+    seq: int = 0
+    issued_at: float = 0.0
+    tries: int = 0
+    next_retry: float = 0.0
+
+
+@dataclass
+class _Device:
+    id: str
+    kind: Literal["shelf", "door"]
+    rows: int = 0
+    cols: int = 0
+    online: bool | None = None
+    boot_id: str | None = None
+    reported: dict[str, Any] | None = None
+    desired: dict[Slot, tuple[Light, float]] = field(default_factory=dict)  # light, wall expiry
+    queue: deque[_Pending] = field(default_factory=deque)
+    inflight: _Pending | None = None
+    reconcile: bool = False
+    nonce: str | None = None  # current time challenge from the device
+    nonce_answered: float = 0.0  # monotonic time we last answered it
+    bad_budget: float = 20.0
+    bad_refill: float = 0.0
+    bad_suppressed: int = 0
+
+
+class DeviceLink:
+    """Owns the MQTT connection to every configured shelf and door (see module docstring)."""
+
+    def __init__(
+        self,
+        config: StationConfig,
+        secrets: Secrets,
+        on_event: Callable[[DeviceEvent], None],
+        *,
+        client_id: str | None = None,
+        seq_path: Path | str | None = None,
+        retry_s: float = 0.5,
+        tick_s: float = 0.02,
+    ) -> None:
+        self.config = config
+        self.station_id = config.station.id
+        self._secrets = secrets
+        self._on_event = on_event
+        self.client_id = client_id or f"ps-{self.station_id}-station"
+        self._seq = SeqSource(seq_path)
+        self.retry_s = retry_s
+        self.tick_s = tick_s
+        self._lock = threading.RLock()
+        self._changed = threading.Condition(self._lock)
+        self._deliver_lock = threading.RLock()  # on_event may call set_lights -> _flush
+        self._outbox: deque[DeviceEvent] = deque()
+        self._seen_evts: OrderedDict[tuple[str, str, int], None] = OrderedDict()
+        self._stop = threading.Event()
+        self._timer: threading.Thread | None = None
+        self._client: mqtt.Client | None = None
+        self.connected = threading.Event()
+        self._devices: dict[str, _Device] = {}
+        self._keys: dict[str, bytes] = {}
+        for shelf in config.shelves:
+            self._devices[shelf.device] = _Device(shelf.device, "shelf", shelf.rows, shelf.columns)
+        for door in (config.doors.entry, config.doors.exit):
+            self._devices[door] = _Device(door, "door")
+        for device in self._devices:
+            self._keys[device] = secrets.device_key(self.station_id, device)
+
+    # --- lifecycle ------------------------------------------------------------------------
+
+    def start(self) -> "DeviceLink":
+        """Connect in the background (retrying with backoff) and start the timer thread."""
+        mq = self.config.mqtt
+        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.client_id, clean_session=True)
+        if mq.username:
+            client.username_pw_set(mq.username, self._secrets.mqtt_password)
+        if mq.tls:
+            client.tls_set(ca_certs=mq.ca_file)
+        avail = env.topic(self.station_id, "station", "avail")
+        client.will_set(avail, env.OFFLINE, qos=1, retain=True)
+        client.reconnect_delay_set(min_delay=0.1, max_delay=2)  # type: ignore[arg-type]
+        client.max_inflight_messages_set(100)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_message = self._on_message
+        self._client = client
+        self._stop.clear()
+        client.connect_async(mq.host, mq.port, keepalive=mq.keepalive_s)
+        client.loop_start()
+        self._timer = threading.Thread(target=self._timer_loop, name="devicelink-timer", daemon=True)
+        self._timer.start()
+        return self
+
+    def stop(self) -> None:
+        """Disconnect cleanly; pending commands are left to expire on the devices' side."""
+        self._stop.set()
+        client = self._client
+        if client is not None:
+            if self.connected.is_set():
+                info = client.publish(
+                    env.topic(self.station_id, "station", "avail"), env.OFFLINE, qos=1, retain=True
+                )
+                try:
+                    info.wait_for_publish(timeout=1.0)
+                except (RuntimeError, ValueError):
+                    pass
+            client.disconnect()
+            client.loop_stop()
+        if self._timer is not None:
+            self._timer.join(timeout=2)
+        self.connected.clear()
+
+    def __enter__(self) -> "DeviceLink":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # --- queries --------------------------------------------------------------------------
+
+    @property
+    def devices(self) -> list[str]:
+        return list(self._devices)
+
+    def is_online(self, device: str) -> bool:
+        return bool(self._dev(device).online)
+
+    def reported(self, device: str) -> dict[str, Any] | None:
+        """The device's last retained state snapshot (validated and signed), or None."""
+        with self._lock:
+            rep = self._dev(device).reported
+            return dict(rep) if rep is not None else None
+
+    def desired_lights(self, device: str) -> dict[Slot, Light]:
+        """The lights this shelf should show now (expired ones are gone)."""
+        now = time.time()
+        with self._lock:
+            return {rc: light for rc, (light, exp) in self._shelf(device).desired.items() if exp > now}
+
+    def wait_online(self, devices: list[str] | None = None, timeout: float = 10.0) -> bool:
+        """True once every listed device (default: all) is online."""
+        names = devices if devices is not None else self.devices
+        return self._wait(lambda: all(self._dev(d).online for d in names), timeout)
+
+    def wait_reported(
+        self, device: str, predicate: Callable[[dict[str, Any]], bool], timeout: float = 10.0
+    ) -> dict[str, Any] | None:
+        """The first reported state that satisfies `predicate`, or None after `timeout`."""
+        def check() -> bool:
+            rep = self._dev(device).reported
+            return rep is not None and predicate(rep)
+
+        return self.reported(device) if self._wait(check, timeout) else None
+
+    def _wait(self, check: Callable[[], bool], timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while not check():
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._changed.wait(left)
+            return True
+
+    # --- commands -------------------------------------------------------------------------
+
+    def set_lights(self, device: str, lights: Mapping[Slot, Light | None]) -> CommandHandle:
+        """Merge into the shelf's desired lights (None = off) and send just that change."""
+        dev = self._shelf(device)
+        now = time.time()
+        slots = []
+        for rc in lights:
+            self._check_slot(dev, rc)
+        with self._lock:
+            for rc, light in lights.items():
+                if light is None:
+                    dev.desired.pop(rc, None)
+                    slots.append({"row": rc[0], "col": rc[1], "colours": [], "pattern": "solid",
+                                  "ttl_s": 1})
+                else:
+                    dev.desired[rc] = (light, now + light.ttl_s)
+                    slots.append(_light_args(rc, light, light.ttl_s))
+            if slots and all(not s["colours"] for s in slots):
+                handle = self._submit(dev, "lights.clear", {
+                    "slots": [{"row": s["row"], "col": s["col"]} for s in slots]})
+            else:
+                handle = self._submit(dev, "lights.set", {"slots": slots, "replace": False})
+        self._flush()
+        return handle
+
+    def replace_lights(self, device: str, lights: Mapping[Slot, Light]) -> CommandHandle:
+        """The shelf's desired lights become exactly `lights`; every other slot goes dark."""
+        dev = self._shelf(device)
+        now = time.time()
+        for rc in lights:
+            self._check_slot(dev, rc)
+        with self._lock:
+            dev.desired = {rc: (light, now + light.ttl_s) for rc, light in lights.items()}
+            handle = self._submit(dev, "lights.set", self._replace_args(dev))
+        self._flush()
+        return handle
+
+    def unlock(self, door: str, pulse_s: float | None = None) -> CommandHandle:
+        """Release the bolt for a pulse. The ack is not "door opened": watch for door.opened."""
+        dev = self._door(door)
+        args: dict[str, Any] = {} if pulse_s is None else {"pulse_s": float(pulse_s)}
+        with self._lock:
+            handle = self._submit(dev, "unlock", args)
+        self._flush()
+        return handle
+
+    def lock(self, door: str) -> CommandHandle:
+        """Engage the bolt now (an emergency release still wins on the device)."""
+        with self._lock:
+            handle = self._submit(self._door(door), "lock", {})
+        self._flush()
+        return handle
+
+    # --- internals: registry --------------------------------------------------------------
+
+    def _dev(self, device: str) -> _Device:
+        try:
+            return self._devices[device]
+        except KeyError:
+            raise KeyError(f"no device {device!r} in the station config") from None
+
+    def _shelf(self, device: str) -> _Device:
+        dev = self._dev(device)
+        if dev.kind != "shelf":
+            raise ValueError(f"{device} is a {dev.kind}, not a shelf")
+        return dev
+
+    def _door(self, device: str) -> _Device:
+        dev = self._dev(device)
+        if dev.kind != "door":
+            raise ValueError(f"{device} is a {dev.kind}, not a door")
+        return dev
+
+    @staticmethod
+    def _check_slot(dev: _Device, rc: Slot) -> None:
+        if not (1 <= rc[0] <= dev.rows and 1 <= rc[1] <= dev.cols):
+            raise ValueError(f"{dev.id} has no slot {rc}")
+
+    def _replace_args(self, dev: _Device) -> dict[str, Any]:
+        now = time.time()
+        slots = [_light_args(rc, light, exp - now)
+                 for rc, (light, exp) in sorted(dev.desired.items()) if exp - now > 0.001]
+        return {"slots": slots, "replace": True}
+
+    # --- internals: sending ---------------------------------------------------------------
+
+    def _submit(self, dev: _Device, op: str, args: dict[str, Any]) -> CommandHandle:
+        ttl = self.config.mqtt.command_ttl_s
+        cmd_id = env.new_id()
+        expires = time.time() + ttl
+        handle = CommandHandle(cmd_id, dev.id, op, expires)
+        dev.queue.append(_Pending(cmd_id, op, args, expires, handle))
+        self._pump(dev)
+        return handle
+
+    def _pump(self, dev: _Device) -> None:
+        """Send the next queued command if none is in flight (one at a time per device)."""
+        while dev.inflight is None and dev.queue:
+            pending = dev.queue.popleft()
+            if time.time() >= pending.expires_at:
+                self._resolve(dev, pending, "expired", None)
+                continue
+            pending.seq = self._seq.next()
+            pending.issued_at = time.time()
+            dev.inflight = pending
+            self._transmit(dev, pending)
+
+    def _transmit(self, dev: _Device, pending: _Pending) -> None:
+        """(Re)send: same cmd_id, seq and expiry every time, a new msg_id."""
+        pending.tries += 1
+        pending.next_retry = time.monotonic() + self.retry_s
+        cmd = env.build_command(
+            key=self._keys[dev.id], device=dev.id, seq=pending.seq, op=pending.op,
+            args=pending.args, ttl_s=0, cmd_id=pending.cmd_id, issued_at=pending.issued_at,
+            expires_at=pending.expires_at,
+        )
+        self._publish(dev.id, cmd)
+
+    def _publish(self, device: str, cmd: dict[str, Any]) -> None:
+        client = self._client
+        if client is not None:  # never retained: a reconnect must not replay a command
+            client.publish(env.topic(self.station_id, device, "cmd"), env.encode(cmd), qos=1,
+                           retain=False)
+
+    def _send_time_sync(self, dev: _Device) -> None:
+        """Answer the device's time challenge (outside the command queue: docs/adr/0011)."""
+        if dev.nonce is None:
+            return
+        dev.nonce_answered = time.monotonic()
+        cmd = env.build_command(
+            key=self._keys[dev.id], device=dev.id, seq=self._seq.next(), op="time.sync",
+            args={"nonce": dev.nonce}, ttl_s=self.config.mqtt.command_ttl_s,
+        )
+        self._publish(dev.id, cmd)
+
+    def _resolve(self, dev: _Device, pending: _Pending, status: str, reason: str | None,
+                 result: dict[str, Any] | None = None) -> None:
+        outcome = CommandOutcome(status, reason, pending.cmd_id, dev.id, pending.op,  # type: ignore[arg-type]
+                                 result or {})
+        if pending.handle._resolve(outcome):  # noqa: SLF001
+            self._emit(dev.id, f"command.{status}", {
+                "cmd_id": pending.cmd_id, "op": pending.op, "seq": pending.seq,
+                "reason": reason, "tries": pending.tries, "result": result or {},
+            })
+
+    # --- internals: timer -----------------------------------------------------------------
+
+    def _timer_loop(self) -> None:
+        while not self._stop.wait(self.tick_s):
+            try:
+                with self._lock:
+                    self._tick()
+                self._flush()
+            except Exception:
+                log.exception("device link timer failed")
+
+    def _tick(self) -> None:
+        now, mono = time.time(), time.monotonic()
+        for dev in self._devices.values():
+            pending = dev.inflight
+            if pending is not None:
+                if now >= pending.expires_at:  # never after its expiry
+                    dev.inflight = None
+                    self._resolve(dev, pending, "expired", None)
+                elif mono >= pending.next_retry and self.connected.is_set():
+                    self._transmit(dev, pending)
+            if dev.reconcile and dev.online:
+                dev.reconcile = False
+                self._reconcile(dev)
+            self._pump(dev)
+
+    def _reconcile(self, dev: _Device) -> None:
+        """Bring a returning shelf to the desired lights; doors get nothing (never unlock)."""
+        if dev.kind != "shelf":
+            return
+        args = self._replace_args(dev)
+        self._submit(dev, "lights.set", args)
+        self._emit(dev.id, "device.reconciled", {"slots": len(args["slots"])})
+
+    # --- internals: receiving -------------------------------------------------------------
+
+    def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, rc: Any, props: Any) -> None:
+        if rc.is_failure:
+            log.warning("broker refused the station: %s", rc)
+            return
+        sock = client.socket()
+        if sock is not None:  # DESIGN §7: after every connect, or Nagle adds 44-88 ms
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                pass
+        subs = [(env.topic(self.station_id, d, ch), 1)
+                for d in self._devices for ch in ("ack", "state", "evt", "avail")]
+        client.subscribe(subs)
+        client.publish(env.topic(self.station_id, "station", "avail"), env.ONLINE, qos=1, retain=True)
+        self.connected.set()
+        with self._lock:  # resend what is in flight now rather than at the next retry
+            for dev in self._devices.values():
+                if dev.inflight is not None:
+                    dev.inflight.next_retry = 0.0
+
+    def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, rc: Any, props: Any) -> None:
+        self.connected.clear()
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        try:
+            with self._lock:
+                self._handle(msg.topic, bytes(msg.payload))
+                self._changed.notify_all()
+        except Exception:
+            log.exception("device link failed on %s", msg.topic)
+        self._flush()
+
+    def _handle(self, topic_name: str, payload: bytes) -> None:
+        parsed = env.parse_topic(topic_name)
+        if parsed is None or parsed[0] != self.station_id or parsed[1] not in self._devices:
+            return
+        _, device, channel = parsed
+        dev = self._devices[device]
+        if channel == "avail":
+            text = payload[:16].decode("utf-8", "replace")
+            if text not in (env.ONLINE, env.OFFLINE):
+                self._bad(dev, channel, "malformed", "avail must be online or offline", payload)
+                return
+            self._set_online(dev, text == env.ONLINE)
+            return
+        try:
+            obj = env.decode(payload)
+            if channel == "ack":
+                model: Any = AckMsg.model_validate(obj)
+            elif channel == "evt":
+                model = parse_event(obj)
+            else:
+                model = parse_state(obj)
+            env.check_signature(obj, self._keys[device])
+            if model.device != device:
+                raise EnvelopeError("wrong_device", model.device)
+        except EnvelopeError as exc:
+            self._bad(dev, channel, exc.reason, exc.detail, payload)
+            return
+        except ValidationError as exc:
+            self._bad(dev, channel, "malformed", str(exc.errors()[0])[:200], payload)
+            return
+        if channel == "ack":
+            self._on_ack(dev, model)
+        elif channel == "evt":
+            self._on_evt(dev, model)
+        else:
+            self._on_state(dev, model, obj)
+
+    def _bad(self, dev: _Device, channel: str, reason: str, detail: str, payload: bytes) -> None:
+        """Report an unusable message, at most ~2/s per device so a flood cannot drown the log."""
+        mono = time.monotonic()
+        dev.bad_budget = min(20.0, dev.bad_budget + (mono - dev.bad_refill) * 2.0)
+        dev.bad_refill = mono
+        if dev.bad_budget < 1.0:
+            dev.bad_suppressed += 1
+            return
+        dev.bad_budget -= 1.0
+        suppressed, dev.bad_suppressed = dev.bad_suppressed, 0
+        self._emit(dev.id, "device.bad_message", {
+            "channel": channel, "reason": reason, "detail": detail[:200], "size": len(payload),
+            "suppressed": suppressed,
+        })
+
+    def _set_online(self, dev: _Device, online: bool) -> None:
+        if dev.online == online:
+            return
+        first = dev.online is None
+        dev.online = online
+        self._emit(dev.id, "device.online" if online else "device.offline", {"first_seen": first})
+        if online:
+            if not first:
+                dev.reconcile = True
+            if dev.inflight is not None:
+                dev.inflight.next_retry = 0.0
+
+    def _on_ack(self, dev: _Device, ack: AckMsg) -> None:
+        pending = dev.inflight
+        if pending is None or ack.cmd_id != pending.cmd_id:
+            return  # a duplicate, a time.sync ack, or an answer to someone else's message
+        if ack.ok:
+            dev.inflight = None
+            self._resolve(dev, pending, "acked", None, ack.result)
+        elif ack.reason in TRANSIENT_REASONS:
+            if time.monotonic() - dev.nonce_answered > self.retry_s / 2:
+                self._send_time_sync(dev)
+        else:
+            dev.inflight = None
+            self._resolve(dev, pending, "refused", ack.reason)
+        self._pump(dev)
+
+    def _on_evt(self, dev: _Device, evt: Any) -> None:
+        key = (dev.id, evt.boot_id, evt.evt_seq)
+        if key in self._seen_evts:
+            return  # QoS 1 redelivery
+        self._seen_evts[key] = None
+        while len(self._seen_evts) > 8192:
+            self._seen_evts.popitem(last=False)
+        kind = "device.command_refused" if evt.kind == "command.refused" else evt.kind
+        self._emit(dev.id, kind, {**evt.data, "boot_id": evt.boot_id, "evt_seq": evt.evt_seq,
+                                  "device_ts": evt.ts})
+
+    def _on_state(self, dev: _Device, state: ShelfState | DoorState, obj: dict[str, Any]) -> None:
+        if dev.kind != state.kind:
+            self._bad(dev, "state", "malformed", f"{dev.id} is a {dev.kind}", b"")
+            return
+        previous = dev.boot_id
+        dev.reported = {k: v for k, v in obj.items() if k != "sig"}
+        if previous is not None and state.boot_id != previous:
+            dev.boot_id = state.boot_id
+            self._emit(dev.id, "device.rebooted", {"boot_id": state.boot_id, "previous": previous})
+            dev.reconcile = True
+        dev.boot_id = state.boot_id
+        nonce = state.time.nonce
+        if nonce is not None and nonce != dev.nonce:
+            dev.nonce = nonce
+            self._send_time_sync(dev)
+        elif nonce is None:
+            dev.nonce = None
+
+    # --- internals: events ----------------------------------------------------------------
+
+    def _emit(self, device: str, kind: str, data: dict[str, Any]) -> None:
+        self._outbox.append(DeviceEvent(device, kind, data, time.time()))
+
+    def _flush(self) -> None:
+        """Hand queued events to on_event, in order, outside the state lock."""
+        with self._deliver_lock:
+            while True:
+                with self._lock:
+                    if not self._outbox:
+                        return
+                    event = self._outbox.popleft()
+                try:
+                    self._on_event(event)
+                except Exception:
+                    log.exception("on_event failed for %s %s", event.device, event.kind)
+
+
+def _light_args(rc: Slot, light: Light, ttl_s: float) -> dict[str, Any]:
+    return {"row": rc[0], "col": rc[1], "colours": [c.upper() for c in light.colours],
+            "pattern": light.pattern, "ttl_s": round(max(ttl_s, 0.001), 3)}
