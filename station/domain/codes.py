@@ -31,7 +31,7 @@ _COMPACT = re.compile(r"^(\d{2})(\d)(\d{2})(\d{8})$")
 
 
 class RandomSource(Protocol):
-    def randbelow(self, n: int) -> int: ...
+    def randrange(self, stop: int) -> int: ...
 
 
 @dataclass(frozen=True)
@@ -77,7 +77,7 @@ def new_code(
     if len(taken) >= 10**RANDOM_DIGITS:
         raise InvalidPickupCode("no random part left for this slot")
     while True:
-        secret = f"{rng.randbelow(10**RANDOM_DIGITS):0{RANDOM_DIGITS}d}"
+        secret = f"{rng.randrange(10**RANDOM_DIGITS):0{RANDOM_DIGITS}d}"
         if secret not in taken:
             return PickupCode(slot, secret)
 

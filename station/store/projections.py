@@ -71,7 +71,7 @@ def _courier_removed(conn: sqlite3.Connection, e: EventRecord, at: float) -> Non
 # --- shelving ------------------------------------------------------------------------------
 
 
-@applies("shelving.opened", "return.opened", "pickup.opened", "dropoff.opened")
+@applies("shelving.opened", "return.opened", "dropoff.opened")
 def _session_opened(conn: sqlite3.Connection, e: EventRecord, at: float) -> None:
     d = e.data
     conn.execute(
@@ -80,6 +80,39 @@ def _session_opened(conn: sqlite3.Connection, e: EventRecord, at: float) -> None
         (d["session_id"], e.type.split(".")[0], e.actor, d.get("recipient_hash"), d.get("colour"),
          d.get("mode"), at, d.get("expires_at"), json.dumps(d.get("parcels", []))),
     )
+
+
+@applies("pickup.opened")
+def _pickup_slots(conn: sqlite3.Connection, e: EventRecord, at: float) -> None:
+    _session_opened(conn, e, at)
+    for slot, count in sorted(e.data.get("slots", {}).items()):
+        conn.execute(
+            "INSERT INTO session_slots(session_id, slot, remaining) VALUES (?,?,?)",
+            (e.data["session_id"], slot, int(count)),
+        )
+
+
+@applies("pickup.slot.taken")
+def _pickup_taken(conn: sqlite3.Connection, e: EventRecord, at: float) -> None:
+    conn.execute(
+        "UPDATE session_slots SET remaining = MAX(remaining - 1, 0)"
+        " WHERE session_id = ? AND slot = ?",
+        (e.data["session_id"], e.data["slot"]),
+    )
+
+
+@applies("slot.alarm")
+def _slot_alarm(conn: sqlite3.Connection, e: EventRecord, at: float) -> None:
+    conn.execute(
+        "INSERT INTO slot_alarms(slot, until, reason) VALUES (?,?,?)"
+        " ON CONFLICT(slot) DO UPDATE SET until = excluded.until, reason = excluded.reason",
+        (e.data["slot"], e.data["until"], e.data["reason"]),
+    )
+
+
+@applies("slot.alarm.cleared")
+def _slot_alarm_cleared(conn: sqlite3.Connection, e: EventRecord, at: float) -> None:
+    conn.execute("DELETE FROM slot_alarms WHERE slot = ?", (e.data["slot"],))
 
 
 @applies("shelving.closed", "return.closed", "pickup.closed", "dropoff.closed")

@@ -19,7 +19,7 @@ PROJECTION_TABLES = (
     "session_slots",
     "slot_alarms",
 )
-SIDE_TABLES = ("face_templates", "outbox", "otps", "upstream_cursor")
+SIDE_TABLES = ("face_templates", "outbox", "otps", "upstream_cursor", "recipient_contacts")
 
 MIGRATIONS: list[str] = [
     # 1: event log and projections
@@ -181,6 +181,12 @@ MIGRATIONS: list[str] = [
         state TEXT NOT NULL
     );
     CREATE INDEX otps_recipient ON otps(recipient_hash, created_at);
+
+    CREATE TABLE recipient_contacts (
+        recipient_hash TEXT PRIMARY KEY,
+        phone_sealed BLOB NOT NULL,
+        updated_at REAL NOT NULL
+    );
 
     CREATE TABLE upstream_cursor (
         name TEXT PRIMARY KEY,

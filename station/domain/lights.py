@@ -1,0 +1,58 @@
+"""What the shelves should show, as a pure function of the station's state.
+
+The lights are never "remembered" separately: after every change (and after a restart) the
+station recomputes this map from the database and sends it to each shelf as its complete
+desired state. A slot is therefore lit only while the database says someone should go to
+it — the rule behind "zero wrong slots lit"."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable
+
+from .colours import ALARM_RED
+from .layout import SlotAddress
+
+
+@dataclass(frozen=True)
+class LightSpec:
+    colours: tuple[str, ...]
+    pattern: str = "solid"  # solid | blink | alternate
+    ttl_s: float = 600.0
+
+
+@dataclass(frozen=True)
+class SlotClaim:
+    """Somebody should go to `slot`, shown in `colour`, until `until` (epoch seconds)."""
+
+    slot: SlotAddress
+    colour: str
+    until: float
+    blink: bool = False
+
+
+def compose(
+    claims: Iterable[SlotClaim],
+    alarms: Iterable[tuple[SlotAddress, float]],
+    now: float,
+    max_ttl_s: float,
+) -> dict[SlotAddress, LightSpec]:
+    """Merge claims per slot. One claim: its colour; several: alternate between their
+    colours (two customers at one slot each see theirs); an alarm wins and blinks red.
+    TTLs end with the claim, so a lost "off" never outlives the reason for the light."""
+    per_slot: dict[SlotAddress, list[SlotClaim]] = {}
+    for claim in claims:
+        if claim.until > now:
+            per_slot.setdefault(claim.slot, []).append(claim)
+    result: dict[SlotAddress, LightSpec] = {}
+    for slot, group in per_slot.items():
+        colours = tuple(dict.fromkeys(c.colour for c in sorted(group, key=lambda c: c.colour)))
+        ttl = min(max(max(c.until for c in group) - now, 1.0), max_ttl_s)
+        if len(colours) > 1:
+            result[slot] = LightSpec(colours, "alternate", ttl)
+        else:
+            result[slot] = LightSpec(colours, "blink" if group[0].blink else "solid", ttl)
+    for slot, until in alarms:
+        if until > now:
+            result[slot] = LightSpec((ALARM_RED,), "blink", min(max(until - now, 1.0), max_ttl_s))
+    return result

@@ -1,0 +1,74 @@
+"""The wired-together pieces every flow uses, built once by bootstrap.py."""
+
+from __future__ import annotations
+
+import logging
+import secrets as pysecrets
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Callable
+
+from station.config import Secrets, StationConfig
+from station.crypto import Sealer
+from station.domain.layout import Layout, ShelfSpec, SlotAddress
+from station.domain.lockout import LockoutPolicy
+from station.domain.waybills import Carrier, CarrierBook
+from station.store.db import Store
+
+from .ports import DevicePort, OutboxPort
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}_{uuid.uuid4().hex[:16]}"
+
+
+def layout_from_config(config: StationConfig) -> Layout:
+    return Layout(
+        ShelfSpec(s.number, s.rows, s.columns, tuple(s.row_sizes), s.capacity, s.device, s.outbound)
+        for s in config.shelves
+    )
+
+
+def carriers_from_config(config: StationConfig) -> CarrierBook:
+    return CarrierBook(Carrier(c.name, c.pattern, c.send_code_pattern) for c in config.carriers)
+
+
+@dataclass
+class Ctx:
+    config: StationConfig
+    secrets: Secrets
+    store: Store
+    devices: DevicePort
+    outbox: OutboxPort
+    clock: Callable[[], float] = time.time
+    layout: Layout = field(init=False)
+    carriers: CarrierBook = field(init=False)
+    sealer: Sealer = field(init=False)
+    # One lock serialises decisions (slot choice + reservation, placement binding); it is
+    # never held while waiting for a device.
+    lock: threading.RLock = field(default_factory=threading.RLock)
+    rng: pysecrets.SystemRandom = field(default_factory=pysecrets.SystemRandom)
+    log: logging.Logger = field(default_factory=lambda: logging.getLogger("station.flows"))
+
+    def __post_init__(self) -> None:
+        self.sealer = Sealer(self.secrets.encryption_key)
+        self.layout = layout_from_config(self.config)
+        self.carriers = carriers_from_config(self.config)
+
+    @property
+    def station_id(self) -> str:
+        return self.config.station.id
+
+    @property
+    def lockout_policy(self) -> LockoutPolicy:
+        lk = self.config.lockout
+        return LockoutPolicy(lk.free_failures, lk.first_delay_s, lk.max_delay_s, lk.daily_failure_cap)
+
+    def device_of(self, slot: SlotAddress) -> str:
+        return self.layout.slot(slot).device
+
+    @property
+    def command_timeout(self) -> float:
+        return self.config.mqtt.command_ttl_s + 0.5

@@ -1,0 +1,207 @@
+"""The station's use cases wired together, plus what reacts to the devices and the clock.
+
+`StationCore` is what the API, the CLI and the simulator drive. It owns no connection:
+the device link, the outbox and the vision engine are handed in (bootstrap.py)."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from station.domain.errors import InvalidSlotAddress
+from station.domain.layout import SlotAddress
+from station.store.eventlog import Event
+
+from . import guard
+from .context import Ctx
+from .couriers import Couriers
+from .exit import ExitCheck
+from .lights import LightSync
+from .pickup import Pickup
+from .returns import Returns
+from .shelving import Placement, Shelving
+
+log = logging.getLogger("station.core")
+
+# device event kinds that are alarms in their own right
+ALARM_KINDS = {"door.forced_open", "door.held_open", "door.emergency_release"}
+
+
+@dataclass
+class PlacementOutcome:
+    slot: str
+    action: str
+    result: str  # bound | rejected | pickup_take | return_take | dropoff | unexpected
+    placement: Placement | None = None
+
+
+class StationCore:
+    def __init__(self, ctx: Ctx) -> None:
+        self.ctx = ctx
+        self.lights = LightSync(ctx)
+        self.couriers = Couriers(ctx)
+        self.shelving = Shelving(ctx, self.lights, self.couriers)
+        self.pickup = Pickup(ctx, self.lights)
+        self.exit = ExitCheck(ctx, self.lights)
+        self.returns = Returns(ctx, self.lights, self.shelving, self.couriers)
+        self.placement_listeners: list[Callable[[PlacementOutcome], None]] = []
+        self._last_refresh = 0.0
+
+    # --- device input -------------------------------------------------------------------------
+
+    def on_device_event(self, device: str, kind: str, data: dict[str, Any]) -> None:
+        """Everything a device reports lands in the log; placements drive the flows."""
+        try:
+            if kind == "placement":
+                self._on_placement(device, data)
+            elif kind in ("online", "offline"):
+                self._on_availability(device, kind, data)
+            else:
+                self._log_device(device, kind, data)
+        except Exception:  # one bad event must not stop the link's thread
+            log.exception("device event %s/%s failed", device, kind)
+
+    def _log_device(self, device: str, kind: str, data: dict[str, Any]) -> None:
+        etype = kind if kind.startswith(("door.", "command.", "device.", "light", "shelf.")) else f"device.{kind}"
+        with self.ctx.store.transaction() as tx:
+            tx.emit(Event(etype, device, device, _safe(data)))
+            if kind in ALARM_KINDS:
+                guard.raise_alarm(tx, kind, device, f"{device}: {kind.split('.', 1)[1].replace('_', ' ')}")
+
+    def _on_availability(self, device: str, kind: str, data: dict[str, Any]) -> None:
+        with self.ctx.store.transaction() as tx:
+            tx.emit(Event(f"device.{kind}", device, device, {"device": device, **_safe(data)}))
+            if kind == "offline" and device in (self.ctx.config.doors.entry, self.ctx.config.doors.exit):
+                guard.raise_alarm(tx, "device.offline", device, f"{device} went offline")
+        if kind == "online" and device in self.ctx.config.shelf_devices:
+            self.lights.refresh([device], force=True)
+
+    def _on_placement(self, device: str, data: dict[str, Any]) -> PlacementOutcome | None:
+        shelf = self.ctx.layout.shelf_of_device(device)
+        if shelf is None:
+            self._log_device(device, "placement.unknown_device", data)
+            return None
+        try:
+            slot = SlotAddress(shelf.number, int(data["row"]), int(data["col"]))
+            self.ctx.layout.slot(slot)
+        except (KeyError, TypeError, ValueError, InvalidSlotAddress):
+            self._log_device(device, "placement.invalid", data)
+            return None
+        action = data.get("action")
+        with self.ctx.lock:
+            with self.ctx.store.transaction() as tx:
+                tx.emit(Event("slot.sensed", str(slot), device,
+                              {"slot": str(slot), "action": action, "count": data.get("count")}))
+            outcome = self._route(slot, str(action))
+            self.lights.refresh(self.lights.devices_of([slot]))
+        for listener in list(self.placement_listeners):
+            try:
+                listener(outcome)
+            except Exception:
+                log.exception("placement listener failed")
+        return outcome
+
+    def _route(self, slot: SlotAddress, action: str) -> PlacementOutcome:
+        if action == "put":
+            if self.ctx.layout.slot(slot).outbound:
+                parcel = self.returns.on_outbound_put(slot)
+                if parcel:
+                    return PlacementOutcome(str(slot), action, "dropoff")
+            pending = self.shelving.candidate_for_put(slot)
+            if pending is not None:
+                placed = self.shelving.on_put(slot, pending)
+                return PlacementOutcome(str(slot), action, "bound" if placed else "rejected", placed)
+            self._unexpected(slot, "unexpected_put")
+            return PlacementOutcome(str(slot), action, "unexpected")
+        if action == "take":
+            if self.pickup.on_take(slot):
+                return PlacementOutcome(str(slot), action, "pickup_take")
+            if self.returns.on_take(slot):
+                return PlacementOutcome(str(slot), action, "return_take")
+            self._unexpected(slot, "unexpected_take")
+            return PlacementOutcome(str(slot), action, "unexpected")
+        self._log_device(self.ctx.device_of(slot), "placement.invalid", {"slot": str(slot), "action": action})
+        return PlacementOutcome(str(slot), action, "unexpected")
+
+    def _unexpected(self, slot: SlotAddress, reason: str) -> None:
+        """A parcel lifted from (or put into) a slot nobody should touch: blink red, log it."""
+        with self.ctx.store.transaction() as tx:
+            tx.emit(Event("slot.alarm", str(slot), "station",
+                          {"slot": str(slot), "until": tx.now + 15.0, "reason": reason}))
+            guard.raise_alarm(tx, f"slot.{reason}", str(slot), f"slot {slot}: {reason.replace('_', ' ')}")
+
+    # --- the clock ------------------------------------------------------------------------------
+
+    def tick(self, now: float | None = None) -> dict[str, int]:
+        """Timeouts and expiries; called every half second by the service."""
+        now = self.ctx.clock() if now is None else now
+        done = {
+            "placements_failed": self.shelving.expire_placements(now),
+            "sessions_timed_out": self.pickup.expire_sessions(now),
+            "parcels_expired": self.returns.expire_due(now),
+            "alarms_cleared": self._clear_slot_alarms(now),
+        }
+        self._close_stale_runs(now)
+        force = now - self._last_refresh > 60.0
+        if any(done.values()) or force:
+            self.lights.refresh(force=force)
+            if force:
+                self._last_refresh = now
+        return done
+
+    def _clear_slot_alarms(self, now: float) -> int:
+        rows = self.ctx.store.query("SELECT slot FROM slot_alarms WHERE until <= ?", (now,))
+        if rows:
+            with self.ctx.lock, self.ctx.store.transaction() as tx:
+                for r in rows:
+                    tx.emit(Event("slot.alarm.cleared", r["slot"], "station", {"slot": r["slot"]}))
+        return len(rows)
+
+    def _close_stale_runs(self, now: float) -> None:
+        rows = self.ctx.store.query(
+            "SELECT id, kind FROM sessions WHERE state = 'open' AND kind IN ('return','dropoff')"
+            " AND expires_at <= ?", (now,))
+        if rows:
+            with self.ctx.lock, self.ctx.store.transaction() as tx:
+                for r in rows:
+                    tx.emit(Event(f"{r['kind']}.closed", r["id"], "station",
+                                  {"session_id": r["id"], "reason": "timeout"}))
+
+
+class Ticker:
+    """Calls `core.tick()` on its own thread until stopped."""
+
+    def __init__(self, core: StationCore, interval: float = 0.5) -> None:
+        self.core = core
+        self.interval = interval
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="station-ticker", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                self.core.tick()
+            except Exception:
+                log.exception("tick failed")
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread:
+            self._thread.join(timeout=5)
+
+
+def _safe(data: dict[str, Any]) -> dict[str, Any]:
+    """Device data as it may enter the log: JSON-safe and bounded."""
+    out: dict[str, Any] = {}
+    for key, value in list(data.items())[:32]:
+        if isinstance(value, (str, int, float, bool)) or value is None:
+            out[str(key)[:64]] = value if not isinstance(value, str) else value[:256]
+        else:
+            out[str(key)[:64]] = str(value)[:256]
+    return out

@@ -1,0 +1,136 @@
+"""The courier registry: carriers' staff who may enter and shelve.
+
+PINs are argon2 hashes; face templates are encrypted side rows removed with the courier."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+
+from station.store.eventlog import Event
+
+from . import guard
+from .context import Ctx
+from .errors import AuthFailed, FlowError, NotFound
+
+_ID = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
+_PIN = re.compile(r"^\d{4,8}$")
+
+
+@dataclass(frozen=True)
+class CourierView:
+    id: str
+    carrier: str
+    name: str
+    active: bool
+    has_face: bool
+    valid_from: float | None
+    valid_until: float | None
+
+
+def _view(row: dict[str, Any]) -> CourierView:
+    return CourierView(row["id"], row["carrier"], row["name"], bool(row["active"]),
+                       bool(row["has_face"]), row["valid_from"], row["valid_until"])
+
+
+class Couriers:
+    def __init__(self, ctx: Ctx, hasher: PasswordHasher | None = None) -> None:
+        self.ctx = ctx
+        # modest argon2 cost: a PIN check must not stall an edge box, and the lockout, not
+        # the hash cost, is what limits online guessing
+        self.hasher = hasher or PasswordHasher(time_cost=2, memory_cost=19456, parallelism=1)
+
+    def add(self, courier_id: str, carrier: str, name: str, pin: str, *, actor: str = "operator",
+            valid_from: float | None = None, valid_until: float | None = None) -> CourierView:
+        if not _ID.match(courier_id or ""):
+            raise FlowError("courier id: 1-32 letters, digits, - or _", code="invalid_courier_id", status=422)
+        if carrier not in self.ctx.carriers.names:
+            raise FlowError(f"unknown carrier {carrier!r}", code="unknown_carrier", status=422)
+        if not _PIN.match(pin or ""):
+            raise FlowError("a PIN is 4-8 digits", code="invalid_pin", status=422)
+        if not name or len(name) > 64:
+            raise FlowError("a name is 1-64 characters", code="invalid_name", status=422)
+        pin_hash = self.hasher.hash(pin)
+        with self.ctx.lock, self.ctx.store.transaction() as tx:
+            if tx.execute("SELECT 1 FROM couriers WHERE id = ?", (courier_id,)).fetchone():
+                raise FlowError(f"courier {courier_id} exists", code="courier_exists")
+            tx.emit(Event("courier.added", courier_id, actor, {
+                "courier_id": courier_id, "carrier": carrier, "name": name, "pin_hash": pin_hash,
+                "valid_from": valid_from, "valid_until": valid_until}))
+        return self.get(courier_id)
+
+    def get(self, courier_id: str) -> CourierView:
+        row = self.ctx.store.query_one("SELECT * FROM couriers WHERE id = ?", (courier_id,))
+        if row is None:
+            raise NotFound(f"no courier {courier_id}")
+        return _view(row)
+
+    def list(self) -> list[CourierView]:
+        return [_view(r) for r in self.ctx.store.query("SELECT * FROM couriers ORDER BY id")]
+
+    def set_active(self, courier_id: str, active: bool, *, actor: str = "operator") -> CourierView:
+        self.get(courier_id)
+        with self.ctx.lock, self.ctx.store.transaction() as tx:
+            kind = "courier.enabled" if active else "courier.disabled"
+            tx.emit(Event(kind, courier_id, actor, {"courier_id": courier_id}))
+        return self.get(courier_id)
+
+    def remove(self, courier_id: str, *, actor: str = "operator") -> None:
+        """Removing a courier deletes their face templates in the same transaction."""
+        self.get(courier_id)
+        with self.ctx.lock, self.ctx.store.transaction() as tx:
+            n = tx.execute("DELETE FROM face_templates WHERE courier_id = ?", (courier_id,)).rowcount
+            tx.emit(Event("courier.removed", courier_id, actor,
+                          {"courier_id": courier_id, "face_templates_deleted": n}))
+
+    def store_templates(self, courier_id: str, blobs: Sequence[bytes], *, actor: str = "operator",
+                        distances: Sequence[float] = ()) -> None:
+        self.get(courier_id)
+        with self.ctx.lock, self.ctx.store.transaction() as tx:
+            tx.execute("DELETE FROM face_templates WHERE courier_id = ?", (courier_id,))
+            for idx, blob in enumerate(blobs):
+                tx.execute("INSERT INTO face_templates(courier_id, idx, blob) VALUES (?,?,?)",
+                           (courier_id, idx, blob))
+            tx.emit(Event("courier.face.enrolled", courier_id, actor,
+                          {"courier_id": courier_id, "templates": len(blobs)}))
+
+    def templates(self) -> list[tuple[str, bytes]]:
+        rows = self.ctx.store.query(
+            "SELECT t.courier_id, t.blob FROM face_templates t JOIN couriers c ON c.id = t.courier_id"
+            " WHERE c.active = 1 ORDER BY t.courier_id, t.idx")
+        return [(r["courier_id"], r["blob"]) for r in rows]
+
+    def usable(self, courier_id: str, now: float) -> CourierView:
+        c = self.get(courier_id)
+        if not c.active:
+            raise AuthFailed(f"courier {courier_id} is disabled", code="courier_disabled", status=403)
+        if (c.valid_from and now < c.valid_from) or (c.valid_until and now > c.valid_until):
+            raise AuthFailed(f"courier {courier_id} is outside their validity dates",
+                             code="courier_expired", status=403)
+        return c
+
+    def check_pin(self, courier_id: str, pin: str, *, scope: str = "kiosk") -> CourierView:
+        """Wrong PINs are locked out like pickup codes (per courier id and station-wide)."""
+        now = self.ctx.clock()
+        lock_scope = f"courier:{courier_id}"
+        guard.ensure_allowed(self.ctx, "pin", lock_scope, now)
+        row = self.ctx.store.query_one("SELECT pin_hash FROM couriers WHERE id = ?", (courier_id,))
+        ok = False
+        if row is not None and isinstance(pin, str):
+            try:
+                ok = self.hasher.verify(row["pin_hash"], pin)
+            except (VerificationError, InvalidHashError):
+                ok = False
+        with self.ctx.lock, self.ctx.store.transaction() as tx:
+            if not ok:
+                guard.record_failure(self.ctx, tx, "pin", lock_scope, scope, {"courier_id": courier_id})
+            else:
+                guard.record_success(tx, "pin", lock_scope, scope, {"courier_id": courier_id})
+        if not ok:
+            raise AuthFailed("wrong courier id or PIN", code="wrong_pin")
+        return self.usable(courier_id, now)
+

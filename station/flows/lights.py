@@ -1,0 +1,88 @@
+"""Keep every shelf showing exactly what the database says (domain/lights.py)."""
+
+from __future__ import annotations
+
+import json
+from typing import Iterable
+
+from station.domain.layout import SlotAddress
+from station.domain.lights import LightSpec, SlotClaim, compose
+
+from .context import Ctx
+from .ports import Handle
+
+Key = tuple[int, int]
+
+
+class LightSync:
+    def __init__(self, ctx: Ctx) -> None:
+        self.ctx = ctx
+        self._sent: dict[str, dict[Key, tuple[tuple[str, ...], str]]] = {}
+
+    def claims(self, now: float) -> list[SlotClaim]:
+        store = self.ctx.store
+        claims: list[SlotClaim] = []
+        for row in store.query(
+            "SELECT ss.slot, s.colour, s.expires_at FROM session_slots ss"
+            " JOIN sessions s ON s.id = ss.session_id"
+            " WHERE s.state = 'open' AND s.kind = 'pickup' AND ss.remaining > 0"
+        ):
+            claims.append(SlotClaim(SlotAddress.parse(row["slot"]), row["colour"], row["expires_at"]))
+        for row in store.query(
+            "SELECT p.target_slot, s.colour, p.deadline FROM pending_placements p"
+            " JOIN sessions s ON s.id = p.session_id"
+            " WHERE p.state = 'waiting' AND p.target_slot IS NOT NULL AND s.state = 'open'"
+        ):
+            claims.append(SlotClaim(SlotAddress.parse(row["target_slot"]), row["colour"], row["deadline"]))
+        for row in store.query(
+            "SELECT id, colour, expires_at, parcels FROM sessions"
+            " WHERE state = 'open' AND kind IN ('return', 'dropoff')"
+        ):
+            ids = json.loads(row["parcels"])
+            if not ids:
+                continue
+            marks = ",".join("?" * len(ids))
+            for p in store.query(
+                f"SELECT slot FROM parcels WHERE id IN ({marks})"
+                " AND state IN ('expired', 'recalled', 'dropped_off')",
+                ids,
+            ):
+                claims.append(SlotClaim(SlotAddress.parse(p["slot"]), row["colour"], row["expires_at"]))
+        return claims
+
+    def alarms(self) -> list[tuple[SlotAddress, float]]:
+        return [
+            (SlotAddress.parse(r["slot"]), r["until"])
+            for r in self.ctx.store.query("SELECT slot, until FROM slot_alarms")
+        ]
+
+    def desired(self, now: float | None = None) -> dict[str, dict[Key, LightSpec]]:
+        now = self.ctx.clock() if now is None else now
+        lights = compose(self.claims(now), self.alarms(), now, self.ctx.config.mqtt.light_ttl_s)
+        per_device: dict[str, dict[Key, LightSpec]] = {
+            shelf.device: {} for shelf in self.ctx.layout.shelves
+        }
+        for slot, spec in lights.items():
+            per_device[self.ctx.device_of(slot)][(slot.row, slot.col)] = spec
+        return per_device
+
+    def refresh(self, devices: Iterable[str] | None = None, *, force: bool = False) -> list[Handle]:
+        """Send each shelf its desired lights if they changed (or always, with force)."""
+        desired = self.desired()
+        wanted = set(devices) if devices is not None else set(desired)
+        handles: list[Handle] = []
+        for device in sorted(wanted):
+            lights = desired.get(device, {})
+            summary = {k: (v.colours, v.pattern) for k, v in lights.items()}
+            if not force and self._sent.get(device) == summary:
+                continue
+            self._sent[device] = summary
+            handles.append(self.ctx.devices.replace_lights(device, lights))
+        return handles
+
+    def devices_of(self, slots: Iterable[str | SlotAddress]) -> set[str]:
+        out = set()
+        for slot in slots:
+            addr = slot if isinstance(slot, SlotAddress) else SlotAddress.parse(slot)
+            out.add(self.ctx.device_of(addr))
+        return out

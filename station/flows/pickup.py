@@ -1,0 +1,246 @@
+"""Customer pickup: a door that opens only for a waiting parcel, own-colour lights, takes
+sensed on the shelves, and the session's end."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from station.domain.codes import PickupCode, code_digest, parse_qr_payload
+from station.domain.colours import allocate_colour, colour_name
+from station.domain.errors import InvalidPickupCode
+from station.domain.layout import SlotAddress
+from station.domain.phones import mask_phone, normalise_phone, phone_hash
+from station.store.db import Tx
+from station.store.eventlog import Event
+
+from . import contacts, guard
+from .context import Ctx, new_id
+from .errors import AuthFailed, FlowError, Unavailable
+from .lights import LightSync
+from .shelving import live_colours
+
+
+@dataclass
+class EntryResult:
+    session_id: str
+    colour: str
+    colour_name_en: str
+    colour_name_zh: str
+    slots: list[str]
+    parcels: int
+    door: str
+    expires_at: float
+    lights_acked: bool | None = None
+    reused: bool = False
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+class Pickup:
+    def __init__(self, ctx: Ctx, lights: LightSync) -> None:
+        self.ctx = ctx
+        self.lights = lights
+
+    # --- ways in ----------------------------------------------------------------------------
+
+    def enter_with_code(self, text: str, kiosk: str = "kiosk") -> EntryResult:
+        code = PickupCode.parse(text)  # a typo is not a guess: refused without counting
+        return self._enter_code(code, kiosk, "code")
+
+    def enter_with_qr(self, payload: str, kiosk: str = "kiosk") -> EntryResult:
+        try:
+            code = parse_qr_payload(payload, self.ctx.station_id, self.ctx.secrets.hash_key)
+        except InvalidPickupCode as exc:
+            with self.ctx.lock, self.ctx.store.transaction() as tx:
+                tx.emit(Event("auth.qr.rejected", kiosk, kiosk, {"scope": kiosk, "reason": exc.message}))
+            raise
+        # the tag is unguessable, so a genuine QR skips the typed-code lockout
+        return self._enter_code(code, kiosk, "qr", check_lockout=False)
+
+    def _enter_code(self, code: PickupCode, kiosk: str, method: str, check_lockout: bool = True) -> EntryResult:
+        ctx = self.ctx
+        now = ctx.clock()
+        if check_lockout:
+            guard.ensure_allowed(ctx, "code", kiosk, now)
+        digest = code_digest(code, ctx.secrets.hash_key)
+        row = ctx.store.query_one(
+            "SELECT recipient_hash FROM parcels WHERE code_digest = ? AND state = 'shelved'", (digest,))
+        if row is None:
+            with ctx.lock, ctx.store.transaction() as tx:
+                guard.record_failure(ctx, tx, "code", kiosk, kiosk, {"method": method})
+            raise AuthFailed("No parcel is waiting for this code. Check the code and try again.",
+                             code="wrong_code")
+        return self.open_for(row["recipient_hash"], kiosk, method, auth_kind="code")
+
+    def request_otp(self, phone: str, kiosk: str = "kiosk") -> dict[str, Any]:
+        """Send a one-time code only to a phone that has a parcel waiting; the answer is the
+        same either way so the kiosk cannot be used to learn who has parcels."""
+        ctx = self.ctx
+        normalised = normalise_phone(phone)
+        recipient = phone_hash(normalised, ctx.secrets.hash_key)
+        now = ctx.clock()
+        lk = ctx.config.lockout
+        guard.ensure_allowed(ctx, "otp", kiosk, now)
+        waiting = ctx.store.query_one(
+            "SELECT 1 FROM parcels WHERE recipient_hash = ? AND state = 'shelved'", (recipient,))
+        sent_today = ctx.store.query_one(
+            "SELECT COUNT(*) n FROM otps WHERE recipient_hash = ? AND created_at > ?",
+            (recipient, now - 86400))
+        with ctx.lock, ctx.store.transaction() as tx:
+            if waiting and sent_today["n"] < lk.otp_per_phone_per_day:
+                otp = f"{ctx.rng.randrange(10**6):06d}"
+                otp_id = new_id("otp")
+                tx.execute(
+                    "INSERT INTO otps(id, recipient_hash, digest, created_at, expires_at, tries_left,"
+                    " state) VALUES (?,?,?,?,?,?, 'live')",
+                    (otp_id, recipient, self._otp_digest(otp_id, otp), now, now + lk.otp_ttl_s,
+                     lk.otp_tries))
+                tx.emit(Event("auth.otp.issued", recipient[:16], kiosk, {
+                    "otp_id": otp_id, "phone_masked": mask_phone(normalised), "scope": kiosk}))
+                ctx.outbox.enqueue(tx, "sms", otp_id, {
+                    "kind": "otp", "phone": normalised, "otp": otp, "ttl_s": lk.otp_ttl_s,
+                    "phone_masked": mask_phone(normalised)})
+            else:
+                reason = "no_parcel" if not waiting else "daily_limit"
+                tx.emit(Event("auth.otp.not_sent", recipient[:16], kiosk, {
+                    "phone_masked": mask_phone(normalised), "reason": reason, "scope": kiosk}))
+        return {"sent": True, "phone_masked": mask_phone(normalised), "ttl_s": lk.otp_ttl_s,
+                "message": "If a parcel is waiting for this number, a code is on its way."}
+
+    def enter_with_otp(self, phone: str, otp: str, kiosk: str = "kiosk") -> EntryResult:
+        ctx = self.ctx
+        normalised = normalise_phone(phone)
+        recipient = phone_hash(normalised, ctx.secrets.hash_key)
+        now = ctx.clock()
+        guard.ensure_allowed(ctx, "otp", kiosk, now)
+        rows = ctx.store.query(
+            "SELECT * FROM otps WHERE recipient_hash = ? AND state = 'live' AND expires_at > ?"
+            " ORDER BY created_at DESC", (recipient, now))
+        ok = False
+        with ctx.lock, ctx.store.transaction() as tx:
+            for r in rows:
+                if isinstance(otp, str) and hmac.compare_digest(r["digest"], self._otp_digest(r["id"], otp.strip())):
+                    tx.execute("UPDATE otps SET state = 'used' WHERE id = ?", (r["id"],))
+                    ok = True
+                    break
+            if not ok:
+                for r in rows:
+                    left = r["tries_left"] - 1
+                    tx.execute("UPDATE otps SET tries_left = ?, state = ? WHERE id = ?",
+                               (left, "live" if left > 0 else "spent", r["id"]))
+                guard.record_failure(ctx, tx, "otp", kiosk, kiosk, {"phone_masked": mask_phone(normalised)})
+        if not ok:
+            raise AuthFailed("That one-time code is wrong or has expired.", code="wrong_otp")
+        return self.open_for(recipient, kiosk, "otp", auth_kind="otp")
+
+    def _otp_digest(self, otp_id: str, otp: str) -> str:
+        return hmac.new(self.ctx.secrets.hash_key, f"otp/{otp_id}/{otp}".encode(), hashlib.sha256).hexdigest()
+
+    # --- the session ------------------------------------------------------------------------
+
+    def open_for(self, recipient: str, kiosk: str, method: str, auth_kind: str = "code",
+                 *, wait: bool = True) -> EntryResult:
+        """Open (or reopen) the recipient's session, light their slots, unlock the door."""
+        ctx = self.ctx
+        door = ctx.config.doors.entry
+        now = ctx.clock()
+        with ctx.lock:
+            parcels = ctx.store.query(
+                "SELECT id, slot FROM parcels WHERE recipient_hash = ? AND state = 'shelved'"
+                " ORDER BY slot", (recipient,))
+            if not parcels:  # a code may have been used up a moment ago
+                raise AuthFailed("No parcel is waiting for you here.", code="no_parcel")
+            if not ctx.devices.is_online(door):
+                with ctx.store.transaction() as tx:
+                    tx.emit(Event("entry.refused", door, kiosk, {"reason": "door_offline", "method": method}))
+                    guard.raise_alarm(tx, "door.offline", door, "entry door offline while a customer waits")
+                raise Unavailable("The entry door is out of order. Staff have been alerted.",
+                                  code="door_offline")
+            existing = ctx.store.query_one(
+                "SELECT * FROM sessions WHERE kind = 'pickup' AND state = 'open' AND recipient_hash = ?",
+                (recipient,))
+            with ctx.store.transaction() as tx:
+                guard.record_success(tx, auth_kind, kiosk, kiosk, {"method": method})
+                if existing is not None:
+                    session_id, colour = existing["id"], existing["colour"]
+                    expires_at = now + ctx.config.station.pickup_session_timeout_s
+                    tx.emit(Event("pickup.extended", session_id, kiosk,
+                                  {"session_id": session_id, "expires_at": expires_at}))
+                else:
+                    session_id = new_id("pks")
+                    colour = allocate_colour(live_colours(ctx))
+                    expires_at = now + ctx.config.station.pickup_session_timeout_s
+                    slots: dict[str, int] = {}
+                    for p in parcels:
+                        slots[p["slot"]] = slots.get(p["slot"], 0) + 1
+                    tx.emit(Event("pickup.opened", session_id, kiosk, {
+                        "session_id": session_id, "recipient_hash": recipient, "colour": colour,
+                        "parcels": [p["id"] for p in parcels], "slots": slots,
+                        "expires_at": expires_at, "method": method}))
+                tx.emit(Event("door.unlock.requested", door, kiosk, {"session_id": session_id}))
+            slot_list = sorted({p["slot"] for p in parcels})
+            light_handles = self.lights.refresh(self.lights.devices_of(slot_list))
+        door_handle = ctx.devices.unlock(door)
+        result = EntryResult(session_id, colour, colour_name(colour, "en"), colour_name(colour, "zh"),
+                             slot_list, len(parcels), "requested", expires_at, reused=existing is not None)
+        if not wait:
+            return result
+        outcome = door_handle.wait(ctx.command_timeout)
+        result.lights_acked = all(h.wait(ctx.command_timeout).status == "acked" for h in light_handles)
+        if outcome.status != "acked":
+            with ctx.lock, ctx.store.transaction() as tx:
+                tx.emit(Event("entry.refused", door, kiosk, {
+                    "reason": f"door_{outcome.status}", "detail": outcome.reason, "session_id": session_id}))
+                guard.raise_alarm(tx, "door.no_ack", door, f"entry door did not unlock: {outcome.status}")
+                if existing is None:
+                    self._close(tx, session_id, "door_unavailable")
+            self.lights.refresh()
+            raise Unavailable("The door did not open. Staff have been alerted.", code="door_failed")
+        result.door = "unlocked"
+        return result
+
+    def _close(self, tx: Tx, session_id: str, reason: str) -> None:
+        tx.emit(Event("pickup.closed", session_id, "station", {"session_id": session_id, "reason": reason}))
+        row = tx.execute("SELECT recipient_hash FROM sessions WHERE id = ?", (session_id,)).fetchone()
+        if row and row[0]:
+            contacts.forget_if_done(tx, row[0])
+
+    def session_view(self, session_id: str) -> dict[str, Any]:
+        s = self.ctx.store.query_one("SELECT * FROM sessions WHERE id = ? AND kind = 'pickup'", (session_id,))
+        if s is None:
+            raise FlowError("no such pickup session", code="not_found", status=404)
+        slots = self.ctx.store.query(
+            "SELECT slot, remaining FROM session_slots WHERE session_id = ? ORDER BY slot", (session_id,))
+        return {"session_id": session_id, "state": s["state"], "colour": s["colour"],
+                "colour_name_en": colour_name(s["colour"], "en"),
+                "colour_name_zh": colour_name(s["colour"], "zh"),
+                "expires_at": s["expires_at"], "reason": s["reason"],
+                "slots": [dict(r) for r in slots], "parcels": len(json.loads(s["parcels"]))}
+
+    # --- inside -------------------------------------------------------------------------------
+
+    def on_take(self, slot: SlotAddress) -> bool:
+        """A parcel left `slot`. Returns True when a live session expected it."""
+        ctx = self.ctx
+        rows = ctx.store.query(
+            "SELECT ss.session_id FROM session_slots ss JOIN sessions s ON s.id = ss.session_id"
+            " WHERE ss.slot = ? AND ss.remaining > 0 AND s.state = 'open' ORDER BY s.opened_at",
+            (str(slot),))
+        if not rows:
+            return False
+        with ctx.store.transaction() as tx:
+            tx.emit(Event("pickup.slot.taken", str(slot), "station",
+                          {"session_id": rows[0]["session_id"], "slot": str(slot)}))
+        return True
+
+    def expire_sessions(self, now: float) -> int:
+        rows = self.ctx.store.query(
+            "SELECT id FROM sessions WHERE kind = 'pickup' AND state = 'open' AND expires_at <= ?", (now,))
+        if rows:
+            with self.ctx.lock, self.ctx.store.transaction() as tx:
+                for r in rows:
+                    self._close(tx, r["id"], "timeout")
+        return len(rows)

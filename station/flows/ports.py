@@ -1,0 +1,31 @@
+"""What the flows need from the outside world, as protocols the adapters satisfy.
+
+The flows never import paho, OpenCV or httpx: the device link, the outbox and the vision
+engine are handed in (bootstrap.py), and tests hand in fakes."""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Protocol
+
+from station.domain.lights import LightSpec
+
+
+class Outcome(Protocol):
+    status: str  # acked | refused | expired
+    reason: str | None
+
+
+class Handle(Protocol):
+    def wait(self, timeout: float | None = None) -> Outcome: ...
+
+
+class DevicePort(Protocol):
+    def replace_lights(self, device: str, lights: Mapping[tuple[int, int], LightSpec]) -> Handle: ...
+
+    def unlock(self, door: str, pulse_s: float | None = None) -> Handle: ...
+
+    def is_online(self, device: str) -> bool: ...
+
+
+class OutboxPort(Protocol):
+    def enqueue(self, tx: Any, channel: str, subject: str, message: Mapping[str, Any]) -> str: ...

@@ -1,0 +1,305 @@
+"""Courier shelving: scan a waybill, guide or detect the slot, bind on placement, issue the
+code and queue the notification — each step one transaction with its event."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from station.domain.assignment import choose_slot, fits
+from station.domain.codes import code_digest, new_code, qr_payload
+from station.domain.colours import allocate_colour
+from station.domain.errors import DomainError
+from station.domain.layout import SIZE_ORDER, SlotAddress
+from station.domain.phones import mask_phone, normalise_phone, phone_hash
+from station.store.db import Tx
+from station.store.eventlog import Event, utc_iso
+
+from . import contacts
+from .context import Ctx, new_id
+from .errors import FlowError, NotFound
+from .lights import LightSync
+
+
+@dataclass
+class ScanResult:
+    pending_id: str
+    waybill: str
+    carrier: str
+    mode: str
+    slot: str | None
+    colour: str
+    deadline: float
+    repeated: bool = False
+    lights_acked: bool | None = None
+
+
+@dataclass
+class Placement:
+    """What a placement event did; `code` is only in memory, never stored in clear."""
+
+    parcel_id: str
+    waybill: str
+    slot: str
+    code: str
+    pending_id: str | None
+    session_id: str | None
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+def live_colours(ctx: Ctx) -> list[str]:
+    return [r["colour"] for r in ctx.store.query(
+        "SELECT colour FROM sessions WHERE state = 'open' AND colour IS NOT NULL")]
+
+
+class Shelving:
+    def __init__(self, ctx: Ctx, lights: LightSync, couriers: Any) -> None:
+        self.ctx = ctx
+        self.lights = lights
+        self.couriers = couriers
+
+    # --- sessions ---------------------------------------------------------------------------
+
+    def open_session(self, courier_id: str, mode: str | None = None) -> dict[str, Any]:
+        now = self.ctx.clock()
+        courier = self.couriers.usable(courier_id, now)
+        mode = mode or self.ctx.config.station.placement_mode
+        if mode not in ("guided", "free"):
+            raise FlowError("mode is guided or free", code="invalid_mode", status=422)
+        with self.ctx.lock, self.ctx.store.transaction() as tx:
+            session_id = new_id("shs")
+            colour = allocate_colour(live_colours(self.ctx))
+            tx.emit(Event("shelving.opened", session_id, courier_id, {
+                "session_id": session_id, "courier_id": courier_id, "carrier": courier.carrier,
+                "mode": mode, "colour": colour}))
+        return {"session_id": session_id, "mode": mode, "colour": colour, "carrier": courier.carrier}
+
+    def session(self, session_id: str, courier_id: str | None = None) -> dict[str, Any]:
+        row = self.ctx.store.query_one(
+            "SELECT * FROM sessions WHERE id = ? AND kind = 'shelving'", (session_id,))
+        if row is None or (courier_id is not None and row["actor"] != courier_id):
+            raise NotFound(f"no shelving session {session_id}")
+        pend = self.ctx.store.query(
+            "SELECT id, waybill, carrier, size, target_slot, state, reason, parcel_id, deadline"
+            " FROM pending_placements WHERE session_id = ? ORDER BY created_at", (session_id,))
+        shelved = {}
+        ids = [p["parcel_id"] for p in pend if p["parcel_id"]]
+        if ids:
+            marks = ",".join("?" * len(ids))
+            shelved = {r["id"]: r["slot"] for r in self.ctx.store.query(
+                f"SELECT id, slot FROM parcels WHERE id IN ({marks})", ids)}
+        items = []
+        for p in pend:
+            item = dict(p)
+            item["slot"] = shelved.get(p["parcel_id"]) or p["target_slot"]
+            items.append(item)
+        return {"session_id": session_id, "state": row["state"], "mode": row["mode"],
+                "colour": row["colour"], "items": items}
+
+    def close_session(self, session_id: str, courier_id: str | None = None, reason: str = "done") -> None:
+        self.session(session_id, courier_id)
+        with self.ctx.lock, self.ctx.store.transaction() as tx:
+            row = tx.execute("SELECT state FROM sessions WHERE id = ?", (session_id,)).fetchone()
+            if row[0] != "open":
+                return
+            for (pid,) in tx.execute(
+                "SELECT id FROM pending_placements WHERE session_id = ? AND state = 'waiting'",
+                (session_id,)).fetchall():
+                tx.emit(Event("parcel.placement.failed", pid, "station",
+                              {"pending_id": pid, "reason": "session_closed"}))
+            tx.emit(Event("shelving.closed", session_id, courier_id or "station",
+                          {"session_id": session_id, "reason": reason}))
+        self.lights.refresh()
+
+    # --- scanning ---------------------------------------------------------------------------
+
+    def scan(self, session_id: str, waybill: str, phone: str, size: str,
+             courier_id: str | None = None, *, wait_lights: bool = True) -> ScanResult:
+        ctx = self.ctx
+        waybill = (waybill or "").strip() if isinstance(waybill, str) else ""
+        if size not in SIZE_ORDER:
+            raise FlowError(f"size class is one of {', '.join(SIZE_ORDER)}", code="invalid_size", status=422)
+        carrier = ctx.carriers.carrier_of(waybill)
+        normalise_phone(phone)
+        recipient = phone_hash(phone, ctx.secrets.hash_key)
+        with ctx.lock:
+            session = ctx.store.query_one(
+                "SELECT * FROM sessions WHERE id = ? AND kind = 'shelving'", (session_id,))
+            if session is None or (courier_id is not None and session["actor"] != courier_id):
+                raise NotFound(f"no shelving session {session_id}")
+            if session["state"] != "open":
+                raise FlowError("this shelving session is closed", code="session_closed")
+            courier_carrier = ctx.store.query_one(
+                "SELECT carrier FROM couriers WHERE id = ?", (session["actor"],))
+            if courier_carrier and courier_carrier["carrier"] != carrier.name:
+                raise FlowError(f"waybill {waybill} is a {carrier.name} parcel, not "
+                                f"{courier_carrier['carrier']}", code="wrong_carrier", status=422)
+            if ctx.store.query_one("SELECT 1 FROM parcels WHERE waybill = ?", (waybill,)):
+                raise FlowError(f"waybill {waybill} is already at this station", code="duplicate_waybill")
+            same = ctx.store.query_one(
+                "SELECT * FROM pending_placements WHERE waybill = ? AND state = 'waiting'", (waybill,))
+            if same is not None:
+                if same["session_id"] == session_id:
+                    return ScanResult(same["id"], waybill, carrier.name, session["mode"],
+                                      same["target_slot"], session["colour"], same["deadline"], True)
+                raise FlowError(f"waybill {waybill} is being shelved by another courier",
+                                code="duplicate_waybill")
+            now = ctx.clock()
+            target = None
+            if session["mode"] == "guided":
+                target = str(self._choose(size, recipient))
+            deadline = now + ctx.config.station.placement_timeout_s
+            pending_id = new_id("pnd")
+            with ctx.store.transaction() as tx:
+                tx.emit(Event("parcel.scanned", waybill, session["actor"], {
+                    "pending_id": pending_id, "session_id": session_id, "waybill": waybill,
+                    "carrier": carrier.name, "size": size, "recipient_hash": recipient,
+                    "phone_masked": mask_phone(phone), "target_slot": target,
+                    "deadline": deadline}))
+                contacts.save(ctx.sealer, tx, recipient, normalise_phone(phone))
+            handles = self.lights.refresh(self.lights.devices_of([target])) if target else []
+        result = ScanResult(pending_id, waybill, carrier.name, session["mode"], target,
+                            session["colour"], deadline)
+        if wait_lights and handles:
+            outcomes = [h.wait(ctx.command_timeout) for h in handles]
+            result.lights_acked = all(o.status == "acked" for o in outcomes)
+        return result
+
+    def _choose(self, size: str, recipient: str, outbound: bool = False) -> SlotAddress:
+        occupancy, reserved, mine = self._occupancy(recipient)
+        return choose_slot(self.ctx.layout, occupancy, size, mine, outbound=outbound, reserved=reserved)
+
+    def _occupancy(self, recipient: str | None = None) -> tuple[dict[SlotAddress, int], dict[SlotAddress, int], dict[SlotAddress, int]]:
+        store = self.ctx.store
+        occupancy = {SlotAddress.parse(r["slot"]): r["n"] for r in store.query(
+            "SELECT slot, COUNT(*) n FROM parcels WHERE state IN"
+            " ('shelved','expired','recalled','dropped_off','missing') GROUP BY slot")}
+        reserved = {SlotAddress.parse(r["target_slot"]): r["n"] for r in store.query(
+            "SELECT target_slot, COUNT(*) n FROM pending_placements WHERE state = 'waiting'"
+            " AND target_slot IS NOT NULL GROUP BY target_slot")}
+        mine: dict[SlotAddress, int] = {}
+        if recipient:
+            mine = {SlotAddress.parse(r["slot"]): r["n"] for r in store.query(
+                "SELECT slot, COUNT(*) n FROM parcels WHERE recipient_hash = ? AND state = 'shelved'"
+                " GROUP BY slot", (recipient,))}
+        return occupancy, reserved, mine
+
+    # --- placement --------------------------------------------------------------------------
+
+    def room_in(self, slot: SlotAddress, exclude_pending: str | None = None) -> int:
+        occupancy, reserved, _ = self._occupancy()
+        spec = self.ctx.layout.slot(slot)
+        held = occupancy.get(slot, 0)
+        others = reserved.get(slot, 0)
+        if exclude_pending:
+            row = self.ctx.store.query_one(
+                "SELECT target_slot FROM pending_placements WHERE id = ?", (exclude_pending,))
+            if row and row["target_slot"] == str(slot):
+                others -= 1
+        return spec.capacity - held - max(others, 0)
+
+    def candidate_for_put(self, slot: SlotAddress) -> dict[str, Any] | None:
+        """Which waiting scan a put at `slot` belongs to: a guided scan aimed at it first,
+        then the oldest scan of a free-mode session, then the oldest guided scan (mismatch)."""
+        q = self.ctx.store.query
+        base = ("SELECT p.*, s.mode, s.actor AS courier_id FROM pending_placements p"
+                " JOIN sessions s ON s.id = p.session_id WHERE p.state = 'waiting' AND s.state = 'open'")
+        rows = q(base + " AND p.target_slot = ? ORDER BY p.created_at LIMIT 1", (str(slot),))
+        if rows:
+            return rows[0]
+        if self.ctx.layout.slot(slot).outbound:
+            return None
+        rows = q(base + " AND s.mode = 'free' ORDER BY p.created_at LIMIT 1")
+        if rows:
+            return rows[0]
+        rows = q(base + " AND s.mode = 'guided' ORDER BY p.created_at LIMIT 1")
+        return rows[0] if rows else None
+
+    def on_put(self, slot: SlotAddress, pending: dict[str, Any]) -> Placement | None:
+        """Bind `pending` to `slot` if the slot may take it; else blink red and tell why."""
+        ctx = self.ctx
+        spec = ctx.layout.slot(slot)
+        mismatch = pending["target_slot"] is not None and pending["target_slot"] != str(slot)
+        problem = None
+        if spec.outbound:
+            problem = "outbound_slot"
+        elif not fits(spec, pending["size"]):
+            problem = "too_small"
+        elif self.room_in(slot, exclude_pending=pending["id"]) <= 0:
+            problem = "slot_full"
+        elif mismatch and ctx.config.station.guided_mismatch == "ask_move":
+            problem = "wrong_slot"
+        if problem:
+            with ctx.store.transaction() as tx:
+                tx.emit(Event("parcel.placement.rejected", pending["waybill"], "station", {
+                    "pending_id": pending["id"], "slot": str(slot), "reason": problem,
+                    "target_slot": pending["target_slot"]}))
+                self._alarm_light(tx, slot, problem)
+            return None
+        with ctx.store.transaction() as tx:
+            if mismatch:
+                tx.emit(Event("parcel.placement.mismatch", pending["waybill"], "station", {
+                    "pending_id": pending["id"], "slot": str(slot),
+                    "target_slot": pending["target_slot"], "resolution": "accepted"}))
+            placed = self._bind(tx, slot, pending)
+        return placed
+
+    def _alarm_light(self, tx: Tx, slot: SlotAddress, reason: str, seconds: float = 10.0) -> None:
+        tx.emit(Event("slot.alarm", str(slot), "station",
+                      {"slot": str(slot), "until": tx.now + seconds, "reason": reason}))
+
+    def _bind(self, tx: Tx, slot: SlotAddress, pending: dict[str, Any]) -> Placement:
+        ctx = self.ctx
+        parcel_id = new_id("pcl")
+        taken = 0
+        while True:
+            code = new_code(slot, (), ctx.rng)
+            digest = code_digest(code, ctx.secrets.hash_key)
+            clash = tx.execute(
+                "SELECT 1 FROM parcels WHERE code_digest = ? AND state = 'shelved'", (digest,)
+            ).fetchone()
+            if not clash:
+                break
+            taken += 1
+            if taken > 1000:
+                raise DomainError("no unique code could be drawn")
+        deadline = tx.now + ctx.config.station.retention_days * 86400
+        tx.emit(Event("parcel.shelved", parcel_id, pending["courier_id"], {
+            "parcel_id": parcel_id, "pending_id": pending["id"], "waybill": pending["waybill"],
+            "carrier": pending["carrier"], "size": pending["size"], "slot": str(slot),
+            "recipient_hash": pending["recipient_hash"], "phone_masked": pending["phone_masked"],
+            "code_digest": digest, "courier_id": pending["courier_id"], "deadline": deadline}))
+        station = ctx.config.station
+        ctx.outbox.enqueue(tx, "sms", parcel_id, {
+            "kind": "pickup_code",
+            "phone": contacts.phone_of(ctx.sealer, tx, pending["recipient_hash"]),
+            "recipient_hash": pending["recipient_hash"],
+            "phone_masked": pending["phone_masked"],
+            "code": str(code),
+            "qr": qr_payload(station.id, code, ctx.secrets.hash_key),
+            "station_name": station.name,
+            "address": station.address,
+            "deadline_iso": utc_iso(deadline),
+            "waybill_tail": pending["waybill"][-4:],
+        })
+        return Placement(parcel_id, pending["waybill"], str(slot), str(code), pending["id"],
+                         pending["session_id"])
+
+    # --- timeouts ---------------------------------------------------------------------------
+
+    def expire_placements(self, now: float) -> int:
+        rows = self.ctx.store.query(
+            "SELECT id, waybill FROM pending_placements WHERE state = 'waiting' AND deadline <= ?", (now,))
+        if not rows:
+            return 0
+        with self.ctx.lock, self.ctx.store.transaction() as tx:
+            for r in rows:
+                tx.emit(Event("parcel.placement.failed", r["waybill"], "station", {
+                    "pending_id": r["id"], "reason": "timeout",
+                    "message": "no placement was sensed in time; the parcel is not shelved"}))
+        return len(rows)
+
+
+def pending_json(row: dict[str, Any]) -> str:
+    return json.dumps(row, default=str)
