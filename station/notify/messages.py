@@ -1,0 +1,223 @@
+"""What the station tells people: the notification model and its bilingual text.
+
+Flows hand the outbox a `Notification` (or the same thing as a dict); the outbox keeps it
+encrypted and the senders render it. Rendering lives here, not in each sender, so the SMS
+gateway, the MQTT consumer and the console all say the same words.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import datetime, timezone, tzinfo
+from typing import Any, Literal, Mapping
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from station.domain.errors import InvalidPhone
+from station.domain.phones import mask_phone, normalise_phone
+
+Kind = Literal["pickup_code", "otp", "alert"]
+
+# Fields each kind must carry; anything else stays None so an OTP never drags a code along.
+_REQUIRED: dict[str, tuple[str, ...]] = {
+    "pickup_code": ("phone", "code", "qr", "station_name", "deadline_iso"),
+    "otp": ("phone", "otp", "ttl_s"),
+    "alert": ("text",),
+}
+_ALLOWED: dict[str, frozenset[str]] = {
+    "pickup_code": frozenset(
+        {"phone", "code", "qr", "station_name", "address", "deadline_iso", "waybill_tail"}
+    ),
+    "otp": frozenset({"phone", "otp", "ttl_s"}),
+    "alert": frozenset({"text"}),
+}
+_FIELDS = frozenset().union(*_ALLOWED.values())
+
+
+class Notification(BaseModel):
+    """One message to one person (or to the operators, for `alert`).
+
+    A single flat model with a `kind` rather than a union: callers build it from a dict in
+    one line and the outbox stores it as one JSON object; the validator enforces which
+    fields each kind needs and refuses the ones it must not carry.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kind: Kind
+    phone: str | None = None
+    # pickup_code
+    code: str | None = None
+    qr: str | None = None
+    station_name: str | None = None
+    address: str = ""
+    deadline_iso: str | None = None
+    waybill_tail: str = ""
+    # otp
+    otp: str | None = None
+    ttl_s: int | None = Field(default=None, gt=0, le=86400)
+    # alert
+    text: str | None = None
+
+    @field_validator("phone")
+    @classmethod
+    def _phone(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        try:
+            return normalise_phone(value)
+        except InvalidPhone as exc:  # pydantic reports only ValueErrors as field errors
+            raise ValueError(exc.message) from None
+
+    @field_validator("otp")
+    @classmethod
+    def _otp(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"\d{6}", value):
+            raise ValueError("a one-time code is 6 digits")
+        return value
+
+    @field_validator("deadline_iso")
+    @classmethod
+    def _deadline(cls, value: str | None) -> str | None:
+        if value is not None:
+            _parse_iso(value)
+        return value
+
+    @model_validator(mode="after")
+    def _fields_match_kind(self) -> "Notification":
+        for name in _REQUIRED[self.kind]:
+            if getattr(self, name) in (None, ""):
+                raise ValueError(f"a {self.kind} notification needs {name}")
+        for name in _FIELDS - _ALLOWED[self.kind]:
+            default = type(self).model_fields[name].default
+            if getattr(self, name) != default:
+                raise ValueError(f"a {self.kind} notification does not carry {name}")
+        return self
+
+    # --- constructors the flows use -------------------------------------------------------
+
+    @classmethod
+    def pickup_code(
+        cls, *, phone: str, code: str, qr: str, station_name: str, address: str,
+        deadline_iso: str, waybill_tail: str = "",
+    ) -> "Notification":
+        return cls(
+            kind="pickup_code", phone=phone, code=code, qr=qr, station_name=station_name,
+            address=address, deadline_iso=deadline_iso, waybill_tail=waybill_tail,
+        )
+
+    @classmethod
+    def one_time_code(cls, *, phone: str, otp: str, ttl_s: int) -> "Notification":
+        return cls(kind="otp", phone=phone, otp=otp, ttl_s=ttl_s)
+
+    @classmethod
+    def alert(cls, text: str) -> "Notification":
+        return cls(kind="alert", text=text)
+
+    @classmethod
+    def parse(cls, message: "Notification | Mapping[str, Any]") -> "Notification":
+        if isinstance(message, Notification):
+            return message
+        return cls.model_validate(dict(message))
+
+    # --- derived --------------------------------------------------------------------------
+
+    @property
+    def phone_masked(self) -> str:
+        """The only form of the number that may appear in logs and events."""
+        return mask_phone(self.phone) if self.phone else ""
+
+
+@dataclass(frozen=True)
+class StationInfo:
+    """Who is speaking: fills in the station for kinds that do not carry it (OTP, alert)
+    and the time zone in which deadlines are shown to people."""
+
+    name: str
+    address: str = ""
+    timezone: str = "Asia/Shanghai"
+
+    def tz(self) -> tzinfo:
+        try:
+            return ZoneInfo(self.timezone)
+        except (ZoneInfoNotFoundError, ValueError):
+            return timezone.utc
+
+
+def _parse_iso(text: str) -> datetime:
+    value = text.strip()
+    if value.endswith("Z"):
+        value = value[:-1] + "+00:00"
+    dt = datetime.fromisoformat(value)
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=timezone.utc)
+    return dt
+
+
+def local_deadline(deadline_iso: str, station: StationInfo) -> str:
+    """People read deadlines in the station's local time, minutes precision."""
+    return _parse_iso(deadline_iso).astimezone(station.tz()).strftime("%Y-%m-%d %H:%M")
+
+
+def render_text(n: Notification, station: StationInfo) -> str:
+    """The message body, Chinese first then English, as an SMS gateway would send it."""
+    if n.kind == "pickup_code":
+        name = n.station_name or station.name
+        address = n.address or station.address
+        deadline = local_deadline(n.deadline_iso or "", station)
+        tail_cn = f"(运单尾号{n.waybill_tail})" if n.waybill_tail else ""
+        tail_en = f" (waybill ...{n.waybill_tail})" if n.waybill_tail else ""
+        where_cn = f"{name}，地址：{address}" if address else name
+        where_en = f"{name}, {address}" if address else name
+        return (
+            f"【{name}】您的包裹{tail_cn}已到{where_cn}。取件码 {n.code}，"
+            f"请于 {deadline} 前取件。扫码取件：{n.qr} / "
+            f"Your parcel{tail_en} is at {where_en}. Pickup code {n.code}; "
+            f"collect by {deadline}. QR: {n.qr}"
+        )
+    if n.kind == "otp":
+        minutes = max(1, round((n.ttl_s or 0) / 60))
+        return (
+            f"【{station.name}】验证码 {n.otp}，{minutes}分钟内有效，请勿告诉他人。 / "
+            f"Your {station.name} one-time code is {n.otp}, valid for {minutes} min. "
+            f"Do not share it."
+        )
+    return f"【{station.name}】告警 / Alert: {n.text}"
+
+
+def gateway_body(outbox_id: str, n: Notification, station: StationInfo) -> dict[str, Any]:
+    """The JSON an SMS gateway (webhook) or an MQTT consumer receives.
+
+    `id` is the outbox row id: delivery is at least once, so a receiver de-duplicates on it.
+    """
+    body: dict[str, Any] = {
+        "id": outbox_id,
+        "kind": n.kind,
+        "to": n.phone,
+        "text": render_text(n, station),
+        "code": None,
+        "qr": None,
+        "station": n.station_name or station.name,
+        "address": n.address or station.address,
+        "deadline": None,
+    }
+    if n.kind == "pickup_code":
+        body.update(code=n.code, qr=n.qr, deadline=n.deadline_iso)
+    elif n.kind == "otp":
+        body.update(code=n.otp, ttl_s=n.ttl_s)
+    return body
+
+
+def summary_line(outbox_id: str, n: Notification, station: StationInfo) -> str:
+    """One line for a log: the number masked, never whole."""
+    if n.kind == "pickup_code":
+        deadline = local_deadline(n.deadline_iso or "", station)
+        return (
+            f"notify {outbox_id} pickup_code to {n.phone_masked}: code {n.code} at "
+            f"{n.station_name or station.name}, collect by {deadline}"
+        )
+    if n.kind == "otp":
+        return f"notify {outbox_id} otp to {n.phone_masked}: {n.otp} valid {n.ttl_s} s"
+    return f"notify {outbox_id} alert: {n.text}"

@@ -1,0 +1,399 @@
+"""The durable notification outbox and the dispatcher that empties it (ADR 0030).
+
+A notification is written in the same SQLite transaction as the fact that causes it, so a
+shelved parcel and the message with its pickup code exist together or not at all. The
+dispatcher delivers at least once: a row leaves `pending` only in the transaction that
+records `notify.sent`, so a crash at any point leaves it due again.
+
+The payload holds a phone number and a pickup code; it is sealed with AES-GCM under a key
+derived from the station's encryption key, with the row id as associated data (a payload
+copied onto another row does not open). Events about the outbox carry the row id, the
+subject, the channel and the masked number only.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Sequence
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from station.store.db import Store, Tx
+from station.store.eventlog import Event, EventRecord, utc_iso
+
+from .messages import Notification
+from .senders import SendError, Sender
+
+log = logging.getLogger("station.notify")
+
+PENDING = "pending"
+DELIVERED = "delivered"
+DEFAULT_CHANNEL = "default"
+ACTOR = "notify"
+_PAYLOAD_VERSION = b"\x01"
+_NONCE_BYTES = 12
+_KDF_INFO = b"ps/outbox/payload/v1"
+
+
+class PayloadError(RuntimeError):
+    """A payload that does not open: wrong key, or the row was tampered with."""
+
+
+@dataclass(frozen=True)
+class OutboxRow:
+    """A row as the dispatcher sees it; `payload` is the sealed bytes, never clear text."""
+
+    id: str
+    created_at: float
+    channel: str
+    subject: str
+    state: str
+    attempts: int
+    next_at: float
+    last_error: str | None
+    delivered_at: float | None
+    payload: bytes = b""
+
+
+def derive_outbox_key(encryption_key: bytes) -> bytes:
+    """A key of its own for the outbox, so the station key's other uses (face templates)
+    never share an AES-GCM key and nonce space with notifications."""
+    if len(encryption_key) != 32:
+        raise ValueError("the encryption key must be 32 bytes")
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=_KDF_INFO).derive(
+        encryption_key
+    )
+
+
+class Outbox:
+    """Notifications waiting to go out, encrypted at rest, in the station's database."""
+
+    def __init__(self, store: Store, cipher_key: bytes,
+                 clock: Callable[[], float] = time.time) -> None:
+        self._store = store
+        self._aead = AESGCM(derive_outbox_key(cipher_key))
+        self._clock = clock
+
+    @property
+    def store(self) -> Store:
+        return self._store
+
+    # --- writing, inside the caller's transaction -----------------------------------------
+
+    def enqueue(self, tx: Tx, channel_hint: str | None, subject: str,
+                message: Notification | Mapping[str, Any]) -> str:
+        """Queue one notification in `tx`; it commits or rolls back with the caller's fact.
+
+        `channel_hint` names a sender (`webhook`, `mqtt`, `console`, `webhook-2` ...); any
+        other value, or None, means the first configured sender. It is resolved when the row
+        is sent, so a configuration change never strands a row.
+        """
+        notification = Notification.parse(message)
+        row_id = uuid.uuid4().hex
+        channel = channel_hint or DEFAULT_CHANNEL
+        now = tx.now
+        tx.execute(
+            "INSERT INTO outbox(id, created_at, channel, subject, payload, state, attempts,"
+            " next_at) VALUES (?,?,?,?,?,?,0,?)",
+            (row_id, now, channel, subject, self._seal(row_id, notification), PENDING, now),
+        )
+        tx.emit(Event(
+            "notify.queued", subject=subject, actor=ACTOR,
+            data={"outbox_id": row_id, "channel": channel, "kind": notification.kind,
+                  "phone_masked": notification.phone_masked},
+        ))
+        return row_id
+
+    # --- reading ---------------------------------------------------------------------------
+
+    def heads(self) -> list[OutboxRow]:
+        """The oldest pending row of each subject, oldest first.
+
+        Only a subject's oldest row may be sent, so a later message about a parcel never
+        overtakes an earlier one that is still being retried.
+        """
+        rows = self._store.query(
+            "SELECT id, created_at, channel, subject, state, attempts, next_at, last_error,"
+            " delivered_at FROM ("
+            "  SELECT *, rowid AS rid, ROW_NUMBER() OVER"
+            "   (PARTITION BY subject ORDER BY created_at, rowid) AS rn"
+            "  FROM outbox WHERE state = ?"
+            ") WHERE rn = 1 ORDER BY created_at, rid",
+            (PENDING,),
+        )
+        return [OutboxRow(**r) for r in rows]
+
+    def get(self, row_id: str) -> OutboxRow | None:
+        row = self._store.query_one(
+            "SELECT id, created_at, channel, subject, state, attempts, next_at, last_error,"
+            " delivered_at, payload FROM outbox WHERE id = ?",
+            (row_id,),
+        )
+        return None if row is None else OutboxRow(**row)
+
+    def pending_count(self) -> int:
+        row = self._store.query_one("SELECT COUNT(*) AS n FROM outbox WHERE state = ?", (PENDING,))
+        return int(row["n"]) if row else 0
+
+    def open_payload(self, row_id: str) -> Notification:
+        row = self._store.query_one("SELECT payload FROM outbox WHERE id = ?", (row_id,))
+        if row is None:
+            raise PayloadError(f"no outbox row {row_id}")
+        return self._open(row_id, bytes(row["payload"]))
+
+    # --- outcomes --------------------------------------------------------------------------
+
+    def mark_sent(self, row: OutboxRow, notification: Notification, sender: str,
+                  now: float) -> bool:
+        """Record delivery: the row leaves `pending` and `notify.sent` is appended together.
+
+        The sealed payload is wiped: once delivered, the code has no reason to stay on disk.
+        Returns False when another dispatcher recorded the delivery first.
+        """
+        with self._store.transaction() as tx:
+            cur = tx.execute(
+                "UPDATE outbox SET state = ?, delivered_at = ?, attempts = attempts + 1,"
+                " last_error = NULL, payload = X'' WHERE id = ? AND state = ?",
+                (DELIVERED, now, row.id, PENDING),
+            )
+            if cur.rowcount != 1:
+                return False
+            tx.emit(Event(
+                "notify.sent", subject=row.subject, actor=ACTOR,
+                data={"outbox_id": row.id, "channel": row.channel, "sender": sender,
+                      "kind": notification.kind, "phone_masked": notification.phone_masked,
+                      "attempt": row.attempts + 1},
+            ))
+        return True
+
+    def mark_failed(self, row: OutboxRow, notification: Notification | None, sender: str,
+                    error: str, retry_at: float) -> None:
+        with self._store.transaction() as tx:
+            cur = tx.execute(
+                "UPDATE outbox SET attempts = attempts + 1, next_at = ?, last_error = ?"
+                " WHERE id = ? AND state = ?",
+                (retry_at, error[:200], row.id, PENDING),
+            )
+            if cur.rowcount != 1:
+                return
+            tx.emit(Event(
+                "notify.failed", subject=row.subject, actor=ACTOR,
+                data={"outbox_id": row.id, "channel": row.channel, "sender": sender,
+                      "kind": notification.kind if notification else None,
+                      "phone_masked": notification.phone_masked if notification else "",
+                      "attempt": row.attempts + 1, "error": error[:200],
+                      "retry_at": utc_iso(retry_at)},
+            ))
+
+    # --- sealing ---------------------------------------------------------------------------
+
+    def _seal(self, row_id: str, notification: Notification) -> bytes:
+        nonce = os.urandom(_NONCE_BYTES)
+        clear = notification.model_dump_json(exclude_defaults=True).encode()
+        return _PAYLOAD_VERSION + nonce + self._aead.encrypt(nonce, clear, row_id.encode())
+
+    def _open(self, row_id: str, sealed: bytes) -> Notification:
+        if len(sealed) < 1 + _NONCE_BYTES + 16 or sealed[:1] != _PAYLOAD_VERSION:
+            raise PayloadError("payload is empty or of an unknown version")
+        nonce, body = sealed[1:1 + _NONCE_BYTES], sealed[1 + _NONCE_BYTES:]
+        try:
+            clear = self._aead.decrypt(nonce, body, row_id.encode())
+        except InvalidTag:
+            raise PayloadError("payload does not open with this key for this row") from None
+        return Notification.model_validate_json(clear)
+
+    def open_row(self, row: OutboxRow) -> Notification:
+        return self._open(row.id, row.payload)
+
+
+@dataclass
+class DispatchReport:
+    attempted: int = 0
+    sent: int = 0
+    failed: int = 0
+    sent_ids: list[str] = field(default_factory=list)
+
+
+def backoff_delay(attempt: int, initial_s: float, max_s: float, rng: random.Random) -> float:
+    """Exponential backoff with "equal jitter": between half and all of
+    min(max, initial * 2^(attempt-1)), so retries of many rows after one outage spread out
+    instead of hitting a recovering gateway in one burst, and never exceed retry_max_s."""
+    base = min(max_s, initial_s * (2 ** min(max(attempt - 1, 0), 60)))
+    return base * (0.5 + 0.5 * rng.random())
+
+
+class Dispatcher:
+    """Takes due rows from the outbox and hands them to the senders.
+
+    One dispatcher per database. Besides each row's own backoff, a failing sender is paused
+    as a whole (same backoff, counted over consecutive failures): when the gateway is down,
+    one probe per interval goes out instead of one per waiting row, which keeps the event
+    log from filling with `notify.failed` during a long outage.
+    """
+
+    def __init__(
+        self,
+        outbox: Outbox,
+        senders: Sequence[Sender],
+        *,
+        retry_initial_s: float = 1.0,
+        retry_max_s: float = 300.0,
+        clock: Callable[[], float] = time.time,
+        rng: random.Random | None = None,
+        batch: int = 100,
+        idle_poll_s: float = 5.0,
+    ) -> None:
+        if not senders:
+            raise ValueError("the dispatcher needs at least one sender")
+        self._outbox = outbox
+        self._senders = list(senders)
+        self._retry_initial_s = retry_initial_s
+        self._retry_max_s = max(retry_max_s, retry_initial_s)
+        self._clock = clock
+        self._rng = rng or random.Random()
+        self._batch = batch
+        self._idle_poll_s = idle_poll_s
+        self._paused_until: dict[str, float] = {}
+        self._failures: dict[str, int] = {}
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # --- routing ---------------------------------------------------------------------------
+
+    def resolve(self, channel: str) -> Sender:
+        """The sender for a row's channel hint: by name, then by kind, else the first one."""
+        for sender in self._senders:
+            if sender.name == channel:
+                return sender
+        for sender in self._senders:
+            if sender.name.split("-")[0] == channel:
+                return sender
+        return self._senders[0]
+
+    # --- one pass --------------------------------------------------------------------------
+
+    def run_once(self, now: float | None = None) -> DispatchReport:
+        """Send every row due at `now` (up to the batch size); tests drive time through it."""
+        now = self._clock() if now is None else now
+        report = DispatchReport()
+        while report.attempted < self._batch:
+            progressed = False
+            for row in self._outbox.heads():
+                if report.attempted >= self._batch or self._stopping.is_set():
+                    break
+                if row.next_at > now:
+                    continue
+                sender = self.resolve(row.channel)
+                if self._paused_until.get(sender.name, 0.0) > now:
+                    continue
+                report.attempted += 1
+                if self._attempt(row, sender, now):
+                    report.sent += 1
+                    report.sent_ids.append(row.id)
+                    progressed = True
+                else:
+                    report.failed += 1
+            if not progressed or self._stopping.is_set():
+                break
+        return report
+
+    def _attempt(self, row: OutboxRow, sender: Sender, now: float) -> bool:
+        full = self._outbox.get(row.id)
+        if full is None or full.state != PENDING:
+            return False
+        notification: Notification | None = None
+        try:
+            notification = self._outbox.open_row(full)
+            sender.send(row.id, notification)
+        except PayloadError as exc:
+            log.error("outbox row %s: %s", row.id, exc)
+            self._fail(full, None, sender, "payload: cannot open", now, pause=False)
+            return False
+        except SendError as exc:
+            self._fail(full, notification, sender, str(exc), now, pause=True)
+            return False
+        except Exception as exc:  # a sender bug must not stop the other rows
+            log.exception("sender %s raised unexpectedly", sender.name)
+            self._fail(full, notification, sender, f"{sender.name}: {type(exc).__name__}",
+                       now, pause=True)
+            return False
+        assert notification is not None
+        self._failures.pop(sender.name, None)
+        self._paused_until.pop(sender.name, None)
+        return self._outbox.mark_sent(full, notification, sender.name, now)
+
+    def _fail(self, row: OutboxRow, notification: Notification | None, sender: Sender,
+              error: str, now: float, *, pause: bool) -> None:
+        retry_at = now + backoff_delay(
+            row.attempts + 1, self._retry_initial_s, self._retry_max_s, self._rng
+        )
+        self._outbox.mark_failed(row, notification, sender.name, error, retry_at)
+        log.warning("outbox row %s via %s failed (attempt %d): %s", row.id, sender.name,
+                    row.attempts + 1, error)
+        if pause:
+            count = self._failures.get(sender.name, 0) + 1
+            self._failures[sender.name] = count
+            self._paused_until[sender.name] = now + backoff_delay(
+                count, self._retry_initial_s, self._retry_max_s, self._rng
+            )
+
+    def next_wake(self, now: float) -> float | None:
+        """When the next row becomes sendable, given row backoff and paused senders."""
+        earliest: float | None = None
+        for row in self._outbox.heads():
+            at = max(row.next_at, self._paused_until.get(self.resolve(row.channel).name, 0.0))
+            earliest = at if earliest is None else min(earliest, at)
+        return earliest
+
+    # --- thread ----------------------------------------------------------------------------
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def _on_commit(self, events: Sequence[EventRecord]) -> None:
+        if any(e.type == "notify.queued" for e in events):
+            self._wake.set()
+
+    def start(self) -> None:
+        if self._thread is not None:
+            return
+        self._stopping.clear()
+        self._outbox.store.subscribe(self._on_commit)
+        self._thread = threading.Thread(target=self._run, name="notify-dispatcher", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 15.0) -> None:
+        """Stops after the send in progress; a row cut short stays pending and goes later."""
+        thread, self._thread = self._thread, None
+        if thread is None:
+            return
+        self._outbox.store.unsubscribe(self._on_commit)
+        self._stopping.set()
+        self._wake.set()
+        thread.join(timeout)
+
+    def _run(self) -> None:
+        while not self._stopping.is_set():
+            self._wake.clear()
+            try:
+                report = self.run_once()
+                if report.attempted >= self._batch:
+                    continue
+                now = self._clock()
+                due = self.next_wake(now)
+                wait = self._idle_poll_s if due is None else min(self._idle_poll_s, due - now)
+            except Exception:  # the database may be briefly unavailable; never die silently
+                log.exception("notification dispatcher pass failed")
+                wait = self._idle_poll_s
+            if wait > 0:
+                self._wake.wait(wait)
