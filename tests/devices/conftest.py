@@ -186,3 +186,71 @@ def spawn(cfg: StationConfig, secrets_file: Path, tmp_path: Path) -> Iterator[Ca
         if proc.poll() is None:
             proc.kill()
         proc.wait(timeout=5)
+
+
+class Sniffer:
+    """A raw paho client that records every message under ps/v1/{station}/#."""
+
+    def __init__(self, broker: MosquittoProcess, station_id: str) -> None:
+        import paho.mqtt.client as mqtt
+        from paho.mqtt.enums import CallbackAPIVersion
+
+        self.messages: list[tuple[str, bytes, bool]] = []
+        self._cond = threading.Condition()
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2,
+                                  client_id=f"sniffer-{pysecrets.token_hex(4)}")
+        ready = threading.Event()
+        self.client.on_connect = lambda c, *a: (c.subscribe(f"ps/v1/{station_id}/#", qos=1))
+        self.client.on_subscribe = lambda *a: ready.set()
+        self.client.on_message = self._on_message
+        self.client.connect(broker.host, broker.port)
+        self.client.loop_start()
+        assert ready.wait(5), "sniffer did not subscribe"
+
+    def _on_message(self, client: Any, userdata: Any, msg: Any) -> None:
+        with self._cond:
+            self.messages.append((msg.topic, bytes(msg.payload), bool(msg.retain)))
+            self._cond.notify_all()
+
+    def json(self, suffix: str) -> list[dict[str, Any]]:
+        import json
+        out = []
+        with self._cond:
+            for topic, payload, _ in self.messages:
+                if topic.endswith("/" + suffix):
+                    try:
+                        out.append(json.loads(payload))
+                    except ValueError:
+                        pass
+        return out
+
+    def wait_json(self, suffix: str, pred: Callable[[dict[str, Any]], bool], timeout: float = 5.0) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                for obj in self.json(suffix):
+                    if pred(obj):
+                        return obj
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise AssertionError(f"no matching {suffix} message")
+                self._cond.wait(left)
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+@pytest.fixture
+def sniffer(cfg: StationConfig, broker: MosquittoProcess) -> Iterator[Sniffer]:
+    s = Sniffer(broker, cfg.station.id)
+    yield s
+    s.close()
+
+
+def mosquitto_pub(broker: MosquittoProcess, topic: str, payload: bytes) -> None:
+    """Publish with the real `mosquitto_pub` binary (payload via stdin: 1 MB fits)."""
+    subprocess.run(
+        ["mosquitto_pub", "-h", broker.host, "-p", str(broker.port), "-q", "1", "-t", topic, "-s"],
+        input=payload, check=True, timeout=10, capture_output=True,
+    )
