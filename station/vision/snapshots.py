@@ -1,0 +1,111 @@
+"""Event snapshots: JPEG files named by their SHA-256, referenced from the event log.
+
+Content addressing makes a snapshot tamper-evident (the name is the hash the event's own
+hash chain covers) and de-duplicates identical frames for free. Writes are atomic (temporary
+file, fsync, rename, fsync of the directory) so a power cut leaves either the whole file or
+none, never a half JPEG that an event points at.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import tempfile
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from station.vision.images import ensure_frame
+
+_REF = re.compile(r"^[0-9a-f]{64}$")
+JPEG_QUALITY = 85
+
+
+class SnapshotError(ValueError):
+    """A bad reference or an unusable frame."""
+
+
+class SnapshotStore:
+    """Snapshots under `directory`, two-level fan-out (ab/abcdef....jpg) to keep directories
+    small. With `enabled=False` (the operator turned snapshots off: no raw images kept),
+    `save` stores nothing and returns None, so callers need no branch of their own."""
+
+    def __init__(self, directory: Path | str, enabled: bool = True) -> None:
+        self.directory = Path(directory)
+        self.enabled = enabled
+
+    def path(self, ref: str) -> Path:
+        if not _REF.match(ref):
+            raise SnapshotError(f"not a snapshot reference: {ref!r}")
+        return self.directory / ref[:2] / f"{ref}.jpg"
+
+    def save(self, image: np.ndarray | bytes) -> str | None:
+        """Store a frame (encoded as JPEG) or JPEG bytes as they are; returns the reference."""
+        if not self.enabled:
+            return None
+        if isinstance(image, (bytes, bytearray, memoryview)):
+            data = bytes(image)
+            if not data.startswith(b"\xff\xd8\xff"):
+                raise SnapshotError("snapshot bytes are not a JPEG")
+        else:
+            ok, buf = cv2.imencode(".jpg", ensure_frame(image),
+                                   [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
+            if not ok:
+                raise SnapshotError("frame could not be encoded as JPEG")
+            data = buf.tobytes()
+        ref = hashlib.sha256(data).hexdigest()
+        target = self.path(ref)
+        if target.exists():
+            return ref
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-", suffix=".jpg")
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, target)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        dir_fd = os.open(target.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+        return ref
+
+    def load(self, ref: str) -> bytes:
+        return self.path(ref).read_bytes()
+
+    def prune(self, retention_days: float, now: float | None = None) -> int:
+        """Delete snapshots older than the retention (by file time); returns how many.
+
+        Leftover temporary files from a crash are removed too."""
+        now = time.time() if now is None else now
+        cutoff = now - retention_days * 86400.0
+        removed = 0
+        if not self.directory.is_dir():
+            return 0
+        for sub in self.directory.iterdir():
+            if not sub.is_dir():
+                continue
+            for file in sub.iterdir():
+                is_tmp = file.name.startswith(".tmp-")
+                if not is_tmp and not _REF.match(file.stem):
+                    continue
+                try:
+                    if file.stat().st_mtime < cutoff or (is_tmp and
+                                                         file.stat().st_mtime < now - 3600):
+                        file.unlink()
+                        removed += 0 if is_tmp else 1
+                except FileNotFoundError:
+                    continue
+            try:
+                sub.rmdir()  # only succeeds when empty
+            except OSError:
+                pass
+        return removed
