@@ -1,0 +1,308 @@
+"""Camera sources behind one small interface, and a grabber that always has the latest frame.
+
+Why a grabber thread: cv2.VideoCapture buffers frames; reading only when a decision is
+needed hands out a frame seconds old (the person has moved, the parcel is gone). The grabber
+reads continuously, keeps only the newest frame, and reopens a dropped stream with backoff
+(RTSP cameras drop on Wi-Fi hiccups and reboots), so a caller never blocks on a dead camera.
+
+Sources, chosen from `CameraConfig.source`:
+    "0", "1"                      local device index (cv2.VideoCapture)
+    rtsp://..., http(s)://...     network stream (cv2.VideoCapture, FFmpeg backend)
+    snapshot+http(s)://...        one JPEG per read, fetched over HTTP (many IP cameras)
+    sim:NAME                      in-process SimulatedSource (the simulator pushes frames)
+    anything else                 a video file path (played at its own frame rate)
+"""
+
+from __future__ import annotations
+
+import collections
+import threading
+import time
+from typing import Callable, Iterator, Protocol
+
+import cv2
+import httpx
+import numpy as np
+
+from station.vision.images import ImageError, decode_image, ensure_frame
+
+
+class SourceError(RuntimeError):
+    """A source that cannot be opened or stopped delivering; the grabber retries."""
+
+
+class FrameSource(Protocol):
+    name: str
+
+    def open(self) -> None: ...
+
+    def read(self) -> np.ndarray:
+        """The next frame (BGR uint8); raises SourceError when the source has dropped."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class CaptureSource:
+    """cv2.VideoCapture: device index, stream URL or video file."""
+
+    def __init__(self, target: str, *, realtime: bool | None = None) -> None:
+        self.name = target
+        self._target: int | str = int(target) if target.isdigit() else target
+        is_file = isinstance(self._target, str) and "://" not in self._target
+        # files would otherwise be read as fast as the CPU allows
+        self.realtime = is_file if realtime is None else realtime
+        self._cap: cv2.VideoCapture | None = None
+        self._period = 0.0
+        self._next = 0.0
+
+    def open(self) -> None:
+        cap = cv2.VideoCapture(self._target)
+        if not cap.isOpened():
+            cap.release()
+            raise SourceError(f"{self.name}: cannot open")
+        fps = cap.get(cv2.CAP_PROP_FPS) or 0.0
+        self._period = 1.0 / fps if self.realtime and 0 < fps < 1000 else 0.0
+        self._next = time.monotonic()
+        self._cap = cap
+
+    def read(self) -> np.ndarray:
+        if self._cap is None:
+            raise SourceError(f"{self.name}: not open")
+        if self._period:
+            delay = self._next - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            self._next = max(self._next + self._period, time.monotonic() - self._period)
+        ok, frame = self._cap.read()
+        if not ok or frame is None:
+            raise SourceError(f"{self.name}: stream ended or dropped")
+        return ensure_frame(frame)
+
+    def close(self) -> None:
+        if self._cap is not None:
+            self._cap.release()
+            self._cap = None
+
+
+class HttpSnapshotSource:
+    """An IP camera's still-image URL, fetched once per read."""
+
+    def __init__(self, url: str, *, timeout: float = 3.0, period: float = 0.2) -> None:
+        self.name = url
+        self.url = url.removeprefix("snapshot+")
+        self.timeout = timeout
+        self.period = period  # do not hammer a small camera's web server
+        self._client: httpx.Client | None = None
+        self._last = 0.0
+
+    def open(self) -> None:
+        self._client = httpx.Client(timeout=self.timeout, follow_redirects=False)
+
+    def read(self) -> np.ndarray:
+        if self._client is None:
+            raise SourceError(f"{self.name}: not open")
+        wait = self._last + self.period - time.monotonic()
+        if wait > 0:
+            time.sleep(wait)
+        self._last = time.monotonic()
+        try:
+            response = self._client.get(self.url)
+        except httpx.HTTPError as exc:
+            raise SourceError(f"{self.name}: {exc}") from None
+        if response.status_code != 200:
+            raise SourceError(f"{self.name}: HTTP {response.status_code}")
+        try:
+            return decode_image(response.content)
+        except ImageError as exc:
+            raise SourceError(f"{self.name}: {exc}") from None
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+
+class SimulatedSource:
+    """Frames pushed in-process (by the simulator or a test).
+
+    `read` returns the next pushed frame, or the last one again when none is waiting (a
+    camera looking at a still scene keeps producing frames). `drop()` makes reads fail until
+    the source is reopened, to exercise reconnection."""
+
+    def __init__(self, name: str = "sim", *, period: float = 0.01) -> None:
+        self.name = name
+        self.period = period
+        self._queue: collections.deque[np.ndarray] = collections.deque(maxlen=256)
+        self._last: np.ndarray | None = None
+        self._lock = threading.Lock()
+        self._open = False
+        self._dropped = False
+        self.opens = 0
+
+    def push(self, frame: np.ndarray | bytes) -> None:
+        image = decode_image(frame) if isinstance(frame, (bytes, bytearray)) \
+            else ensure_frame(frame)
+        with self._lock:
+            self._queue.append(image)
+
+    def drop(self) -> None:
+        with self._lock:
+            self._dropped = True
+
+    def open(self) -> None:
+        with self._lock:
+            self._dropped = False
+            self._open = True
+            self.opens += 1
+
+    def read(self) -> np.ndarray:
+        if self.period:
+            time.sleep(self.period)
+        with self._lock:
+            if not self._open or self._dropped:
+                raise SourceError(f"{self.name}: dropped")
+            if self._queue:
+                self._last = self._queue.popleft()
+            if self._last is None:
+                raise SourceError(f"{self.name}: no frame yet")
+            return self._last
+
+    def close(self) -> None:
+        with self._lock:
+            self._open = False
+
+
+def open_source(camera: object, simulated: dict[str, SimulatedSource] | None = None
+                ) -> FrameSource:
+    """The source a CameraConfig names (not yet opened: the grabber opens it). Simulated
+    sources come from `simulated` when given, so the simulator and the station share them."""
+    source = str(getattr(camera, "source"))
+    if source.startswith("sim:"):
+        name = source[4:] or str(getattr(camera, "id", "sim"))
+        if simulated is not None:
+            return simulated.setdefault(name, SimulatedSource(name))
+        return SimulatedSource(name)
+    if source.startswith(("snapshot+http://", "snapshot+https://")):
+        return HttpSnapshotSource(source)
+    # device index, stream URL or file; a missing file is left to the grabber, which reports
+    # it in last_error and retries (the file may be mounted later)
+    return CaptureSource(source)
+
+
+class LatestFrameGrabber:
+    """Reads a source on its own thread and keeps only the newest frame."""
+
+    def __init__(self, source: FrameSource, *, backoff_initial: float = 0.2,
+                 backoff_max: float = 10.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self.source = source
+        self.backoff_initial = backoff_initial
+        self.backoff_max = backoff_max
+        self._clock = clock
+        self._latest: tuple[np.ndarray, float] | None = None
+        self._cond = threading.Condition()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.connected = False
+        self.reconnects = 0
+        self.frames_read = 0
+        self.last_error: str | None = None
+
+    def start(self) -> "LatestFrameGrabber":
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name=f"grab:{self.source.name}",
+                                            daemon=True)
+            self._thread.start()
+        return self
+
+    def __enter__(self) -> "LatestFrameGrabber":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        with self._cond:
+            self._cond.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+
+    def _run(self) -> None:
+        backoff = self.backoff_initial
+        opened_before = False
+        while not self._stop.is_set():
+            try:
+                self.source.open()
+            except (SourceError, OSError, cv2.error) as exc:
+                self.last_error = str(exc)
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, self.backoff_max)
+                continue
+            if opened_before:
+                self.reconnects += 1
+            opened_before = True
+            self.connected = True
+            try:
+                while not self._stop.is_set():
+                    frame = self.source.read()
+                    with self._cond:
+                        self._latest = (frame, self._clock())
+                        self.frames_read += 1
+                        self._cond.notify_all()
+                    backoff = self.backoff_initial
+            except (SourceError, OSError, cv2.error, ImageError) as exc:
+                self.last_error = str(exc)
+            finally:
+                self.connected = False
+                try:
+                    self.source.close()
+                except (SourceError, OSError, cv2.error):
+                    pass
+            self._stop.wait(backoff)
+            backoff = min(backoff * 2, self.backoff_max)
+
+    def latest(self) -> tuple[np.ndarray, float] | None:
+        """The newest frame and its capture time (the grabber's clock), or None."""
+        with self._cond:
+            return self._latest
+
+    def wait_frame(self, after: float | None = None, timeout: float = 2.0
+                   ) -> tuple[np.ndarray, float] | None:
+        """A frame newer than `after` (any frame if None), waiting up to `timeout` seconds."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                if self._latest is not None and (after is None or self._latest[1] > after):
+                    return self._latest
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or self._stop.is_set():
+                    return None
+                self._cond.wait(remaining)
+
+    def frames(self, n: int, interval: float = 0.1, timeout: float = 5.0
+               ) -> list[tuple[np.ndarray, float]]:
+        """n distinct frames at least `interval` apart (for multi-frame face decisions);
+        fewer if the camera stops delivering within `timeout`."""
+        out: list[tuple[np.ndarray, float]] = []
+        deadline = time.monotonic() + timeout
+        last_ts: float | None = None
+        while len(out) < n and time.monotonic() < deadline:
+            got = self.wait_frame(after=last_ts, timeout=max(deadline - time.monotonic(), 0))
+            if got is None:
+                break
+            out.append(got)
+            last_ts = got[1]
+            if len(out) < n and interval > 0:
+                self._stop.wait(interval)
+        return out
+
+    def iter_frames(self, timeout: float = 2.0) -> Iterator[tuple[np.ndarray, float]]:
+        last_ts: float | None = None
+        while not self._stop.is_set():
+            got = self.wait_frame(after=last_ts, timeout=timeout)
+            if got is None:
+                return
+            last_ts = got[1]
+            yield got
