@@ -1,0 +1,323 @@
+"""Forward the station's event log to the fleet's MQTT broker (issue 8, ADR 0031).
+
+The event log itself is the outbox: every event already has a durable, gap-free sequence
+number, so the forwarder keeps only a cursor (`upstream_cursor`), the highest seq below
+which the upstream broker has acknowledged everything. It publishes in seq order, QoS 1,
+and moves the cursor only on PUBACK. After an outage of any length, or a crash, it starts
+again from the cursor: delivery is at least once and the receiver drops repeats by `seq`
+(the payload also carries `hash` and `prev_hash`, so the fleet can verify the chain).
+
+One worker thread owns the whole exchange; paho's network thread only queues PUBACK mids
+and sets an event. Each connection gets a fresh paho client, so a message id from a dead
+connection can never be mistaken for an acknowledgement on the next one.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import random
+import socket
+import ssl
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Sequence
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
+from station.store.db import Store
+from station.store.eventlog import EventRecord, canonical_json, iter_events
+
+if TYPE_CHECKING:
+    from station.config import StationConfig
+
+log = logging.getLogger("station.upstream")
+
+
+def default_topic(station_id: str) -> str:
+    return f"ps/v1/{station_id}/station/events"
+
+
+def event_payload(station_id: str, event: EventRecord) -> bytes:
+    """The upstream message: the log row as stored (seq, hash and all) plus the station."""
+    body: dict[str, Any] = event.as_dict()
+    body["station"] = station_id
+    return canonical_json(body).encode()
+
+
+def set_nodelay(sock: Any) -> None:
+    """DESIGN §7: without TCP_NODELAY every QoS 1 exchange waits for a delayed ACK."""
+    if sock is not None:
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            pass
+
+
+@dataclass
+class _Link:
+    """One connection's private state; discarded with it."""
+
+    client: mqtt.Client
+    acks: "queue.SimpleQueue[int]" = field(default_factory=queue.SimpleQueue)
+    connected: threading.Event = field(default_factory=threading.Event)
+    lost: threading.Event = field(default_factory=threading.Event)
+    refused: str = ""
+
+
+class UpstreamForwarder:
+    """Ships every event of the log, in order, to the upstream broker; see module doc."""
+
+    def __init__(
+        self,
+        store: Store,
+        station_id: str,
+        host: str,
+        port: int,
+        topic: str | None = None,
+        *,
+        cursor_name: str = "upstream",
+        window: int = 100,
+        poll_s: float = 1.0,
+        reconnect_min_s: float = 0.5,
+        reconnect_max_s: float = 30.0,
+        keepalive_s: int = 30,
+        connect_timeout_s: float = 5.0,
+        username: str | None = None,
+        password: str | None = None,
+        tls_context: ssl.SSLContext | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._store = store
+        self._station_id = station_id
+        self._host = host
+        self._port = port
+        self.topic = topic or default_topic(station_id)
+        self._cursor_name = cursor_name
+        self._window = max(1, window)
+        self._poll_s = poll_s
+        self._reconnect_min_s = reconnect_min_s
+        self._reconnect_max_s = max(reconnect_max_s, reconnect_min_s)
+        self._keepalive_s = keepalive_s
+        self._connect_timeout_s = connect_timeout_s
+        self._username = username
+        self._password = password
+        self._tls_context = tls_context
+        self._rng = rng or random.Random()
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        self._progress = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._cursor = self._load_cursor()
+        self._connected = False
+        self.last_error = ""
+
+    @classmethod
+    def from_config(cls, store: Store, config: "StationConfig", **options: Any) -> "UpstreamForwarder":
+        up = config.upstream
+        return cls(store, config.station.id, up.host, up.port, up.topic, **options)
+
+    # --- status ----------------------------------------------------------------------------
+
+    @property
+    def cursor(self) -> int:
+        """Every event up to this seq has been acknowledged by the upstream broker."""
+        return self._cursor
+
+    @property
+    def connected(self) -> bool:
+        return self._connected
+
+    def wait_forwarded(self, seq: int, timeout: float) -> bool:
+        """Block until the cursor reaches `seq` (shutdown drains, tests) or the timeout."""
+        deadline = time.monotonic() + timeout
+        with self._progress:
+            while self._cursor < seq:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._progress.wait(left)
+        return True
+
+    # --- lifecycle -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        if self._thread is not None:
+            return
+        self._stopping.clear()
+        self._store.subscribe(self._on_commit)
+        self._thread = threading.Thread(target=self._run, name="upstream-forwarder", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop publishing; what was sent but not acknowledged goes again next time."""
+        thread, self._thread = self._thread, None
+        if thread is None:
+            return
+        self._store.unsubscribe(self._on_commit)
+        self._stopping.set()
+        self._wake.set()
+        thread.join(timeout)
+
+    def _on_commit(self, events: Sequence[EventRecord]) -> None:
+        self._wake.set()  # runs on the writer's thread: no work here
+
+    # --- worker ----------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        failures = 0
+        while not self._stopping.is_set():
+            link = self._connect()
+            if link is None:
+                failures += 1
+                self._stopping.wait(self._reconnect_delay(failures))
+                continue
+            failures = 0
+            self._connected = True
+            log.info("upstream %s:%d connected, resuming after seq %d",
+                     self._host, self._port, self._cursor)
+            try:
+                self._pump(link)
+            except Exception:
+                log.exception("upstream forwarding failed; reconnecting")
+                self.last_error = "internal error"
+            finally:
+                self._connected = False
+                self._teardown(link)
+            if not self._stopping.is_set():
+                failures = 1
+                self._stopping.wait(self._reconnect_delay(failures))
+
+    def _reconnect_delay(self, failures: int) -> float:
+        base = min(self._reconnect_max_s,
+                   self._reconnect_min_s * (2 ** min(max(failures - 1, 0), 30)))
+        return base * (0.5 + 0.5 * self._rng.random())
+
+    def _connect(self) -> _Link | None:
+        client = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=f"ps-{self._station_id}-upstream",
+            clean_session=True,
+            reconnect_on_failure=False,  # reconnecting is ours, with a fresh client
+        )
+        link = _Link(client)
+        client.max_inflight_messages_set(self._window)
+        client.max_queued_messages_set(0)
+        client.connect_timeout = self._connect_timeout_s
+        if self._username:
+            client.username_pw_set(self._username, self._password)
+        if self._tls_context is not None:
+            client.tls_set_context(self._tls_context)
+
+        def on_connect(c: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
+            if reason.is_failure:
+                link.refused = str(reason)
+                link.lost.set()
+            else:
+                set_nodelay(c.socket())
+                link.connected.set()
+            self._wake.set()
+
+        def on_publish(c: mqtt.Client, userdata: Any, mid: int, reason: Any, props: Any) -> None:
+            link.acks.put(mid)
+            self._wake.set()
+
+        def on_disconnect(c: mqtt.Client, userdata: Any, flags: Any, reason: Any,
+                          props: Any) -> None:
+            link.lost.set()
+            self._wake.set()
+
+        client.on_connect = on_connect
+        client.on_publish = on_publish
+        client.on_disconnect = on_disconnect
+        try:
+            client.connect(self._host, self._port, keepalive=self._keepalive_s)
+        except (OSError, ValueError) as exc:
+            self.last_error = f"connect: {type(exc).__name__}"
+            return None
+        set_nodelay(client.socket())  # after each connect, before the first publish
+        client.loop_start()
+        deadline = time.monotonic() + self._connect_timeout_s
+        while not (link.connected.is_set() or link.lost.is_set()):
+            if self._stopping.is_set() or time.monotonic() > deadline:
+                break
+            self._wake.wait(0.05)
+            self._wake.clear()
+        if not link.connected.is_set() or link.lost.is_set():
+            self.last_error = f"connect: {link.refused or 'no CONNACK'}"
+            self._teardown(link)
+            return None
+        self.last_error = ""
+        return link
+
+    def _teardown(self, link: _Link) -> None:
+        try:
+            link.client.disconnect()
+        except Exception:
+            pass
+        link.client.loop_stop()
+
+    def _pump(self, link: _Link) -> None:
+        """Publish from the cursor on, keep up to `window` unacknowledged, advance on acks."""
+        next_seq = self._cursor + 1
+        inflight: dict[int, int] = {}  # mid -> seq
+        sent: deque[int] = deque()  # seqs in publish order, not yet below the cursor
+        acked: set[int] = set()
+        while not self._stopping.is_set() and not link.lost.is_set():
+            self._wake.clear()
+            while True:
+                try:
+                    mid = link.acks.get_nowait()
+                except queue.Empty:
+                    break
+                seq = inflight.pop(mid, None)
+                if seq is not None:
+                    acked.add(seq)
+            new_cursor = self._cursor
+            while sent and sent[0] in acked:
+                new_cursor = sent.popleft()
+                acked.discard(new_cursor)
+            if new_cursor > self._cursor:
+                self._save_cursor(new_cursor)
+            room = self._window - len(inflight)
+            published = 0
+            if room > 0:
+                with self._store.reading() as conn:
+                    batch = list(iter_events(conn, after_seq=next_seq - 1, limit=room))
+                for event in batch:
+                    info = link.client.publish(
+                        self.topic, event_payload(self._station_id, event), qos=1, retain=False
+                    )
+                    if info.rc != mqtt.MQTT_ERR_SUCCESS:
+                        link.lost.set()  # resend from the cursor on the next connection
+                        self.last_error = f"publish: {mqtt.error_string(info.rc)}"
+                        return
+                    inflight[info.mid] = event.seq
+                    sent.append(event.seq)
+                    next_seq = event.seq + 1
+                    published += 1
+            if published == 0:
+                self._wake.wait(self._poll_s)
+
+    # --- cursor ----------------------------------------------------------------------------
+
+    def _load_cursor(self) -> int:
+        row = self._store.query_one(
+            "SELECT seq FROM upstream_cursor WHERE name = ?", (self._cursor_name,)
+        )
+        return int(row["seq"]) if row else 0
+
+    def _save_cursor(self, seq: int) -> None:
+        with self._store.transaction() as tx:
+            tx.execute(
+                "INSERT INTO upstream_cursor(name, seq) VALUES (?, ?)"
+                " ON CONFLICT(name) DO UPDATE SET seq = excluded.seq"
+                " WHERE excluded.seq > upstream_cursor.seq",
+                (self._cursor_name, seq),
+            )
+        with self._progress:
+            self._cursor = seq
+            self._progress.notify_all()
