@@ -234,10 +234,11 @@ def backoff_delay(attempt: int, initial_s: float, max_s: float, rng: random.Rand
 class Dispatcher:
     """Takes due rows from the outbox and hands them to the senders.
 
-    One dispatcher per database. Besides each row's own backoff, a failing sender is paused
-    as a whole (same backoff, counted over consecutive failures): when the gateway is down,
-    one probe per interval goes out instead of one per waiting row, which keeps the event
-    log from filling with `notify.failed` during a long outage.
+    One dispatcher per database. Besides each row's own backoff, a sender whose way out is
+    down (`SendError.channel_down`) is paused as a whole, with the same backoff counted over
+    its consecutive failures: during a gateway outage one probe per interval goes out instead
+    of one per waiting row, which keeps the event log from filling with `notify.failed`.
+    A message refused on its own (a 4xx about that number) only backs off that row.
     """
 
     def __init__(
@@ -320,7 +321,7 @@ class Dispatcher:
             self._fail(full, None, sender, "payload: cannot open", now, pause=False)
             return False
         except SendError as exc:
-            self._fail(full, notification, sender, str(exc), now, pause=True)
+            self._fail(full, notification, sender, str(exc), now, pause=exc.channel_down)
             return False
         except Exception as exc:  # a sender bug must not stop the other rows
             log.exception("sender %s raised unexpectedly", sender.name)

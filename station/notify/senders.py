@@ -24,7 +24,16 @@ log = logging.getLogger("station.notify")
 
 
 class SendError(Exception):
-    """Delivery failed this time; the dispatcher will retry. `str()` is safe to persist."""
+    """Delivery failed this time; the dispatcher will retry. `str()` is safe to persist.
+
+    `channel_down` says the way out itself is broken (gateway unreachable, 5xx, broker
+    offline), so the dispatcher pauses the whole sender; False means only this message was
+    refused (a 4xx about this number) and the other rows keep going.
+    """
+
+    def __init__(self, message: str, *, channel_down: bool = True) -> None:
+        super().__init__(message)
+        self.channel_down = channel_down
 
 
 class Sender(Protocol):
@@ -86,8 +95,10 @@ class WebhookSender:
             raise SendError("webhook: timeout") from None
         except httpx.TransportError as exc:
             raise SendError(f"webhook: {type(exc).__name__}") from None
-        if not 200 <= response.status_code < 300:
-            raise SendError(f"webhook: HTTP {response.status_code}")
+        status = response.status_code
+        if not 200 <= status < 300:
+            row_only = 400 <= status < 500 and status not in (408, 429)
+            raise SendError(f"webhook: HTTP {status}", channel_down=not row_only)
 
     def close(self) -> None:
         if self._owns_client:
