@@ -101,8 +101,7 @@ class Pickup:
                 tx.emit(Event("auth.otp.issued", recipient[:16], kiosk, {
                     "otp_id": otp_id, "phone_masked": mask_phone(normalised), "scope": kiosk}))
                 ctx.outbox.enqueue(tx, "sms", otp_id, {
-                    "kind": "otp", "phone": normalised, "otp": otp, "ttl_s": lk.otp_ttl_s,
-                    "phone_masked": mask_phone(normalised)})
+                    "kind": "otp", "phone": normalised, "otp": otp, "ttl_s": int(lk.otp_ttl_s)})
             else:
                 reason = "no_parcel" if not waiting else "daily_limit"
                 tx.emit(Event("auth.otp.not_sent", recipient[:16], kiosk, {

@@ -274,8 +274,6 @@ class Shelving:
         ctx.outbox.enqueue(tx, "sms", parcel_id, {
             "kind": "pickup_code",
             "phone": contacts.phone_of(ctx.sealer, tx, pending["recipient_hash"]),
-            "recipient_hash": pending["recipient_hash"],
-            "phone_masked": pending["phone_masked"],
             "code": str(code),
             "qr": qr_payload(station.id, code, ctx.secrets.hash_key),
             "station_name": station.name,

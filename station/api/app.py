@@ -1,0 +1,44 @@
+"""The FastAPI application: routers per role, JSON errors, CORS closed unless configured."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+
+from . import courier, errors, kiosk, operator
+from .services import Services
+
+STATIC = Path(__file__).parent / "static"
+
+
+def create_app(svc: Services, token_key: bytes, cors_origins: list[str] | None = None) -> FastAPI:
+    app = FastAPI(
+        title="Parcel station edge controller",
+        version="0.1.0",
+        description="Courier shelving, customer pickup, exit check and operator console of one station.",
+    )
+    app.state.services = svc
+    app.state.token_key = token_key
+    errors.install(app)
+    if cors_origins:
+        app.add_middleware(CORSMiddleware, allow_origins=cors_origins, allow_methods=["*"],
+                           allow_headers=["Authorization", "Content-Type"])
+    app.include_router(courier.router)
+    app.include_router(kiosk.router)
+    app.include_router(kiosk.exit_router)
+    app.include_router(operator.router)
+
+    @app.get("/api/health", tags=["public"], summary="Liveness: the service answers")
+    def health() -> dict[str, Any]:
+        return {"ok": True, "station": svc.core.ctx.station_id, "seq": svc.core.ctx.store.last_seq}
+
+    try:
+        from . import pages
+
+        pages.install(app)
+    except ImportError:  # pages are optional in a stripped-down build
+        pass
+    return app

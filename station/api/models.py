@@ -1,0 +1,78 @@
+"""Request bodies: validated at the edge, unknown fields refused."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class CourierLogin(_Body):
+    courier_id: str = Field(min_length=1, max_length=32)
+    pin: str = Field(min_length=1, max_length=16)
+
+
+class CourierPinEntry(CourierLogin):
+    pass
+
+
+class OpenShelving(_Body):
+    mode: Literal["guided", "free"] | None = None
+
+
+class Scan(_Body):
+    waybill: str = Field(min_length=1, max_length=64)
+    phone: str = Field(min_length=1, max_length=32)
+    size: Literal["S", "M", "L", "XL"] = "S"
+
+
+class CodeEntry(_Body):
+    code: str = Field(min_length=1, max_length=64)
+
+
+class QrEntry(_Body):
+    payload: str = Field(min_length=1, max_length=512)
+
+
+class OtpRequest(_Body):
+    phone: str = Field(min_length=1, max_length=32)
+
+
+class OtpEntry(_Body):
+    phone: str = Field(min_length=1, max_length=32)
+    otp: str = Field(min_length=1, max_length=12)
+
+
+class DropOff(_Body):
+    send_code: str = Field(min_length=1, max_length=64)
+    size: Literal["S", "M", "L", "XL"] = "M"
+
+
+class ExitWaybills(_Body):
+    waybills: list[str] = Field(min_length=1, max_length=20)
+
+
+class ExitLeave(_Body):
+    session_id: str | None = Field(default=None, max_length=64)
+
+
+class NewCourier(_Body):
+    courier_id: str = Field(min_length=1, max_length=32)
+    carrier: str = Field(min_length=1, max_length=32)
+    name: str = Field(min_length=1, max_length=64)
+    pin: str = Field(min_length=4, max_length=8)
+    valid_from: float | None = None
+    valid_until: float | None = None
+
+
+class PlacementReport(_Body):
+    """For operators and tests without a shelf controller: what a sensor would say."""
+
+    device: str = Field(min_length=1, max_length=64)
+    row: int = Field(ge=1, le=9)
+    col: int = Field(ge=1, le=99)
+    action: Literal["put", "take"]

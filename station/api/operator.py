@@ -1,0 +1,235 @@
+"""Operator routes: live room state, the event log with filters, replay, verification,
+export, couriers, alarms, snapshots, and a server-sent event stream."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import io
+import json
+import tempfile
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, AsyncIterator
+
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import FileResponse, Response, StreamingResponse
+
+from station.domain.phones import phone_hash
+from station.flows.errors import FlowError, NotFound, Unavailable
+from station.flows.shelfmap import room_state
+from station.store.db import Store
+from station.store.eventlog import Event, iter_events, verify_chain
+from station.store.replay import replay_into
+
+from .auth import Principal, require
+from .images import read_image
+from .models import NewCourier, PlacementReport
+from .services import Services, services
+
+router = APIRouter(prefix="/api/operator", tags=["operator"])
+operator_only = require("operator")
+
+
+@router.get("/state", summary="The room now: shelves, lights, doors, devices, alarms")
+def state(who: Principal = Depends(operator_only), svc: Services = Depends(services)) -> dict[str, Any]:
+    out = room_state(svc.core.ctx)
+    out["reported"] = svc.device_status()
+    return out
+
+
+def _filters(since: str | None, until: str | None, type_: str | None, subject: str | None,
+             actor: str | None, phone: str | None, svc: Services) -> dict[str, Any]:
+    text = None
+    if phone:
+        text = phone_hash(phone, svc.core.ctx.secrets.hash_key)
+    return {"since": since, "until": until, "types": type_.split(",") if type_ else None,
+            "subject": subject, "actor": actor, "text": text}
+
+
+@router.get("/events", summary="The event log, filtered, newest first")
+def events(since: str | None = None, until: str | None = None,
+           type: str | None = Query(default=None, description="types, comma separated; a* matches a prefix"),
+           subject: str | None = None, actor: str | None = None,
+           phone: str | None = Query(default=None, description="looked up by its keyed hash"),
+           after_seq: int = Query(default=0, ge=0), limit: int = Query(default=200, ge=1, le=5000),
+           who: Principal = Depends(operator_only), svc: Services = Depends(services)) -> dict[str, Any]:
+    f = _filters(since, until, type, subject, actor, phone, svc)
+    with svc.core.ctx.store.reading() as conn:
+        rows = [e.as_dict() for e in iter_events(conn, after_seq=after_seq, limit=limit,
+                                                  descending=after_seq == 0, **f)]
+    return {"events": rows, "last_seq": svc.core.ctx.store.last_seq}
+
+
+@router.get("/events/export", summary="Export the log as JSON lines or CSV")
+def export(format: str = Query(default="jsonl", pattern="^(jsonl|csv)$"), since: str | None = None,
+           until: str | None = None, type: str | None = None,
+           who: Principal = Depends(operator_only), svc: Services = Depends(services)) -> Response:
+    f = _filters(since, until, type, None, None, None, svc)
+    with svc.core.ctx.store.reading() as conn:
+        rows = [e.as_dict() for e in iter_events(conn, **f)]
+    if format == "jsonl":
+        body = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+        return Response(body, media_type="application/x-ndjson")
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(["seq", "ts", "type", "actor", "subject", "data", "snapshot", "prev_hash", "hash"])
+    for r in rows:
+        writer.writerow([r["seq"], r["ts"], r["type"], r["actor"], r["subject"],
+                         json.dumps(r["data"], ensure_ascii=False), r["snapshot"] or "", r["prev_hash"], r["hash"]])
+    return Response(buf.getvalue(), media_type="text/csv")
+
+
+@router.get("/verify", summary="Walk the hash chain")
+def verify(who: Principal = Depends(operator_only), svc: Services = Depends(services)) -> dict[str, Any]:
+    with svc.core.ctx.store.reading() as conn:
+        return asdict(verify_chain(conn))
+
+
+@router.get("/replay", summary="The room as it was after event `seq` (or at time `at`)")
+def replay(seq: int | None = Query(default=None, ge=0), at: str | None = None,
+           who: Principal = Depends(operator_only), svc: Services = Depends(services)) -> dict[str, Any]:
+    if seq is None and at is None:
+        raise FlowError("give seq or at", code="invalid_request", status=422)
+    ctx = svc.core.ctx
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "replay.db"
+        try:
+            with ctx.store.reading() as conn:
+                last = replay_into(conn, out, until_seq=seq, until_time=at)
+        except ValueError as exc:
+            raise FlowError(f"not a time: {exc}", code="invalid_request", status=422) from None
+        past = Store(out).open()
+        try:
+            ts_row = past.query_one("SELECT ts FROM events WHERE seq = ?", (last,))
+            from station.store.eventlog import parse_utc
+
+            when = parse_utc(ts_row["ts"]) if ts_row else 0.0
+            view = room_state(ctx, past, now=when)
+            view["at"] = ts_row["ts"] if ts_row else None
+            event = past.query_one("SELECT seq, ts, type, subject FROM events WHERE seq = ?", (last,))
+            view["event"] = dict(event) if event else None
+            return view
+        finally:
+            past.close()
+
+
+@router.get("/couriers")
+def couriers(who: Principal = Depends(operator_only), svc: Services = Depends(services)) -> list[dict[str, Any]]:
+    return [asdict(c) for c in svc.core.couriers.list()]
+
+
+@router.post("/couriers", status_code=201)
+def add_courier(body: NewCourier, who: Principal = Depends(operator_only),
+                svc: Services = Depends(services)) -> dict[str, Any]:
+    c = svc.core.couriers.add(body.courier_id, body.carrier, body.name, body.pin, actor=who.subject,
+                              valid_from=body.valid_from, valid_until=body.valid_until)
+    return asdict(c)
+
+
+@router.post("/couriers/{courier_id}/disable")
+def disable_courier(courier_id: str, who: Principal = Depends(operator_only),
+                    svc: Services = Depends(services)) -> dict[str, Any]:
+    return asdict(svc.core.couriers.set_active(courier_id, False, actor=who.subject))
+
+
+@router.post("/couriers/{courier_id}/enable")
+def enable_courier(courier_id: str, who: Principal = Depends(operator_only),
+                   svc: Services = Depends(services)) -> dict[str, Any]:
+    return asdict(svc.core.couriers.set_active(courier_id, True, actor=who.subject))
+
+
+@router.delete("/couriers/{courier_id}")
+def remove_courier(courier_id: str, who: Principal = Depends(operator_only),
+                   svc: Services = Depends(services)) -> dict[str, Any]:
+    svc.core.couriers.remove(courier_id, actor=who.subject)
+    return {"courier_id": courier_id, "removed": True}
+
+
+@router.post("/couriers/{courier_id}/face", summary="Enrol a face image (image body; repeat for up to 5)")
+async def enrol_face(courier_id: str, request: Request, who: Principal = Depends(operator_only),
+                     svc: Services = Depends(services)) -> dict[str, Any]:
+    if svc.enrol_face is None:
+        raise Unavailable("face enrolment is not configured", code="vision_unavailable")
+    image = await read_image(request)
+    return await run_in_threadpool(svc.enrol_face, courier_id, [image])
+
+
+@router.post("/parcels/{parcel_id}/recall")
+def recall(parcel_id: str, who: Principal = Depends(operator_only),
+           svc: Services = Depends(services)) -> dict[str, Any]:
+    svc.core.returns.recall(parcel_id, actor=who.subject)
+    return {"parcel_id": parcel_id, "state": "recalled"}
+
+
+@router.get("/parcels")
+def parcels(state: str | None = None, limit: int = Query(default=200, ge=1, le=5000),
+            who: Principal = Depends(operator_only), svc: Services = Depends(services)) -> list[dict[str, Any]]:
+    sql = ("SELECT id, waybill, carrier, direction, state, slot, size, phone_masked, courier_id,"
+           " created_at, updated_at, deadline FROM parcels")
+    args: list[Any] = []
+    if state:
+        sql += " WHERE state = ?"
+        args.append(state)
+    sql += " ORDER BY created_at DESC LIMIT ?"
+    args.append(limit)
+    return [dict(r) for r in svc.core.ctx.store.query(sql, args)]
+
+
+@router.post("/alarms/{alarm_id}/ack")
+def ack_alarm(alarm_id: str, who: Principal = Depends(operator_only),
+              svc: Services = Depends(services)) -> dict[str, Any]:
+    store = svc.core.ctx.store
+    if store.query_one("SELECT 1 FROM alarms WHERE id = ?", (alarm_id,)) is None:
+        raise NotFound(f"no alarm {alarm_id}")
+    with store.transaction() as tx:
+        tx.emit(Event("alarm.acknowledged", alarm_id, who.subject, {"alarm_id": alarm_id}))
+    return {"alarm_id": alarm_id, "acknowledged": True}
+
+
+@router.get("/snapshots/{ref}", summary="A snapshot JPEG by its hash")
+def snapshot(ref: str, who: Principal = Depends(operator_only), svc: Services = Depends(services)) -> FileResponse:
+    if svc.snapshot_path is None or not ref.isalnum() or len(ref) != 64:
+        raise NotFound("no such snapshot")
+    path = svc.snapshot_path(ref)
+    if path is None or not Path(path).is_file():
+        raise NotFound("no such snapshot")
+    return FileResponse(path, media_type="image/jpeg")
+
+
+@router.post("/placements", summary="Report a placement by hand (a stuck or missing sensor)")
+def report_placement(body: PlacementReport, who: Principal = Depends(operator_only),
+                     svc: Services = Depends(services)) -> dict[str, Any]:
+    if body.device not in svc.core.ctx.config.shelf_devices:
+        raise NotFound(f"no shelf device {body.device}")
+    svc.core.on_device_event(body.device, "placement", {"row": body.row, "col": body.col,
+                                                        "action": body.action, "source": who.subject})
+    return {"accepted": True}
+
+
+@router.get("/stream", summary="Server-sent events: each new log event as it is committed")
+async def stream(request: Request, after_seq: int = Query(default=-1, ge=-1),
+                 who: Principal = Depends(operator_only), svc: Services = Depends(services)) -> StreamingResponse:
+    store = svc.core.ctx.store
+    start = store.last_seq if after_seq < 0 else after_seq
+
+    async def gen() -> AsyncIterator[bytes]:
+        last = start
+        yield b": connected\n\n"
+        idle = 0
+        while not await request.is_disconnected():
+            def fetch(after: int) -> list[dict[str, Any]]:
+                with store.reading() as conn:
+                    return [e.as_dict() for e in iter_events(conn, after_seq=after, limit=500)]
+            rows = await run_in_threadpool(fetch, last)
+            for r in rows:
+                last = r["seq"]
+                yield f"id: {r['seq']}\nevent: log\ndata: {json.dumps(r, ensure_ascii=False)}\n\n".encode()
+            idle = 0 if rows else idle + 1
+            if idle and idle % 30 == 0:
+                yield b": keep-alive\n\n"
+            await asyncio.sleep(0.3)
+
+    return StreamingResponse(gen(), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})

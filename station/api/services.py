@@ -1,0 +1,29 @@
+"""What the routers reach through `request.app.state.services`: built by bootstrap.py."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from fastapi import Request
+
+from station.flows.core import StationCore
+
+
+@dataclass
+class Services:
+    core: StationCore
+    # image -> list of decoded texts (waybills, QR payloads); None where vision is not wired
+    decode_codes: Callable[[bytes], list[str]] | None = None
+    # image list -> face decision dict {courier_id|None, distance, live, reason}
+    verify_face: Callable[[list[bytes]], dict[str, Any]] | None = None
+    grab_face_frames: Callable[[], list[bytes]] | None = None
+    grab_document_frame: Callable[[], bytes] | None = None
+    enrol_face: Callable[[str, list[bytes]], dict[str, Any]] | None = None
+    save_snapshot: Callable[[bytes], str] | None = None
+    snapshot_path: Callable[[str], Any] | None = None
+    device_status: Callable[[], dict[str, Any]] = field(default=lambda: {})
+
+
+def services(request: Request) -> Services:
+    return request.app.state.services  # type: ignore[no-any-return]

@@ -1,0 +1,195 @@
+"""Wiring lives here and nowhere else: config + secrets in, a running station out.
+
+`build_station` assembles the store, device link, outbox, flows, vision and API; `Station`
+starts and stops their threads in order. The simulator and the tests use the same function
+so what they exercise is what runs in a parcel room."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+from station.api.app import create_app
+from station.api.services import Services
+from station.config import Secrets, StationConfig
+from station.devices.link import DeviceEvent, DeviceLink, Light
+from station.domain.lights import LightSpec
+from station.flows.context import Ctx
+from station.flows.core import StationCore, Ticker
+from station.notify.messages import StationInfo
+from station.notify.outbox import Dispatcher, Outbox
+from station.notify.senders import build_senders
+from station.store.db import Store
+from station.store.eventlog import Event
+from station.upstream import UpstreamForwarder
+
+log = logging.getLogger("station")
+
+
+class LinkPort:
+    """The device link as the flows see it: lights arrive as domain LightSpecs."""
+
+    def __init__(self, link: DeviceLink) -> None:
+        self.link = link
+
+    def replace_lights(self, device: str, lights: Mapping[tuple[int, int], LightSpec]) -> Any:
+        return self.link.replace_lights(
+            device, {rc: Light(tuple(s.colours), s.pattern, s.ttl_s) for rc, s in lights.items()})  # type: ignore[arg-type]
+
+    def unlock(self, door: str, pulse_s: float | None = None) -> Any:
+        return self.link.unlock(door, pulse_s)
+
+    def is_online(self, device: str) -> bool:
+        return self.link.is_online(device)
+
+
+class Vision:
+    """Faces and codes for the API, loaded lazily: dlib's models take a second to load and
+    a station without a face camera never needs them."""
+
+    def __init__(self, config: StationConfig, secrets: Secrets, store: Store, core: StationCore) -> None:
+        self.config = config
+        self.core = core
+        self._lock = threading.Lock()
+        self._engine: Any = None
+        self._reader: Any = None
+        from station.vision.snapshots import SnapshotStore
+        from station.vision.templates import TemplateCipher
+
+        self.snapshots = SnapshotStore(Path(config.station.snapshots_dir),
+                                       enabled=config.station.snapshots_enabled)
+        self.cipher = TemplateCipher(secrets.encryption_key)
+
+    def engine(self) -> Any:
+        with self._lock:
+            if self._engine is None:
+                from station.vision.faces import FaceEngine
+
+                self._engine = FaceEngine()
+            return self._engine
+
+    def decode_codes(self, image: bytes) -> list[str]:
+        from station.vision.codes import CodeReader
+        from station.vision.images import decode_image
+
+        with self._lock:
+            if self._reader is None:
+                self._reader = CodeReader()
+        frame = decode_image(image)
+        return [c.text for c in self._reader.decode(frame)]
+
+    def verify_face(self, frames: list[bytes]) -> dict[str, Any]:
+        from station.vision.faces import FaceMatcher, FaceVerifier
+
+        rows = self.core.couriers.templates()
+        if not rows:
+            return {"courier_id": None, "distance": None, "live": False, "reason": "no_templates"}
+        templates = np.stack([self.cipher.decrypt(blob, cid) for cid, blob in rows])
+        matcher = FaceMatcher(templates, [cid for cid, _ in rows])
+        decision = FaceVerifier(self.engine(), matcher, min_agreeing=min(3, len(frames))).decide(frames)
+        out = decision.to_log()
+        out["courier_id"] = decision.label if decision.reason == "matched" and decision.live else None
+        return out
+
+    def enrol(self, courier_id: str, images: list[bytes]) -> dict[str, Any]:
+        from station.flows.errors import FlowError
+        from station.vision.faces import EnrolmentRefused
+
+        self.core.couriers.get(courier_id)
+        try:
+            enrolment = self.engine().enrol(images)
+        except EnrolmentRefused as exc:
+            raise FlowError(str(exc), code=f"enrolment_{exc.check}", status=422) from None
+        blobs = [self.cipher.encrypt(t, courier_id) for t in enrolment.templates]
+        self.core.couriers.store_templates(courier_id, blobs)
+        return {"courier_id": courier_id, "templates": len(blobs)}
+
+    def save_snapshot(self, image: bytes) -> str | None:
+        return self.snapshots.save(image)
+
+
+@dataclass
+class Station:
+    config: StationConfig
+    secrets: Secrets
+    store: Store
+    link: DeviceLink
+    core: StationCore
+    outbox: Outbox
+    dispatcher: Dispatcher
+    ticker: Ticker
+    app: Any
+    vision: Vision
+    upstream: UpstreamForwarder | None = None
+    started: bool = field(default=False)
+
+    def start(self) -> "Station":
+        self.link.start()
+        self.dispatcher.start()
+        self.ticker.start()
+        if self.upstream is not None:
+            self.upstream.start()
+        with self.store.transaction() as tx:
+            tx.emit(Event("station.started", self.config.station.id, "station",
+                          {"version": "0.1.0", "last_seq_before": self.store.last_seq}))
+        # the lights the database asks for, whatever the shelves showed before the restart
+        self.core.lights.refresh(force=True)
+        self.started = True
+        return self
+
+    def stop(self) -> None:
+        self.ticker.stop()
+        self.dispatcher.stop()
+        if self.upstream is not None:
+            self.upstream.stop()
+        self.link.stop()
+        self.store.close()
+        self.started = False
+
+
+def build_station(config: StationConfig, secrets: Secrets, *, data_dir: Path | None = None,
+                  client_id: str | None = None) -> Station:
+    store = Store(config.station.database).open()
+    holder: dict[str, StationCore] = {}
+
+    def on_event(ev: DeviceEvent) -> None:
+        core = holder.get("core")
+        if core is not None:
+            core.on_device_event(ev.device, ev.kind, ev.data)
+
+    seq_path = Path(config.station.database).with_suffix(".devseq")
+    link = DeviceLink(config, secrets, on_event, client_id=client_id, seq_path=seq_path)
+    outbox = Outbox(store, secrets.encryption_key)
+    ctx = Ctx(config, secrets, store, LinkPort(link), outbox)
+    core = StationCore(ctx)
+    holder["core"] = core
+    info = StationInfo(config.station.name, config.station.address, config.station.timezone)
+    senders = build_senders(config.notify, info, config.station.id)
+    dispatcher = Dispatcher(outbox, senders, retry_initial_s=config.notify.retry_initial_s,
+                            retry_max_s=config.notify.retry_max_s)
+    vision = Vision(config, secrets, store, core)
+    upstream = None
+    if config.upstream.enabled:
+        upstream = UpstreamForwarder(store, config.station.id, config.upstream.host,
+                                     config.upstream.port, config.upstream.topic)
+
+    def device_status() -> dict[str, Any]:
+        return {d: {"online": link.is_online(d), "reported": link.reported(d)} for d in config.device_ids}
+
+    svc = Services(
+        core=core,
+        decode_codes=vision.decode_codes,
+        verify_face=vision.verify_face,
+        enrol_face=vision.enrol,
+        save_snapshot=vision.save_snapshot,
+        snapshot_path=lambda ref: vision.snapshots.path(ref),
+        device_status=device_status,
+    )
+    app = create_app(svc, secrets.token_key, config.api.cors_origins)
+    return Station(config, secrets, store, link, core, outbox, dispatcher, Ticker(core), app,
+                   vision, upstream)

@@ -1,0 +1,372 @@
+"""`station`: run the edge service, and the operator's commands beside it.
+
+Every error a person can cause (bad config, missing secrets, wrong arguments, a database
+that is not ours) ends with one clear line on stderr and a non-zero exit, never a traceback."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import os
+import signal
+import sqlite3
+import sys
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+from rich.console import Console
+from rich.table import Table
+
+from station.config import ConfigError, load_config, load_secrets, write_new_secrets
+
+out = Console()
+err = Console(stderr=True)
+DEFAULT_CONFIG = "examples/station.toml"
+
+
+class CliError(Exception):
+    pass
+
+
+def _config(args: argparse.Namespace) -> Any:
+    return load_config(args.config)
+
+
+def _secrets(args: argparse.Namespace) -> Any:
+    return load_secrets(getattr(args, "secrets", None))
+
+
+def _db_path(args: argparse.Namespace) -> Path:
+    if getattr(args, "db", None):
+        path = Path(args.db)
+    else:
+        path = Path(_config(args).station.database)
+    if not path.exists():
+        raise CliError(f"{path}: no such database")
+    return path
+
+
+def _open_db(args: argparse.Namespace) -> sqlite3.Connection:
+    path = _db_path(args)
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        conn.execute("SELECT 1 FROM events LIMIT 1")
+    except sqlite3.DatabaseError as exc:
+        raise CliError(f"{path}: not a station database ({exc})") from None
+    return conn
+
+
+# --- run ---------------------------------------------------------------------------------
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from station.bootstrap import build_station
+
+    config = _config(args)
+    secrets = _secrets(args)
+    if args.mqtt_port:
+        config = config.model_copy(update={"mqtt": config.mqtt.model_copy(update={"port": args.mqtt_port})})
+    _setup_logging(args.log_json)
+    station = build_station(config, secrets)
+    station.start()
+    host = args.host or config.api.host
+    port = args.port if args.port is not None else config.api.port
+    out.print(f"[bold green]station {config.station.id}[/] API on http://{host}:{port}/  "
+              f"(broker {config.mqtt.host}:{config.mqtt.port})")
+    try:
+        uvicorn.run(station.app, host=host, port=port, log_level="warning")
+    finally:
+        station.stop()
+    return 0
+
+
+def _setup_logging(as_json: bool) -> None:
+    level = os.environ.get("PS_LOG_LEVEL", "INFO")
+    if as_json:
+        class JsonFormatter(logging.Formatter):
+            def format(self, record: logging.LogRecord) -> str:
+                return json.dumps({"ts": self.formatTime(record), "level": record.levelname,
+                                   "logger": record.name, "msg": record.getMessage()})
+        handler = logging.StreamHandler()
+        handler.setFormatter(JsonFormatter())
+        logging.basicConfig(level=level, handlers=[handler])
+    else:
+        logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def cmd_init_secrets(args: argparse.Namespace) -> int:
+    try:
+        path = write_new_secrets(args.path)
+    except FileExistsError:
+        raise CliError(f"{args.path}: exists; refusing to overwrite station secrets") from None
+    out.print(f"wrote {path} (mode 600)")
+    return 0
+
+
+def cmd_token(args: argparse.Namespace) -> int:
+    from station.api.auth import TokenError, make_token
+
+    secrets = _secrets(args)
+    try:
+        token = make_token(secrets.token_key, args.role, args.subject, args.days * 86400)
+    except TokenError as exc:
+        raise CliError(str(exc)) from None
+    print(token)
+    return 0
+
+
+# --- log -----------------------------------------------------------------------------------
+
+
+def cmd_log_verify(args: argparse.Namespace) -> int:
+    from station.store.eventlog import verify_chain
+
+    result = verify_chain(_open_db(args))
+    if result.ok:
+        out.print(f"[green]chain verified[/]: {result.checked} events")
+        return 0
+    err.print(f"[red]chain broken at seq {result.first_bad_seq}[/]: {result.problem} "
+              f"({result.checked} events verified before it)")
+    return 1
+
+
+def _print_events(events: Any) -> None:
+    for e in events:
+        snap = f" snapshot={e.snapshot[:12]}" if e.snapshot else ""
+        print(f"{e.seq:>8} {e.ts} {e.type:<28} {e.actor:<14} {e.subject} "
+              f"{json.dumps(e.data, ensure_ascii=False)}{snap}")
+
+
+def cmd_log_tail(args: argparse.Namespace) -> int:
+    from station.store.eventlog import iter_events
+
+    conn = _open_db(args)
+    last = conn.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()[0]
+    _print_events(iter_events(conn, after_seq=max(0, last - args.n)))
+    while args.follow:
+        time.sleep(0.5)
+        rows = list(iter_events(conn, after_seq=last))
+        _print_events(rows)
+        if rows:
+            last = rows[-1].seq
+    return 0
+
+
+def cmd_log_export(args: argparse.Namespace) -> int:
+    from station.store.eventlog import iter_events
+
+    conn = _open_db(args)
+    types = args.type.split(",") if args.type else None
+    events = iter_events(conn, since=args.since, until=args.until, types=types)
+    stream = open(args.out, "w", newline="") if args.out else sys.stdout
+    try:
+        if args.format == "jsonl":
+            for e in events:
+                stream.write(json.dumps(e.as_dict(), ensure_ascii=False) + "\n")
+        else:
+            writer = csv.writer(stream)
+            writer.writerow(["seq", "ts", "type", "actor", "subject", "data", "snapshot", "prev_hash", "hash"])
+            for e in events:
+                writer.writerow([e.seq, e.ts, e.type, e.actor, e.subject,
+                                 json.dumps(e.data, ensure_ascii=False), e.snapshot or "", e.prev_hash, e.hash])
+    finally:
+        if args.out:
+            stream.close()
+    return 0
+
+
+def cmd_log_replay(args: argparse.Namespace) -> int:
+    from station.store.replay import replay_into
+
+    conn = _open_db(args)
+    until_seq = until_time = None
+    if args.until is not None:
+        if args.until.isdigit():
+            until_seq = int(args.until)
+        else:
+            until_time = args.until
+    try:
+        last = replay_into(conn, args.out, until_seq=until_seq, until_time=until_time)
+    except FileExistsError as exc:
+        raise CliError(str(exc)) from None
+    except ValueError as exc:
+        raise CliError(f"--until: not a sequence number or an ISO time: {exc}") from None
+    out.print(f"replayed events 1..{last} into {args.out}")
+    return 0
+
+
+# --- couriers --------------------------------------------------------------------------------
+
+
+def _core(args: argparse.Namespace) -> Any:
+    """Flows over the database without devices: for registry commands only."""
+    from station.flows.context import Ctx
+    from station.flows.core import StationCore
+    from station.store.db import Store
+
+    config = _config(args)
+    secrets = _secrets(args)
+
+    class NoDevices:
+        def replace_lights(self, *a: Any) -> Any:
+            raise CliError("this command does not drive devices")
+
+        unlock = replace_lights
+
+        def is_online(self, device: str) -> bool:
+            return False
+
+    class NoOutbox:
+        def enqueue(self, *a: Any) -> str:
+            raise CliError("this command sends no messages")
+
+    store = Store(config.station.database).open()
+    return StationCore(Ctx(config, secrets, store, NoDevices(), NoOutbox()))
+
+
+def cmd_courier(args: argparse.Namespace) -> int:
+    from station.flows.errors import FlowError
+
+    core = _core(args)
+    try:
+        if args.courier_cmd == "add":
+            pin = args.pin or os.environ.get("PS_COURIER_PIN")
+            if not pin:
+                import getpass
+
+                pin = getpass.getpass("PIN (4-8 digits): ")
+            c = core.couriers.add(args.courier_id, args.carrier, args.name, pin, actor="cli")
+            out.print(f"added courier {c.id} ({c.carrier}, {c.name})")
+        elif args.courier_cmd == "list":
+            table = Table("id", "carrier", "name", "active", "face")
+            for c in core.couriers.list():
+                table.add_row(c.id, c.carrier, c.name, "yes" if c.active else "no", "yes" if c.has_face else "no")
+            out.print(table)
+        elif args.courier_cmd in ("disable", "enable"):
+            core.couriers.set_active(args.courier_id, args.courier_cmd == "enable", actor="cli")
+            out.print(f"courier {args.courier_id} {args.courier_cmd}d")
+        elif args.courier_cmd == "remove":
+            core.couriers.remove(args.courier_id, actor="cli")
+            out.print(f"courier {args.courier_id} removed with their face templates")
+    except FlowError as exc:
+        raise CliError(exc.message) from None
+    finally:
+        core.ctx.store.close()
+    return 0
+
+
+# --- demo ----------------------------------------------------------------------------------
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from station.demo import run_demo
+
+    return run_demo(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="station", description="Parcel station edge controller")
+    sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
+
+    def with_config(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--config", default=os.environ.get("PS_CONFIG", DEFAULT_CONFIG),
+                        help="station TOML (default: %(default)s)")
+        sp.add_argument("--secrets", help="secrets file (default: $PS_SECRETS_FILE)")
+
+    run = sub.add_parser("run", help="run the edge service")
+    with_config(run)
+    run.add_argument("--host")
+    run.add_argument("--port", type=int)
+    run.add_argument("--mqtt-port", type=int, help="override [mqtt].port")
+    run.add_argument("--log-json", action="store_true", help="log as JSON lines")
+    run.set_defaults(fn=cmd_run)
+
+    demo = sub.add_parser("demo", help="broker + station + simulator on embedded defaults")
+    with_config(demo)
+    demo.add_argument("--port", type=int, default=8080)
+    demo.add_argument("--no-sim", action="store_true")
+    demo.add_argument("--speed", type=float, default=10.0)
+    demo.set_defaults(fn=cmd_demo)
+
+    sec = sub.add_parser("init-secrets", help="write a new secrets file")
+    sec.add_argument("path")
+    sec.set_defaults(fn=cmd_init_secrets)
+
+    tok = sub.add_parser("token", help="create an API token")
+    tok_sub = tok.add_subparsers(dest="token_cmd", required=True)
+    create = tok_sub.add_parser("create")
+    create.add_argument("--role", required=True, choices=["operator", "courier", "kiosk"])
+    create.add_argument("--subject", required=True)
+    create.add_argument("--days", type=float, default=365)
+    create.add_argument("--secrets")
+    create.set_defaults(fn=cmd_token)
+
+    log_p = sub.add_parser("log", help="the event log: verify, tail, export, replay")
+    log_sub = log_p.add_subparsers(dest="log_cmd", required=True)
+
+    def with_db(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--db", help="database file (default: the configured one)")
+        sp.add_argument("--config", default=os.environ.get("PS_CONFIG", DEFAULT_CONFIG))
+
+    v = log_sub.add_parser("verify", help="walk the hash chain")
+    with_db(v)
+    v.set_defaults(fn=cmd_log_verify)
+    t = log_sub.add_parser("tail", help="the last events")
+    with_db(t)
+    t.add_argument("-n", type=int, default=20)
+    t.add_argument("-f", "--follow", action="store_true")
+    t.set_defaults(fn=cmd_log_tail)
+    e = log_sub.add_parser("export", help="export events")
+    with_db(e)
+    e.add_argument("--format", choices=["jsonl", "csv"], default="jsonl")
+    e.add_argument("--since")
+    e.add_argument("--until")
+    e.add_argument("--type", help="types, comma separated; a* matches a prefix")
+    e.add_argument("--out")
+    e.set_defaults(fn=cmd_log_export)
+    r = log_sub.add_parser("replay", help="rebuild projections into a new database")
+    with_db(r)
+    r.add_argument("--until", help="a sequence number or an ISO time")
+    r.add_argument("--out", required=True)
+    r.set_defaults(fn=cmd_log_replay)
+
+    c = sub.add_parser("courier", help="the courier registry")
+    c_sub = c.add_subparsers(dest="courier_cmd", required=True)
+    add = c_sub.add_parser("add")
+    with_config(add)
+    add.add_argument("courier_id")
+    add.add_argument("--carrier", required=True)
+    add.add_argument("--name", required=True)
+    add.add_argument("--pin", help="4-8 digits (or $PS_COURIER_PIN, or asked)")
+    add.set_defaults(fn=cmd_courier)
+    ls = c_sub.add_parser("list")
+    with_config(ls)
+    ls.set_defaults(fn=cmd_courier)
+    for name in ("disable", "enable", "remove"):
+        sp = c_sub.add_parser(name)
+        with_config(sp)
+        sp.add_argument("courier_id")
+        sp.set_defaults(fn=cmd_courier)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.fn(args))
+    except (ConfigError, CliError) as exc:
+        err.print(f"[red]error:[/] {exc}", highlight=False)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    sys.exit(main())
