@@ -18,6 +18,7 @@ class Carrier:
 
 class CarrierBook:
     def __init__(self, carriers: Iterable[Carrier]) -> None:
+        carriers = list(carriers)  # iterated twice below: a generator would leave _send empty
         self._carriers = [(c, re.compile(c.pattern)) for c in carriers]
         self._send = [
             (c, re.compile(c.send_code_pattern)) for c in carriers if c.send_code_pattern

@@ -1,0 +1,111 @@
+"""Exit check, expiry and return runs, outbound drop-off and collection, on fakes."""
+
+from __future__ import annotations
+
+import pytest
+
+from station.flows.errors import AuthFailed, FlowError
+
+from .harness import Station, phone, sf_waybill
+
+
+def test_a_wrong_parcel_is_caught_at_the_exit(station: Station) -> None:
+    mine, code = station.shelve(sf_waybill(1), phone(1))
+    sid = station.core.shelving.open_session("c1", "guided")["session_id"]
+    station.shelve(sf_waybill(2), phone(2), "M", session_id=sid)
+    e = station.core.pickup.enter_with_code(code)
+    r = station.core.exit.check([sf_waybill(1), sf_waybill(2)])
+    assert not r.allowed
+    assert {"waybill": sf_waybill(2), "problem": "not_yours"} in r.problems
+    assert "door-exit" not in station.devices.unlocks
+    alarm = station.store.query_one("SELECT * FROM alarms WHERE kind = 'exit.wrong_parcel'")
+    assert alarm is not None
+    states = {r["waybill"]: r["state"] for r in station.store.query("SELECT waybill, state FROM parcels")}
+    assert states == {sf_waybill(1): "shelved", sf_waybill(2): "shelved"}
+    # put back, show only their own: out they go
+    ok = station.core.exit.check([sf_waybill(1)])
+    assert ok.allowed and ok.session_id == e.session_id
+    assert station.devices.unlocks == ["door-entry", "door-exit"]
+
+
+def test_an_unknown_waybill_keeps_the_exit_locked(station: Station) -> None:
+    _, code = station.shelve(sf_waybill(1), phone(1))
+    station.core.pickup.enter_with_code(code)
+    r = station.core.exit.check([sf_waybill(1), sf_waybill(77)])
+    assert not r.allowed and {"waybill": sf_waybill(77), "problem": "unknown_waybill"} in r.problems
+    assert "door-exit" not in station.devices.unlocks
+
+
+def test_nobody_inside_cannot_carry_a_parcel_out(station: Station) -> None:
+    station.shelve(sf_waybill(1), phone(1))
+    r = station.core.exit.check([sf_waybill(1)])
+    assert not r.allowed and station.devices.unlocks == []
+
+
+def test_partial_pickup_leaves_the_rest_waiting(station: Station) -> None:
+    sid = station.core.shelving.open_session("c1", "guided")["session_id"]
+    _, code = station.shelve(sf_waybill(1), phone(1), "S", session_id=sid)
+    station.shelve(sf_waybill(2), phone(1), "M", session_id=sid)
+    station.core.pickup.enter_with_code(code)
+    r = station.core.exit.check([sf_waybill(1)])
+    assert r.allowed
+    states = {r["waybill"]: r["state"] for r in station.store.query("SELECT waybill, state FROM parcels")}
+    assert states == {sf_waybill(1): "picked_up", sf_waybill(2): "shelved"}
+    assert station.lit_slots() == {}
+
+
+def test_expiry_then_return_run_takes_the_parcel_back(station: Station) -> None:
+    slot, code = station.shelve(sf_waybill(1), phone(1))
+    days = station.config.station.retention_days
+    assert station.tick(days * 86400 - 10)["parcels_expired"] == 0
+    assert station.tick(20)["parcels_expired"] == 1
+    assert station.store.query_one("SELECT state FROM parcels")["state"] == "expired"
+    with pytest.raises(AuthFailed):
+        station.core.pickup.enter_with_code(code)
+    assert station.devices.unlocks == []
+    run = station.core.returns.start_return_run("c1")
+    assert [p["waybill"] for p in run["parcels"]] == [sf_waybill(1)]
+    assert station.light(slot).colours == (run["colour"],)
+    station.take(slot)
+    assert station.store.query_one("SELECT state FROM parcels")["state"] == "returned"
+    assert station.lit_slots() == {}
+    station.core.returns.close_run(run["session_id"])
+    assert station.store.query_one("SELECT state FROM sessions WHERE id = ?",
+                                   (run["session_id"],))["state"] == "closed"
+
+
+def test_a_return_run_only_covers_the_couriers_carrier(station: Station) -> None:
+    station.shelve(sf_waybill(1), phone(1))
+    station.add_courier("z1", "ZTO")
+    station.tick(station.config.station.retention_days * 86400 + 1)
+    run = station.core.returns.start_return_run("z1")
+    assert run["parcels"] == [] and station.lit_slots() == {}
+
+
+def test_outbound_drop_off_and_collection(station: Station) -> None:
+    d = station.core.returns.start_dropoff("SFS123456", "M")
+    slot = d["slot"]
+    assert slot.startswith("9-") and d["carrier"] == "SF"
+    assert station.light(slot).colours == (d["colour"],)
+    station.put(slot)
+    p = station.store.query_one("SELECT * FROM parcels WHERE waybill = 'SFS123456'")
+    assert p["state"] == "dropped_off" and p["direction"] == "out" and p["slot"] == slot
+    assert station.lit_slots() == {}
+    with pytest.raises(FlowError) as exc:
+        station.core.returns.start_dropoff("SFS123456", "M")
+    assert exc.value.code == "duplicate_waybill"
+    run = station.core.returns.start_collection_run("c1")
+    assert [x["waybill"] for x in run["parcels"]] == ["SFS123456"]
+    assert station.light(slot).colours == (run["colour"],)
+    station.take(slot)
+    assert station.store.query_one("SELECT state FROM parcels WHERE waybill = 'SFS123456'")["state"] == "collected"
+    assert station.lit_slots() == {}
+
+
+def test_an_outbound_parcel_cannot_leave_through_the_customer_exit(station: Station) -> None:
+    station.core.returns.start_dropoff("SFS123456", "M")
+    station.put(station.store.query_one("SELECT target_slot FROM pending_placements")["target_slot"])
+    _, code = station.shelve(sf_waybill(1), phone(1))
+    station.core.pickup.enter_with_code(code)
+    r = station.core.exit.check([sf_waybill(1), "SFS123456"])
+    assert not r.allowed and {"waybill": "SFS123456", "problem": "outbound_parcel"} in r.problems
