@@ -56,8 +56,8 @@ class StationCore:
         try:
             if kind == "placement":
                 self._on_placement(device, data)
-            elif kind in ("online", "offline"):
-                self._on_availability(device, kind, data)
+            elif kind in ("device.online", "device.offline"):
+                self._on_availability(device, kind.split(".", 1)[1], data)
             else:
                 self._log_device(device, kind, data)
         except Exception:  # one bad event must not stop the link's thread
