@@ -230,6 +230,7 @@ class DeviceLink:
         self._timer: threading.Thread | None = None
         self._client: mqtt.Client | None = None
         self.connected = threading.Event()
+        self._ever_connected = False
         self._devices: dict[str, _Device] = {}
         self._keys: dict[str, bytes] = {}
         for shelf in config.shelves:
@@ -531,11 +532,14 @@ class DeviceLink:
                 for d in self._devices for ch in ("ack", "state", "evt", "avail")]
         client.subscribe(subs)
         client.publish(env.topic(self.station_id, "station", "avail"), env.ONLINE, qos=1, retain=True)
-        self.connected.set()
-        with self._lock:  # resend what is in flight now rather than at the next retry
+        with self._lock:
             for dev in self._devices.values():
-                if dev.inflight is not None:
+                if dev.inflight is not None:  # resend now rather than at the next retry
                     dev.inflight.next_retry = 0.0
+                if self._ever_connected:  # we were away: devices may have lost what we sent
+                    dev.reconcile = True
+            self._ever_connected = True
+        self.connected.set()
 
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, rc: Any, props: Any) -> None:
         self.connected.clear()
