@@ -194,6 +194,7 @@ class _Device:
     reconcile: bool = False
     nonce: str | None = None  # current time challenge from the device
     nonce_answered: float = 0.0  # monotonic time we last answered it
+    trusted: bool = False  # the device said it has trusted time
     bad_budget: float = 20.0
     bad_refill: float = 0.0
     bad_suppressed: int = 0
@@ -568,6 +569,8 @@ class DeviceLink:
             return
         try:
             obj = env.decode(payload)
+            if obj.get("sig") in (None, ""):
+                raise EnvelopeError("unsigned")
             if channel == "ack":
                 model: Any = AckMsg.model_validate(obj)
             elif channel == "evt":
@@ -660,6 +663,9 @@ class DeviceLink:
             self._send_time_sync(dev)
         elif nonce is None:
             dev.nonce = None
+        if state.time.trusted and not dev.trusted and dev.inflight is not None:
+            dev.inflight.next_retry = 0.0  # it may have been refused for want of time
+        dev.trusted = state.time.trusted
 
     # --- internals: events ----------------------------------------------------------------
 

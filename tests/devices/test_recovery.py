@@ -101,6 +101,7 @@ def test_sequence_numbers_survive_a_clock_that_steps_back(tmp_path, monkeypatch)
 def test_duplicate_acks_do_not_produce_a_second_outcome(cfg, secrets, fleet, make_link, events, broker):
     fleet.door("door-entry")
     link: DeviceLink = make_link(cfg, secrets)
+    assert link.wait_reported("door-entry", lambda s: s["time"]["trusted"], 5)
     handle = link.lock("door-entry")
     assert handle.wait(5).ok
     ack = next(e for e in events.of("command.acked") if e.data["cmd_id"] == handle.cmd_id)
