@@ -287,15 +287,14 @@ class LatestFrameGrabber:
         fewer if the camera stops delivering within `timeout`."""
         out: list[tuple[np.ndarray, float]] = []
         deadline = time.monotonic() + timeout
-        last_ts: float | None = None
+        after: float | None = None
         while len(out) < n and time.monotonic() < deadline:
-            got = self.wait_frame(after=last_ts, timeout=max(deadline - time.monotonic(), 0))
+            got = self.wait_frame(after=after, timeout=max(deadline - time.monotonic(), 0))
             if got is None:
                 break
             out.append(got)
-            last_ts = got[1]
-            if len(out) < n and interval > 0:
-                self._stop.wait(interval)
+            # the next frame must be captured at least `interval` after this one
+            after = got[1] + interval - 1e-9 if interval > 0 else got[1]
         return out
 
     def iter_frames(self, timeout: float = 2.0) -> Iterator[tuple[np.ndarray, float]]:
