@@ -1,0 +1,212 @@
+"""The hash-chained event log: tampering with the database file is caught, by seq."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from station.store.db import Store
+from station.store.eventlog import GENESIS, Event, iter_events, row_hash, verify_chain
+
+ROOT = Path(__file__).resolve().parents[2]
+STATION = Path(sys.executable).parent / "station"
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 1_767_225_600.0
+
+    def __call__(self) -> float:
+        self.t += 1.5
+        return self.t
+
+
+def build_log(path: Path, n: int = 40) -> Store:
+    store = Store(path, clock=Clock()).open()
+    for i in range(1, n + 1):
+        store.append(Event("note.test", f"subject-{i}", "tester",
+                           {"i": i, "marker": f"row-{i:04d}-payload", "text": "x" * (i % 7)}))
+    return store
+
+
+def tamper(path: Path, needle: bytes) -> None:
+    """Flip one character of a string that occurs exactly once in the database file."""
+    data = bytearray(path.read_bytes())
+    assert data.count(needle) == 1, f"{needle!r} is not unique in the file"
+    at = data.index(needle) + len(needle) - 1
+    data[at] = ord("9") if data[at] != ord("9") else ord("8")
+    path.write_bytes(bytes(data))
+
+
+def unique_window(path: Path, text: str, width: int = 14) -> bytes:
+    blob = path.read_bytes()
+    raw = text.encode()
+    for start in range(0, len(raw) - width + 1):
+        window = raw[start:start + width]
+        if window[-1:].isdigit() and blob.count(window) == 1:
+            return window
+    raise AssertionError(f"no unique window ending in a digit in {text!r}")
+
+
+def verify_file(path: Path):
+    conn = sqlite3.connect(path)
+    try:
+        return verify_chain(conn)
+    finally:
+        conn.close()
+
+
+def test_a_fresh_log_verifies_and_chains_from_genesis(tmp_path: Path) -> None:
+    store = build_log(tmp_path / "s.db")
+    result = verify_chain(store.conn)
+    assert result.ok and result.checked == 40
+    events = list(iter_events(store.conn))
+    assert events[0].prev_hash == GENESIS
+    assert all(b.prev_hash == a.hash for a, b in zip(events, events[1:]))
+    e = events[5]
+    from station.store.eventlog import canonical_json
+    assert e.hash == row_hash(e.seq, e.ts, e.type, e.actor, e.subject, canonical_json(e.data),
+                              e.snapshot, e.prev_hash)
+    store.close()
+
+
+@pytest.mark.parametrize("target", [1, 17, 40])
+def test_verify_names_the_tampered_row(tmp_path: Path, target: int) -> None:
+    path = tmp_path / "s.db"
+    build_log(path).close()
+    assert not Path(f"{path}-wal").exists() or Path(f"{path}-wal").stat().st_size == 0
+    tamper(path, f"row-{target:04d}-payload".encode())
+    result = verify_file(path)
+    assert not result.ok
+    assert result.first_bad_seq == target
+    assert result.checked == target - 1
+    assert "hash" in result.problem
+
+
+def test_verify_names_a_tampered_row_written_by_the_flows(tmp_path: Path, secrets) -> None:
+    from tests.flows.harness import make_station, phone, sf_waybill
+
+    st = make_station(tmp_path, secrets)
+    st.add_courier()
+    for n in range(5):
+        st.shelve(sf_waybill(n), phone(n))
+    scanned = st.events("parcel.scanned")[2]
+    st.store.close()
+    path = Path(st.config.station.database)
+    tamper(path, unique_window(path, scanned["data"]))
+    result = verify_file(path)
+    assert not result.ok and result.first_bad_seq == scanned["seq"]
+
+
+def test_verify_names_a_row_deleted_from_the_middle(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    build_log(path).close()
+    conn = sqlite3.connect(path)
+    conn.execute("DROP TRIGGER events_no_delete")  # what someone with the file could do
+    conn.execute("DELETE FROM events WHERE seq = 23")
+    conn.commit()
+    conn.close()
+    result = verify_file(path)
+    assert not result.ok and result.first_bad_seq == 23 and "missing" in result.problem
+
+
+def test_a_rewritten_chain_tail_is_caught_at_the_first_changed_row(tmp_path: Path) -> None:
+    """Recomputing one row's hash is not enough: the next row's prev_hash gives it away."""
+    path = tmp_path / "s.db"
+    build_log(path).close()
+    conn = sqlite3.connect(path)
+    conn.execute("DROP TRIGGER events_no_update")
+    row = conn.execute("SELECT seq, ts, type, actor, subject, data, snapshot, prev_hash FROM events"
+                       " WHERE seq = 10").fetchone()
+    data = row[5].replace("row-0010", "row-9999")
+    new_hash = row_hash(row[0], row[1], row[2], row[3], row[4], data, row[6], row[7])
+    conn.execute("UPDATE events SET data = ?, hash = ? WHERE seq = 10", (data, new_hash))
+    conn.commit()
+    conn.close()
+    result = verify_file(path)
+    assert not result.ok and result.first_bad_seq == 11 and "prev_hash" in result.problem
+
+
+def test_update_and_delete_of_events_are_refused(tmp_path: Path) -> None:
+    store = build_log(tmp_path / "s.db", 3)
+    with pytest.raises(sqlite3.DatabaseError, match="append-only"):
+        store.conn.execute("UPDATE events SET data = '{}' WHERE seq = 2")
+    with pytest.raises(sqlite3.DatabaseError, match="append-only"):
+        store.conn.execute("DELETE FROM events WHERE seq = 2")
+    with pytest.raises(sqlite3.DatabaseError, match="append-only"):
+        store.conn.execute("DELETE FROM events")
+    assert verify_chain(store.conn).ok and verify_chain(store.conn).checked == 3
+    store.close()
+
+
+def test_a_failed_transaction_leaves_no_event_and_the_chain_continues(tmp_path: Path) -> None:
+    store = build_log(tmp_path / "s.db", 3)
+    with pytest.raises(RuntimeError):
+        with store.transaction() as tx:
+            tx.emit(Event("note.test", "lost", data={"i": 99}))
+            raise RuntimeError("boom")
+    assert store.last_seq == 3
+    store.append(Event("note.test", "kept", data={"i": 4}))
+    assert verify_chain(store.conn).ok and store.last_seq == 4
+    store.close()
+
+
+def test_reopened_store_continues_the_chain(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    build_log(path, 5).close()
+    store = Store(path, clock=Clock()).open()
+    store.append(Event("note.test", "after", data={}))
+    assert store.last_seq == 6 and verify_chain(store.conn).ok
+    store.close()
+
+
+def test_a_clock_step_back_does_not_reorder_event_times(tmp_path: Path) -> None:
+    times = iter([1000.0, 2000.0, 1500.0, 2500.0])
+    store = Store(tmp_path / "s.db", clock=lambda: next(times)).open()
+    for i in range(4):
+        store.append(Event("note.test", str(i)))
+    ts = [e.ts for e in iter_events(store.conn)]
+    assert ts == sorted(ts)
+    store.close()
+
+
+# --- the operator's command ------------------------------------------------------------------
+
+needs_cli = pytest.mark.skipif(not STATION.exists(), reason=f"{STATION} not installed yet")
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "COLUMNS": "300", "NO_COLOR": "1"}
+    return subprocess.run([str(STATION), *args], capture_output=True, text=True, timeout=60, env=env,
+                          cwd=ROOT)
+
+
+@needs_cli
+def test_cli_log_verify_names_the_tampered_row_by_seq(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    build_log(path).close()
+    ok = run_cli("log", "verify", "--db", str(path))
+    assert ok.returncode == 0, ok.stderr
+    assert "40" in ok.stdout
+    tamper(path, b"row-0031-payload")
+    bad = run_cli("log", "verify", "--db", str(path))
+    assert bad.returncode != 0
+    assert "seq 31" in bad.stdout + bad.stderr
+
+
+@needs_cli
+def test_cli_log_verify_names_a_deleted_row(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    build_log(path).close()
+    conn = sqlite3.connect(path)
+    conn.execute("DROP TRIGGER events_no_delete")
+    conn.execute("DELETE FROM events WHERE seq = 7")
+    conn.commit()
+    conn.close()
+    bad = run_cli("log", "verify", "--db", str(path))
+    assert bad.returncode != 0 and "seq 7" in bad.stdout + bad.stderr
