@@ -193,3 +193,39 @@ def test_without_upstream_the_station_works_alone_and_the_cursor_stays(
     assert store.last_seq == last
     assert store.query("SELECT seq FROM upstream_cursor") == []
     store.close()
+
+
+def test_cursor_moves_only_on_puback_across_a_half_open_link(
+    tmp_path: Path, broker: MosquittoProcess
+) -> None:
+    """Publishes that vanish on a stalled link (written to the socket, never acknowledged)
+    must be sent again: the cursor may not count them."""
+    from .proxy import BlackholeProxy
+
+    topic_fleet = FleetSubscriber(broker)
+    proxy = BlackholeProxy(broker.host, broker.port)
+    store = Store(tmp_path / "station.db").open()
+    forwarder = UpstreamForwarder(store, STATION, "127.0.0.1", proxy.port, window=20,
+                                  reconnect_min_s=0.05, reconnect_max_s=0.3, poll_s=0.2)
+    forwarder.start()
+    try:
+        acked = _append(store, 40)
+        assert forwarder.wait_forwarded(acked, 15)
+        proxy.blackhole.set()
+        _append(store, 40)
+        deadline = time.monotonic() + 15
+        while proxy.swallowed < 40 * 100:  # the publishes did leave the station
+            assert time.monotonic() < deadline, "no publish reached the link"
+            time.sleep(0.01)
+        assert forwarder.cursor == acked
+        proxy.blackhole.clear()
+        proxy.cut()
+        last = _append(store, 20)
+        assert forwarder.wait_forwarded(last, 15)
+        assert topic_fleet.wait_for_seqs(last)
+    finally:
+        forwarder.stop()
+        topic_fleet.close()
+        proxy.close()
+    assert_complete_chain(topic_fleet.messages, last)
+    store.close()
