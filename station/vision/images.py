@@ -94,6 +94,7 @@ def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.nda
             f"{width}x{height} pixels ({width * height:,}) exceeds {max_pixels:,}; "
             "resize before sending",
         )
+    _check_complete(kind, data, image.size)
     try:
         image.load()
     except OSError as exc:
@@ -102,14 +103,33 @@ def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.nda
         raise ImageError(reason, f"{kind} data unreadable: {text}") from None
     except (SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         raise ImageError("corrupt", f"{kind} data unreadable: {exc}") from None
-    if kind == "JPEG" and b"\xff\xd9" not in data[-64:]:
-        # libjpeg pads a cut-off JPEG with grey and only warns; we want to know.
-        raise ImageError("truncated", "JPEG ends before its end-of-image marker")
     try:
         image = ImageOps.exif_transpose(image) or image
     except (OSError, ValueError, SyntaxError):
         pass  # a broken EXIF block is no reason to refuse the pixels
     return _pil_to_bgr(image)
+
+
+def _check_complete(kind: str, data: bytes, size: tuple[int, int]) -> None:
+    """Refuse a cut-off file ourselves instead of trusting PIL to raise: PIL pads truncated
+    images with grey when the process-wide ImageFile.LOAD_TRUNCATED_IMAGES is set, and
+    importing face_recognition sets it (face_recognition/api.py, line 15)."""
+    if kind == "JPEG" and b"\xff\xd9" not in data[-64:]:
+        raise ImageError("truncated", "JPEG ends before its end-of-image marker")
+    if kind == "PNG":
+        try:
+            Image.open(io.BytesIO(data)).verify()  # walks the chunks and their CRCs
+        except (OSError, SyntaxError, ValueError) as exc:
+            reason = "truncated" if "truncat" in str(exc).lower() else "corrupt"
+            raise ImageError(reason, f"PNG data unreadable: {exc}") from None
+    if kind == "BMP" and len(data) >= 34:
+        offset = int.from_bytes(data[10:14], "little")
+        bpp = int.from_bytes(data[28:30], "little")
+        compression = int.from_bytes(data[30:34], "little")
+        if compression == 0 and bpp:
+            stride = (size[0] * bpp + 31) // 32 * 4
+            if len(data) < offset + stride * size[1]:
+                raise ImageError("truncated", "BMP holds fewer pixel rows than its header says")
 
 
 def _pil_to_bgr(image: Image.Image) -> np.ndarray:

@@ -76,11 +76,19 @@ def test_truncated_jpeg_is_refused_not_padded_grey() -> None:
     assert err.value.reason == "truncated"
 
 
-def test_truncated_png_is_refused() -> None:
+@pytest.mark.parametrize("ext", [".png", ".jpg", ".bmp", ".webp"])
+@pytest.mark.parametrize("pil_pads_truncated", [False, True])
+def test_truncated_images_are_refused(monkeypatch, ext: str, pil_pads_truncated: bool) -> None:
+    """Also when PIL's global LOAD_TRUNCATED_IMAGES is on (importing face_recognition sets
+    it): we must not depend on process-wide state someone else flips."""
+    from PIL import ImageFile
+
+    monkeypatch.setattr(ImageFile, "LOAD_TRUNCATED_IMAGES", pil_pads_truncated)
     rng = np.random.default_rng(2)
-    ok, buf = cv2.imencode(".png", rng.integers(0, 255, (200, 200, 3), dtype=np.uint8))
+    ok, buf = cv2.imencode(ext, rng.integers(0, 255, (200, 200, 3), dtype=np.uint8))
+    data = buf.tobytes()
     with pytest.raises(ImageError) as err:
-        decode_image(buf.tobytes()[:5000])
+        decode_image(data[: len(data) // 2])
     assert err.value.reason in ("truncated", "corrupt")
 
 
