@@ -22,8 +22,9 @@ import ssl
 import threading
 import time
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
@@ -62,7 +63,7 @@ class _Link:
     """One connection's private state; discarded with it."""
 
     client: mqtt.Client
-    acks: "queue.SimpleQueue[int]" = field(default_factory=queue.SimpleQueue)
+    acks: queue.SimpleQueue[int] = field(default_factory=queue.SimpleQueue)
     connected: threading.Event = field(default_factory=threading.Event)
     lost: threading.Event = field(default_factory=threading.Event)
     refused: str = ""
@@ -116,7 +117,7 @@ class UpstreamForwarder:
         self.last_error = ""
 
     @classmethod
-    def from_config(cls, store: Store, config: "StationConfig", **options: Any) -> "UpstreamForwarder":
+    def from_config(cls, store: Store, config: StationConfig, **options: Any) -> UpstreamForwarder:
         up = config.upstream
         return cls(store, config.station.id, up.host, up.port, up.topic, **options)
 
@@ -254,10 +255,7 @@ class UpstreamForwarder:
         return link
 
     def _teardown(self, link: _Link) -> None:
-        try:
-            link.client.disconnect()
-        except Exception:
-            pass
+        link.client.disconnect()  # also ends paho's thread if the link is already dead
         link.client.loop_stop()
 
     def _pump(self, link: _Link) -> None:

@@ -1,8 +1,8 @@
 """Notifications: a durable, encrypted outbox and the senders that empty it (ADR 0030)."""
 
 from .messages import Notification, StationInfo, render_text
-from .outbox import DispatchReport, Dispatcher, Outbox, OutboxRow, PayloadError
-from .senders import ConsoleSender, MqttSender, SendError, Sender, WebhookSender, build_senders
+from .outbox import Dispatcher, DispatchReport, Outbox, OutboxRow, PayloadError
+from .senders import ConsoleSender, MqttSender, Sender, SendError, WebhookSender, build_senders
 
 __all__ = [
     "ConsoleSender",

@@ -8,9 +8,10 @@ gateway, the MQTT consumer and the console all say the same words.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime, timezone, tzinfo
-from typing import Any, Literal, Mapping
+from datetime import UTC, datetime, tzinfo
+from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -86,7 +87,7 @@ class Notification(BaseModel):
         return value
 
     @model_validator(mode="after")
-    def _fields_match_kind(self) -> "Notification":
+    def _fields_match_kind(self) -> Notification:
         for name in _REQUIRED[self.kind]:
             if getattr(self, name) in (None, ""):
                 raise ValueError(f"a {self.kind} notification needs {name}")
@@ -102,22 +103,22 @@ class Notification(BaseModel):
     def pickup_code(
         cls, *, phone: str, code: str, qr: str, station_name: str, address: str,
         deadline_iso: str, waybill_tail: str = "",
-    ) -> "Notification":
+    ) -> Notification:
         return cls(
             kind="pickup_code", phone=phone, code=code, qr=qr, station_name=station_name,
             address=address, deadline_iso=deadline_iso, waybill_tail=waybill_tail,
         )
 
     @classmethod
-    def one_time_code(cls, *, phone: str, otp: str, ttl_s: int) -> "Notification":
+    def one_time_code(cls, *, phone: str, otp: str, ttl_s: int) -> Notification:
         return cls(kind="otp", phone=phone, otp=otp, ttl_s=ttl_s)
 
     @classmethod
-    def alert(cls, text: str) -> "Notification":
+    def alert(cls, text: str) -> Notification:
         return cls(kind="alert", text=text)
 
     @classmethod
-    def parse(cls, message: "Notification | Mapping[str, Any]") -> "Notification":
+    def parse(cls, message: Notification | Mapping[str, Any]) -> Notification:
         if isinstance(message, Notification):
             return message
         return cls.model_validate(dict(message))
@@ -143,7 +144,7 @@ class StationInfo:
         try:
             return ZoneInfo(self.timezone)
         except (ZoneInfoNotFoundError, ValueError):
-            return timezone.utc
+            return UTC
 
 
 def _parse_iso(text: str) -> datetime:
@@ -152,7 +153,7 @@ def _parse_iso(text: str) -> datetime:
         value = value[:-1] + "+00:00"
     dt = datetime.fromisoformat(value)
     if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=timezone.utc)
+        dt = dt.replace(tzinfo=UTC)
     return dt
 
 

@@ -19,8 +19,9 @@ import random
 import threading
 import time
 import uuid
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
@@ -31,7 +32,7 @@ from station.store.db import Store, Tx
 from station.store.eventlog import Event, EventRecord, utc_iso
 
 from .messages import Notification
-from .senders import SendError, Sender
+from .senders import Sender, SendError
 
 log = logging.getLogger("station.notify")
 

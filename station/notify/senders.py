@@ -114,7 +114,7 @@ class MqttSender:
     the queue, and paho's would only replay stale duplicates after a reconnect.
     """
 
-    def __init__(self, client: "mqtt.Client", topic: str, station: StationInfo, *,
+    def __init__(self, client: mqtt.Client, topic: str, station: StationInfo, *,
                  name: str = "mqtt", timeout_s: float = 5.0) -> None:
         self._client = client
         self._topic = topic
@@ -147,11 +147,11 @@ def default_mqtt_topic(station_id: str) -> str:
 
 
 def build_senders(
-    notify: "NotifySection",
+    notify: NotifySection,
     station: StationInfo,
     station_id: str,
     *,
-    mqtt_client: "mqtt.Client | None" = None,
+    mqtt_client: mqtt.Client | None = None,
     http_client: httpx.Client | None = None,
 ) -> list[Sender]:
     """Senders in configuration order; the first one is the default channel.
@@ -169,8 +169,8 @@ def build_senders(
 
 
 def _build_one(
-    cfg: "SenderConfig", name: str, station: StationInfo, station_id: str,
-    mqtt_client: "mqtt.Client | None", http_client: httpx.Client | None,
+    cfg: SenderConfig, name: str, station: StationInfo, station_id: str,
+    mqtt_client: mqtt.Client | None, http_client: httpx.Client | None,
 ) -> Sender:
     if cfg.kind == "console":
         return ConsoleSender(station, name=name)

@@ -16,8 +16,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from station.mosquitto import MosquittoProcess
-from station.notify import Dispatcher, MqttSender, Notification, Outbox, StationInfo, \
-    WebhookSender
+from station.notify import Dispatcher, MqttSender, Notification, Outbox, StationInfo, WebhookSender
 from station.store.db import Store
 from station.store.eventlog import Event, verify_chain
 

@@ -32,20 +32,18 @@ def test_notification_commits_with_its_fact(store: Store, outbox: Outbox) -> Non
 
 
 def test_rolled_back_fact_leaves_no_notification(store: Store, outbox: Outbox) -> None:
-    with pytest.raises(RuntimeError):
-        with store.transaction() as tx:
-            tx.emit(Event("test.parcel.shelved", subject="p1"))
-            outbox.enqueue(tx, "webhook", "p1", pickup(1))
-            raise RuntimeError("the slot sensor disagreed")
+    with pytest.raises(RuntimeError), store.transaction() as tx:
+        tx.emit(Event("test.parcel.shelved", subject="p1"))
+        outbox.enqueue(tx, "webhook", "p1", pickup(1))
+        raise RuntimeError("the slot sensor disagreed")
     assert store.query("SELECT id FROM outbox") == []
     assert store.query("SELECT seq FROM events") == []
 
 
 def test_invalid_message_refuses_the_whole_transaction(store: Store, outbox: Outbox) -> None:
-    with pytest.raises(ValueError):
-        with store.transaction() as tx:
-            tx.emit(Event("test.parcel.shelved", subject="p1"))
-            outbox.enqueue(tx, None, "p1", {"kind": "pickup_code", "phone": PHONE})
+    with pytest.raises(ValueError), store.transaction() as tx:
+        tx.emit(Event("test.parcel.shelved", subject="p1"))
+        outbox.enqueue(tx, None, "p1", {"kind": "pickup_code", "phone": PHONE})
     assert store.query("SELECT seq FROM events") == []
 
 
