@@ -118,6 +118,7 @@ class DeviceRuntime:
         self._nonce: str | None = None
         self._nonce_mono = 0.0
         self._last_heartbeat = 0.0
+        self._state_dirty = False
         self.connected = threading.Event()
         self.register("time.sync", Op(self._validate_time_sync, self._exec_time_sync))
 
@@ -236,7 +237,7 @@ class DeviceRuntime:
                     mono = self.clock.monotonic()
                     self.tick(mono)
                     self._time_tick(mono)
-                    if mono - self._last_heartbeat >= self.heartbeat_s:
+                    if self._state_dirty or mono - self._last_heartbeat >= self.heartbeat_s:
                         self.publish_state()
             except Exception:  # a bug in one tick must not stop the device
                 log.exception("%s: tick failed", self.device_id)
@@ -305,6 +306,7 @@ class DeviceRuntime:
     def publish_state(self) -> None:
         """Retained full snapshot; also our heartbeat (every `heartbeat_s`)."""
         with self._lock:
+            self._state_dirty = False
             self._last_heartbeat = self.clock.monotonic()
             body = {
                 "kind": self.kind,
@@ -400,7 +402,7 @@ class DeviceRuntime:
         self._acks[cmd_id] = ack
         while len(self._acks) > self.ACK_CACHE:
             self._acks.popitem(last=False)
-        self.publish_state()
+        self._state_dirty = True  # the tick publishes it: the ack leaves first, unhindered
 
     # --- time -----------------------------------------------------------------------------
 
