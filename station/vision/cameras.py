@@ -18,7 +18,8 @@ from __future__ import annotations
 import collections
 import threading
 import time
-from typing import Callable, Iterator, Protocol
+from collections.abc import Callable, Iterator
+from typing import Protocol, Self
 
 import cv2
 import httpx
@@ -177,7 +178,7 @@ def open_source(camera: object, simulated: dict[str, SimulatedSource] | None = N
                 ) -> FrameSource:
     """The source a CameraConfig names (not yet opened: the grabber opens it). Simulated
     sources come from `simulated` when given, so the simulator and the station share them."""
-    source = str(getattr(camera, "source"))
+    source = str(camera.source)
     if source.startswith("sim:"):
         name = source[4:] or str(getattr(camera, "id", "sim"))
         if simulated is not None:
@@ -208,14 +209,14 @@ class LatestFrameGrabber:
         self.frames_read = 0
         self.last_error: str | None = None
 
-    def start(self) -> "LatestFrameGrabber":
+    def start(self) -> LatestFrameGrabber:
         if self._thread is None:
             self._thread = threading.Thread(target=self._run, name=f"grab:{self.source.name}",
                                             daemon=True)
             self._thread.start()
         return self
 
-    def __enter__(self) -> "LatestFrameGrabber":
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

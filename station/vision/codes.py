@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import re
 import threading
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Iterable, Sequence
 
 import cv2
 import numpy as np
@@ -192,7 +192,7 @@ class WaybillMatcher:
 
     def __init__(self, carriers: Sequence[object]) -> None:
         self._patterns = [
-            (str(getattr(c, "name")), re.compile(str(getattr(c, "pattern"))))
+            (str(c.name), re.compile(str(c.pattern)))
             for c in carriers
         ]
 

@@ -15,8 +15,8 @@ cut out and the attacker's eyes behind. It is a bar against the cheapest attack 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import cv2
 import numpy as np

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -9,8 +10,14 @@ import numpy as np
 import pytest
 
 from station.config import CameraConfig
-from station.vision.cameras import (CaptureSource, HttpSnapshotSource, LatestFrameGrabber,
-                                    SimulatedSource, SourceError, open_source)
+from station.vision.cameras import (
+    CaptureSource,
+    HttpSnapshotSource,
+    LatestFrameGrabber,
+    SimulatedSource,
+    SourceError,
+    open_source,
+)
 
 
 def numbered(i: int, size: tuple[int, int] = (160, 120)) -> np.ndarray:
@@ -86,7 +93,7 @@ def test_frames_returns_distinct_frames_spaced_in_time() -> None:
         frames = grabber.frames(4, interval=0.02, timeout=3)
     stamps = [ts for _, ts in frames]
     assert len(frames) == 4 and stamps == sorted(set(stamps))
-    assert all(b - a >= 0.02 for a, b in zip(stamps, stamps[1:]))
+    assert all(b - a >= 0.02 for a, b in itertools.pairwise(stamps))
 
 
 def test_missing_camera_is_retried_not_fatal(tmp_path) -> None:
@@ -108,11 +115,11 @@ def test_stop_is_prompt_even_while_backing_off(tmp_path) -> None:
 
 
 def test_http_snapshot_source_fetches_one_jpeg_per_read() -> None:
-    ok, jpeg = cv2.imencode(".jpg", numbered(5))
+    _ok, jpeg = cv2.imencode(".jpg", numbered(5))
     hits = []
 
     class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802
+        def do_GET(self) -> None:
             hits.append(self.path)
             if self.path != "/snap.jpg":
                 self.send_response(404)

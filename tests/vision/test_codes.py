@@ -5,8 +5,7 @@ import pytest
 
 from station.config import CarrierConfig
 from station.vision.codes import CodeReader, WaybillMatcher, decode_codes
-from tests.vision.codegen import (code128_image, compose, degrade, qr_image, rotate,
-                                  waybill_numbers)
+from tests.vision.codegen import code128_image, compose, degrade, qr_image, rotate, waybill_numbers
 
 
 @pytest.fixture(scope="module")

@@ -6,8 +6,13 @@ import cv2
 import numpy as np
 import pytest
 
-from station.vision.faces import (EnrolmentRefused, FaceEngine, FaceMatcher, FaceSettings,
-                                  FaceVerifier)
+from station.vision.faces import (
+    EnrolmentRefused,
+    FaceEngine,
+    FaceMatcher,
+    FaceSettings,
+    FaceVerifier,
+)
 from tests.vision.synth import live_sequence, still_sequence
 
 SUBJECTS = ("obama-1", "biden-1", "hanks-1", "kudrow-1")
@@ -29,7 +34,7 @@ def rescale(img: np.ndarray, factor: float) -> np.ndarray:
 
 
 def jpeg(img: np.ndarray, quality: int) -> np.ndarray:
-    ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, quality])
+    _ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, quality])
     return cv2.imdecode(buf, cv2.IMREAD_COLOR)
 
 
@@ -125,7 +130,7 @@ def test_enrolment_accepts_good_photos_of_one_person(engine, portraits) -> None:
 
 
 def test_enrolment_accepts_encoded_bytes(engine, portraits) -> None:
-    ok, buf = cv2.imencode(".jpg", portraits["hanks-1"].image)
+    _ok, buf = cv2.imencode(".jpg", portraits["hanks-1"].image)
     assert engine.enrol([buf.tobytes()]).templates.shape == (1, 128)
 
 

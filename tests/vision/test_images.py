@@ -25,7 +25,7 @@ def huge_png(width: int = 10_000, height: int = 10_000) -> bytes:
 
 def huge_jpeg() -> bytes:
     """A real small JPEG whose SOF header is patched to say 10,000 x 10,000."""
-    ok, buf = cv2.imencode(".jpg", np.full((64, 64, 3), 128, np.uint8))
+    _ok, buf = cv2.imencode(".jpg", np.full((64, 64, 3), 128, np.uint8))
     data = bytearray(buf.tobytes())
     sof = data.find(b"\xff\xc0")
     struct.pack_into(">HH", data, sof + 5, 10_000, 10_000)
@@ -41,7 +41,7 @@ def encode(image: Image.Image, fmt: str) -> bytes:
 def test_jpeg_decodes_to_bgr() -> None:
     frame = np.zeros((40, 60, 3), np.uint8)
     frame[..., 2] = 255  # red in BGR
-    ok, buf = cv2.imencode(".png", frame)
+    _ok, buf = cv2.imencode(".png", frame)
     out = decode_image(buf.tobytes())
     assert out.shape == (40, 60, 3) and out.dtype == np.uint8
     assert out[0, 0].tolist() == [0, 0, 255]
@@ -69,7 +69,7 @@ def test_corrupt_bytes_are_refused() -> None:
 
 def test_truncated_jpeg_is_refused_not_padded_grey() -> None:
     rng = np.random.default_rng(1)
-    ok, buf = cv2.imencode(".jpg", rng.integers(0, 255, (400, 400, 3), dtype=np.uint8))
+    _ok, buf = cv2.imencode(".jpg", rng.integers(0, 255, (400, 400, 3), dtype=np.uint8))
     data = buf.tobytes()
     with pytest.raises(ImageError) as err:
         decode_image(data[: len(data) * 2 // 3])
@@ -85,7 +85,7 @@ def test_truncated_images_are_refused(monkeypatch, ext: str, pil_pads_truncated:
 
     monkeypatch.setattr(ImageFile, "LOAD_TRUNCATED_IMAGES", pil_pads_truncated)
     rng = np.random.default_rng(2)
-    ok, buf = cv2.imencode(ext, rng.integers(0, 255, (200, 200, 3), dtype=np.uint8))
+    _ok, buf = cv2.imencode(ext, rng.integers(0, 255, (200, 200, 3), dtype=np.uint8))
     data = buf.tobytes()
     with pytest.raises(ImageError) as err:
         decode_image(data[: len(data) // 2])

@@ -29,7 +29,7 @@ def test_snapshot_is_named_by_its_sha256(tmp_path) -> None:
 
 
 def test_jpeg_bytes_are_kept_as_they_are_and_deduplicated(tmp_path) -> None:
-    ok, buf = cv2.imencode(".jpg", frame(7))
+    _ok, buf = cv2.imencode(".jpg", frame(7))
     store = SnapshotStore(tmp_path)
     ref = store.save(buf.tobytes())
     assert store.save(buf.tobytes()) == ref
