@@ -37,7 +37,7 @@ def _nodelay(client: mqtt.Client) -> None:
 
 def _pct(values: list[float], p: float) -> float:
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
+    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
 
 
 def _raw_roundtrip(broker: MosquittoProcess, n: int) -> list[float]:

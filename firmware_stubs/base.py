@@ -27,9 +27,10 @@ import sys
 import threading
 import tomllib
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 from urllib.parse import urlparse
 
 import paho.mqtt.client as mqtt
@@ -163,7 +164,7 @@ class DeviceRuntime:
 
     # --- lifecycle ------------------------------------------------------------------------
 
-    def start(self) -> "DeviceRuntime":
+    def start(self) -> DeviceRuntime:
         """Boot: new boot id (counter from NV), connect in the background, start the tick."""
         counter = self.nv.next_boot()
         self.boot_id = f"{counter}-{pysecrets.token_hex(4)}"
@@ -462,7 +463,7 @@ def _best_effort_ids(payload: bytes) -> tuple[str, int, str]:
 def require_number(args: dict[str, Any], name: str, lo: float, hi: float, default: float | None = None) -> float:
     """A finite number within [lo, hi]; raises EnvelopeError('malformed')."""
     value = args.get(name, default)
-    if not env._is_num(value) or not lo <= float(value) <= hi:  # noqa: SLF001
+    if not env._is_num(value) or not lo <= float(value) <= hi:
         raise EnvelopeError("malformed", f"{name} must be a number in [{lo}, {hi}]")
     return float(value)
 

@@ -18,7 +18,15 @@ from typing import Any
 
 from station.devices import envelope as env
 
-from .base import DeviceRuntime, Op, common_args, load_toml, read_secrets, require_number, run_process
+from .base import (
+    DeviceRuntime,
+    Op,
+    common_args,
+    load_toml,
+    read_secrets,
+    require_number,
+    run_process,
+)
 from .hal import DoorHal
 
 

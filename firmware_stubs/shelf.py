@@ -21,7 +21,15 @@ from typing import Any
 from station.devices import envelope as env
 from station.devices.envelope import EnvelopeError
 
-from .base import DeviceRuntime, Op, common_args, load_toml, read_secrets, require_number, run_process
+from .base import (
+    DeviceRuntime,
+    Op,
+    common_args,
+    load_toml,
+    read_secrets,
+    require_number,
+    run_process,
+)
 from .hal import ShelfHal
 
 COLOUR = re.compile(r"^#[0-9A-Fa-f]{6}$")

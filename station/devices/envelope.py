@@ -188,7 +188,7 @@ def parse_command(payload: bytes, key: bytes) -> dict[str, Any]:
             raise EnvelopeError("malformed", f"missing {name}")
     extra = set(obj) - set(CMD_FIELDS) - {"sig"}
     if extra:
-        raise EnvelopeError("malformed", f"unknown field {sorted(extra)[0]}")
+        raise EnvelopeError("malformed", f"unknown field {min(extra)}")
     if obj["v"] != VERSION or obj["t"] != "cmd":
         raise EnvelopeError("malformed", "wrong version or type")
     for name in ("msg_id", "cmd_id", "device", "op"):

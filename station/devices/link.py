@@ -21,9 +21,10 @@ import socket
 import threading
 import time
 from collections import OrderedDict, deque
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Literal, Mapping
+from typing import Any, Literal, Self
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
@@ -243,7 +244,7 @@ class DeviceLink:
 
     # --- lifecycle ------------------------------------------------------------------------
 
-    def start(self) -> "DeviceLink":
+    def start(self) -> DeviceLink:
         """Connect in the background (retrying with backoff) and start the timer thread."""
         mq = self.config.mqtt
         client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.client_id, clean_session=True)
@@ -285,7 +286,7 @@ class DeviceLink:
             self._timer.join(timeout=2)
         self.connected.clear()
 
-    def __enter__(self) -> "DeviceLink":
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
@@ -477,7 +478,7 @@ class DeviceLink:
                  result: dict[str, Any] | None = None) -> None:
         outcome = CommandOutcome(status, reason, pending.cmd_id, dev.id, pending.op,  # type: ignore[arg-type]
                                  result or {})
-        if pending.handle._resolve(outcome):  # noqa: SLF001
+        if pending.handle._resolve(outcome):
             self._emit(dev.id, f"command.{status}", {
                 "cmd_id": pending.cmd_id, "op": pending.op, "seq": pending.seq,
                 "reason": reason, "tries": pending.tries, "result": result or {},

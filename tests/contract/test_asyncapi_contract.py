@@ -12,9 +12,7 @@ from jsonschema import Draft202012Validator
 from station.devices import envelope as env
 from station.devices import messages
 from station.devices.link import Light
-from tests.devices.conftest import (  # noqa: F401  (fixtures)
-    Fleet, Sniffer, cfg, events, fleet, make_link, mosquitto_pub, wait_until,
-)
+from tests.devices.conftest import Sniffer, mosquitto_pub, wait_until
 
 DOC = yaml.safe_load((Path(__file__).resolve().parents[2] / "docs" / "asyncapi.yaml").read_text())
 
@@ -115,7 +113,7 @@ def test_live_traffic_of_both_ends_matches_the_contract(cfg, secrets, broker, fl
     for topic, payload, _ in sniffer.messages:
         parsed = env.parse_topic(topic)
         assert parsed is not None, topic
-        _, device, channel = parsed
+        _, _device, channel = parsed
         if channel == "cmd" and payload == injected:
             continue
         obj: object = payload.decode() if channel == "avail" else json.loads(payload)

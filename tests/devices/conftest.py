@@ -10,8 +10,9 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import pytest
 
@@ -171,7 +172,7 @@ def spawn(cfg: StationConfig, secrets_file: Path, tmp_path: Path) -> Iterator[Ca
     conf_path = write_config(cfg, tmp_path / "fw.toml")
 
     def start(kind: str, device: str, broker_url: str, *extra: str) -> subprocess.Popen[bytes]:
-        log = open(tmp_path / f"{device}-{len(procs)}.log", "wb")
+        log = open(tmp_path / f"{device}-{len(procs)}.log", "wb")  # noqa: SIM115 (child keeps it)
         proc = subprocess.Popen(
             [sys.executable, "-m", f"firmware_stubs.{kind}", "--config", str(conf_path),
              "--device", device, "--broker", broker_url, "--secrets", str(secrets_file),

@@ -66,7 +66,7 @@ def assert_refused(cfg, broker, sniffer, events, payload, reason, cmd_id):
 
 def test_unsigned_forged_expired_and_wrong_device_unlocks_are_refused(
         cfg, secrets, broker, door_setup, sniffer, events):
-    door, hal, link = door_setup
+    _door, hal, link = door_setup
     key = secrets.device_key(cfg.station.id, "door-entry")
 
     unsigned = signed_unlock(key)
@@ -159,7 +159,7 @@ def test_a_forged_time_sync_cannot_set_the_clock(cfg, secrets, broker, fleet, sn
 
 
 def test_unlock_pulse_then_contact_reports_open_and_close(door_setup, events):
-    door, hal, link = door_setup
+    _door, hal, link = door_setup
     assert link.unlock("door-entry").wait(5).status == "acked"
     events.wait("door.unlocked", "door-entry")
     assert not hal.locked  # the ack says the bolt is released, not that anyone went through
@@ -173,7 +173,7 @@ def test_unlock_pulse_then_contact_reports_open_and_close(door_setup, events):
 
 
 def test_door_forced_open_and_held_open_raise_alarms(door_setup, events):
-    door, hal, link = door_setup
+    _door, hal, link = door_setup
     hal.open_contact()
     opened = events.wait("door.opened", "door-entry")
     assert opened.data["authorized"] is False
@@ -185,7 +185,7 @@ def test_door_forced_open_and_held_open_raise_alarms(door_setup, events):
 
 
 def test_emergency_release_unlocks_regardless_and_reports(door_setup, events):
-    door, hal, link = door_setup
+    _door, hal, link = door_setup
     hal.contact_broken = True  # a broken sensor must not block an emergency exit
     hal.press_emergency()
     evt = events.wait("door.emergency_release", "door-entry")

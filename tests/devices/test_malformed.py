@@ -40,8 +40,11 @@ def test_device_process_survives_garbage_commands(cfg, secrets, broker, spawn, m
     mark = events.mark()
     for payload, _ in cases:
         mosquitto_pub(broker, topic, payload)
-    refused = wait_until(lambda: (lambda r: r if len(r) >= len(cases) else None)(
-        [e for e in events.events[mark:] if e.kind == "device.command_refused"]), 10, "refusals")
+    def refusals():
+        found = [e for e in events.events[mark:] if e.kind == "device.command_refused"]
+        return found if len(found) >= len(cases) else None
+
+    refused = wait_until(refusals, 10, "refusals")
     assert [e.data["reason"] for e in refused] == [reason for _, reason in cases]
     assert proc.poll() is None
     assert link.set_lights("shelf-1", {(1, 1): Light(("#123456",))}).wait(5).ok
@@ -84,8 +87,11 @@ def test_station_survives_garbage_from_devices(cfg, secrets, broker, fleet, make
     mark = events.mark()
     for channel, payload, _ in cases:
         mosquitto_pub(broker, t(channel), payload)
-    bad = wait_until(lambda: (lambda r: r if len(r) >= len(cases) else None)(
-        [e for e in events.events[mark:] if e.kind == "device.bad_message"]), 10, "bad_message events")
+    def bad_messages():
+        found = [e for e in events.events[mark:] if e.kind == "device.bad_message"]
+        return found if len(found) >= len(cases) else None
+
+    bad = wait_until(bad_messages, 10, "bad_message events")
     assert [(e.data["channel"], e.data["reason"]) for e in bad] == [(c, r) for c, _, r in cases]
     assert not events.of("placement")  # the unsigned placement never reached the log
     assert link.reported("shelf-1")["lights"] == before["lights"]

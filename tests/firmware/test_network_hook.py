@@ -5,7 +5,6 @@ from __future__ import annotations
 import threading
 
 from station.devices.link import Light
-from tests.devices.conftest import cfg, events, fleet, make_link  # noqa: F401
 
 
 def test_duplicated_incoming_commands_run_once_and_dropped_acks_are_retried(cfg, secrets, fleet, make_link, events):
