@@ -1,0 +1,111 @@
+/* Shared by the three pages: the token, API calls with JSON errors, small DOM helpers.
+ *
+ * The token is read once from ?token= and kept in localStorage under a per-page key (a
+ * kiosk and an operator console may share one browser in a demo); the query string is then
+ * removed from the address bar so the token is not left on screen or in the history. */
+"use strict";
+
+const PS = (() => {
+  function tokenKey(page) { return "ps.token." + page; }
+
+  /** Take ?token= into localStorage (once), strip it from the URL, return the token. */
+  function adoptToken(page) {
+    const url = new URL(window.location.href);
+    const fromUrl = url.searchParams.get("token");
+    if (fromUrl) {
+      localStorage.setItem(tokenKey(page), fromUrl);
+      url.searchParams.delete("token");
+      history.replaceState(null, "", url.pathname + (url.search || "") + url.hash);
+    }
+    return localStorage.getItem(tokenKey(page)) || "";
+  }
+
+  function setToken(page, token) {
+    if (token) localStorage.setItem(tokenKey(page), token);
+    else localStorage.removeItem(tokenKey(page));
+  }
+
+  function getToken(page) { return localStorage.getItem(tokenKey(page)) || ""; }
+
+  /** Decode the role and subject from a ps1 token (display only; the server checks it). */
+  function tokenInfo(token) {
+    const parts = (token || "").split(".");
+    if (parts.length !== 5 || parts[0] !== "ps1") return null;
+    return { role: parts[1], subject: parts[2], expires: Number(parts[3]) };
+  }
+
+  /**
+   * Call the API with the page's token. Resolves to {ok, status, body, headers}; never
+   * rejects on HTTP errors (network failures give status 0), so callers show messages.
+   */
+  async function api(token, method, path, body, opts) {
+    const headers = { "Accept": "application/json" };
+    if (token) headers["Authorization"] = "Bearer " + token;
+    let payload;
+    if (body instanceof Blob) { payload = body; headers["Content-Type"] = body.type || "image/jpeg"; }
+    else if (body !== undefined && body !== null) { payload = JSON.stringify(body); headers["Content-Type"] = "application/json"; }
+    let res;
+    try {
+      res = await fetch(path, { method, headers, body: payload, cache: "no-store", signal: opts && opts.signal });
+    } catch (err) {
+      return { ok: false, status: 0, body: { error: "network", message: String(err) }, headers: new Headers() };
+    }
+    let data = null;
+    const type = res.headers.get("content-type") || "";
+    if (opts && opts.raw) data = await res.blob();
+    else if (type.includes("json")) { try { data = await res.json(); } catch (_) { data = null; } }
+    else data = await res.text();
+    return { ok: res.ok, status: res.status, body: data, headers: res.headers };
+  }
+
+  /** Fetch with the token and save the answer as a file (links cannot carry a header). */
+  async function download(token, path, filename) {
+    const r = await api(token, "GET", path, null, { raw: true });
+    if (!r.ok) return r;
+    const url = URL.createObjectURL(r.body);
+    const a = document.createElement("a");
+    a.href = url; a.download = filename;
+    document.body.appendChild(a); a.click(); a.remove();
+    setTimeout(() => URL.revokeObjectURL(url), 10000);
+    return r;
+  }
+
+  function $(sel, root) { return (root || document).querySelector(sel); }
+  function $all(sel, root) { return Array.from((root || document).querySelectorAll(sel)); }
+
+  /** Build an element: el("div", {class: "x", dataset: {slot: "1"}}, "text", child). */
+  function el(tag, attrs, ...children) {
+    const node = document.createElement(tag);
+    for (const [k, v] of Object.entries(attrs || {})) {
+      if (v === null || v === undefined || v === false) continue;
+      if (k === "class") node.className = v;
+      else if (k === "dataset") Object.assign(node.dataset, v);
+      else if (k === "style") Object.assign(node.style, v);
+      else if (k.startsWith("on")) node.addEventListener(k.slice(2), v);
+      else node.setAttribute(k, v === true ? "" : v);
+    }
+    for (const c of children.flat()) {
+      if (c === null || c === undefined || c === false) continue;
+      node.append(c instanceof Node ? c : document.createTextNode(String(c)));
+    }
+    return node;
+  }
+
+  function fmtTime(ts) {
+    if (!ts) return "";
+    const d = typeof ts === "number" ? new Date(ts * 1000) : new Date(ts);
+    if (isNaN(d)) return String(ts);
+    return d.toLocaleString();
+  }
+
+  /** Text colour that reads on `hex` (black on light colours, white on dark). */
+  function inkFor(hex) {
+    const m = /^#?([0-9a-f]{6})$/i.exec(hex || "");
+    if (!m) return "#000";
+    const n = parseInt(m[1], 16);
+    const r = (n >> 16) & 255, g = (n >> 8) & 255, b = n & 255;
+    return (0.299 * r + 0.587 * g + 0.114 * b) > 150 ? "#111" : "#fff";
+  }
+
+  return { adoptToken, setToken, getToken, tokenInfo, api, download, $, $all, el, fmtTime, inkFor };
+})();

@@ -1,0 +1,373 @@
+/* Operator console: the live room (shelf map, doors, devices, alarms), the event log with
+ * filters, chain verification, export, and replay of any past instant.
+ *
+ * Live updates come from the server-sent event stream. EventSource cannot send an
+ * Authorization header, so the page also puts its token in a `ps_token` cookie scoped to
+ * the stream's path with SameSite=Strict (auth.principal_from already reads that cookie);
+ * every other call uses the bearer header. See docs/adr/0040-web-pages.md. */
+"use strict";
+
+(() => {
+  const { $, el, api } = PS;
+  const token = PS.adoptToken("operator");
+  const st = {
+    live: null, lastSeq: 0, replaySeq: null, replayReq: 0, playing: false,
+    refreshTimer: null, sliderTimer: null, source: null, filtered: false, streamSeq: 0,
+  };
+
+  // ---------- helpers ----------------------------------------------------------------------
+
+  function showError(r) {
+    const b = (r && r.body) || {};
+    const box = $("#error");
+    box.textContent = `${b.error || "HTTP " + r.status}: ${b.message || ""}`;
+    box.classList.remove("hidden");
+    clearTimeout(showError.timer);
+    showError.timer = setTimeout(() => box.classList.add("hidden"), 8000);
+  }
+
+  /** datetime-local value (local time) -> the log's UTC ISO form with microseconds. */
+  function isoFromLocal(value, endOfSecond) {
+    if (!value) return "";
+    const d = new Date(value);
+    if (isNaN(d)) return "";
+    return d.toISOString().replace(/\.(\d{3})Z$/, (_, ms) => "." + ms + (endOfSecond ? "999" : "000") + "Z");
+  }
+
+  function localFromIso(iso) {
+    const d = new Date(iso);
+    if (isNaN(d)) return "";
+    const pad = n => String(n).padStart(2, "0");
+    return `${d.getFullYear()}-${pad(d.getMonth() + 1)}-${pad(d.getDate())}T${pad(d.getHours())}:${pad(d.getMinutes())}:${pad(d.getSeconds())}`;
+  }
+
+  // ---------- the room ---------------------------------------------------------------------
+
+  function renderSlot(s) {
+    const light = s.light || null;
+    const colours = light ? light.colours : [];
+    const pattern = light ? light.pattern : "";
+    const cls = ["slot"];
+    if (s.parcels > 0) cls.push("occupied");
+    if (colours.length) cls.push("lit");
+    if (pattern && pattern !== "solid") cls.push("pattern-" + pattern);
+    const node = el("div", {
+      class: cls.join(" "),
+      dataset: { slot: s.slot, parcels: String(s.parcels), colours: colours.join(","), pattern: pattern || "" },
+      title: `${s.slot} · ${s.size} · ${s.parcels}/${s.capacity}` + (colours.length ? ` · ${colours.join("/")} ${pattern}` : ""),
+    }, el("span", { class: "addr" }, `${s.row}-${String(s.col).padStart(2, "0")}`),
+       s.parcels ? el("span", { class: "count" }, s.parcels > 1 ? `■${s.parcels}` : "■") : null);
+    if (colours.length) {
+      node.style.background = colours[0];
+      node.style.color = PS.inkFor(colours[0]);
+      node.style.setProperty("--c1", colours[0]);
+      node.style.setProperty("--c2", colours[1] || colours[0]);
+    }
+    return node;
+  }
+
+  function renderShelves(view) {
+    const shelves = view.shelves.map(sh => {
+      const grid = el("div", { class: "shelf-grid" }, sh.slots.map(renderSlot));
+      grid.style.gridTemplateColumns = `repeat(${sh.columns}, 44px)`;
+      return el("div", { class: "shelf", dataset: { shelf: String(sh.number) } },
+        el("h3", {}, `货架 ${sh.number} `, el("span", { class: "en" }, `shelf ${sh.number}${sh.outbound ? " · outbound 寄件" : ""} · ${sh.device}`)),
+        grid);
+    });
+    $("#shelves").replaceChildren(...shelves);
+  }
+
+  const DOOR_TEXT = {
+    "door.opened": ["开 open", "warn"], "door.closed": ["关 closed", "ok"], "door.locked": ["锁 locked", "ok"],
+    "door.unlocked": ["解锁 unlocked", "warn"], "door.forced_open": ["强行打开 forced open", "bad"],
+    "door.held_open": ["未关 held open", "bad"], "door.emergency_release": ["紧急释放 emergency", "bad"],
+  };
+
+  function renderDoors(view) {
+    const rows = [];
+    for (const [door, d] of Object.entries(view.doors || {})) {
+      const [text, kind] = DOOR_TEXT[d.last] || [d.last || "–", "off"];
+      rows.push(el("span", {}, door), el("span", { dataset: { door, last: d.last || "" } },
+        el("span", { class: "badge " + kind }, text), " ", el("span", { class: "muted" }, PS.fmtTime(d.at))));
+    }
+    $("#doors").replaceChildren(...rows);
+  }
+
+  function renderDevices(view) {
+    const chips = Object.entries(view.devices || {}).sort().map(([id, d]) =>
+      el("span", { class: "badge " + (d.online ? "ok" : "bad"), dataset: { device: id, online: String(d.online) },
+                   title: d.boot_id ? "boot " + d.boot_id : "" }, `${id} ${d.online ? "在线 online" : "离线 offline"}`));
+    $("#devices").replaceChildren(...chips);
+  }
+
+  function renderAlarms(view, replaying) {
+    const alarms = view.alarms || [];
+    if (!alarms.length) { $("#alarms").replaceChildren(el("span", { class: "muted" }, "无 none")); return; }
+    $("#alarms").replaceChildren(...alarms.map(a => el("div", { class: "alarm", dataset: { alarm: a.id } },
+      el("div", {}, el("strong", {}, a.kind), " ", a.subject, el("br"), a.message,
+         el("div", { class: "muted" }, PS.fmtTime(a.raised_at))),
+      replaying ? null : el("button", { onclick: () => ackAlarm(a.id) }, "确认 Ack"))));
+  }
+
+  function renderSessions(view) {
+    const rows = view.sessions || [];
+    if (!rows.length) { $("#sessions").replaceChildren(el("span", { class: "muted" }, "无 none")); return; }
+    $("#sessions").replaceChildren(...rows.map(s => {
+      const sw = el("span", { class: "swatch" });
+      sw.style.background = s.colour || "#fff";
+      return el("div", {}, sw, " ", `${s.kind} · ${s.actor}`, el("span", { class: "muted" }, ` · ${PS.fmtTime(s.opened_at)}`));
+    }));
+  }
+
+  function renderRoom(view, replaying) {
+    renderShelves(view);
+    renderDoors(view);
+    renderDevices(view);
+    renderAlarms(view, replaying);
+    renderSessions(view);
+    $("#map-when").textContent = replaying ? `@ ${PS.fmtTime(view.at)}` : "实时 live";
+    $("#map-panel").dataset.seq = String(view.seq);
+    $("#map-panel").dataset.mode = replaying ? "replay" : "live";
+  }
+
+  async function refreshState() {
+    const r = await api(token, "GET", "/api/operator/state");
+    if (!r.ok) { showError(r); return null; }
+    st.live = r.body;
+    $("#station-id").textContent = r.body.station;
+    setLastSeq(r.body.seq);
+    if (st.replaySeq === null) renderRoom(r.body, false);
+    return r.body;
+  }
+
+  function scheduleRefresh() {
+    clearTimeout(st.refreshTimer);
+    st.refreshTimer = setTimeout(refreshState, 120);
+  }
+
+  function setLastSeq(seq) {
+    if (seq > st.lastSeq) st.lastSeq = seq;
+    $("#seq").textContent = String(st.lastSeq);
+    const slider = $("#rp-slider");
+    slider.max = String(Math.max(1, st.lastSeq));
+    if (st.replaySeq === null) { slider.value = slider.max; }
+  }
+
+  async function ackAlarm(id) {
+    const r = await api(token, "POST", `/api/operator/alarms/${encodeURIComponent(id)}/ack`);
+    if (!r.ok) showError(r);
+    refreshState();
+  }
+
+  // ---------- event log --------------------------------------------------------------------
+
+  function filterParams() {
+    const p = new URLSearchParams();
+    const since = isoFromLocal($("#f-since").value, false), until = isoFromLocal($("#f-until").value, true);
+    if (since) p.set("since", since);
+    if (until) p.set("until", until);
+    for (const [id, key] of [["#f-type", "type"], ["#f-subject", "subject"], ["#f-actor", "actor"], ["#f-phone", "phone"]]) {
+      const v = $(id).value.trim();
+      if (v) p.set(key, v);
+    }
+    return p;
+  }
+
+  function eventRow(ev, fresh) {
+    const data = JSON.stringify(ev.data);
+    return el("tr", { class: fresh ? "fresh" : null, dataset: { seq: String(ev.seq), type: ev.type },
+                      title: "点击回放到此 · click to replay to here", onclick: () => replayTo(ev.seq) },
+      el("td", {}, String(ev.seq)), el("td", {}, PS.fmtTime(ev.ts)), el("td", {}, ev.type),
+      el("td", {}, ev.actor), el("td", {}, ev.subject), el("td", { class: "data", title: data }, data),
+      el("td", {}, ev.snapshot ? el("button", { class: "snap", onclick: e => { e.stopPropagation(); showSnapshot(ev.snapshot); } }, "📷") : ""));
+  }
+
+  async function loadEvents() {
+    const p = filterParams();
+    st.filtered = [...p.keys()].length > 0;
+    p.set("limit", "300");
+    const r = await api(token, "GET", "/api/operator/events?" + p.toString());
+    if (!r.ok) { showError(r); return; }
+    $("#events").replaceChildren(...r.body.events.map(ev => eventRow(ev, false)));
+    $("#log-count").textContent = `${r.body.events.length} shown${st.filtered ? " (filtered 已筛选)" : ""}`;
+    setLastSeq(r.body.last_seq);
+    markCurrent();
+  }
+
+  function markCurrent() {
+    for (const tr of document.querySelectorAll("#events tr.current")) tr.classList.remove("current");
+    if (st.replaySeq === null) return;
+    const tr = document.querySelector(`#events tr[data-seq="${st.replaySeq}"]`);
+    if (tr) tr.classList.add("current");
+  }
+
+  function onEvent(ev) {
+    if (ev.seq <= st.streamSeq) return;
+    st.streamSeq = ev.seq;
+    setLastSeq(ev.seq);
+    if (!st.filtered && !document.querySelector(`#events tr[data-seq="${ev.seq}"]`)) {
+      const body = $("#events");
+      body.prepend(eventRow(ev, true));
+      while (body.children.length > 500) body.lastChild.remove();
+    }
+    scheduleRefresh();
+  }
+
+  async function showSnapshot(ref) {
+    const r = await api(token, "GET", `/api/operator/snapshots/${encodeURIComponent(ref)}`, null, { raw: true });
+    if (!r.ok) { showError({ status: r.status, body: { error: "snapshot", message: "not available" } }); return; }
+    const img = $("#snapshot-img");
+    if (img.src.startsWith("blob:")) URL.revokeObjectURL(img.src);
+    img.src = URL.createObjectURL(r.body);
+    $("#snapshot-dialog").showModal();
+  }
+
+  // ---------- live stream ------------------------------------------------------------------
+
+  function connect(afterSeq) {
+    // The stream's only credential: a cookie for this one path, never sent cross-site.
+    document.cookie = `ps_token=${token}; path=/api/operator/stream; SameSite=Strict`;
+    st.streamSeq = afterSeq;
+    const src = new EventSource(`/api/operator/stream?after_seq=${afterSeq}`);
+    st.source = src;
+    const badge = $("#live");
+    src.onopen = () => { badge.className = "badge ok"; badge.textContent = "实时 live"; badge.dataset.state = "live"; };
+    src.onerror = () => {
+      badge.className = "badge bad"; badge.textContent = "断开 reconnecting…"; badge.dataset.state = "down";
+      // EventSource retries by itself (events it sends again are dropped by seq); after a
+      // refused connection (401, a restart mid-handshake) it gives up, so start a new one.
+      if (src.readyState === EventSource.CLOSED) setTimeout(() => connect(st.streamSeq), 5000);
+    };
+    src.addEventListener("log", e => { try { onEvent(JSON.parse(e.data)); } catch (_) { /* skip a bad line */ } });
+  }
+
+  // ---------- replay -----------------------------------------------------------------------
+
+  async function replayTo(seq) {
+    seq = Math.max(1, Math.min(Number(seq) || 1, Math.max(1, st.lastSeq)));
+    st.replaySeq = seq;
+    document.body.classList.add("replaying");
+    $("#rp-slider").value = String(seq);
+    $("#rp-seq").value = String(seq);
+    markCurrent();
+    const req = ++st.replayReq;
+    const r = await api(token, "GET", `/api/operator/replay?seq=${seq}`);
+    if (req !== st.replayReq || st.replaySeq === null) return r;
+    if (!r.ok) { showError(r); return r; }
+    showReplay(r.body);
+    return r;
+  }
+
+  function showReplay(view) {
+    renderRoom(view, true);
+    const ev = view.event;
+    const info = $("#rp-info");
+    info.dataset.seq = ev ? String(ev.seq) : "";
+    info.textContent = ev ? `回放 replay · seq ${ev.seq} · ${PS.fmtTime(ev.ts)} · ${ev.type} · ${ev.subject}` : "回放 replay · 空 empty log";
+    if (view.at) $("#rp-at").value = localFromIso(view.at);
+  }
+
+  async function replayAt() {
+    const at = isoFromLocal($("#rp-at").value, true);
+    if (!at) return;
+    stopPlay();
+    const req = ++st.replayReq;
+    document.body.classList.add("replaying");
+    const r = await api(token, "GET", `/api/operator/replay?at=${encodeURIComponent(at)}`);
+    if (req !== st.replayReq) return;
+    if (!r.ok) { showError(r); return; }
+    st.replaySeq = r.body.event ? r.body.event.seq : 0;
+    $("#rp-slider").value = String(st.replaySeq);
+    $("#rp-seq").value = String(st.replaySeq);
+    markCurrent();
+    showReplay(r.body);
+  }
+
+  function goLive() {
+    stopPlay();
+    st.replaySeq = null;
+    st.replayReq++;
+    document.body.classList.remove("replaying");
+    $("#rp-info").textContent = "";
+    $("#rp-seq").value = "";
+    markCurrent();
+    setLastSeq(st.lastSeq);
+    if (st.live) renderRoom(st.live, false);
+    refreshState();
+  }
+
+  function stopPlay() { st.playing = false; $("#rp-play").textContent = "▶"; }
+
+  /** Step forward one event at a time, waiting for each replay before the next. */
+  async function play() {
+    if (st.playing) { stopPlay(); return; }
+    st.playing = true;
+    $("#rp-play").textContent = "⏸";
+    let seq = st.replaySeq === null ? 1 : st.replaySeq;
+    if (seq >= st.lastSeq) seq = 1;
+    while (st.playing) {
+      await replayTo(seq);
+      if (seq >= st.lastSeq) break;
+      await new Promise(res => setTimeout(res, 600));
+      seq += 1;
+    }
+    stopPlay();
+  }
+
+  function step(delta) {
+    stopPlay();
+    const from = st.replaySeq === null ? st.lastSeq : st.replaySeq;
+    replayTo(from + delta);
+  }
+
+  // ---------- chain and export -------------------------------------------------------------
+
+  async function verify() {
+    const badge = $("#chain");
+    badge.className = "badge off"; badge.textContent = "…";
+    const r = await api(token, "GET", "/api/operator/verify");
+    if (!r.ok) { badge.className = "badge warn"; badge.textContent = "?"; showError(r); return; }
+    const v = r.body;
+    badge.dataset.ok = String(v.ok);
+    if (v.ok) { badge.className = "badge ok"; badge.textContent = `✓ 完整 intact (${v.checked})`; }
+    else { badge.className = "badge bad"; badge.textContent = `✗ seq ${v.first_bad_seq}: ${v.problem}`; }
+  }
+
+  async function exportLog(format) {
+    const p = filterParams();
+    p.delete("subject"); p.delete("actor"); p.delete("phone");  // the export takes time and type only
+    p.set("format", format);
+    const r = await PS.download(token, "/api/operator/events/export?" + p.toString(), `events.${format}`);
+    if (!r.ok) showError(r);
+  }
+
+  // ---------- start ------------------------------------------------------------------------
+
+  document.addEventListener("DOMContentLoaded", async () => {
+    if (!token) { $("#no-token").classList.remove("hidden"); return; }
+    $("#verify").addEventListener("click", verify);
+    $("#export-jsonl").addEventListener("click", () => exportLog("jsonl"));
+    $("#export-csv").addEventListener("click", () => exportLog("csv"));
+    $("#filters").addEventListener("submit", e => { e.preventDefault(); loadEvents(); });
+    $("#f-clear").addEventListener("click", () => setTimeout(loadEvents, 0));
+    $("#rp-back").addEventListener("click", () => step(-1));
+    $("#rp-fwd").addEventListener("click", () => step(1));
+    $("#rp-play").addEventListener("click", play);
+    $("#rp-live").addEventListener("click", goLive);
+    $("#rp-at-go").addEventListener("click", replayAt);
+    $("#rp-slider").addEventListener("input", e => {
+      stopPlay();
+      clearTimeout(st.sliderTimer);
+      st.sliderTimer = setTimeout(() => replayTo(e.target.value), 150);
+    });
+    $("#rp-seq").addEventListener("change", e => { stopPlay(); replayTo(e.target.value); });
+    $("#rp-seq").addEventListener("keydown", e => { if (e.key === "Enter") { e.preventDefault(); stopPlay(); replayTo(e.target.value); } });
+    const state = await refreshState();
+    if (!state) return;
+    await loadEvents();
+    connect(state.seq);
+    verify();
+    setInterval(verify, 60000);
+    setInterval(() => { if (st.source && st.source.readyState !== EventSource.OPEN) refreshState(); }, 5000);
+  });
+})();
