@@ -1,0 +1,62 @@
+"""Playwright over Debian's Chromium (never a downloaded browser: no test reaches the
+internet). Skips cleanly when /usr/bin/chromium or the playwright package is missing.
+
+Every page is watched for JavaScript errors and console errors (a Content-Security-Policy
+violation shows up there), and a test fails if any appeared."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+ARTIFACTS = ROOT / "test-artifacts"
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[Any]:
+    if not CHROMIUM.exists():
+        pytest.skip("no /usr/bin/chromium (apt-get install -y chromium)")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install playwright)")
+    with sync_api.sync_playwright() as pw:
+        b = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield b
+        b.close()
+
+
+class PageErrors(list):
+    """JavaScript errors and console errors seen on a page."""
+
+
+@pytest.fixture
+def page(browser: Any) -> Iterator[Any]:
+    ctx = browser.new_context(viewport={"width": 1280, "height": 900}, locale="zh-CN",
+                              timezone_id="Asia/Shanghai")
+    pg = ctx.new_page()
+    pg.set_default_timeout(10_000)
+    errors = PageErrors()
+    pg.on("pageerror", lambda exc: errors.append(f"pageerror: {exc}"))
+    pg.on("console", lambda msg: errors.append(f"console.{msg.type}: {msg.text}")
+          if msg.type == "error" and not _expected_console(msg.text) else None)
+    pg.errors = errors  # type: ignore[attr-defined]
+    yield pg
+    ctx.close()
+    assert not errors, f"errors on the page: {errors}"
+
+
+def _expected_console(text: str) -> bool:
+    """The browser logs every non-2xx fetch as an error; the tests provoke some on purpose."""
+    return "Failed to load resource" in text
+
+
+def shot(pg: Any, name: str) -> Path:
+    """Save a full-page screenshot under test-artifacts/ for a human to look at."""
+    ARTIFACTS.mkdir(exist_ok=True)
+    path = ARTIFACTS / f"{name}.png"
+    pg.screenshot(path=str(path), full_page=True)
+    return path

@@ -1,0 +1,160 @@
+"""The three page flows of issue 8 in a real browser over a whole live station (broker,
+firmware, service, HTTP): a courier shelves a parcel, a customer enters the code at the
+kiosk, the operator watches the slot light up live and replays the morning."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.support.stack import LiveStation, wait_until
+
+from .conftest import shot
+
+
+PHONE = "13812341234"
+WAYBILL = "SF1234567890123"
+
+
+def _expect() -> Any:
+    from playwright.sync_api import expect
+
+    return expect
+
+
+def _shelve_by_api(ls: LiveStation, waybill: str = WAYBILL, phone: str = PHONE) -> tuple[str, str]:
+    """Shelve one parcel the way a courier's handheld would, without the page: (slot, code)."""
+    core = ls.core
+    core.couriers.add("c1", "SF", "Li", "1234")
+    s = core.shelving.open_session("c1")
+    r = core.shelving.scan(s["session_id"], waybill, phone, "S")
+    ls.put(r.slot)
+    return r.slot, ls.wait_code_for(phone)
+
+
+def test_courier_shelves_a_parcel_in_the_courier_page(tmp_path: Path, page: Any) -> None:
+    expect = _expect()
+    with LiveStation(tmp_path, http=True) as ls:
+        ls.core.couriers.add("c1", "SF", "Li", "1234")
+        page.goto(ls.base_url + "/courier")
+
+        page.fill("#courier-id", "c1")
+        page.fill("#pin", "9999")
+        page.click("#login-btn")
+        expect(page.locator("#error")).to_be_visible()          # a wrong PIN is shown, not swallowed
+        page.fill("#pin", "1234")
+        page.click("#login-btn")
+        page.select_option("#mode", "guided")
+        page.click("#open-btn")
+
+        page.fill("#waybill", WAYBILL)
+        page.fill("#phone", PHONE)
+        page.select_option("#size", "S")
+        page.click("#scan-btn")
+        target = page.locator("#target")
+        expect(target).to_have_attribute("data-state", "waiting")
+        slot = target.get_attribute("data-slot")
+        assert slot, "guided mode names a slot"
+        expect(target).to_contain_text(slot)
+        assert slot in wait_until(ls.lit), "the slot the page names is the one lit"
+        shot(page, "courier-1-scanned")
+
+        ls.put(slot)                                             # the courier's hand
+        row = page.locator(f'#items tr[data-waybill="{WAYBILL}"]')
+        expect(row).to_have_attribute("data-state", "placed")
+        expect(row.locator(".slot-cell")).to_have_text(slot)
+        expect(target).to_have_attribute("data-state", "placed")
+        assert ls.wait_code_for(PHONE)
+
+        page.fill("#waybill", "NOT-A-WAYBILL")                   # an unknown carrier: refused, shown
+        page.fill("#phone", PHONE)
+        page.click("#scan-btn")
+        expect(page.locator("#error")).to_be_visible()
+        shot(page, "courier-2-placed")
+
+
+def test_customer_enters_the_code_in_the_kiosk_page(tmp_path: Path, page: Any) -> None:
+    expect = _expect()
+    with LiveStation(tmp_path, http=True) as ls:
+        slot, code = _shelve_by_api(ls)
+        page.goto(ls.base_url + "/kiosk?token=" + ls.token("kiosk", "kiosk-1"))
+        assert "token=" not in page.url, "the token leaves the address bar once stored"
+
+        page.fill("#display", slot + "-00000000")               # a wrong code first
+        page.click("#key-ok")
+        expect(page.locator("#message")).to_have_attribute("data-code", "wrong_code")
+        expect(page.locator("#message")).to_contain_text("not right")
+        shot(page, "kiosk-1-wrong-code")
+
+        page.click('#keypad button[data-key="clear"]')
+        for ch in code:                                          # typed on the touch keypad
+            page.click(f'#keypad button[data-key="{ch}"]')
+        expect(page.locator("#display")).to_have_value(code)
+        page.click("#key-ok")
+
+        expect(page.locator("#result")).to_be_visible()
+        expect(page.locator(f'#slot-list li[data-slot="{slot}"]')).to_be_visible()
+        colour = page.locator("#colour-swatch").get_attribute("data-colour")
+        assert colour and colour.startswith("#")
+        expect(page.locator("#colour-en")).not_to_be_empty()
+        expect(page.locator("#colour-zh")).not_to_be_empty()
+        wait_until(lambda: ls.lit().get(slot) == (colour,))     # the shelf shows what the page says
+        shot(page, "kiosk-2-result")
+
+
+def test_operator_sees_the_lit_slot_live_and_replays_the_morning(tmp_path: Path, page: Any) -> None:
+    expect = _expect()
+    with LiveStation(tmp_path, http=True) as ls:
+        slot, code = _shelve_by_api(ls)                          # the morning: one parcel shelved
+        page.goto(ls.base_url + "/operator?token=" + ls.token("operator", "op-1"))
+        expect(page.locator("#live")).to_have_attribute("data-state", "live")
+        cell = page.locator(f'#shelves .slot[data-slot="{slot}"]')
+        expect(cell).to_have_attribute("data-parcels", "1")
+        expect(cell).to_have_attribute("data-colours", "")
+        expect(page.locator("#chain")).to_have_attribute("data-ok", "true")
+        expect(page.locator("#devices [data-online=true]")).to_have_count(len(ls.config.device_ids))
+
+        res = httpx.post(ls.base_url + "/api/kiosk/code", json={"code": code},
+                         headers={"Authorization": "Bearer " + ls.token("kiosk", "kiosk-1")})
+        assert res.status_code == 200, res.text
+        colour = res.json()["colour"]
+        expect(cell).to_have_attribute("data-colours", colour)   # pushed by the event stream
+        expect(page.locator('#doors [data-door="door-entry"]')).to_have_attribute("data-last", "door.unlocked")
+        expect(page.locator('#events tr[data-type="pickup.opened"]')).to_have_count(1)
+        shot(page, "operator-1-live")
+
+        auth = {"Authorization": "Bearer " + ls.token("operator", "op-1")}
+        events = httpx.get(ls.base_url + "/api/operator/events", params={"type": "parcel.*"}, headers=auth).json()
+        seq = {e["type"]: e["seq"] for e in events["events"]}
+        scanned, shelved = seq["parcel.scanned"], seq["parcel.shelved"]
+
+        page.fill("#rp-seq", str(scanned))                        # the moment it was scanned
+        page.press("#rp-seq", "Enter")
+        expect(page.locator("#rp-info")).to_have_attribute("data-seq", str(scanned))
+        expect(page.locator("#map-panel")).to_have_attribute("data-mode", "replay")
+        courier_colour = page.locator(f'#shelves .slot[data-slot="{slot}"]')
+        expect(courier_colour).to_have_attribute("data-parcels", "0")   # lit for the courier, still empty
+        assert courier_colour.get_attribute("data-colours") not in ("", colour)
+        expect(page.locator('#doors [data-door="door-entry"]')).to_have_attribute("data-last", "")
+        shot(page, "operator-2-replay-scanned")
+
+        for _ in range(shelved - scanned):                        # step forward to the shelving
+            page.click("#rp-fwd")
+        expect(page.locator("#rp-info")).to_have_attribute("data-seq", str(shelved))
+        expect(page.locator(f'#shelves .slot[data-slot="{slot}"]')).to_have_attribute("data-parcels", "1")
+        expect(page.locator(f'#shelves .slot[data-slot="{slot}"]')).to_have_attribute("data-colours", "")
+        page.click("#rp-back")
+        expect(page.locator("#rp-info")).to_have_attribute("data-seq", str(shelved - 1))
+
+        page.click("#rp-play")                                    # play on to the end: the live state again
+        last = ls.core.ctx.store.last_seq
+        expect(page.locator("#rp-info")).to_have_attribute("data-seq", str(last), timeout=20_000)
+        expect(page.locator(f'#shelves .slot[data-slot="{slot}"]')).to_have_attribute("data-colours", colour)
+
+        page.click("#rp-live")
+        expect(page.locator("#map-panel")).to_have_attribute("data-mode", "live")
+        expect(cell).to_have_attribute("data-colours", colour)
+        shot(page, "operator-3-back-live")
