@@ -73,9 +73,6 @@ def test_bad_config_names_the_file_the_key_and_the_fault(tmp_path: Path, case: s
     assert fault in msg, msg
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "pydantic's lax mode coerces TOML booleans and floats: `placement_timeout_s = true` loads as "
-    "1.0 s and `rows = 5.0` as 5; the models would need strict=True (a wider change)"))
 @pytest.mark.parametrize("old,new", [("placement_timeout_s = 60", "placement_timeout_s = true"),
                                      ("rows = 5", "rows = 5.0")])
 def test_a_boolean_or_float_where_a_number_or_integer_belongs_is_refused(

@@ -2,7 +2,8 @@
 
 Inbound:  shelved -> picked_up | expired | recalled | missing
           expired | recalled -> returned;  missing -> shelved (found again)
-Outbound: dropped_off -> collected | missing
+Outbound: dropped_off -> collected | outbound_missing;  outbound_missing -> dropped_off
+(two missing states, so a parcel found again goes back to the direction it came from)
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ class ParcelState(StrEnum):
     RECALLED = "recalled"
     RETURNED = "returned"
     MISSING = "missing"
+    OUTBOUND_MISSING = "outbound_missing"
     DROPPED_OFF = "dropped_off"
     COLLECTED = "collected"
 
@@ -45,7 +47,8 @@ TRANSITIONS: dict[tuple[ParcelState, ParcelAction], ParcelState] = {
     (S.RECALLED, A.MARK_MISSING): S.MISSING,
     (S.MISSING, A.FOUND): S.SHELVED,
     (S.DROPPED_OFF, A.COLLECT): S.COLLECTED,
-    (S.DROPPED_OFF, A.MARK_MISSING): S.MISSING,
+    (S.DROPPED_OFF, A.MARK_MISSING): S.OUTBOUND_MISSING,
+    (S.OUTBOUND_MISSING, A.FOUND): S.DROPPED_OFF,
 }
 
 # States in which a parcel occupies its slot.

@@ -53,6 +53,8 @@ class StationCore:
 
     def on_device_event(self, device: str, kind: str, data: dict[str, Any]) -> None:
         """Everything a device reports lands in the log; placements drive the flows."""
+        if kind in ("online", "offline"):
+            kind = f"device.{kind}"
         try:
             if kind == "placement":
                 self._on_placement(device, data)

@@ -147,6 +147,11 @@ class Shelving:
                                 code="duplicate_waybill")
             now = ctx.clock()
             target = None
+            if session["mode"] == "free" and self._other_free_waiting(session_id):
+                # a sensed put names a slot, not a courier: with two free-mode scans waiting
+                # at once the station could not tell whose parcel went where
+                raise FlowError("Another courier is placing a parcel in free mode; wait a few "
+                                "seconds or switch to guided mode.", code="free_mode_busy")
             if session["mode"] == "guided":
                 target = str(self._choose(size, recipient))
             deadline = now + ctx.config.station.placement_timeout_s
@@ -199,6 +204,12 @@ class Shelving:
                 others -= 1
         return spec.capacity - held - max(others, 0)
 
+    def _other_free_waiting(self, session_id: str) -> bool:
+        return self.ctx.store.query_one(
+            "SELECT 1 FROM pending_placements p JOIN sessions s ON s.id = p.session_id"
+            " WHERE p.state = 'waiting' AND s.state = 'open' AND s.mode = 'free'"
+            " AND s.kind = 'shelving' AND p.session_id != ?", (session_id,)) is not None
+
     def candidate_for_put(self, slot: SlotAddress) -> dict[str, Any] | None:
         """Which waiting scan a put at `slot` belongs to: a guided scan aimed at it first,
         then the oldest scan of a free-mode session, then the oldest guided scan (mismatch)."""
@@ -213,8 +224,10 @@ class Shelving:
         rows = q(base + " AND s.mode = 'free' ORDER BY p.created_at LIMIT 1")
         if rows:
             return rows[0]
-        rows = q(base + " AND s.mode = 'guided' ORDER BY p.created_at LIMIT 1")
-        return rows[0] if rows else None
+        # a put beside the lit slot belongs to a guided scan only when exactly one is waiting:
+        # with two couriers the station cannot tell whose parcel it is
+        rows = q(base + " AND s.mode = 'guided' ORDER BY p.created_at LIMIT 2")
+        return rows[0] if len(rows) == 1 else None
 
     def on_put(self, slot: SlotAddress, pending: dict[str, Any]) -> Placement | None:
         """Bind `pending` to `slot` if the slot may take it; else blink red and tell why."""

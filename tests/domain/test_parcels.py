@@ -23,7 +23,8 @@ SPEC = {
     (S.RECALLED, A.MARK_MISSING): S.MISSING,
     (S.MISSING, A.FOUND): S.SHELVED,
     (S.DROPPED_OFF, A.COLLECT): S.COLLECTED,
-    (S.DROPPED_OFF, A.MARK_MISSING): S.MISSING,
+    (S.DROPPED_OFF, A.MARK_MISSING): S.OUTBOUND_MISSING,
+    (S.OUTBOUND_MISSING, A.FOUND): S.DROPPED_OFF,
 }
 ALL_PAIRS = list(itertools.product(ParcelState, ParcelAction))
 
@@ -73,10 +74,6 @@ def test_any_action_sequence_either_follows_the_table_or_is_refused_without_chan
         state = nxt
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "design gap: the table has one MISSING state for both directions and FOUND always leads to "
-    "SHELVED, so an outbound parcel found again becomes a waiting inbound parcel (never "
-    "collectable, and PICK_UP becomes legal); needs the direction or prior state to fix"))
 def test_an_outbound_parcel_found_again_cannot_be_picked_up_by_a_customer() -> None:
     state = transition("p", S.DROPPED_OFF, A.MARK_MISSING)
     state = transition("p", state, A.FOUND)

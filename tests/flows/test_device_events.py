@@ -32,10 +32,6 @@ def test_a_placement_at_an_impossible_slot_is_logged_not_acted_on(station: Stati
     assert station.store.query_one("SELECT 1 FROM parcels") is None
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "core._log_device turns a bare kind 'offline' into event type 'device.offline' without the "
-    "'device' key its projection needs: KeyError, the transaction rolls back and on_device_event "
-    "swallows it, so the report is lost from the log"))
 def test_a_bare_availability_kind_is_not_lost(station: Station, caplog: pytest.LogCaptureFixture) -> None:
     seq = station.store.last_seq
     with caplog.at_level(logging.ERROR, logger="station"):
