@@ -1,0 +1,265 @@
+"""`station run` as a real child process, for tests that kill it, starve it or fuzz it.
+
+    with ProcStation(tmp_path) as ps:        # broker + in-process firmware + webhook receiver
+        ps.start()                           # `python -m station.cli run ...`, waits for health
+        ps.api("post", "/api/kiosk/code", "kiosk", json={...})
+        ps.kill()                            # SIGKILL, no goodbye
+        ps.start()                           # same database, same firmware, same broker
+
+The firmware runs in the test process on the in-memory HAL (station.demo.start_devices), so
+a test puts and takes parcels with `ps.put(slot)` / `ps.take(slot)` and reads the LEDs the
+shelves really show with `ps.lit()`. The station's stdout and stderr go to `ps.log_path`.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import httpx
+
+from station.api.auth import make_token
+from station.config import load_config, load_secrets, write_new_secrets
+from station.demo import start_devices
+from station.domain.layout import SlotAddress
+from station.mosquitto import MosquittoProcess, free_port
+from tests.support.stack import WebhookReceiver, wait_until
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLE = ROOT / "examples" / "station.toml"
+PY = sys.executable
+
+
+def write_config(path: Path, tmp: Path, webhook_url: str | None, **station: Any) -> Path:
+    """The example config with files under `tmp`, the webhook sender and fast retries.
+
+    `station` overrides replace (or add) keys of the [station] table."""
+    text = EXAMPLE.read_text()
+    station = {"database": str(tmp / "station.db"), "snapshots_dir": str(tmp / "snapshots"),
+               **station}
+    head, rest = text.split("[mqtt]", 1)
+    for key, value in station.items():
+        literal = f'"{value}"' if isinstance(value, str) else str(value).lower() \
+            if isinstance(value, bool) else repr(value)
+        line = f"{key} = {literal}"
+        head, n = re.subn(rf"(?m)^{key} = .*$", line.replace("\\", "\\\\"), head)
+        if not n:
+            head = head.rstrip("\n") + "\n" + line + "\n\n"
+    text = head + "[mqtt]" + rest
+    if webhook_url:
+        text = text.replace('senders = [{ kind = "console" }]',
+                            f'senders = [{{ kind = "webhook", url = "{webhook_url}" }}]\n'
+                            "retry_initial_s = 0.2\nretry_max_s = 1.0")
+    path.write_text(text)
+    load_config(path)  # fail here, not in the child, if the edit broke it
+    return path
+
+
+class ProcStation:
+    def __init__(self, tmp: Path, *, broker: MosquittoProcess | None = None,
+                 webhook: bool = True, devices: bool = True, env: dict[str, str] | None = None,
+                 **station: Any) -> None:
+        self.tmp = tmp
+        tmp.mkdir(parents=True, exist_ok=True)
+        self._own_broker = broker is None
+        self.broker = broker or MosquittoProcess(workdir=tmp / "mosquitto")
+        self.webhook = WebhookReceiver() if webhook else None
+        self.config_path = write_config(tmp / "station.toml", tmp,
+                                        self.webhook.url if self.webhook else None, **station)
+        self.config = load_config(self.config_path)
+        self.secrets_path = tmp / "secrets.toml"
+        if not self.secrets_path.exists():
+            write_new_secrets(self.secrets_path)
+        self.secrets = load_secrets(self.secrets_path, env={})
+        self.db_path = Path(self.config.station.database)
+        self.port = free_port()
+        self.base_url = f"http://127.0.0.1:{self.port}"
+        self.log_path = tmp / "station.log"
+        self.env = env or {}
+        self.with_devices = devices
+        self.devices: list[Any] = []
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.http = httpx.Client(base_url=self.base_url, timeout=15.0)
+        self.starts = 0
+
+    # --- lifecycle --------------------------------------------------------------------------
+
+    def __enter__(self) -> "ProcStation":
+        if self._own_broker:
+            self.broker.start()
+        if self.with_devices:
+            cfg = self.config.model_copy(update={
+                "mqtt": self.config.mqtt.model_copy(update={"port": self.broker.port})})
+            self.devices = start_devices(cfg, self.secrets, self.broker.url, self.tmp)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        for d in self.devices:
+            d.stop()
+        if self.webhook is not None:
+            self.webhook.stop()
+        if self._own_broker:
+            self.broker.stop()
+        self.http.close()
+
+    def command(self) -> list[str]:
+        return [PY, "-m", "station.cli", "run", "--config", str(self.config_path),
+                "--secrets", str(self.secrets_path), "--port", str(self.port),
+                "--mqtt-port", str(self.broker.port)]
+
+    def start(self, wait_devices: bool = True, timeout: float = 30.0) -> "ProcStation":
+        assert self.proc is None or self.proc.poll() is not None, "already running"
+        log = open(self.log_path, "ab")
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env}
+        self.proc = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT,
+                                     stdin=subprocess.DEVNULL, cwd=ROOT, env=env)
+        log.close()
+        self.starts += 1
+
+        def healthy() -> bool:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise AssertionError(f"station exited with {self.proc.returncode}:\n{self.log_tail()}")
+            try:
+                return self.http.get("/api/health").status_code == 200
+            except httpx.TransportError:
+                return False
+
+        wait_until(healthy, timeout, 0.05)
+        if wait_devices and self.with_devices:
+            wanted = set(self.config.device_ids)
+            wait_until(lambda: wanted <= self.online_devices(), timeout, 0.05)
+        return self
+
+    def online_devices(self) -> set[str]:
+        res = self.api("get", "/api/operator/state", "operator")
+        return {d for d, s in res.json()["reported"].items() if s["online"] and s["reported"]}
+
+    def kill(self) -> int:
+        """SIGKILL: no cleanup, no last words; returns the exit status."""
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+        return self.proc.wait(10)
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def log_tail(self, n: int = 4000) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-n:]
+        except FileNotFoundError:
+            return ""
+
+    # --- talking to it ----------------------------------------------------------------------
+
+    def token(self, role: str, subject: str | None = None) -> str:
+        return make_token(self.secrets.token_key, role, subject or f"{role}-1", 3600)
+
+    def api(self, method: str, path: str, role: str | None = None, subject: str | None = None,
+            **kw: Any) -> httpx.Response:
+        headers = dict(kw.pop("headers", {}) or {})
+        if role:
+            headers["Authorization"] = "Bearer " + self.token(role, subject)
+        return self.http.request(method, path, headers=headers, **kw)
+
+    def verify_log(self) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([PY, "-m", "station.cli", "log", "verify", "--db", str(self.db_path)],
+                              capture_output=True, text=True, cwd=ROOT, timeout=60)
+
+    def db(self) -> sqlite3.Connection:
+        """A read-only look at the station's database (WAL: safe beside the writer)."""
+        conn = sqlite3.connect(f"file:{self.db_path}?mode=ro", uri=True, timeout=10)
+        conn.row_factory = sqlite3.Row
+        return conn
+
+    def query(self, sql: str, args: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
+        conn = self.db()
+        try:
+            return conn.execute(sql, args).fetchall()
+        finally:
+            conn.close()
+
+    # --- the room -----------------------------------------------------------------------------
+
+    def controller(self, device: str) -> Any:
+        return next(d for d in self.devices if d.device_id == device)
+
+    def shelf(self, slot: str) -> tuple[Any, int, int]:
+        addr = SlotAddress.parse(slot)
+        shelf = next(s for s in self.config.shelves if s.number == addr.shelf)
+        return self.controller(shelf.device), addr.row, addr.col
+
+    def put(self, slot: str, settle: bool = True) -> None:
+        ctrl, row, col = self.shelf(slot)
+        ctrl.hal.sensor(row, col).put()
+        if settle:
+            self.settled(slot)
+
+    def take(self, slot: str, settle: bool = True) -> None:
+        ctrl, row, col = self.shelf(slot)
+        ctrl.hal.sensor(row, col).take()
+        if settle:
+            self.settled(slot)
+
+    def settled(self, slot: str) -> None:
+        """Wait until the shelf has reported the sensor's count (past its debounce), so a
+        take and a put in quick succession are two placements, not a flicker."""
+        ctrl, row, col = self.shelf(slot)
+        sense = ctrl._sense[(row, col)]
+        until(lambda: sense.reported == ctrl.hal.sensor(row, col).read(), 5, f"{slot} settled")
+
+    def lit(self) -> dict[str, tuple[str, ...]]:
+        """What the shelves' LEDs show now (firmware HAL): slot -> colours."""
+        out: dict[str, tuple[str, ...]] = {}
+        for shelf in self.config.shelves:
+            ctrl = self.controller(shelf.device)
+            for (row, col), led in ctrl.hal.lit().items():
+                out[f"{shelf.number}-{row}-{col:02d}"] = tuple(c.upper() for c in led.colours)
+        return out
+
+    def desired(self) -> dict[str, tuple[str, ...]]:
+        """What the database asks the shelves to show (LightSync via /api/operator/state)."""
+        state = self.api("get", "/api/operator/state", "operator").json()
+        return {s["slot"]: tuple(c.upper() for c in s["light"]["colours"])
+                for shelf in state["shelves"] for s in shelf["slots"] if s["light"]}
+
+    def lights_match(self, timeout: float = 15.0) -> None:
+        """Wait for the shelves to show what the database wants; fail with the difference."""
+        last: list[Any] = []
+
+        def same() -> bool:
+            want, have = self.desired(), self.lit()
+            last[:] = [want, have]
+            return want == have
+
+        try:
+            wait_until(same, timeout, 0.1)
+        except AssertionError:
+            want, have = last
+            raise AssertionError(f"shelves never matched the database: wanted {want}, shelves show {have}")
+
+    def messages(self, kind: str | None = None) -> list[dict[str, Any]]:
+        assert self.webhook is not None
+        return [m for m in self.webhook.snapshot() if kind is None or m.get("kind") == kind]
+
+
+def until(predicate: Callable[[], Any], timeout: float = 10.0, what: str = "") -> Any:
+    try:
+        return wait_until(predicate, timeout, 0.05)
+    except AssertionError:
+        raise AssertionError(f"{what or 'condition'} not met within {timeout} s") from None
