@@ -131,7 +131,17 @@ class Store:
             saved = (self._last_seq, self._last_hash, self._last_ts)
             try:
                 conn.execute("BEGIN IMMEDIATE")
+                # another process (the CLI beside a running station) may have appended:
+                # the chain continues from what is on disk, read under the write lock
+                row = conn.execute(
+                    "SELECT seq, hash, ts FROM events ORDER BY seq DESC LIMIT 1").fetchone()
+                if row:
+                    self._last_seq, self._last_hash, self._last_ts = row
             except sqlite3.OperationalError as exc:
+                try:
+                    conn.execute("ROLLBACK")
+                except sqlite3.OperationalError:
+                    pass
                 raise _translate(exc) from None
             tx = Tx(self, conn, self.clock())
             try:
