@@ -37,10 +37,20 @@ EXAMPLE = ROOT / "examples" / "station.toml"
 PY = sys.executable
 
 
-def write_config(path: Path, tmp: Path, webhook_url: str | None, **station: Any) -> Path:
+def _literal(value: Any) -> str:
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, str):
+        return f'"{value}"'
+    return repr(value)
+
+
+def write_config(path: Path, tmp: Path, webhook_url: str | None, mqtt: dict[str, Any] | None = None,
+                 lockout: dict[str, Any] | None = None, **station: Any) -> Path:
     """The example config with files under `tmp`, the webhook sender and fast retries.
 
-    `station` overrides replace (or add) keys of the [station] table."""
+    `station` overrides replace (or add) keys of the [station] table; `mqtt` and `lockout`
+    replace keys of theirs."""
     text = EXAMPLE.read_text()
     station = {"database": str(tmp / "station.db"), "snapshots_dir": str(tmp / "snapshots"),
                **station}
@@ -53,6 +63,16 @@ def write_config(path: Path, tmp: Path, webhook_url: str | None, **station: Any)
         if not n:
             head = head.rstrip("\n") + "\n" + line + "\n\n"
     text = head + "[mqtt]" + rest
+    for section, values in (("mqtt", mqtt or {}), ("lockout", lockout or {})):
+        start = text.index(f"[{section}]")
+        end = text.find("\n[", start + 1)
+        end = len(text) if end < 0 else end
+        block = text[start:end]
+        for key, value in values.items():
+            block, n = re.subn(rf"(?m)^{key} = .*$", f"{key} = {_literal(value)}", block)
+            if not n:
+                block = block.rstrip("\n") + f"\n{key} = {_literal(value)}\n"
+        text = text[:start] + block + text[end:]
     if webhook_url:
         text = text.replace('senders = [{ kind = "console" }]',
                             f'senders = [{{ kind = "webhook", url = "{webhook_url}" }}]\n'
@@ -65,6 +85,7 @@ def write_config(path: Path, tmp: Path, webhook_url: str | None, **station: Any)
 class ProcStation:
     def __init__(self, tmp: Path, *, broker: MosquittoProcess | None = None,
                  webhook: bool = True, devices: bool = True, env: dict[str, str] | None = None,
+                 mqtt: dict[str, Any] | None = None, lockout: dict[str, Any] | None = None,
                  **station: Any) -> None:
         self.tmp = tmp
         tmp.mkdir(parents=True, exist_ok=True)
@@ -72,7 +93,8 @@ class ProcStation:
         self.broker = broker or MosquittoProcess(workdir=tmp / "mosquitto")
         self.webhook = WebhookReceiver() if webhook else None
         self.config_path = write_config(tmp / "station.toml", tmp,
-                                        self.webhook.url if self.webhook else None, **station)
+                                        self.webhook.url if self.webhook else None,
+                                        mqtt=mqtt, lockout=lockout, **station)
         self.config = load_config(self.config_path)
         self.secrets_path = tmp / "secrets.toml"
         if not self.secrets_path.exists():

@@ -292,7 +292,7 @@ def test_sigkill_at_random_moments_loses_nothing(tmp_path: Path) -> None:
 
 @pytest.mark.xfail(strict=True, reason=(
     "station bug: the device link connects with clean_session=True (station/devices/link.py, "
-    "DeviceLink._connect), so the broker discards QoS 1 placement events published while the "
+    "DeviceLink.start), so the broker discards QoS 1 placement events published while the "
     "station is down, and nothing reconciles pending placements with the shelf's retained "
     "`occupied` state on restart: a parcel put on its lit slot during a station restart stays "
     "unbound (pending 'waiting' until placement_timeout_s) although it is physically on the shelf"))

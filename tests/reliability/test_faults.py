@@ -1,0 +1,235 @@
+"""Device and broker faults against `station run` (a child process) and, for the disk, an
+in-process station whose SQLite connection we can starve.
+
+  * a shelf controller reboots mid-pickup: its LEDs come back to what the database wants
+    and the customer finishes;
+  * the entry door controller is offline when a customer arrives: `door_offline`, no
+    entry, an alarm;
+  * the broker is down for longer than the command expiry in the middle of a pickup: no
+    command from the outage executes afterwards, the open session resumes;
+  * the disk is full (SQLite `max_page_count` on the store's connection: no tmpfs or loop
+    device without root): new work is refused with HTTP 507 `storage_full`, nothing is
+    unlocked, the chain still verifies, and work resumes once there is room.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from firmware_stubs.shelf import ShelfController
+from station.store.eventlog import verify_chain
+from station.store.db import connect
+from tests.reliability.harness import ProcStation, until
+from tests.support.stack import LiveStation
+
+PHONE_A, PHONE_B = "13900000001", "13900000002"
+
+
+def _setup(ps: ProcStation, parcels: list[tuple[str, str]]) -> dict[str, dict[str, Any]]:
+    """Courier c1 shelves `parcels` (waybill, phone); returns waybill -> slot, code, phone."""
+    res = ps.api("post", "/api/operator/couriers", "operator",
+                 json={"courier_id": "c1", "carrier": "SF", "name": "Li", "pin": "2468"})
+    assert res.status_code == 201, res.text
+    sid = ps.api("post", "/api/courier/sessions", "courier", "c1", json={}).json()["session_id"]
+    out: dict[str, dict[str, Any]] = {}
+    for waybill, phone in parcels:
+        res = ps.api("post", f"/api/courier/sessions/{sid}/scans", "courier", "c1",
+                     json={"waybill": waybill, "phone": phone, "size": "S"})
+        assert res.status_code == 200, res.text
+        slot = res.json()["slot"]
+        before = len(ps.messages("pickup_code"))
+        ps.put(slot)
+        msg = until(lambda: len(ps.messages("pickup_code")) > before and ps.messages("pickup_code")[-1],
+                    10, f"code for {waybill}")
+        out[waybill] = {"slot": slot, "code": msg["code"], "phone": phone}
+    ps.api("post", f"/api/courier/sessions/{sid}/close", "courier", "c1")
+    return out
+
+
+class UnlockRecorder:
+    """Counts the times the door's bolt was released (the HAL output, not the ack)."""
+
+    def __init__(self, door: Any) -> None:
+        self.unlocks: list[float] = []
+        hal = door.hal
+        original = hal.set_locked
+
+        def set_locked(locked: bool) -> None:
+            if not locked:
+                self.unlocks.append(time.monotonic())
+            original(locked)
+
+        hal.set_locked = set_locked
+
+
+def test_shelf_rebooted_mid_pickup_gets_its_lights_back(tmp_path: Path) -> None:
+    with ProcStation(tmp_path) as ps:
+        ps.start()
+        parcels = _setup(ps, [("SF0000000000001", PHONE_A), ("SF0000000000002", PHONE_A)])
+        first = parcels["SF0000000000001"]
+        res = ps.api("post", "/api/kiosk/code", "kiosk", json={"code": first["code"]})
+        assert res.status_code == 200 and res.json()["door"] == "unlocked", res.text
+        slots = {p["slot"] for p in parcels.values()}
+        until(lambda: slots <= set(ps.lit()), 10, "the customer's slots lit")
+
+        # power cut on the shelf: LEDs dark, a new boot id, the same parcels on the sensors
+        old = ps.controller("shelf-1")
+        shelf = next(s for s in ps.config.shelves if s.device == "shelf-1")
+        old.stop()
+        for (row, col) in list(old.hal.lit()):
+            old.hal.led(row, col).off()
+        assert not (slots & set(ps.lit()))
+        new = ShelfController(ps.config.station.id, "shelf-1", shelf.rows, shelf.columns,
+                              ps.secrets.device_key(ps.config.station.id, "shelf-1"), ps.broker.url,
+                              hal=old.hal, nv_path=str(tmp_path / "shelf-1.json"),
+                              trust_host_clock=True)
+        ps.devices[ps.devices.index(old)] = new
+        new.start()
+        assert new.boot_id != old.boot_id
+        until(lambda: slots <= set(ps.lit()), 15, "lights back after the reboot")
+        ps.lights_match()
+
+        # the customer finishes: takes both, shows both, leaves; the slots go dark
+        for p in parcels.values():
+            ps.take(p["slot"])
+        res = ps.api("post", "/api/exit/waybills", "kiosk", "exit-1", json={"waybills": list(parcels)})
+        assert res.status_code == 200 and res.json()["allowed"], res.text
+        ps.lights_match()
+        assert not (slots & set(ps.lit()))
+        booted = ps.query("SELECT COUNT(*) n FROM events WHERE type = 'device.online' AND subject = 'shelf-1'")
+        assert booted[0]["n"] >= 2
+        assert ps.verify_log().returncode == 0
+
+
+def test_entry_door_offline_refuses_entry_with_a_clear_message_and_an_alarm(tmp_path: Path) -> None:
+    with ProcStation(tmp_path) as ps:
+        ps.start()
+        parcels = _setup(ps, [("SF0000000000001", PHONE_A)])
+        door = ps.controller("door-entry")
+        door.stop()  # the controller is gone (its will / offline notice reaches the station)
+        until(lambda: "door-entry" not in ps.online_devices(), 10, "station sees the door offline")
+        code = parcels["SF0000000000001"]["code"]
+        res = ps.api("post", "/api/kiosk/code", "kiosk", json={"code": code})
+        assert res.status_code == 503, res.text
+        body = res.json()
+        assert body["error"] == "door_offline"
+        assert "out of order" in body["message"]
+        assert door.hal.locked
+        assert not ps.query("SELECT 1 FROM sessions WHERE kind = 'pickup' AND state = 'open'")
+        alarms = ps.query("SELECT kind, subject FROM alarms WHERE acknowledged_at IS NULL")
+        assert ("door.offline", "door-entry") in {(a["kind"], a["subject"]) for a in alarms}, alarms
+        state = ps.api("get", "/api/operator/state", "operator").json()
+        assert any(a["kind"] == "door.offline" for a in state["alarms"])
+        assert not ps.lit()  # no slot lit for somebody who cannot get in
+        assert ps.verify_log().returncode == 0
+
+
+def test_broker_down_past_command_expiry_runs_no_stale_command_and_the_session_resumes(tmp_path: Path) -> None:
+    ttl = 1.5
+    with ProcStation(tmp_path, mqtt={"command_ttl_s": ttl}) as ps:
+        ps.start()
+        parcels = _setup(ps, [("SF0000000000001", PHONE_A), ("SF0000000000002", PHONE_B)])
+        a, b = parcels["SF0000000000001"], parcels["SF0000000000002"]
+        entry = UnlockRecorder(ps.controller("door-entry"))
+        res = ps.api("post", "/api/kiosk/code", "kiosk", json={"code": a["code"]})
+        assert res.status_code == 200 and res.json()["door"] == "unlocked", res.text
+        until(lambda: a["slot"] in ps.lit(), 10)
+        assert len(entry.unlocks) == 1
+
+        ps.broker.stop()
+        # customer B arrives during the outage: no door opens for them, now or later
+        res = ps.api("post", "/api/kiosk/code", "kiosk", json={"code": b["code"]})
+        assert res.status_code == 503, res.text
+        assert res.json()["error"] in ("door_offline", "door_failed"), res.text
+        time.sleep(ttl * 2.5)  # the outage outlasts every command's expiry
+        ps.broker.start()
+        until(lambda: set(ps.config.device_ids) <= ps.online_devices(), 20, "devices back")
+        ps.lights_match(20)
+        time.sleep(ttl)  # anything stale in a queue would have arrived by now
+        assert len(entry.unlocks) == 1, "a command from the outage opened the door afterwards"
+        assert ps.controller("door-entry").hal.locked
+
+        # A's session survived: they take their parcel and leave; B tries again and gets in
+        ps.take(a["slot"])
+        res = ps.api("post", "/api/exit/waybills", "kiosk", "exit-1", json={"waybills": ["SF0000000000001"]})
+        assert res.status_code == 200 and res.json()["allowed"], res.text
+        res = ps.api("post", "/api/kiosk/code", "kiosk", json={"code": b["code"]})
+        assert res.status_code == 200 and res.json()["door"] == "unlocked", res.text
+        assert len(entry.unlocks) == 2
+        ps.lights_match()
+        assert ps.verify_log().returncode == 0
+        refused = ps.query("SELECT data FROM events WHERE type = 'entry.refused'")
+        assert refused, "the outage entry left no trace"
+
+
+def test_disk_full_refuses_new_work_with_507_and_corrupts_nothing(tmp_path: Path) -> None:
+    with LiveStation(tmp_path, http=True) as ls:
+        core = ls.core
+        core.couriers.add("c1", "SF", "Li", "2468")
+        ctok = {"Authorization": "Bearer " + ls.token("courier", "c1")}
+        ktok = {"Authorization": "Bearer " + ls.token("kiosk", "k1")}
+        http = httpx.Client(base_url=ls.base_url, timeout=15)
+        sid = http.post("/api/courier/sessions", json={}, headers=ctok).json()["session_id"]
+        res = http.post(f"/api/courier/sessions/{sid}/scans", headers=ctok,
+                        json={"waybill": "SF0000000000001", "phone": PHONE_A, "size": "S"})
+        slot = res.json()["slot"]
+        ls.put(slot)
+        code = ls.wait_code_for(PHONE_A)
+        entry = UnlockRecorder(next(d for d in ls.devices if d.device_id == "door-entry"))
+
+        store = ls.station.store
+        with store.reading() as conn:
+            pages = conn.execute("PRAGMA page_count").fetchone()[0]
+            conn.execute(f"PRAGMA max_page_count = {pages}")  # not one page more
+        seq_before = store.last_seq
+
+        refused = []
+        for n in range(2, 40):
+            res = http.post(f"/api/courier/sessions/{sid}/scans", headers=ctok,
+                            json={"waybill": f"SF{n:013d}", "phone": PHONE_B, "size": "S"})
+            if res.status_code == 507:
+                refused.append(res.json())
+                break
+            assert res.status_code == 200, res.text
+        assert refused, "the store never filled up"
+        assert refused[0]["error"] == "storage_full"
+        assert "disk is full" in refused[0]["message"]
+        # a customer at the door: refused with the same clear error, and the door stays shut
+        res = http.post("/api/kiosk/code", json={"code": code}, headers=ktok)
+        assert res.status_code == 507, res.text
+        assert res.json()["error"] == "storage_full"
+        assert entry.unlocks == []
+        assert http.get("/api/health").status_code == 200
+
+        # nothing half-written: the chain verifies and the writer's idea of the head is right
+        check = connect(ls.config.station.database)
+        try:
+            result = verify_chain(check)
+            assert result.ok, result
+            head = check.execute("SELECT MAX(seq) FROM events").fetchone()[0]
+        finally:
+            check.close()
+        assert store.last_seq == head >= seq_before
+
+        # space again: work resumes where it stopped
+        with store.reading() as conn:
+            conn.execute("PRAGMA max_page_count = 1073741823")
+        res = http.post("/api/kiosk/code", json={"code": code}, headers=ktok)
+        assert res.status_code == 200 and res.json()["door"] == "unlocked", res.text
+        assert len(entry.unlocks) == 1
+        res = http.post(f"/api/courier/sessions/{sid}/scans", headers=ctok,
+                        json={"waybill": "SF0000000000099", "phone": PHONE_B, "size": "S"})
+        assert res.status_code == 200, res.text
+        ls.put(res.json()["slot"])
+        ls.wait_code_for(PHONE_B)  # the dispatcher survived the full disk too
+        check = connect(ls.config.station.database)
+        try:
+            assert verify_chain(check).ok
+        finally:
+            check.close()
+        http.close()
