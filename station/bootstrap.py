@@ -64,6 +64,56 @@ class Vision:
         self.snapshots = SnapshotStore(Path(config.station.snapshots_dir),
                                        enabled=config.station.snapshots_enabled)
         self.cipher = TemplateCipher(secrets.encryption_key)
+        # simulated camera sources by name: the simulator and tests push frames into them
+        self.simulated: dict[str, Any] = {}
+        self._grabbers: dict[str, Any] = {}
+
+    def grabber(self, role: str) -> Any:
+        """The camera of `role`, opened on first use and kept: the grabber always holds the
+        latest frame and reconnects a dropped stream by itself."""
+        from station.flows.errors import Unavailable
+        from station.vision.cameras import LatestFrameGrabber, open_source
+
+        camera = self.config.camera(role)
+        if camera is None:
+            raise Unavailable(f"no {role} camera is configured", code="camera_unavailable")
+        with self._lock:
+            if role not in self._grabbers:
+                self._grabbers[role] = LatestFrameGrabber(open_source(camera, self.simulated)).start()
+            return self._grabbers[role]
+
+    def _jpeg(self, frame: Any) -> bytes:
+        import cv2
+
+        ok, buf = cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, 92])
+        if not ok:
+            raise ValueError("frame could not be encoded")
+        return bytes(buf)
+
+    def grab_face_frames(self, n: int = 8, interval: float = 0.12) -> list[bytes]:
+        from station.flows.errors import Unavailable
+        from station.vision.cameras import SourceError
+
+        try:
+            frames = self.grabber("face").frames(n, interval)
+        except (SourceError, TimeoutError) as exc:
+            raise Unavailable(f"the face camera gives no picture: {exc}", code="camera_unavailable") from None
+        return [self._jpeg(f) for f, _ in frames]
+
+    def grab_document_frame(self) -> bytes:
+        from station.flows.errors import Unavailable
+        from station.vision.cameras import SourceError
+
+        try:
+            frame, _ = self.grabber("document").wait_frame(timeout=3.0)
+        except (SourceError, TimeoutError, TypeError) as exc:
+            raise Unavailable(f"the document camera gives no picture: {exc}", code="camera_unavailable") from None
+        return self._jpeg(frame)
+
+    def stop(self) -> None:
+        for g in self._grabbers.values():
+            g.stop()
+        self._grabbers.clear()
 
     def engine(self) -> Any:
         with self._lock:
@@ -110,7 +160,16 @@ class Vision:
         return {"courier_id": courier_id, "templates": len(blobs)}
 
     def save_snapshot(self, image: bytes) -> str | None:
-        return self.snapshots.save(image)
+        """A JPEG of what the camera saw, named by its hash; a failure to keep it must never
+        block a door, so it is logged and the event goes without a snapshot."""
+        from station.vision.images import decode_image
+
+        try:
+            data: Any = image if image[:3] == b"\xff\xd8\xff" else decode_image(image)
+            return self.snapshots.save(data)
+        except Exception:
+            log.warning("snapshot not kept", exc_info=True)
+            return None
 
 
 @dataclass
@@ -148,6 +207,7 @@ class Station:
         if self.upstream is not None:
             self.upstream.stop()
         self.link.stop()
+        self.vision.stop()
         self.store.close()
         self.started = False
 
@@ -186,6 +246,8 @@ def build_station(config: StationConfig, secrets: Secrets, *, data_dir: Path | N
         decode_codes=vision.decode_codes,
         verify_face=vision.verify_face,
         enrol_face=vision.enrol,
+        grab_face_frames=vision.grab_face_frames,
+        grab_document_frame=vision.grab_document_frame,
         save_snapshot=vision.save_snapshot,
         snapshot_path=lambda ref: vision.snapshots.path(ref),
         device_status=device_status,

@@ -41,6 +41,12 @@ def install(app: FastAPI) -> None:
     async def _domain(_: Request, exc: DomainError) -> JSONResponse:
         return JSONResponse(_body(exc.code, exc.message), 422)
 
+    from station.vision.images import ImageError
+
+    @app.exception_handler(ImageError)
+    async def _image(_: Request, exc: ImageError) -> JSONResponse:
+        return JSONResponse(_body(f"image_{exc.reason}", str(exc)), 422)
+
     @app.exception_handler(StoreFull)
     async def _full(_: Request, exc: StoreFull) -> JSONResponse:
         return JSONResponse(_body("storage_full", str(exc)), 507)

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
+import json
+
 from fastapi import Request
 
 from station.flows.errors import FlowError
@@ -22,3 +26,28 @@ async def read_image(request: Request) -> bytes:
     if not body:
         raise FlowError("the image is empty", code="image_empty", status=422)
     return bytes(body)
+
+
+MAX_FRAMES = 12
+
+
+async def read_frames_json(request: Request) -> list[bytes]:
+    """`{"frames": [base64 JPEG/PNG, ...]}`: a short sequence from a camera the kiosk owns
+    (liveness needs several frames), at most 12 and 8 MiB in all."""
+    raw = bytearray()
+    async for chunk in request.stream():
+        raw.extend(chunk)
+        if len(raw) > MAX_IMAGE_BYTES * 4 // 3 + 1024:
+            raise FlowError("the frames are larger than 8 MiB", code="image_too_large", status=413)
+    try:
+        body = json.loads(raw)
+        items = body["frames"]
+        if not isinstance(items, list) or not 1 <= len(items) <= MAX_FRAMES:
+            raise ValueError
+        frames = [base64.b64decode(item, validate=True) for item in items]
+    except (ValueError, KeyError, TypeError, binascii.Error):
+        raise FlowError(f'send {{"frames": [1-{MAX_FRAMES} base64 images]}}',
+                        code="invalid_request", status=422) from None
+    if not all(frames):
+        raise FlowError("an image is empty", code="image_empty", status=422)
+    return frames

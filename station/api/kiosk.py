@@ -14,7 +14,7 @@ from station.flows.errors import AuthFailed, FlowError, Unavailable
 from station.store.eventlog import Event
 
 from .auth import Principal, require
-from .images import read_image
+from .images import read_frames_json, read_image
 from .models import CodeEntry, CourierPinEntry, DropOff, ExitLeave, ExitWaybills, OtpEntry, OtpRequest, QrEntry
 from .services import Services, services
 
@@ -86,8 +86,11 @@ async def courier_face(request: Request, who: Principal = Depends(kiosk_only),
     if svc.verify_face is None:
         raise Unavailable("face check is not configured", code="vision_unavailable")
     frames: list[bytes]
-    if request.headers.get("content-type", "").startswith("image/"):
+    ctype = request.headers.get("content-type", "")
+    if ctype.startswith("image/"):
         frames = [await read_image(request)]
+    elif ctype.startswith("application/json"):
+        frames = await read_frames_json(request)
     elif svc.grab_face_frames is not None:
         frames = await run_in_threadpool(svc.grab_face_frames)
     else:
