@@ -179,7 +179,7 @@
                       title: "点击回放到此 · click to replay to here", onclick: () => replayTo(ev.seq) },
       el("td", {}, String(ev.seq)), el("td", {}, PS.fmtTime(ev.ts)), el("td", {}, ev.type),
       el("td", {}, ev.actor), el("td", {}, ev.subject), el("td", { class: "data", title: data }, data),
-      el("td", {}, ev.snapshot ? el("button", { class: "snap", onclick: e => { e.stopPropagation(); showSnapshot(ev.snapshot); } }, "📷") : ""));
+      el("td", {}, ev.snapshot ? el("button", { class: "snap", onclick: e => { e.stopPropagation(); showSnapshot(ev.snapshot); } }, "快照 photo") : ""));
   }
 
   async function loadEvents() {
@@ -209,6 +209,7 @@
       const body = $("#events");
       body.prepend(eventRow(ev, true));
       while (body.children.length > 500) body.lastChild.remove();
+      $("#log-count").textContent = `${body.children.length} shown`;
     }
     scheduleRefresh();
   }
@@ -296,13 +297,13 @@
     refreshState();
   }
 
-  function stopPlay() { st.playing = false; $("#rp-play").textContent = "▶"; }
+  function stopPlay() { st.playing = false; $("#rp-play").replaceChildren("▶ ", el("span", { class: "en" }, "play")); }
 
   /** Step forward one event at a time, waiting for each replay before the next. */
   async function play() {
     if (st.playing) { stopPlay(); return; }
     st.playing = true;
-    $("#rp-play").textContent = "⏸";
+    $("#rp-play").replaceChildren("❚❚ ", el("span", { class: "en" }, "pause"));
     let seq = st.replaySeq === null ? 1 : st.replaySeq;
     if (seq >= st.lastSeq) seq = 1;
     while (st.playing) {
