@@ -4,6 +4,7 @@ kiosk, the operator watches the slot light up live and replays the morning."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -103,6 +104,37 @@ def test_customer_enters_the_code_in_the_kiosk_page(tmp_path: Path, page: Any) -
         expect(page.locator("#colour-zh")).not_to_be_empty()
         wait_until(lambda: ls.lit().get(slot) == (colour,))     # the shelf shows what the page says
         shot(page, "kiosk-2-result")
+
+        page.click("#done")                                      # phone number + one-time code
+        page.click("#tab-phone")
+        page.fill("#display", PHONE)
+        page.click("#key-ok")
+        expect(page.locator("#step-label")).to_contain_text("138****1234")
+        page.fill("#display", ls.wait_code_for(PHONE, kind="otp"))
+        page.click("#key-ok")
+        expect(page.locator(f'#slot-list li[data-slot="{slot}"]')).to_be_visible()
+        expect(page.locator("#colour-swatch")).to_have_attribute("data-colour", colour)
+
+        page.goto(ls.base_url + "/kiosk?token=" + ls.token("kiosk", "kiosk-2"))
+        for _ in range(8):                                       # guessing: locked out, told for how long
+            page.fill("#display", slot + "-00000000")
+            page.click("#key-ok")
+            expect(page.locator("#message")).to_have_attribute("data-code", re.compile("wrong_code|locked_out"))
+            if page.locator("#message").get_attribute("data-code") == "locked_out":
+                break
+            page.click('#keypad button[data-key="clear"]')
+        expect(page.locator("#message")).to_contain_text(re.compile(r"Try again in \d+ s"))
+        expect(page.locator("#key-ok")).to_be_disabled()
+        shot(page, "kiosk-3-locked-out")
+
+        next(d for d in ls.devices if d.device_id == ls.config.doors.entry).stop()
+        wait_until(lambda: not ls.core.ctx.devices.is_online(ls.config.doors.entry))
+        page.goto(ls.base_url + "/kiosk?token=" + ls.token("kiosk", "kiosk-3"))
+        page.fill("#display", code)
+        page.click("#key-ok")
+        expect(page.locator("#message")).to_have_attribute("data-code", "door_offline")
+        expect(page.locator("#message")).to_contain_text("out of order")
+        shot(page, "kiosk-4-door-offline")
 
 
 def test_operator_sees_the_lit_slot_live_and_replays_the_morning(tmp_path: Path, page: Any) -> None:

@@ -6,7 +6,7 @@
 (() => {
   const { $, $all, el, api } = PS;
   const token = PS.adoptToken("kiosk");
-  const state = { mode: "code", phoneStep: "phone", phone: "", resetTimer: null, stream: null };
+  const state = { mode: "code", phoneStep: "phone", phone: "", resetTimer: null, stream: null, lockedUntil: 0 };
 
   const MESSAGES = {
     wrong_code: ["取件码不正确，请核对后重试。", "That code is not right. Check it and try again."],
@@ -53,6 +53,7 @@
     const buttons = $all("#keypad button");
     buttons.forEach(b => { b.disabled = true; });
     const until = Date.now() + secs * 1000;
+    state.lockedUntil = until;
     const tick = () => {
       const left = Math.ceil((until - Date.now()) / 1000);
       if (left <= 0) { buttons.forEach(b => { b.disabled = false; }); hideMessage(); return; }
@@ -95,7 +96,7 @@
 
   async function submit() {
     const value = $("#display").value.trim();
-    if (!value) return;
+    if (!value || Date.now() < state.lockedUntil) return;
     setBusy(true);
     try {
       if (state.mode === "code") {
@@ -117,7 +118,10 @@
     } finally { setBusy(false); }
   }
 
-  function setBusy(busy) { $("#key-ok").disabled = busy; document.body.classList.toggle("busy", busy); }
+  function setBusy(busy) {
+    $("#key-ok").disabled = busy || Date.now() < state.lockedUntil;
+    document.body.classList.toggle("busy", busy);
+  }
 
   /** The answer a customer came for: their colour, big, and the slots as text. */
   function showResult(res) {
