@@ -280,6 +280,29 @@ class ProcStation:
         return [m for m in self.webhook.snapshot() if kind is None or m.get("kind") == kind]
 
 
+def shelve(ps: ProcStation, parcels: list[tuple[str, str]], courier: str = "c1",
+           pin: str = "2468") -> dict[str, dict[str, Any]]:
+    """Courier `courier` (added here) shelves `parcels` (waybill, phone) through the API and
+    the shelf sensors; returns waybill -> {"slot", "code", "phone"} as the customer got it."""
+    res = ps.api("post", "/api/operator/couriers", "operator",
+                 json={"courier_id": courier, "carrier": "SF", "name": "Li", "pin": pin})
+    assert res.status_code == 201, res.text
+    sid = ps.api("post", "/api/courier/sessions", "courier", courier, json={}).json()["session_id"]
+    out: dict[str, dict[str, Any]] = {}
+    for waybill, phone in parcels:
+        res = ps.api("post", f"/api/courier/sessions/{sid}/scans", "courier", courier,
+                     json={"waybill": waybill, "phone": phone, "size": "S"})
+        assert res.status_code == 200, res.text
+        slot = res.json()["slot"]
+        before = len(ps.messages("pickup_code"))
+        ps.put(slot)
+        msg = until(lambda: len(ps.messages("pickup_code")) > before and ps.messages("pickup_code")[-1],
+                    10, f"code for {waybill}")
+        out[waybill] = {"slot": slot, "code": msg["code"], "phone": phone}
+    ps.api("post", f"/api/courier/sessions/{sid}/close", "courier", courier)
+    return out
+
+
 def until(predicate: Callable[[], Any], timeout: float = 10.0, what: str = "") -> Any:
     try:
         return wait_until(predicate, timeout, 0.05)

@@ -24,31 +24,14 @@ import pytest
 from firmware_stubs.shelf import ShelfController
 from station.store.eventlog import verify_chain
 from station.store.db import connect
-from tests.reliability.harness import ProcStation, until
+from tests.reliability.harness import ProcStation, shelve, until
 from tests.support.stack import LiveStation
 
 PHONE_A, PHONE_B = "13900000001", "13900000002"
 
 
 def _setup(ps: ProcStation, parcels: list[tuple[str, str]]) -> dict[str, dict[str, Any]]:
-    """Courier c1 shelves `parcels` (waybill, phone); returns waybill -> slot, code, phone."""
-    res = ps.api("post", "/api/operator/couriers", "operator",
-                 json={"courier_id": "c1", "carrier": "SF", "name": "Li", "pin": "2468"})
-    assert res.status_code == 201, res.text
-    sid = ps.api("post", "/api/courier/sessions", "courier", "c1", json={}).json()["session_id"]
-    out: dict[str, dict[str, Any]] = {}
-    for waybill, phone in parcels:
-        res = ps.api("post", f"/api/courier/sessions/{sid}/scans", "courier", "c1",
-                     json={"waybill": waybill, "phone": phone, "size": "S"})
-        assert res.status_code == 200, res.text
-        slot = res.json()["slot"]
-        before = len(ps.messages("pickup_code"))
-        ps.put(slot)
-        msg = until(lambda: len(ps.messages("pickup_code")) > before and ps.messages("pickup_code")[-1],
-                    10, f"code for {waybill}")
-        out[waybill] = {"slot": slot, "code": msg["code"], "phone": phone}
-    ps.api("post", f"/api/courier/sessions/{sid}/close", "courier", "c1")
-    return out
+    return shelve(ps, parcels)
 
 
 class UnlockRecorder:
