@@ -56,6 +56,9 @@ class MqttSection(_Strict):
     tls: bool = False
     ca_file: str | None = None
     keepalive_s: int = Field(default=30, ge=5, le=600)
+    # keep the station's MQTT session at the broker, so device events sent while the
+    # station restarts are delivered afterwards
+    persistent_session: bool = True
     command_ttl_s: float = Field(default=10.0, gt=0, le=600)
     light_ttl_s: float = Field(default=600.0, gt=0, le=86400)
 

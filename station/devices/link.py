@@ -247,7 +247,11 @@ class DeviceLink:
     def start(self) -> DeviceLink:
         """Connect in the background (retrying with backoff) and start the timer thread."""
         mq = self.config.mqtt
-        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.client_id, clean_session=True)
+        # a persistent session: placement events published while the station is down wait at
+        # the broker (QoS 1) instead of being lost; duplicates are dropped by evt_seq and by
+        # the slot.sensed check in the flows
+        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.client_id,
+                             clean_session=not self.config.mqtt.persistent_session)
         if mq.username:
             client.username_pw_set(mq.username, self._secrets.mqtt_password)
         if mq.tls:

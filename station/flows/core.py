@@ -92,10 +92,15 @@ class StationCore:
             self._log_device(device, "placement.invalid", data)
             return None
         action = data.get("action")
+        # the broker redelivers what the station may already have taken (QoS 1, persistent
+        # session across a crash): a device event is acted on once, by boot id and evt seq
+        evt = f"{device}/{data['boot_id']}/{data['evt_seq']}" if "boot_id" in data and "evt_seq" in data else None
         with self.ctx.lock:
+            if evt and self.ctx.store.query_one("SELECT 1 FROM sensed WHERE evt = ?", (evt,)):
+                return None
             with self.ctx.store.transaction() as tx:
-                tx.emit(Event("slot.sensed", str(slot), device,
-                              {"slot": str(slot), "action": action, "count": data.get("count")}))
+                tx.emit(Event("slot.sensed", str(slot), device, {
+                    "slot": str(slot), "action": action, "count": data.get("count"), "evt": evt}))
             outcome = self._route(slot, str(action))
             self.lights.refresh(self.lights.devices_of([slot]))
         for listener in list(self.placement_listeners):

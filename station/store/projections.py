@@ -101,6 +101,12 @@ def _pickup_taken(conn: sqlite3.Connection, e: EventRecord, at: float) -> None:
     )
 
 
+@applies("slot.sensed")
+def _slot_sensed(conn: sqlite3.Connection, e: EventRecord, at: float) -> None:
+    if e.data.get("evt"):
+        conn.execute("INSERT OR IGNORE INTO sensed(evt) VALUES (?)", (e.data["evt"],))
+
+
 @applies("slot.alarm")
 def _slot_alarm(conn: sqlite3.Connection, e: EventRecord, at: float) -> None:
     conn.execute(

@@ -18,6 +18,7 @@ PROJECTION_TABLES = (
     "alarms",
     "session_slots",
     "slot_alarms",
+    "sensed",
 )
 SIDE_TABLES = ("face_templates", "outbox", "otps", "upstream_cursor", "recipient_contacts")
 
@@ -148,6 +149,10 @@ MIGRATIONS: list[str] = [
         slot TEXT PRIMARY KEY,
         until REAL NOT NULL,
         reason TEXT NOT NULL
+    );
+
+    CREATE TABLE sensed (
+        evt TEXT PRIMARY KEY
     );
 
     CREATE TABLE face_templates (
