@@ -5,6 +5,7 @@ kiosk, the operator watches the slot light up live and replays the morning."""
 from __future__ import annotations
 
 import re
+import time
 from pathlib import Path
 from typing import Any
 
@@ -73,8 +74,22 @@ def test_courier_shelves_a_parcel_in_the_courier_page(tmp_path: Path, page: Any)
         page.fill("#waybill", "NOT-A-WAYBILL")                   # an unknown carrier: refused, shown
         page.fill("#phone", PHONE)
         page.click("#scan-btn")
-        expect(page.locator("#error")).to_be_visible()
+        expect(page.locator("#error")).to_have_attribute("data-code", "unknown_carrier")
         shot(page, "courier-2-placed")
+
+        page.click("#close-btn")                                 # free mode: the sensor names the slot
+        page.select_option("#mode", "free")
+        page.click("#open-btn")
+        expect(page.locator("#session-mode")).to_contain_text("free")
+        page.fill("#waybill", "SF1234567890999")
+        page.fill("#phone", "13900001111")
+        page.click("#scan-btn")
+        expect(target).to_have_attribute("data-state", "waiting")
+        assert target.get_attribute("data-slot") == ""
+        ls.put("1-2-07")
+        expect(target).to_have_attribute("data-state", "placed")
+        expect(target).to_have_attribute("data-slot", "1-2-07")
+        shot(page, "courier-3-free-mode")
 
 
 def test_customer_enters_the_code_in_the_kiosk_page(tmp_path: Path, page: Any) -> None:
@@ -181,8 +196,11 @@ def test_operator_sees_the_lit_slot_live_and_replays_the_morning(tmp_path: Path,
         page.click("#rp-back")
         expect(page.locator("#rp-info")).to_have_attribute("data-seq", str(shelved - 1))
 
-        page.click("#rp-play")                                    # play on to the end: the live state again
         last = ls.core.ctx.store.last_seq
+        page.fill("#rp-seq", str(last - 3))
+        page.press("#rp-seq", "Enter")
+        expect(page.locator("#rp-info")).to_have_attribute("data-seq", str(last - 3))
+        page.click("#rp-play")                                    # play on to the end: the live state again
         expect(page.locator("#rp-info")).to_have_attribute("data-seq", str(last), timeout=20_000)
         expect(page.locator(f'#shelves .slot[data-slot="{slot}"]')).to_have_attribute("data-colours", colour)
 
@@ -190,3 +208,27 @@ def test_operator_sees_the_lit_slot_live_and_replays_the_morning(tmp_path: Path,
         expect(page.locator("#map-panel")).to_have_attribute("data-mode", "live")
         expect(cell).to_have_attribute("data-colours", colour)
         shot(page, "operator-3-back-live")
+
+        page.fill("#f-type", "parcel.*")                          # the log, filtered
+        page.click("#filters button[type=submit]")
+        expect(page.locator("#events tr")).to_have_count(2)
+        with page.expect_download() as dl:                       # export carries the token
+            page.click("#export-jsonl")
+        lines = Path(dl.value.path()).read_text().splitlines()
+        assert len(lines) == 2 and all('"parcel.' in line for line in lines)
+
+        entry = ls.config.doors.entry                            # a door dies while a customer waits
+        next(d for d in ls.devices if d.device_id == entry).stop()
+        expect(page.locator(f'#devices [data-device="{entry}"]')).to_have_attribute("data-online", "false")
+        res = httpx.post(ls.base_url + "/api/kiosk/code", json={"code": code},
+                         headers={"Authorization": "Bearer " + ls.token("kiosk", "kiosk-1")})
+        assert res.status_code == 503
+        alarms = page.locator("#alarms .alarm")
+        expect(alarms.locator('xpath=self::*[@data-kind="door.offline"]')).to_have_count(1)
+        expect(alarms.locator('xpath=self::*[@data-kind="device.offline"]')).to_have_count(1)
+        shot(page, "operator-4-alarms")
+        for left in (1, 0):                                      # acknowledged one by one
+            alarms.first.locator("button").click()
+            expect(alarms).to_have_count(left)
+        page.goto("about:blank")                                 # end the event stream before the station stops
+        time.sleep(0.5)

@@ -103,7 +103,7 @@
   function renderAlarms(view, replaying) {
     const alarms = view.alarms || [];
     if (!alarms.length) { $("#alarms").replaceChildren(el("span", { class: "muted" }, "无 none")); return; }
-    $("#alarms").replaceChildren(...alarms.map(a => el("div", { class: "alarm", dataset: { alarm: a.id } },
+    $("#alarms").replaceChildren(...alarms.map(a => el("div", { class: "alarm", dataset: { alarm: a.id, kind: a.kind } },
       el("div", {}, el("strong", {}, a.kind), " ", a.subject, el("br"), a.message,
          el("div", { class: "muted" }, PS.fmtTime(a.raised_at))),
       replaying ? null : el("button", { onclick: () => ackAlarm(a.id) }, "确认 Ack"))));
@@ -291,6 +291,7 @@
     document.body.classList.remove("replaying");
     $("#rp-info").textContent = "";
     $("#rp-seq").value = "";
+    $("#rp-at").value = "";
     markCurrent();
     setLastSeq(st.lastSeq);
     if (st.live) renderRoom(st.live, false);
@@ -361,8 +362,14 @@
       clearTimeout(st.sliderTimer);
       st.sliderTimer = setTimeout(() => replayTo(e.target.value), 150);
     });
-    $("#rp-seq").addEventListener("change", e => { stopPlay(); replayTo(e.target.value); });
-    $("#rp-seq").addEventListener("keydown", e => { if (e.key === "Enter") { e.preventDefault(); stopPlay(); replayTo(e.target.value); } });
+    // A typed seq: jump there (a blur that changes nothing must not stop a replay that plays).
+    const typedSeq = e => {
+      if (Number(e.target.value) === st.replaySeq) return;
+      stopPlay();
+      replayTo(e.target.value);
+    };
+    $("#rp-seq").addEventListener("change", typedSeq);
+    $("#rp-seq").addEventListener("keydown", e => { if (e.key === "Enter") { e.preventDefault(); typedSeq(e); } });
     const state = await refreshState();
     if (!state) return;
     await loadEvents();
