@@ -286,6 +286,8 @@ def load_secrets(path: Path | str | None = None, env: dict[str, str] | None = No
             raise ConfigError(f"{path}: no such secrets file") from None
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+        except OSError as exc:  # a directory, no permission, an I/O error
+            raise ConfigError(f"{path}: cannot read the secrets file: {exc.strerror or exc}") from None
     for name in (*SECRET_NAMES, "mqtt_password"):
         if f"{ENV_PREFIX}{name.upper()}" in env:
             values[name] = env[f"{ENV_PREFIX}{name.upper()}"]
