@@ -6,8 +6,9 @@ violation shows up there), and a test fails if any appeared."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 

@@ -6,16 +6,16 @@ from __future__ import annotations
 
 import re
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import httpx
-import pytest
 
 from tests.support.stack import LiveStation, wait_until
 
 from .conftest import shot
-
 
 PHONE = "13812341234"
 WAYBILL = "SF1234567890123"
@@ -195,6 +195,16 @@ def test_operator_sees_the_lit_slot_live_and_replays_the_morning(tmp_path: Path,
         expect(page.locator(f'#shelves .slot[data-slot="{slot}"]')).to_have_attribute("data-colours", "")
         page.click("#rp-back")
         expect(page.locator("#rp-info")).to_have_attribute("data-seq", str(shelved - 1))
+
+        page.locator("#rp-slider").fill(str(scanned - 1))        # the slider
+        expect(page.locator("#rp-info")).to_have_attribute("data-seq", str(scanned - 1))
+        log = httpx.get(ls.base_url + "/api/operator/events", params={"limit": 500}, headers=auth).json()["events"]
+        ts = next(e["ts"] for e in log if e["seq"] == scanned)
+        want = max(e["seq"] for e in log if e["ts"][:19] <= ts[:19])    # everything up to the end of that second
+        local = datetime.fromisoformat(ts[:19] + "+00:00").astimezone(ZoneInfo("Asia/Shanghai"))
+        page.fill("#rp-at", local.strftime("%Y-%m-%dT%H:%M:%S"))    # a time instead of a seq
+        page.click("#rp-at-go")
+        expect(page.locator("#rp-info")).to_have_attribute("data-seq", str(want))
 
         last = ls.core.ctx.store.last_seq
         page.fill("#rp-seq", str(last - 3))

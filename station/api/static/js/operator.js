@@ -31,7 +31,9 @@
     if (!value) return "";
     const d = new Date(value);
     if (isNaN(d)) return "";
-    return d.toISOString().replace(/\.(\d{3})Z$/, (_, ms) => "." + ms + (endOfSecond ? "999" : "000") + "Z");
+    // The log's times have microseconds; "until 10:00:05" means up to 10:00:05.999999.
+    return d.toISOString().replace(/\.(\d{3})Z$/, (_, ms) =>
+      "." + (endOfSecond && ms === "000" ? "999999" : ms + (endOfSecond ? "999" : "000")) + "Z");
   }
 
   function localFromIso(iso) {
