@@ -377,8 +377,7 @@ class DeviceLink:
         with self._lock:
             dev.desired = {rc: (light, now + light.ttl_s) for rc, light in lights.items()}
             handle = self._submit(dev, "lights.set", self._replace_args(dev))
-        self._flush()
-        return handle
+        return handle  # no _flush: callers hold ctx.lock (tests/sim/test_station_deadlock.py)
 
     def unlock(self, door: str, pulse_s: float | None = None) -> CommandHandle:
         """Release the bolt for a pulse. The ack is not "door opened": watch for door.opened."""
