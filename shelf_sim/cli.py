@@ -1,0 +1,108 @@
+"""`shelf-sim run`: a scenario against a virtual station, with a KPI report.
+
+    shelf-sim run --config examples/station.toml --scenario examples/day.toml --speed 60 \
+        --seed 7 --report var/sim
+
+Without --station-url everything runs in this process (--embedded): Mosquitto, the station,
+the firmware of every shelf and door on simulated hardware, and the people. The exit status
+is 1 when an invariant breaks (wrong slot lit, parcel lost, door opened for nobody...)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+from .kpi import summary_lines, write_report
+from .scenario import Plan, load_scenario
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="shelf-sim", description="parcel station simulator")
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run a scenario and report KPIs")
+    run.add_argument("--config", default="examples/station.toml", help="station TOML")
+    run.add_argument("--scenario", default="examples/day.toml", help="scenario TOML")
+    run.add_argument("--speed", type=float, help="time compression (overrides the scenario)")
+    run.add_argument("--seed", type=int, help="random seed (overrides the scenario)")
+    run.add_argument("--report", type=Path, help="directory for report.json and kpi.png")
+    run.add_argument("--workdir", type=Path, help="embedded mode: keep the database etc. here")
+    run.add_argument("--embedded", action="store_true",
+                     help="own broker, station and devices in this process (the default)")
+    run.add_argument("--station-url", help="drive an existing station instead (see docs/simulator.md)")
+    run.add_argument("--broker", help="with --station-url: mqtt://host:port for the virtual devices")
+    run.add_argument("--secrets", help="with --station-url: the station's secrets TOML (device keys)")
+    run.add_argument("--kiosk-token")
+    run.add_argument("--operator-token")
+    run.add_argument("--sms-port", type=int, default=0,
+                     help="with --station-url: port of our SMS inbox; point the station's webhook here")
+    run.add_argument("--no-frames", action="store_true", help="exit by waybill text only")
+    run.add_argument("--quiet", action="store_true", help="no progress bar")
+    run.add_argument("--json", action="store_true", help="print the report JSON to stdout")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `shelf-sim` console script; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    from station.config import load_config
+
+    scenario = load_scenario(args.scenario, speed=args.speed, seed=args.seed)
+    config = load_config(args.config)
+    if args.station_url:
+        from .remote import run_remote
+
+        report = _with_progress(args.quiet, lambda progress, on_plan: run_remote(
+            config, scenario, args, progress=progress, on_plan=on_plan))
+    else:
+        from .runner import run_embedded
+
+        report = _with_progress(args.quiet, lambda progress, on_plan: run_embedded(
+            config, scenario, workdir=args.workdir, frames=not args.no_frames, progress=progress,
+            on_plan=on_plan))
+    if args.report:
+        for path in write_report(report, args.report):
+            print(f"wrote {path}", file=sys.stderr)
+    if args.json:
+        print(json.dumps(report, indent=2, sort_keys=True))
+    else:
+        from rich.console import Console
+
+        console = Console()
+        console.print(f"[bold]shelf-sim[/] {scenario.name}  seed {scenario.seed}  speed {scenario.speed}")
+        for line in summary_lines(report):
+            style = "red" if line.startswith("FAIL") else "green" if line.startswith("OK") else ""
+            console.print(f"[{style}]{line}[/]" if style else line, highlight=False)
+    return 0 if report["ok"] else 1
+
+
+def _with_progress(quiet: bool, run: Any) -> dict[str, Any]:
+    """Run with a rich progress bar of parcels shelved and customers served."""
+    if quiet:
+        return run(None, None)  # type: ignore[no-any-return]
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    lock = threading.Lock()
+    with Progress(TextColumn("{task.description:<10}"), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), transient=False) as bar:
+        tasks: dict[str, Any] = {}
+
+        def on_plan(plan: Plan) -> None:
+            tasks["parcel"] = bar.add_task("parcels", total=len(plan.parcels))
+            tasks["customer"] = bar.add_task("customers", total=len(plan.customers))
+
+        def progress(what: str, n: int) -> None:
+            with lock:
+                if what in tasks:
+                    bar.advance(tasks[what], n)
+
+        return run(progress, on_plan)  # type: ignore[no-any-return]
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,167 @@
+"""KPIs: counters and latency samples collected while a run goes, and the report built from
+them (JSON, a terminal summary, a PNG chart).
+
+The report has two halves: `outcome` holds only what the seed decides (counts of things
+done, invariants), so two runs with one seed can be compared for equality; `timing` holds
+latencies, rates and injected network faults, which depend on the machine and thread
+interleaving."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+INVARIANTS = ("wrong_slots_lit", "parcels_lost", "doors_opened_without_waiting_parcel",
+              "foreign_parcels_let_out", "strangers_let_in")
+
+
+@dataclass
+class Metrics:
+    """Thread-safe counters and samples; every actor writes here."""
+
+    counts: Counter[str] = field(default_factory=Counter)
+    net: Counter[str] = field(default_factory=Counter)
+    samples: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
+    examples: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
+    courier_busy_s: float = 0.0
+    net_lock: threading.Lock = field(default_factory=threading.Lock)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def inc(self, name: str, n: int = 1, example: str | None = None) -> None:
+        with self._lock:
+            self.counts[name] += n
+            if example is not None and len(self.examples[name]) < 10:
+                self.examples[name].append(example)
+
+    def sample(self, name: str, seconds: float) -> None:
+        with self._lock:
+            self.samples[name].append(seconds)
+
+    def add_courier_time(self, seconds: float) -> None:
+        with self._lock:
+            self.courier_busy_s += seconds
+
+
+def percentiles(values: list[float]) -> dict[str, float | int]:
+    """p50/p95/p99/max in milliseconds (nearest rank), and the sample count."""
+    if not values:
+        return {"n": 0}
+    v = sorted(values)
+
+    def rank(p: float) -> float:
+        return round(v[min(len(v) - 1, max(0, int(round(p / 100 * len(v))) - 1))] * 1000, 2)
+
+    return {"n": len(v), "p50_ms": rank(50), "p95_ms": rank(95), "p99_ms": rank(99),
+            "max_ms": round(v[-1] * 1000, 2)}
+
+
+def build_report(m: Metrics, plan_summary: dict[str, Any], meta: dict[str, Any],
+                 wall_s: float, speed: float) -> dict[str, Any]:
+    c = m.counts
+    invariants = {k: int(c.get(k, 0)) for k in INVARIANTS}
+    outcome_keys = sorted(k for k in c if k not in INVARIANTS)
+    courier_hours = m.courier_busy_s * speed / 3600.0
+    shelved = c.get("parcels_shelved", 0)
+    overhead = [a + b for a, b in zip(m.samples.get("scan_to_lit", []), m.samples.get("put_to_shelved", []))]
+    report = {
+        "scenario": meta,
+        "plan": plan_summary,
+        "outcome": {k: int(c[k]) for k in outcome_keys},
+        "invariants": invariants,
+        "ok": all(v == 0 for v in invariants.values()),
+        "timing": {
+            "wall_s": round(wall_s, 2),
+            "simulated_h": round(wall_s * speed / 3600.0, 3),
+            "parcels_shelved_per_courier_hour": round(shelved / courier_hours, 1) if courier_hours else None,
+            "station_overhead_per_parcel": percentiles(overhead),
+            "latency": {k: percentiles(v) for k, v in sorted(m.samples.items())},
+            "network_faults_injected": dict(sorted(m.net.items())),
+        },
+        "examples": {k: v for k, v in sorted(m.examples.items())},
+    }
+    return report
+
+
+def deterministic_view(report: dict[str, Any]) -> dict[str, Any]:
+    """The part of a report one seed decides: compare two runs with this."""
+    return {k: report[k] for k in ("plan", "outcome", "invariants", "ok")}
+
+
+def write_report(report: dict[str, Any], directory: Path) -> list[Path]:
+    """report.json and kpi.png in `directory`; returns the paths written."""
+    directory.mkdir(parents=True, exist_ok=True)
+    out = directory / "report.json"
+    out.write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
+    paths = [out]
+    chart = write_chart(report, directory / "kpi.png")
+    if chart is not None:
+        paths.append(chart)
+    return paths
+
+
+def write_chart(report: dict[str, Any], path: Path) -> Path | None:
+    """Latency percentiles per operation and the outcome counts, side by side."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    lat = {k: v for k, v in report["timing"]["latency"].items() if v.get("n")}
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 5))
+    names = list(lat)
+    for i, p in enumerate(("p50_ms", "p95_ms", "p99_ms")):
+        ax1.barh([j + i * 0.27 for j in range(len(names))], [lat[n][p] for n in names], height=0.27, label=p)
+    ax1.set_yticks([j + 0.27 for j in range(len(names))], names)
+    ax1.set_xlabel("milliseconds (wall clock)")
+    ax1.set_title("latency percentiles")
+    ax1.legend()
+    keys = ["parcels_shelved", "pickups_completed", "wrong_parcels_caught_at_exit",
+            "customer_wrong_slot_takes", "courier_wrong_slot_puts", "walk_offs", "strangers_refused"]
+    inv = report["invariants"]
+    labels = keys + list(inv)
+    values = [report["outcome"].get(k, 0) for k in keys] + [inv[k] for k in inv]
+    colours = ["#4C72B0"] * len(keys) + ["#C44E52" if inv[k] else "#55A868" for k in inv]
+    ax2.barh(labels, values, color=colours)
+    ax2.set_title(f"outcome ({'OK' if report['ok'] else 'INVARIANT BROKEN'}); invariants green = 0")
+    for y, v in enumerate(values):
+        ax2.text(v, y, f" {v}", va="center", fontsize=8)
+    fig.suptitle(f"shelf-sim {report['scenario'].get('name')} seed {report['scenario'].get('seed')}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+def summary_lines(report: dict[str, Any]) -> list[str]:
+    """A short human summary for the terminal."""
+    o, t, inv = report["outcome"], report["timing"], report["invariants"]
+    lat = t["latency"]
+
+    def pct(name: str) -> str:
+        x = lat.get(name) or {}
+        return (f"p50 {x['p50_ms']} / p95 {x['p95_ms']} / p99 {x['p99_ms']} ms (n={x['n']})"
+                if x.get("n") else "no samples")
+
+    ov = t["station_overhead_per_parcel"]
+    lines = [
+        f"parcels shelved           {o.get('parcels_shelved', 0)} of {report['plan']['parcels']}"
+        f"   ({t['parcels_shelved_per_courier_hour']} per courier-hour)",
+        f"pickups completed         {o.get('pickups_completed', 0)} of {report['plan']['customers']} customers",
+        f"station overhead/parcel   " + (f"p50 {ov['p50_ms']} / p99 {ov['p99_ms']} ms" if ov.get("n") else "-"),
+        f"entry (code->door+lights) {pct('entry')}",
+        f"exit check                {pct('exit')}",
+        f"wrong parcels caught      {o.get('wrong_parcels_caught_at_exit', 0)}",
+        f"mistakes made             courier wrong slot {o.get('courier_wrong_slot_puts', 0)}, customer wrong"
+        f" slot {o.get('customer_wrong_slot_takes', 0)}, walk-offs {o.get('walk_offs', 0)}",
+        f"faults                    net {dict(t['network_faults_injected'])}; reboots {o.get('reboots', 0)},"
+        f" broker restarts {o.get('broker_restarts', 0)}, stuck sensors {o.get('stuck_sensors', 0)},"
+        f" dead LEDs {o.get('dead_leds', 0)}",
+    ]
+    for k, v in inv.items():
+        lines.append(f"{'OK  ' if v == 0 else 'FAIL'} {k:<38} {v}")
+    lines.append(f"wall {t['wall_s']} s = {t['simulated_h']} simulated hours")
+    return lines

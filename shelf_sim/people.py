@@ -1,0 +1,434 @@
+"""Virtual people. They use the station only as people do: the HTTP API (handheld, kiosk,
+exit camera), the SMS messages they receive, and the physical room (LEDs they look at,
+parcels they put down or pick up, which the placement sensors notice).
+
+Every choice was drawn in the plan (scenario.py); here they only act it out, at a human pace
+divided by the run's speed."""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import httpx
+
+from .kpi import Metrics
+from .scenario import CourierPlan, CustomerPlan, ParcelPlan, StrangerPlan
+from .world import Room, SimShelfHal, SmsInbox
+
+SIZE_ORDER = ("S", "M", "L", "XL")
+
+
+@dataclass(frozen=True)
+class SlotInfo:
+    address: str
+    device: str
+    row: int
+    col: int
+    size: str
+    capacity: int
+    outbound: bool
+
+
+@dataclass
+class Env:
+    """What the people can reach: the station's API, the room, their phones."""
+
+    base_url: str
+    kiosk_token: str
+    operator_token: str
+    stranger_kiosk_token: str
+    room: Room
+    sms: SmsInbox
+    hals: dict[str, Any]                       # shelf device -> its HAL (what people touch)
+    slots: dict[str, SlotInfo]
+    metrics: Metrics
+    speed: float
+    stop: threading.Event
+    render_waybills: Callable[[list[str]], bytes] | None = None
+    dead_leds: set[str] = field(default_factory=set)
+    courier_pin: str = "4826"
+    confirm_timeout_s: float = 8.0             # wall seconds a courier waits for "shelved"
+    retry_for_s: float = 30.0                  # wall seconds a person retries a refused door
+
+    def pause(self, sim_seconds: float) -> None:
+        """A human-paced wait, compressed by the run's speed; returns early on stop."""
+        self.stop.wait(max(0.0, sim_seconds) / self.speed)
+
+    def client(self) -> httpx.Client:
+        return httpx.Client(base_url=self.base_url, timeout=30.0)
+
+    def hal_of(self, slot: str) -> tuple[Any, int, int]:
+        s = self.slots[slot]
+        return self.hals[s.device], s.row, s.col
+
+    def lit(self) -> dict[str, tuple[str, ...]]:
+        """Every slot lit right now, as a person in the room sees it."""
+        out: dict[str, tuple[str, ...]] = {}
+        by_device = {(s.device, s.row, s.col): a for a, s in self.slots.items()}
+        for device, hal in self.hals.items():
+            for (row, col), led in hal.lit().items():
+                addr = by_device.get((device, row, col))
+                if addr is not None:
+                    out[addr] = tuple(led.colours)
+        return out
+
+    def put(self, waybill: str, slot: str) -> None:
+        hal, row, col = self.hal_of(slot)
+        self.room.place(waybill, slot)
+        hal.sensor(row, col).put()
+
+    def take(self, waybill: str, holder: str) -> str | None:
+        slot = self.room.remove(waybill, holder)
+        if slot is not None:
+            hal, row, col = self.hal_of(slot)
+            hal.sensor(row, col).take()
+        return slot
+
+
+def _err(res: httpx.Response) -> str:
+    try:
+        return str(res.json().get("error", res.status_code))
+    except ValueError:
+        return str(res.status_code)
+
+
+def fits(slot: SlotInfo, size: str) -> bool:
+    return SIZE_ORDER.index(slot.size) >= SIZE_ORDER.index(size)
+
+
+class Courier:
+    """Logs in on the handheld, opens a shelving session, and for each parcel: scan, look at
+    the lit slot (guided) or pick a slot that fits (free), put it down, wait for "shelved"."""
+
+    def __init__(self, env: Env, plan: CourierPlan, parcels: list[ParcelPlan],
+                 on_shelved: Callable[[ParcelPlan, bool], None]) -> None:
+        self.env, self.plan, self.parcels, self.on_shelved = env, plan, parcels, on_shelved
+
+    def run(self) -> None:
+        env, m = self.env, self.env.metrics
+        start = time.monotonic()
+        with env.client() as http:
+            try:
+                self._shift(http)
+            finally:
+                m.add_courier_time(time.monotonic() - start)
+
+    def _shift(self, http: httpx.Client) -> None:
+        env, m = self.env, self.env.metrics
+        if not self._enter(http):
+            for p in self.parcels:
+                self.on_shelved(p, False)
+            return
+        res = http.post("/api/courier/login", json={"courier_id": self.plan.courier_id, "pin": env.courier_pin})
+        if res.status_code != 200:
+            m.inc(f"courier_login_failed:{_err(res)}")
+            for p in self.parcels:
+                self.on_shelved(p, False)
+            return
+        self.auth = {"Authorization": "Bearer " + res.json()["token"]}
+        res = http.post("/api/courier/sessions", json={"mode": self.plan.mode}, headers=self.auth)
+        res.raise_for_status()
+        self.session = res.json()
+        for p in self.parcels:
+            if env.stop.is_set():
+                self.on_shelved(p, False)
+                continue
+            ok = self._shelve(http, p)
+            self.on_shelved(p, ok)
+        http.post(f"/api/courier/sessions/{self.session['session_id']}/close", headers=self.auth)
+
+    def _enter(self, http: httpx.Client) -> bool:
+        """In at the entry door by PIN (the face camera is not simulated)."""
+        env, m = self.env, self.env.metrics
+        deadline = time.monotonic() + env.retry_for_s
+        while not env.stop.is_set():
+            m.inc("legit_entry_calls")
+            res = http.post("/api/kiosk/courier/pin", json={"courier_id": self.plan.courier_id,
+                                                            "pin": env.courier_pin},
+                            headers={"Authorization": "Bearer " + env.kiosk_token})
+            if res.status_code == 200:
+                m.inc("courier_entries")
+                return True
+            if time.monotonic() > deadline or res.status_code < 500:
+                m.inc(f"courier_entry_failed:{_err(res)}")
+                return False
+            env.stop.wait(0.2)
+        return False
+
+    def _scan(self, http: httpx.Client, p: ParcelPlan) -> dict[str, Any] | None:
+        env, m = self.env, self.env.metrics
+        sid = self.session["session_id"]
+        deadline = time.monotonic() + max(env.retry_for_s, 120.0)
+        while not env.stop.is_set():
+            t0 = time.monotonic()
+            res = http.post(f"/api/courier/sessions/{sid}/scans",
+                            json={"waybill": p.waybill, "phone": p.phone, "size": p.size}, headers=self.auth)
+            if res.status_code == 200:
+                m.sample("scan_to_lit", time.monotonic() - t0)
+                return res.json()
+            code = _err(res)
+            if code == "station_full" and time.monotonic() < deadline:
+                m.inc("courier_waits_station_full")
+                env.pause(30.0)  # wait for customers to make room
+                continue
+            m.inc(f"scan_refused:{code}", example=p.waybill)
+            return None
+        return None
+
+    def _free_slot(self, p: ParcelPlan, avoid: set[str], u: float) -> str | None:
+        """A slot a person would choose: fits the parcel, has room, is not lit for someone."""
+        env = self.env
+        lit = env.lit()
+        options = [a for a, s in sorted(env.slots.items())
+                   if not s.outbound and fits(s, p.size) and a not in avoid and a not in lit
+                   and env.room.count(a) < s.capacity]
+        if not options:
+            return None
+        return options[min(len(options) - 1, int(u * len(options)))]
+
+    def _shelve(self, http: httpx.Client, p: ParcelPlan) -> bool:
+        env, m = self.env, self.env.metrics
+        env.pause(p.pace_s * 0.5)                      # take the parcel, find the label
+        env.room.add(p.waybill, p.phone, p.size, self.plan.courier_id)
+        scan = self._scan(http, p)
+        if scan is None:
+            return False
+        if scan.get("lights_acked") is False:
+            m.inc("courier_lights_not_acked")
+        tried: set[str] = set()
+        target = scan.get("slot")
+        if target:
+            slot = target
+            if p.wrong_slot:
+                other = self._free_slot(p, {target}, p.slot_u)
+                if other is not None:
+                    slot = other
+                    m.inc("courier_wrong_slot_puts")
+        else:
+            slot = self._free_slot(p, set(), p.slot_u)
+        env.pause(p.pace_s * 0.5)                      # walk to the slot, put it down
+        for attempt in range(4):
+            if slot is None:
+                break
+            tried.add(slot)
+            t0 = time.monotonic()
+            env.put(p.waybill, slot)
+            item = self._wait_bound(http, scan["pending_id"])
+            if item is not None and item.get("parcel_id"):
+                m.sample("put_to_shelved", time.monotonic() - t0)
+                m.inc("parcels_shelved")
+                if item.get("slot") != slot:
+                    m.inc("parcels_bound_to_other_slot", example=f"{p.waybill} put {slot} bound {item.get('slot')}")
+                return True
+            # not confirmed: take it back out, try another slot (a stuck sensor, a full slot)
+            m.inc("courier_placement_retries", example=f"{p.waybill} at {slot}")
+            env.take(p.waybill, self.plan.courier_id)
+            if item is not None and item.get("state") == "failed":
+                break
+            slot = self._free_slot(p, tried, (p.slot_u + 0.37 * (attempt + 1)) % 1.0)
+        m.inc("parcels_not_shelved", example=p.waybill)
+        return False
+
+    def _wait_bound(self, http: httpx.Client, pending_id: str) -> dict[str, Any] | None:
+        env = self.env
+        deadline = time.monotonic() + env.confirm_timeout_s
+        sid = self.session["session_id"]
+        item: dict[str, Any] | None = None
+        interval = 0.005
+        while time.monotonic() < deadline and not env.stop.is_set():
+            res = http.get(f"/api/courier/sessions/{sid}", headers=self.auth)
+            if res.status_code == 200:
+                item = next((i for i in res.json()["items"] if i["id"] == pending_id), None)
+                if item is not None and (item.get("parcel_id") or item.get("state") == "failed"):
+                    return item
+            time.sleep(interval)
+            interval = min(0.1, interval * 1.5)
+        return item
+
+
+class Customer:
+    """Comes in by code, QR or phone + one-time code, walks to the slots lit in their colour,
+    takes their parcels and shows them at the exit."""
+
+    def __init__(self, env: Env, plan: CustomerPlan, waybills: list[str], visit: int,
+                 requeue: Callable[[CustomerPlan, int], None]) -> None:
+        self.env, self.plan, self.waybills, self.visit, self.requeue = env, plan, waybills, visit, requeue
+        self.kiosk = {"Authorization": "Bearer " + env.kiosk_token}
+
+    def run(self) -> None:
+        with self.env.client() as http:
+            self._visit(http)
+
+    def _has_waiting(self) -> bool:
+        shelves = self.env.room.on_shelves()
+        return any(w in shelves for w in self.waybills)
+
+    def _enter(self, http: httpx.Client) -> dict[str, Any] | None:
+        env, m, plan = self.env, self.env.metrics, self.plan
+        codes = env.sms.wait_for(plan.phone, "pickup_code", len(self.waybills), env.retry_for_s)
+        if codes is None:
+            codes = env.sms.messages_for(plan.phone, "pickup_code")
+            m.inc("customer_codes_missing", example=plan.phone[-4:])
+            if not codes:
+                return None
+        deadline = time.monotonic() + env.retry_for_s
+        while not env.stop.is_set():
+            t0 = time.monotonic()
+            has_parcel = self._has_waiting()
+            m.inc("legit_entry_calls" if has_parcel else "entry_calls_without_parcel")
+            if plan.method == "otp":
+                sent = len(env.sms.messages_for(plan.phone, "otp"))
+                r = http.post("/api/kiosk/otp/request", json={"phone": plan.phone}, headers=self.kiosk)
+                otps = env.sms.wait_for(plan.phone, "otp", sent + 1, 10.0) if r.status_code == 200 else None
+                if otps is None:  # daily limit or lockout: fall back to the code, as a person would
+                    m.inc("otp_fallback_to_code")
+                    res = http.post("/api/kiosk/code", json={"code": codes[-1]["code"]}, headers=self.kiosk)
+                else:
+                    t0 = time.monotonic()
+                    res = http.post("/api/kiosk/otp/verify", json={"phone": plan.phone, "otp": otps[-1]["code"]},
+                                    headers=self.kiosk)
+            elif plan.method == "qr":
+                res = http.post("/api/kiosk/qr", json={"payload": codes[-1]["qr"]}, headers=self.kiosk)
+            else:
+                res = http.post("/api/kiosk/code", json={"code": codes[-1]["code"]}, headers=self.kiosk)
+            if res.status_code == 200:
+                m.sample("entry", time.monotonic() - t0)
+                if not has_parcel:
+                    m.inc("doors_opened_without_waiting_parcel", example=plan.phone[-4:])
+                return res.json()
+            code = _err(res)
+            if res.status_code < 500 and code != "locked_out" or time.monotonic() > deadline:
+                m.inc(f"entry_refused:{code}", example=plan.phone[-4:])
+                return None
+            m.inc(f"entry_retry:{code}")
+            env.stop.wait(0.25)
+        return None
+
+    def _check_lights(self, entry: dict[str, Any]) -> None:
+        """Wait until our listed slots light in our colour, then count every slot lit in our
+        colour that holds none of our parcels (wrong slot lit)."""
+        env, m = self.env, self.env.metrics
+        colour = entry["colour"]
+        listed = list(entry["slots"])
+        want = [s for s in listed if s not in env.dead_leds]
+        deadline = time.monotonic() + 5.0
+        while time.monotonic() < deadline:
+            lit = env.lit()
+            if all(colour in lit.get(s, ()) for s in want):
+                break
+            time.sleep(0.01)
+        else:
+            m.inc("customer_lights_late")
+        mine = set(self.waybills)
+        for slot, colours in env.lit().items():
+            if colour in colours and not mine & set(env.room.in_slot(slot)):
+                m.inc("wrong_slots_lit", example=f"{slot} lit {colour} for ...{self.plan.phone[-4:]}")
+        for slot in listed:
+            if not mine & set(env.room.in_slot(slot)):
+                m.inc("wrong_slots_listed", example=f"{slot} for ...{self.plan.phone[-4:]}")
+        if any(s in env.dead_leds for s in listed):
+            m.inc("customer_used_slot_list_for_dead_led")
+
+    def _exit(self, http: httpx.Client, shown: list[str], by_frame: bool) -> dict[str, Any] | None:
+        env, m = self.env, self.env.metrics
+        deadline = time.monotonic() + env.retry_for_s
+        while not env.stop.is_set():
+            t0 = time.monotonic()
+            if by_frame and env.render_waybills is not None:
+                res = http.post("/api/exit/frame", content=env.render_waybills(shown),
+                                headers={**self.kiosk, "content-type": "image/png"})
+            else:
+                res = http.post("/api/exit/waybills", json={"waybills": shown}, headers=self.kiosk)
+            if res.status_code == 200:
+                m.sample("exit_frame" if by_frame and env.render_waybills else "exit", time.monotonic() - t0)
+                return res.json()
+            if res.status_code < 500 or time.monotonic() > deadline:
+                m.inc(f"exit_error:{_err(res)}")
+                return None
+            env.stop.wait(0.25)
+        return None
+
+    def _visit(self, http: httpx.Client) -> None:
+        env, m, plan = self.env, self.env.metrics, self.plan
+        entry = self._enter(http)
+        if entry is None:
+            m.inc("customers_not_admitted", example=plan.phone[-4:])
+            return
+        m.inc("customer_entries")
+        env.pause(plan.walk_s)
+        self._check_lights(entry)
+        if plan.walk_off and self.visit == 0:
+            m.inc("walk_offs")
+            self.requeue(plan, 1)  # they come back later and finish
+            return
+        me = plan.phone
+        mine = set(self.waybills)
+        if plan.wrong_slot_take:
+            others = [s for s in sorted(env.slots) if env.room.in_slot(s) and not mine & set(env.room.in_slot(s))]
+            if others:
+                slot = others[int(plan.walk_s * 1000) % len(others)]
+                hal, row, col = env.hal_of(slot)
+                hal.sensor(row, col).take()      # lifts it, reads the label, puts it back
+                env.pause(2.0)
+                hal.sensor(row, col).put()
+                m.inc("customer_wrong_slot_takes")
+        taken: list[str] = []
+        for slot in entry["slots"]:
+            for w in env.room.in_slot(slot):
+                if w in mine:
+                    env.take(w, me)
+                    taken.append(w)
+            env.pause(1.0)
+        missed = [w for w in self.waybills if w in env.room.on_shelves()]
+        if missed:
+            m.inc("own_parcels_not_shown", len(missed), example=f"{missed[0]} for ...{me[-4:]}")
+        if not taken:
+            m.inc("customers_found_nothing", example=me[-4:])
+            return
+        if plan.foreign_parcel:
+            shelves = env.room.on_shelves()
+            foreign = sorted(w for w, s in shelves.items() if w not in mine)
+            if foreign:
+                w = foreign[len(taken) * 7 % len(foreign)]
+                origin = env.take(w, me)
+                res = self._exit(http, taken + [w], plan.exit_frame)
+                if res is not None and res.get("allowed"):
+                    m.inc("foreign_parcels_let_out", example=w)
+                else:
+                    m.inc("wrong_parcels_caught_at_exit")
+                if origin is not None:
+                    env.put(w, origin)           # told to put it back
+        res = self._exit(http, taken, plan.exit_frame)
+        if res is None or not res.get("allowed"):
+            m.inc("exit_refused_own_parcels", example=f"...{me[-4:]} {res and res.get('problems')}")
+            return
+        if plan.exit_frame and set(res.get("read", taken)) != set(taken):
+            m.inc("exit_frame_misread")
+        m.inc("parcels_picked_up", len(taken))
+        if not missed:
+            m.inc("pickups_completed")
+
+
+class Stranger:
+    """Someone with no parcel: a made-up code, or a phone nothing waits for. Must stay out."""
+
+    def __init__(self, env: Env, plan: StrangerPlan) -> None:
+        self.env, self.plan = env, plan
+
+    def run(self) -> None:
+        env, m, plan = self.env, self.env.metrics, self.plan
+        kiosk = {"Authorization": "Bearer " + env.stranger_kiosk_token}
+        with env.client() as http:
+            if plan.method == "code":
+                res = http.post("/api/kiosk/code", json={"code": plan.text}, headers=kiosk)
+            else:
+                http.post("/api/kiosk/otp/request", json={"phone": plan.text}, headers=kiosk)
+                res = http.post("/api/kiosk/otp/verify", json={"phone": plan.text, "otp": "000000"},
+                                headers=kiosk)
+        if res.status_code == 200:
+            m.inc("strangers_let_in", example=plan.text)
+        else:
+            m.inc("strangers_refused")

@@ -1,0 +1,436 @@
+"""A whole simulated run: the room (broker, firmware on simulated hardware, optionally the
+station itself), the people, the faults, and the report.
+
+`EmbeddedStation` puts everything in this process so a scenario runs anywhere; `Simulation`
+only needs a base URL, tokens, the shelf HALs and the SMS inbox, so it drives an existing
+station as well (the demo hands it its own devices)."""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import httpx
+
+from .faults import FaultyNet
+from .images import WaybillRenderer
+from .kpi import Metrics, build_report
+from .people import Courier, Customer, Env, SlotInfo, Stranger
+from .scenario import CustomerPlan, FaultPlan, ParcelPlan, Plan, Scenario, build_plan
+from .world import Room, SimDoorHal, SimShelfHal, SmsInbox
+
+log = logging.getLogger("shelf_sim")
+
+
+def slot_table(config: Any) -> dict[str, SlotInfo]:
+    """Every slot of the station config by printed address (shelf-row-column)."""
+    out = {}
+    for shelf in config.shelves:
+        for row in range(1, shelf.rows + 1):
+            for col in range(1, shelf.columns + 1):
+                addr = f"{shelf.number}-{row}-{col:02d}"
+                out[addr] = SlotInfo(addr, shelf.device, row, col, shelf.row_sizes[row - 1],
+                                     shelf.capacity, bool(getattr(shelf, "outbound", False)))
+    return out
+
+
+@dataclass
+class Devices:
+    """The virtual devices: the real firmware classes over simulated HALs, each with its own
+    faulty network. Reboots replace a controller by a fresh one on the same HAL and NV file."""
+
+    config: Any
+    secrets: Any
+    broker_url: str
+    nv_dir: Path
+    nets: dict[str, FaultyNet]
+    shelf_hals: dict[str, SimShelfHal] = field(default_factory=dict)
+    door_hals: dict[str, SimDoorHal] = field(default_factory=dict)
+    controllers: dict[str, Any] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def _make(self, device: str) -> Any:
+        from firmware_stubs.door import DoorController
+        from firmware_stubs.shelf import ShelfController
+
+        sid = self.config.station.id
+        key = self.secrets.device_key(sid, device)
+        nv = str(self.nv_dir / f"{device}.json")
+        shelf = self.config.shelf_devices.get(device)
+        if shelf is not None:
+            hal = self.shelf_hals.setdefault(device, SimShelfHal(shelf.rows, shelf.columns))
+            return ShelfController(sid, device, shelf.rows, shelf.columns, key, self.broker_url, hal=hal,
+                                   nv_path=nv, trust_host_clock=True, net=self.nets.get(device))
+        door_hal = self.door_hals.setdefault(device, SimDoorHal())
+        return DoorController(sid, device, key, self.broker_url, hal=door_hal, nv_path=nv,
+                              pulse_s=self.config.doors.unlock_pulse_s, trust_host_clock=True,
+                              net=self.nets.get(device))
+
+    def start(self) -> "Devices":
+        for device in self.config.device_ids:
+            self.controllers[device] = self._make(device).start()
+        return self
+
+    def reboot(self, device: str, off_s: float = 0.3) -> None:
+        """Power cut and power on: RAM state is lost, the NV store and the HAL survive."""
+        with self._lock:
+            old = self.controllers[device]
+            old.crash()
+            time.sleep(off_s)
+            self.controllers[device] = self._make(device).start()
+
+    def stop(self) -> None:
+        for ctrl in self.controllers.values():
+            try:
+                ctrl.stop()
+            except Exception:
+                log.exception("stopping %s", ctrl.device_id)
+
+
+class EmbeddedStation:
+    """Broker + station + HTTP API + SMS inbox in this process, on a fresh database."""
+
+    def __init__(self, config: Any, workdir: Path, seed: int, scenario: Scenario, metrics: Metrics) -> None:
+        self.base_config = config
+        self.workdir = workdir
+        self.seed = seed
+        self.scenario = scenario
+        self.metrics = metrics
+        self.broker: Any = None
+        self.station: Any = None
+        self.devices: Devices | None = None
+        self.sms: SmsInbox | None = None
+        self._server: Any = None
+        self.base_url = ""
+
+    def start(self) -> "EmbeddedStation":
+        import uvicorn
+
+        from station.api.auth import make_token
+        from station.bootstrap import build_station
+        from station.config import SenderConfig, load_secrets, write_new_secrets
+        from station.mosquitto import MosquittoProcess, free_port
+
+        wd = self.workdir
+        wd.mkdir(parents=True, exist_ok=True)
+        self.broker = MosquittoProcess(workdir=wd / "mosquitto").start()
+        self.sms = SmsInbox()
+        cfg = self.base_config
+        st = cfg.station.model_copy(update={"database": str(wd / "station.db"),
+                                            "snapshots_dir": str(wd / "snapshots"),
+                                            **self.scenario.station})
+        cfg = cfg.model_copy(update={
+            "station": st,
+            "mqtt": cfg.mqtt.model_copy(update={"host": "127.0.0.1", "port": self.broker.port}),
+            "notify": cfg.notify.model_copy(update={
+                "senders": [SenderConfig(kind="webhook", url=self.sms.url)],
+                "retry_initial_s": 0.2, "retry_max_s": 1.0}),
+            "upstream": cfg.upstream.model_copy(update={"enabled": False}),
+        })
+        self.config = cfg
+        secrets_path = wd / "secrets.toml"
+        if not secrets_path.exists():
+            write_new_secrets(secrets_path)
+        self.secrets = load_secrets(secrets_path, env={})
+        nets = {d: FaultyNet(self.seed, d, self.scenario.faults, self.metrics.net, self.metrics.net_lock)
+                for d in cfg.device_ids}
+        self.devices = Devices(cfg, self.secrets, self.broker.url, wd, nets).start()
+        self.station = build_station(cfg, self.secrets).start()
+        if not self.station.link.wait_online(cfg.device_ids, 15):
+            raise RuntimeError("the virtual devices did not come online")
+        port = free_port()
+        server = uvicorn.Server(uvicorn.Config(self.station.app, host="127.0.0.1", port=port,
+                                               log_level="warning", access_log=False))
+        threading.Thread(target=server.run, name="sim-http", daemon=True).start()
+        self._server = server
+        deadline = time.monotonic() + 15
+        while not server.started and time.monotonic() < deadline:
+            time.sleep(0.01)
+        self.base_url = f"http://127.0.0.1:{port}"
+        key = self.secrets.token_key
+        self.kiosk_token = make_token(key, "kiosk", "sim-kiosk", 7 * 86400)
+        self.stranger_kiosk_token = make_token(key, "kiosk", "sim-kiosk-2", 7 * 86400)
+        self.operator_token = make_token(key, "operator", "sim-operator", 7 * 86400)
+        return self
+
+    def restart_broker(self) -> None:
+        self.broker.stop()
+        time.sleep(0.3)
+        self.broker.start()
+
+    def db_parcels(self) -> list[dict[str, Any]]:
+        return [dict(r) for r in self.station.core.ctx.store.query(
+            "SELECT waybill, state, slot FROM parcels")]
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.should_exit = True
+        if self.station is not None:
+            self.station.stop()
+        if self.devices is not None:
+            self.devices.stop()
+        if self.sms is not None:
+            self.sms.stop()
+        if self.broker is not None:
+            self.broker.stop()
+
+
+class Simulation:
+    """Runs a plan against a station reachable over HTTP, with the room in `env`."""
+
+    def __init__(self, scenario: Scenario, plan: Plan, env: Env, *,
+                 devices: Devices | None = None, restart_broker: Callable[[], None] | None = None,
+                 db_parcels: Callable[[], list[dict[str, Any]]] | None = None,
+                 entry_door: SimDoorHal | None = None,
+                 progress: Callable[[str, int], None] | None = None) -> None:
+        self.sc, self.plan, self.env = scenario, plan, env
+        self.devices = devices
+        self.restart_broker = restart_broker
+        self.db_parcels = db_parcels
+        self.entry_door = entry_door
+        self.progress = progress or (lambda what, n: None)
+        self.m = env.metrics
+        self._queue: list[tuple[float, int, CustomerPlan, int]] = []
+        self._qcond = threading.Condition()
+        self._seq = itertools.count()
+        self._pending_customers = len(plan.customers)
+        self._outstanding: dict[str, int] = {}
+        self._shelved_of: dict[str, list[str]] = {}
+        self._by_phone = {c.phone: c for c in plan.customers}
+        for p in plan.parcels:
+            self._outstanding[p.phone] = self._outstanding.get(p.phone, 0) + 1
+
+    # --- scheduling ---------------------------------------------------------------------------
+
+    def _schedule(self, cust: CustomerPlan, visit: int, delay_s: float) -> None:
+        with self._qcond:
+            heapq.heappush(self._queue, (time.monotonic() + delay_s / self.sc.speed, next(self._seq), cust, visit))
+            self._qcond.notify_all()
+
+    def _on_shelved(self, p: ParcelPlan, ok: bool) -> None:
+        """A courier is done with a parcel; once all of a recipient's parcels are done, they
+        get their SMS and come after their arrival delay."""
+        with self._qcond:
+            if ok:
+                self._shelved_of.setdefault(p.phone, []).append(p.waybill)
+            self._outstanding[p.phone] -= 1
+            ready = self._outstanding[p.phone] == 0
+        self.progress("parcel", 1)
+        if ready:
+            cust = self._by_phone[p.phone]
+            if self._shelved_of.get(p.phone):
+                self._schedule(cust, 0, cust.arrival_delay_s)
+            else:
+                self._customer_done()
+
+    def _requeue(self, cust: CustomerPlan, visit: int) -> None:
+        with self._qcond:
+            self._pending_customers += 1
+        self._schedule(cust, visit, cust.arrival_delay_s / 2 + 30.0)
+
+    def _customer_done(self) -> None:
+        with self._qcond:
+            self._pending_customers -= 1
+            self._qcond.notify_all()
+        self.progress("customer", 1)
+
+    def _customer_worker(self) -> None:
+        env = self.env
+        while True:
+            with self._qcond:
+                while True:
+                    if self._pending_customers <= 0 or env.stop.is_set():
+                        return
+                    now = time.monotonic()
+                    if self._queue and self._queue[0][0] <= now:
+                        _, _, cust, visit = heapq.heappop(self._queue)
+                        break
+                    timeout = (self._queue[0][0] - now) if self._queue else 0.5
+                    self._qcond.wait(min(timeout, 0.5))
+            try:
+                Customer(env, cust, self._shelved_of.get(cust.phone, []), visit, self._requeue).run()
+            except Exception as exc:
+                self.m.inc(f"customer_crashed:{type(exc).__name__}", example=str(exc)[:200])
+                log.exception("customer failed")
+            finally:
+                self._customer_done()
+
+    # --- faults --------------------------------------------------------------------------------
+
+    def _faults(self, t0: float) -> None:
+        env, m = self.env, self.m
+        timers: list[threading.Timer] = []
+        for f in self.plan.faults:
+            if env.stop.wait(max(0.0, t0 + f.at_s / self.sc.speed - time.monotonic())):
+                break
+            try:
+                self._fault(f, timers)
+            except Exception as exc:
+                m.inc(f"fault_failed:{f.kind}", example=str(exc)[:200])
+                log.exception("fault %s failed", f)
+        for t in timers:
+            t.join()
+
+    def _fault(self, f: FaultPlan, timers: list[threading.Timer]) -> None:
+        env, m = self.env, self.m
+        if f.kind == "reboot" and self.devices is not None:
+            self.devices.reboot(f.device)
+            m.inc("reboots")
+        elif f.kind == "broker_restart" and self.restart_broker is not None:
+            self.restart_broker()
+            m.inc("broker_restarts")
+        elif f.kind in ("stuck_sensor", "dead_led"):
+            hal = env.hals.get(f.device)
+            if not isinstance(hal, SimShelfHal):
+                return
+            addr = next(a for a, s in env.slots.items() if (s.device, s.row, s.col) == (f.device, f.row, f.col))
+            if f.kind == "dead_led":
+                hal.kill_led(f.row, f.col)
+                env.dead_leds.add(addr)
+                m.inc("dead_leds")
+            else:
+                hal.stick(f.row, f.col)
+                m.inc("stuck_sensors")
+                t = threading.Timer(f.duration_s / self.sc.speed,
+                                    lambda: hal.unstick(f.row, f.col, env.room.count(addr)))
+                t.daemon = True
+                t.start()
+                timers.append(t)
+
+    # --- the run -------------------------------------------------------------------------------
+
+    def run(self) -> dict[str, Any]:
+        env = self.env
+        t0 = time.monotonic()
+        self._ensure_couriers()
+        threads = [threading.Thread(target=self._faults, args=(t0,), name="sim-faults", daemon=True)]
+        for s in self.plan.strangers:
+            threads.append(threading.Thread(target=self._stranger_at, args=(t0, s), daemon=True))
+        workers = [threading.Thread(target=self._customer_worker, name=f"sim-customer-{i}", daemon=True)
+                   for i in range(max(1, self.sc.max_in_room))]
+        couriers = []
+        for cp in self.plan.couriers:
+            mine = [p for p in self.plan.parcels if p.courier == cp.index]
+            couriers.append(threading.Thread(target=self._courier, args=(cp, mine),
+                                             name=f"sim-{cp.courier_id}", daemon=True))
+        for t in threads + workers + couriers:
+            t.start()
+        for t in couriers + workers:
+            t.join()
+        env.stop.set()  # ends the fault schedule early if the people are done first
+        for t in threads:
+            t.join(timeout=10)
+        self._final_checks()
+        return build_report(self.m, self.plan.summary(),
+                            {"name": self.sc.name, "seed": self.sc.seed, "speed": self.sc.speed},
+                            time.monotonic() - t0, self.sc.speed)
+
+    def _courier(self, cp: Any, parcels: list[ParcelPlan]) -> None:
+        try:
+            Courier(self.env, cp, parcels, self._on_shelved).run()
+        except Exception as exc:
+            self.m.inc(f"courier_crashed:{type(exc).__name__}", example=str(exc)[:200])
+            log.exception("courier failed")
+
+    def _stranger_at(self, t0: float, s: Any) -> None:
+        if not self.env.stop.wait(max(0.0, t0 + s.at_s / self.sc.speed - time.monotonic())):
+            Stranger(self.env, s).run()
+
+    def _ensure_couriers(self) -> None:
+        env = self.env
+        with env.client() as http:
+            for cp in self.plan.couriers:
+                res = http.post("/api/operator/couriers", json={
+                    "courier_id": cp.courier_id, "carrier": cp.carrier, "name": f"Sim {cp.courier_id}",
+                    "pin": env.courier_pin}, headers={"Authorization": "Bearer " + env.operator_token})
+                if res.status_code not in (200, 201, 409):
+                    http.post(f"/api/operator/couriers/{cp.courier_id}/enable",
+                              headers={"Authorization": "Bearer " + env.operator_token})
+
+    def _final_checks(self) -> None:
+        """Parcels lost: the station's parcels of this run against the physical shelves.
+        Doors: every entry-door unlock must answer someone with a reason to come in."""
+        m, room = self.m, self.env.room
+        ours = {p.waybill for p in self.plan.parcels}
+        rows = self.db_parcels() if self.db_parcels else self._api_parcels()
+        db = {r["waybill"]: r for r in rows if r["waybill"] in ours}
+        physical = room.on_shelves()
+        for w, slot in physical.items():
+            r = db.get(w)
+            if r is None or r["state"] != "shelved" or r["slot"] != slot:
+                m.inc("parcels_lost", example=f"{w} physically in {slot}, station: "
+                      f"{(r['state'], r['slot']) if r else 'unknown'}")
+        for w, r in db.items():
+            if r["state"] == "shelved" and physical.get(w) != r["slot"]:
+                holder = room.parcels[w].holder if w in room.parcels else None
+                m.inc("parcels_lost", example=f"{w} station says {r['slot']}, physically "
+                      f"{physical.get(w) or 'held by ' + str(holder)}")
+            if r["state"] == "picked_up":
+                p = room.parcels.get(w)
+                if p is None or p.holder != p.phone:
+                    m.inc("parcels_lost", example=f"{w} picked up by someone else")
+        m.inc("parcels_left_on_shelves", len(physical))
+        if self.entry_door is not None:
+            extra = self.entry_door.unlocks - self.m.counts.get("legit_entry_calls", 0)
+            if extra > 0:
+                m.inc("doors_opened_without_waiting_parcel", extra, example=f"{extra} unlocks unexplained")
+        m.inc("strangers_let_in", 0)
+        m.inc("doors_opened_without_waiting_parcel", 0)
+        m.inc("wrong_slots_lit", 0)
+        m.inc("parcels_lost", 0)
+        m.inc("foreign_parcels_let_out", 0)
+
+    def _api_parcels(self) -> list[dict[str, Any]]:
+        with self.env.client() as http:
+            res = http.get("/api/operator/parcels", params={"limit": 5000},
+                           headers={"Authorization": "Bearer " + self.env.operator_token})
+            res.raise_for_status()
+            return list(res.json())
+
+
+def run_embedded(config: Any, scenario: Scenario, *, workdir: Path | None = None,
+                 frames: bool = True, progress: Callable[[str, int], None] | None = None,
+                 on_plan: Callable[[Plan], None] | None = None) -> dict[str, Any]:
+    """Broker, devices, station and people in this process; returns the report."""
+    metrics = Metrics()
+    tmp = None
+    if workdir is None:
+        tmp = tempfile.TemporaryDirectory(prefix="shelf-sim-")
+        workdir = Path(tmp.name)
+    stack = EmbeddedStation(config, workdir, scenario.seed, scenario, metrics)
+    try:
+        stack.start()
+        cfg = stack.config
+        shelves = [(s.device, s.rows, s.columns) for s in cfg.shelves if not getattr(s, "outbound", False)]
+        plan = build_plan(scenario, shelves, (cfg.doors.entry, cfg.doors.exit))
+        if on_plan:
+            on_plan(plan)
+        assert stack.devices is not None and stack.sms is not None
+        env = Env(stack.base_url, stack.kiosk_token, stack.operator_token, stack.stranger_kiosk_token,
+                  Room(), stack.sms, dict(stack.devices.shelf_hals), slot_table(cfg), metrics,
+                  scenario.speed, threading.Event(),
+                  render_waybills=WaybillRenderer().frame if frames else None)
+        sim = Simulation(scenario, plan, env, devices=stack.devices, restart_broker=stack.restart_broker,
+                         db_parcels=stack.db_parcels, entry_door=stack.devices.door_hals[cfg.doors.entry],
+                         progress=progress)
+        return sim.run()
+    finally:
+        stack.stop()
+        if tmp is not None:
+            tmp.cleanup()
+
+
+def check_station(base_url: str) -> bool:
+    """Is a station answering at `base_url`?"""
+    try:
+        return httpx.get(base_url.rstrip("/") + "/docs", timeout=3).status_code < 500
+    except httpx.HTTPError:
+        return False

@@ -1,0 +1,280 @@
+"""Scenario files (examples/day.toml, examples/week.toml) and the seeded plan drawn from them.
+
+Every random choice of a run is drawn here, up front, from one `random.Random(seed)`: who
+brings which parcel, who comes to fetch it, how they get in, which mistakes they make and
+which faults hit which device when. The run then only executes the plan, so the same seed
+gives the same people doing the same things, and the report's outcome counts repeat even
+though threads interleave differently (only timings and slot numbers may differ)."""
+
+from __future__ import annotations
+
+import random
+import tomllib
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+CARRIER_FORMATS: dict[str, tuple[str, str, int]] = {
+    # carrier -> (prefix, alphabet, length of the variable part); matches examples/station.toml
+    "SF": ("SF", "0123456789", 13),
+    "ZTO": ("ZT", "0123456789", 12),
+    "YTO": ("YT", "0123456789", 13),
+    "JD": ("JD", "0123456789ABCDEF", 14),
+}
+
+
+@dataclass(frozen=True)
+class Rates:
+    """Probabilities per person (mistakes) or per message (network faults)."""
+
+    customer_wrong_slot: float = 0.0
+    customer_foreign_parcel: float = 0.0
+    courier_wrong_slot: float = 0.0
+    customer_walk_off: float = 0.0
+
+
+@dataclass(frozen=True)
+class Faults:
+    """Network faults are per message and per device; the rest are counts spread over the
+    run. `drop_events` is separate because the firmware does not resend a lost event (see
+    docs/simulator.md, "Known limits")."""
+
+    drop: float = 0.0
+    duplicate: float = 0.0
+    delay: float = 0.0
+    delay_ms: tuple[float, float] = (5.0, 150.0)
+    drop_events: float = 0.0
+    reboots: int = 0
+    broker_restarts: int = 0
+    stuck_sensors: int = 0
+    dead_leds: int = 0
+    stuck_for_s: float = 120.0
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """What a run does; every field has a default so a scenario file names only changes."""
+
+    name: str = "scenario"
+    seed: int = 1
+    speed: float = 60.0
+    couriers: int = 2
+    parcels: int = 60
+    guided_fraction: float = 0.7
+    courier_pace_s: tuple[float, float] = (2.0, 3.0)
+    sizes: dict[str, float] = field(default_factory=lambda: {"S": 0.5, "M": 0.35, "L": 0.15})
+    second_parcel_fraction: float = 0.15
+    strangers: int = 2
+    entry_mix: dict[str, float] = field(default_factory=lambda: {"code": 0.5, "qr": 0.35, "otp": 0.15})
+    exit_frame_fraction: float = 0.2
+    arrival_delay_s: tuple[float, float] = (5.0, 600.0)
+    walk_s: tuple[float, float] = (5.0, 20.0)
+    max_in_room: int = 4
+    mistakes: Rates = Rates()
+    faults: Faults = Faults()
+    station: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def customers(self) -> int:
+        """Distinct recipients, derived from parcels and second_parcel_fraction."""
+        return len({p.phone for p in build_plan(self).parcels})
+
+
+def _tuple(value: Any, name: str) -> tuple[float, float]:
+    if not (isinstance(value, list) and len(value) == 2):
+        raise ValueError(f"{name} must be [low, high]")
+    return float(value[0]), float(value[1])
+
+
+def scenario_from_dict(data: dict[str, Any]) -> Scenario:
+    """Build a Scenario; unknown keys are refused so a typo never silently does nothing."""
+    data = dict(data)
+    known = {f.name for f in fields(Scenario)}
+    unknown = set(data) - known
+    if unknown:
+        raise ValueError(f"unknown scenario keys: {', '.join(sorted(unknown))}")
+    if "mistakes" in data:
+        data["mistakes"] = Rates(**data["mistakes"])
+    if "faults" in data:
+        f = dict(data["faults"])
+        if "delay_ms" in f:
+            f["delay_ms"] = _tuple(f["delay_ms"], "faults.delay_ms")
+        data["faults"] = Faults(**f)
+    for key in ("courier_pace_s", "arrival_delay_s", "walk_s"):
+        if key in data:
+            data[key] = _tuple(data[key], key)
+    return Scenario(**data)
+
+
+def load_scenario(path: Path | str, **overrides: Any) -> Scenario:
+    """Read a scenario TOML (top-level keys and [mistakes], [faults], [station] tables)."""
+    data = tomllib.loads(Path(path).read_text("utf-8"))
+    scenario = scenario_from_dict(data)
+    clean = {k: v for k, v in overrides.items() if v is not None}
+    return replace(scenario, **clean) if clean else scenario
+
+
+# --- the plan ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ParcelPlan:
+    waybill: str
+    phone: str
+    size: str
+    courier: int
+    pace_s: float
+    slot_u: float          # where a free-mode courier puts it: a fraction of the fitting slots
+    wrong_slot: bool       # a guided courier puts it somewhere other than the lit slot
+
+
+@dataclass(frozen=True)
+class CustomerPlan:
+    index: int
+    phone: str
+    waybills: tuple[str, ...]
+    method: str            # code | qr | otp
+    arrival_delay_s: float
+    walk_s: float
+    exit_frame: bool
+    wrong_slot_take: bool
+    foreign_parcel: bool
+    walk_off: bool
+
+
+@dataclass(frozen=True)
+class StrangerPlan:
+    """Someone without a parcel: a made-up code or a phone nothing waits for."""
+
+    index: int
+    at_s: float
+    method: str
+    text: str
+
+
+@dataclass(frozen=True)
+class FaultPlan:
+    at_s: float
+    kind: str              # reboot | broker_restart | stuck_sensor | dead_led
+    device: str = ""
+    row: int = 0
+    col: int = 0
+    duration_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class CourierPlan:
+    index: int
+    courier_id: str
+    carrier: str
+    mode: str
+
+
+@dataclass
+class Plan:
+    couriers: list[CourierPlan]
+    parcels: list[ParcelPlan]
+    customers: list[CustomerPlan]
+    strangers: list[StrangerPlan]
+    faults: list[FaultPlan]
+    expected_span_s: float
+
+    def summary(self) -> dict[str, Any]:
+        """The deterministic facts of the plan, for the report."""
+        c = self.customers
+        return {
+            "couriers": len(self.couriers), "parcels": len(self.parcels), "customers": len(c),
+            "strangers": len(self.strangers),
+            "entry_methods": {m: sum(1 for x in c if x.method == m) for m in ("code", "qr", "otp")},
+            "exit_by_frame": sum(1 for x in c if x.exit_frame),
+            "mistakes_planned": {
+                "courier_wrong_slot": sum(1 for p in self.parcels if p.wrong_slot),
+                "customer_wrong_slot": sum(1 for x in c if x.wrong_slot_take),
+                "customer_foreign_parcel": sum(1 for x in c if x.foreign_parcel),
+                "customer_walk_off": sum(1 for x in c if x.walk_off),
+            },
+            "faults_planned": {k: sum(1 for f in self.faults if f.kind == k)
+                               for k in ("reboot", "broker_restart", "stuck_sensor", "dead_led")},
+        }
+
+
+def _weighted(rng: random.Random, weights: dict[str, float]) -> str:
+    keys = sorted(weights)
+    return rng.choices(keys, weights=[weights[k] for k in keys])[0]
+
+
+def waybill_for(rng: random.Random, carrier: str) -> str:
+    prefix, alphabet, n = CARRIER_FORMATS[carrier]
+    return prefix + "".join(rng.choice(alphabet) for _ in range(n))
+
+
+def build_plan(sc: Scenario, shelves: list[tuple[str, int, int]] | None = None,
+               doors: tuple[str, ...] = ()) -> Plan:
+    """Draw everything a run will do from `sc.seed`. `shelves` is (device, rows, cols) of the
+    parcel shelves a stuck sensor or dead LED may hit; `doors` may reboot too."""
+    rng = random.Random(sc.seed)
+    carriers = sorted(CARRIER_FORMATS)
+    couriers = [CourierPlan(i, f"sim-c{i + 1}", carriers[i % len(carriers)],
+                            "guided" if rng.random() < sc.guided_fraction else "free")
+                for i in range(sc.couriers)]
+    parcels: list[ParcelPlan] = []
+    seen_wb: set[str] = set()
+    seen_phone: set[str] = set()
+    phones: list[str] = []
+    for i in range(sc.parcels):
+        courier = i % max(1, sc.couriers)
+        while True:
+            wb = waybill_for(rng, couriers[courier].carrier)
+            if wb not in seen_wb:
+                seen_wb.add(wb)
+                break
+        if phones and rng.random() < sc.second_parcel_fraction:
+            phone = rng.choice(phones[-20:])  # someone who just got one gets another
+        else:
+            while True:
+                phone = f"1{rng.choice('3456789')}{rng.randrange(10**9):09d}"
+                if phone not in seen_phone:
+                    seen_phone.add(phone)
+                    break
+            phones.append(phone)
+        guided = couriers[courier].mode == "guided"
+        parcels.append(ParcelPlan(
+            wb, phone, _weighted(rng, sc.sizes), courier, rng.uniform(*sc.courier_pace_s),
+            rng.random(), guided and rng.random() < sc.mistakes.courier_wrong_slot))
+    by_phone: dict[str, list[str]] = {}
+    for p in parcels:
+        by_phone.setdefault(p.phone, []).append(p.waybill)
+    customers = []
+    for i, phone in enumerate(by_phone):
+        m = sc.mistakes
+        customers.append(CustomerPlan(
+            i, phone, tuple(by_phone[phone]), _weighted(rng, sc.entry_mix),
+            rng.uniform(*sc.arrival_delay_s), rng.uniform(*sc.walk_s),
+            rng.random() < sc.exit_frame_fraction, rng.random() < m.customer_wrong_slot,
+            rng.random() < m.customer_foreign_parcel, rng.random() < m.customer_walk_off))
+    per_courier = sc.parcels / max(1, sc.couriers)
+    span = per_courier * sum(sc.courier_pace_s) / 2 + sc.arrival_delay_s[1] + sc.walk_s[1]
+    strangers = []
+    for i in range(sc.strangers):
+        method = rng.choice(["code", "otp"])
+        text = (f"{rng.randrange(1, 3)}-{rng.randrange(1, 6)}-{rng.randrange(1, 11):02d}-"
+                f"{rng.randrange(10**8):08d}" if method == "code"
+                else f"1{rng.choice('3456789')}{rng.randrange(10**9):09d}")
+        if method == "otp" and text in by_phone:
+            text = "13000000000"
+        strangers.append(StrangerPlan(i, rng.uniform(0, span), method, text))
+    faults: list[FaultPlan] = []
+    f = sc.faults
+    shelves = shelves or []
+    devices = [s[0] for s in shelves] + list(doors)
+    for _ in range(f.reboots if devices else 0):
+        faults.append(FaultPlan(rng.uniform(0.1, 0.9) * span, "reboot", rng.choice(devices)))
+    for _ in range(f.broker_restarts):
+        faults.append(FaultPlan(rng.uniform(0.2, 0.8) * span, "broker_restart"))
+    for kind, n in (("stuck_sensor", f.stuck_sensors), ("dead_led", f.dead_leds)):
+        for _ in range(n if shelves else 0):
+            dev, rows, cols = rng.choice(shelves)
+            faults.append(FaultPlan(rng.uniform(0.0, 0.7) * span, kind, dev, rng.randint(1, rows),
+                                    rng.randint(1, cols), f.stuck_for_s if kind == "stuck_sensor" else span))
+    faults.sort(key=lambda x: x.at_s)
+    return Plan(couriers, parcels, customers, strangers, faults, span)

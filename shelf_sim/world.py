@@ -1,0 +1,167 @@
+"""The simulated physical room: shelves with real parcels in them, doors that count their
+openings, LEDs that can die, and the SMS gateway that customers read their codes from.
+
+The simulator's ledger of where each parcel physically is, is the ground truth the KPI
+report checks the station against (parcels lost, wrong slots lit)."""
+
+from __future__ import annotations
+
+import json
+import threading
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from firmware_stubs.hal import DoorHal, Led, ShelfHal
+
+
+class DeadLed(Led):
+    """An LED whose driver is broken: commands reach the firmware, nothing lights."""
+
+    def show(self, colours: tuple[str, ...], pattern: str) -> None:
+        self.colours, self.pattern = (), "solid"
+
+
+class SimShelfHal(ShelfHal):
+    """The stub shelf HAL plus the faults a real shelf has: dead LEDs, stuck sensors whose
+    reading catches up with reality when they work again."""
+
+    def kill_led(self, row: int, col: int) -> None:
+        self._leds[(row, col)] = DeadLed()
+
+    def stick(self, row: int, col: int) -> None:
+        self.sensor(row, col).stuck = True
+
+    def unstick(self, row: int, col: int, physical_count: int) -> None:
+        sensor = self.sensor(row, col)
+        with sensor._lock:  # noqa: SLF001 - the sensor reads the truth again
+            sensor.stuck = False
+            sensor.count = physical_count
+
+
+class SimDoorHal(DoorHal):
+    """Counts every time the bolt is released by a command (not by the emergency input), so
+    the report can compare door openings with the people who had a reason to come in."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.unlocks = 0
+        self._count_lock = threading.Lock()
+
+    def set_locked(self, locked: bool) -> None:
+        if not locked and self.locked and not self.emergency:
+            with self._count_lock:
+                self.unlocks += 1
+        super().set_locked(locked)
+
+
+@dataclass
+class PhysicalParcel:
+    waybill: str
+    phone: str
+    size: str
+    slot: str | None = None      # printed address while on a shelf
+    holder: str | None = None    # who carries it (courier id / customer phone / "gone")
+
+
+@dataclass
+class Room:
+    """Ground truth: which parcel physically lies in which slot. Thread-safe."""
+
+    parcels: dict[str, PhysicalParcel] = field(default_factory=dict)
+    slots: dict[str, list[str]] = field(default_factory=dict)
+    _lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
+
+    def add(self, waybill: str, phone: str, size: str, holder: str) -> None:
+        with self._lock:
+            self.parcels[waybill] = PhysicalParcel(waybill, phone, size, None, holder)
+
+    def place(self, waybill: str, slot: str) -> None:
+        with self._lock:
+            p = self.parcels[waybill]
+            p.slot, p.holder = slot, None
+            self.slots.setdefault(slot, []).append(waybill)
+
+    def remove(self, waybill: str, holder: str) -> str | None:
+        with self._lock:
+            p = self.parcels[waybill]
+            slot = p.slot
+            if slot is not None:
+                self.slots[slot].remove(waybill)
+            p.slot, p.holder = None, holder
+            return slot
+
+    def in_slot(self, slot: str) -> list[str]:
+        with self._lock:
+            return list(self.slots.get(slot, []))
+
+    def count(self, slot: str) -> int:
+        with self._lock:
+            return len(self.slots.get(slot, []))
+
+    def owner(self, waybill: str) -> str:
+        return self.parcels[waybill].phone
+
+    def on_shelves(self) -> dict[str, str]:
+        """waybill -> slot for every parcel physically on a shelf."""
+        with self._lock:
+            return {w: p.slot for w, p in self.parcels.items() if p.slot is not None}
+
+
+class SmsInbox:
+    """The SMS gateway stand-in (the station's webhook sender posts here): customers learn
+    their pickup codes and one-time codes only from these messages."""
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
+        self._messages: list[dict[str, Any]] = []
+        self._ids: set[Any] = set()
+        self._cond = threading.Condition()
+        inbox = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802
+                length = int(self.headers.get("content-length", 0))
+                body = self.rfile.read(length)
+                try:
+                    msg = json.loads(body)
+                except ValueError:
+                    msg = {}
+                inbox.deliver(msg)
+                self.send_response(200)
+                self.send_header("content-length", "2")
+                self.end_headers()
+                self.wfile.write(b"{}")
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer((host, port), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://{host}:{self.server.server_address[1]}/sms"
+        self._thread = threading.Thread(target=self.server.serve_forever, name="sms-inbox", daemon=True)
+        self._thread.start()
+
+    def deliver(self, msg: dict[str, Any]) -> None:
+        """Keep one copy per outbox id: the station delivers at least once."""
+        with self._cond:
+            if msg.get("id") is not None and msg["id"] in self._ids:
+                return
+            self._ids.add(msg.get("id"))
+            self._messages.append(msg)
+            self._cond.notify_all()
+
+    def messages_for(self, phone: str, kind: str) -> list[dict[str, Any]]:
+        with self._cond:
+            return [m for m in self._messages if m.get("to") == phone and m.get("kind") == kind]
+
+    def wait_for(self, phone: str, kind: str, count: int, timeout: float) -> list[dict[str, Any]] | None:
+        """At least `count` messages of `kind` for `phone`, or None after `timeout` s."""
+        with self._cond:
+            ok = self._cond.wait_for(
+                lambda: len([m for m in self._messages if m.get("to") == phone and m.get("kind") == kind]) >= count,
+                timeout)
+        return self.messages_for(phone, kind) if ok else None
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
