@@ -35,7 +35,7 @@ SECURITY_HEADERS = {
 INDEX = """<!doctype html>
 <html lang="zh-CN"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
-<title>Parcel station</title><link rel="stylesheet" href="/static/css/station.css"></head>
+<title>Parcel station</title><link rel="icon" href="data:,"><link rel="stylesheet" href="/static/css/station.css"></head>
 <body class="index"><main>
 <h1>智能驿站 <span class="en">Parcel station</span></h1>
 <ul class="index-links">

@@ -165,3 +165,16 @@ def test_the_pages_cover_the_api_they_are_for(app: Any) -> None:
     for page, paths in need.items():
         for p in paths:
             assert p in text[page], f"{page} page never calls {p}"
+
+
+def test_animation_names_are_not_css_keywords() -> None:
+    """`animation: alternate 1s` parses `alternate` as the direction and runs nothing: a
+    shared slot then shows one customer's colour only. Keyframe names carry a prefix."""
+    css = (pages.STATIC / "css" / "station.css").read_text(encoding="utf-8")
+    names = re.findall(r"@keyframes\s+([\w-]+)", css)
+    assert names
+    keywords = {"alternate", "alternate-reverse", "reverse", "normal", "infinite", "linear", "ease",
+                "forwards", "backwards", "both", "running", "paused", "none", "blink"}
+    assert not set(names) & keywords, names
+    for used in re.findall(r"animation:\s*([\w-]+)", css):
+        assert used in names, f"animation {used} has no @keyframes"

@@ -160,6 +160,10 @@
     $("#login-form").addEventListener("submit", login);
     $("#open-form").addEventListener("submit", openSession);
     $("#scan-form").addEventListener("submit", scan);
+    // A handheld scanner types the waybill and presses Enter: go on to the phone, not submit.
+    $("#waybill").addEventListener("keydown", e => {
+      if (e.key === "Enter" && !$("#phone").value.trim()) { e.preventDefault(); $("#phone").focus(); }
+    });
     $("#close-btn").addEventListener("click", closeSession);
     $("#logout").addEventListener("click", logout);
     if (!token) { view("login"); return; }
