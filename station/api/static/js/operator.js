@@ -13,6 +13,7 @@
   const st = {
     live: null, lastSeq: 0, replaySeq: null, replayReq: 0, playing: false,
     refreshTimer: null, sliderTimer: null, source: null, filtered: false, streamSeq: 0,
+    verifyTimer: null, verifiedAt: 0,
   };
 
   // ---------- helpers ----------------------------------------------------------------------
@@ -134,6 +135,7 @@
 
   async function refreshState() {
     const r = await api(token, "GET", "/api/operator/state");
+    if (r.status === 401 || r.status === 403) $("#no-token").classList.remove("hidden");
     if (!r.ok) { showError(r); return null; }
     st.live = r.body;
     $("#station-id").textContent = r.body.station;
@@ -214,6 +216,10 @@
       $("#log-count").textContent = `${body.children.length} shown`;
     }
     scheduleRefresh();
+    // Re-walk the chain now and then as it grows (at most every 10 s: it reads the whole log).
+    if (!st.verifyTimer && Date.now() - st.verifiedAt > 10000) {
+      st.verifyTimer = setTimeout(() => { st.verifyTimer = null; verify(); }, 1000);
+    }
   }
 
   async function showSnapshot(ref) {
@@ -328,7 +334,7 @@
 
   async function verify() {
     const badge = $("#chain");
-    badge.className = "badge off"; badge.textContent = "…";
+    st.verifiedAt = Date.now();
     const r = await api(token, "GET", "/api/operator/verify");
     if (!r.ok) { badge.className = "badge warn"; badge.textContent = "?"; showError(r); return; }
     const v = r.body;
