@@ -163,6 +163,8 @@ def test_operator_sees_the_lit_slot_live_and_replays_the_morning(tmp_path: Path,
         expect(cell).to_have_attribute("data-colours", "")
         expect(page.locator("#chain")).to_have_attribute("data-ok", "true")
         expect(page.locator("#devices [data-online=true]")).to_have_count(len(ls.config.device_ids))
+        cookie = next(c for c in page.context.cookies() if c["name"] == "ps_token")
+        assert cookie["path"] == "/api/operator/stream" and cookie["sameSite"] == "Strict"   # the stream only
 
         res = httpx.post(ls.base_url + "/api/kiosk/code", json={"code": code},
                          headers={"Authorization": "Bearer " + ls.token("kiosk", "kiosk-1")})

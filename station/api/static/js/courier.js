@@ -18,7 +18,7 @@
     const box = $("#error");
     box.replaceChildren(el("strong", {}, b.error || `HTTP ${r.status}`), ": ", b.message || "");
     if (Array.isArray(b.problems)) box.append(" (" + b.problems.map(p => `${p.field}: ${p.problem}`).join("; ") + ")");
-    box.classList.remove("hidden");
+    box.className = "msg error";
     box.dataset.code = b.error || String(r.status);
   }
   function clearError() { $("#error").classList.add("hidden"); $("#error").removeAttribute("data-code"); }
@@ -92,6 +92,12 @@
     if (!r.ok) { showError(r); return; }
     lastPending = r.body.pending_id;
     showTarget({ state: "waiting", slot: r.body.slot, waybill: r.body.waybill });
+    if (r.body.repeated) {
+      const box = $("#error");
+      box.replaceChildren("已扫描过，格口不变 · scanned before: same slot as then");
+      box.className = "msg info";
+      box.dataset.code = "repeated";
+    }
     $("#waybill").value = ""; $("#phone").value = "";
     $("#waybill").focus();
     poll();
