@@ -162,7 +162,7 @@ def test_the_pages_cover_the_api_they_are_for(app: Any) -> None:
         "courier": ["/api/courier/login", "/api/courier/sessions", "/scans", "/close", "/api/courier/me"],
         "operator": ["/api/operator/state", "/api/operator/events", "/api/operator/events/export",
                      "/api/operator/verify", "/api/operator/replay", "/api/operator/stream",
-                     "/ack", "/api/operator/snapshots/"],
+                     "/ack", "/api/operator/snapshots/", "/api/operator/couriers"],
     }
     for page, paths in need.items():
         for p in paths:

@@ -229,6 +229,19 @@ def test_operator_sees_the_lit_slot_live_and_replays_the_morning(tmp_path: Path,
         lines = Path(dl.value.path()).read_text().splitlines()
         assert len(lines) == 2 and all('"parcel.' in line for line in lines)
 
+        page.click("#couriers-panel summary")                    # couriers: add one, disable them
+        expect(page.locator('#couriers [data-courier="c1"]')).to_be_visible()
+        page.fill("#c-id", "c9")
+        page.fill("#c-carrier", "ZTO")
+        page.fill("#c-name", "Zhao")
+        page.fill("#c-pin", "5678")
+        page.click("#courier-form button[type=submit]")
+        row = page.locator('#couriers [data-courier="c9"]')
+        expect(row).to_be_visible()
+        row.locator("button", has_text="disable").click()
+        expect(row).to_have_class(re.compile("inactive"))
+        assert ls.core.couriers.get("c9").active is False
+
         entry = ls.config.doors.entry                            # a door dies while a customer waits
         next(d for d in ls.devices if d.device_id == entry).stop()
         expect(page.locator(f'#devices [data-device="{entry}"]')).to_have_attribute("data-online", "false")

@@ -330,6 +330,40 @@
     replayTo(from + delta);
   }
 
+  // ---------- couriers ---------------------------------------------------------------------
+
+  async function loadCouriers() {
+    const r = await api(token, "GET", "/api/operator/couriers");
+    if (!r.ok) { showError(r); return; }
+    $("#couriers").replaceChildren(...r.body.map(c => el("div", {
+        class: "courier-row" + (c.active === false ? " inactive" : ""), dataset: { courier: c.id } },
+      el("span", { class: "who" }, `${c.id} · ${c.carrier} · ${c.name}${c.has_face ? " · 人脸 face" : ""}`),
+      el("span", {},
+        el("button", { onclick: () => courierAction(c.id, c.active === false ? "enable" : "disable") },
+           c.active === false ? "启用 enable" : "停用 disable"),
+        " ",
+        el("button", { class: "danger", onclick: () => {
+          if (confirm(`删除快递员 ${c.id}? Delete courier ${c.id} and their face templates?`)) courierAction(c.id, "delete");
+        } }, "删除 delete")))));
+  }
+
+  async function courierAction(id, action) {
+    const path = `/api/operator/couriers/${encodeURIComponent(id)}`;
+    const r = action === "delete" ? await api(token, "DELETE", path) : await api(token, "POST", `${path}/${action}`);
+    if (!r.ok) showError(r);
+    loadCouriers();
+  }
+
+  async function addCourier(e) {
+    e.preventDefault();
+    const body = { courier_id: $("#c-id").value.trim(), carrier: $("#c-carrier").value.trim(),
+                   name: $("#c-name").value.trim(), pin: $("#c-pin").value };
+    const r = await api(token, "POST", "/api/operator/couriers", body);
+    if (!r.ok) { showError(r); return; }
+    $("#courier-form").reset();
+    loadCouriers();
+  }
+
   // ---------- chain and export -------------------------------------------------------------
 
   async function verify() {
@@ -356,6 +390,8 @@
   document.addEventListener("DOMContentLoaded", async () => {
     if (!token) { $("#no-token").classList.remove("hidden"); return; }
     $("#verify").addEventListener("click", verify);
+    $("#couriers-panel").addEventListener("toggle", e => { if (e.target.open) loadCouriers(); });
+    $("#courier-form").addEventListener("submit", addCourier);
     $("#export-jsonl").addEventListener("click", () => exportLog("jsonl"));
     $("#export-csv").addEventListener("click", () => exportLog("csv"));
     $("#filters").addEventListener("submit", e => { e.preventDefault(); loadEvents(); });
