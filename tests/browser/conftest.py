@@ -56,7 +56,10 @@ def _expected_console(text: str) -> bool:
 
 
 def shot(pg: Any, name: str) -> Path:
-    """Save a full-page screenshot under test-artifacts/ for a human to look at."""
+    """Save a full-page screenshot under test-artifacts/ for a human to look at; fail if the
+    page is wider than the window (something overflows: a sideways scroll on a kiosk)."""
+    overflow = pg.evaluate("() => document.documentElement.scrollWidth - window.innerWidth")
+    assert overflow <= 0, f"{name}: the page is {overflow} px wider than the window"
     ARTIFACTS.mkdir(exist_ok=True)
     path = ARTIFACTS / f"{name}.png"
     pg.screenshot(path=str(path), full_page=True)

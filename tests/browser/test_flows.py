@@ -241,6 +241,7 @@ def test_operator_sees_the_lit_slot_live_and_replays_the_morning(tmp_path: Path,
         row.locator("button", has_text="disable").click()
         expect(row).to_have_class(re.compile("inactive"))
         assert ls.core.couriers.get("c9").active is False
+        shot(page, "operator-4-couriers")
 
         entry = ls.config.doors.entry                            # a door dies while a customer waits
         next(d for d in ls.devices if d.device_id == entry).stop()
@@ -251,7 +252,7 @@ def test_operator_sees_the_lit_slot_live_and_replays_the_morning(tmp_path: Path,
         alarms = page.locator("#alarms .alarm")
         expect(alarms.locator('xpath=self::*[@data-kind="door.offline"]')).to_have_count(1)
         expect(alarms.locator('xpath=self::*[@data-kind="device.offline"]')).to_have_count(1)
-        shot(page, "operator-4-alarms")
+        shot(page, "operator-5-alarms")
         for left in (1, 0):                                      # acknowledged one by one
             alarms.first.locator("button").click()
             expect(alarms).to_have_count(left)
