@@ -11,7 +11,9 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
+import cv2
 import httpx
+import numpy as np
 
 from tests.support.stack import LiveStation, wait_until
 
@@ -156,6 +158,11 @@ def test_operator_sees_the_lit_slot_live_and_replays_the_morning(tmp_path: Path,
     expect = _expect()
     with LiveStation(tmp_path, http=True) as ls:
         slot, code = _shelve_by_api(ls)                          # the morning: one parcel shelved
+        ok, photo = cv2.imencode(".jpg", np.full((240, 320, 3), (40, 120, 200), np.uint8))
+        assert ok                                                # and a photo held up to the face camera
+        res = httpx.post(ls.base_url + "/api/kiosk/courier/face", content=photo.tobytes(),
+                         headers={"Content-Type": "image/jpeg", "Authorization": "Bearer " + ls.token("kiosk", "kiosk-1")})
+        assert res.json()["error"] == "face_rejected"
         page.goto(ls.base_url + "/operator?token=" + ls.token("operator", "op-1"))
         expect(page.locator("#live")).to_have_attribute("data-state", "live")
         cell = page.locator(f'#shelves .slot[data-slot="{slot}"]')
@@ -229,6 +236,16 @@ def test_operator_sees_the_lit_slot_live_and_replays_the_morning(tmp_path: Path,
         lines = Path(dl.value.path()).read_text().splitlines()
         assert len(lines) == 2 and all('"parcel.' in line for line in lines)
 
+        page.fill("#f-type", "auth.face.*")                       # the snapshot of the refused face
+        page.click("#filters button[type=submit]")
+        expect(page.locator("#events tr")).to_have_count(1)
+        page.click("#events tr button.snap")
+        expect(page.locator("#snapshot-dialog")).to_be_visible()
+        page.wait_for_function("document.querySelector('#snapshot-img').naturalWidth === 320")
+        shot(page, "operator-4-snapshot")
+        page.click("#snapshot-dialog button")
+        expect(page.locator("#snapshot-dialog")).to_be_hidden()
+
         page.click("#couriers-panel summary")                    # couriers: add one, disable them
         expect(page.locator('#couriers [data-courier="c1"]')).to_be_visible()
         page.fill("#c-id", "c9")
@@ -241,7 +258,7 @@ def test_operator_sees_the_lit_slot_live_and_replays_the_morning(tmp_path: Path,
         row.locator("button", has_text="disable").click()
         expect(row).to_have_class(re.compile("inactive"))
         assert ls.core.couriers.get("c9").active is False
-        shot(page, "operator-4-couriers")
+        shot(page, "operator-5-couriers")
 
         entry = ls.config.doors.entry                            # a door dies while a customer waits
         next(d for d in ls.devices if d.device_id == entry).stop()
@@ -252,7 +269,7 @@ def test_operator_sees_the_lit_slot_live_and_replays_the_morning(tmp_path: Path,
         alarms = page.locator("#alarms .alarm")
         expect(alarms.locator('xpath=self::*[@data-kind="door.offline"]')).to_have_count(1)
         expect(alarms.locator('xpath=self::*[@data-kind="device.offline"]')).to_have_count(1)
-        shot(page, "operator-5-alarms")
+        shot(page, "operator-6-alarms")
         for left in (1, 0):                                      # acknowledged one by one
             alarms.first.locator("button").click()
             expect(alarms).to_have_count(left)
