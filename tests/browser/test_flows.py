@@ -241,7 +241,7 @@ def test_operator_sees_the_lit_slot_live_and_replays_the_morning(tmp_path: Path,
         expect(page.locator("#events tr")).to_have_count(1)
         page.click("#events tr button.snap")
         expect(page.locator("#snapshot-dialog")).to_be_visible()
-        page.wait_for_function("document.querySelector('#snapshot-img').naturalWidth === 320")
+        expect(page.locator("#snapshot-img")).to_have_js_property("naturalWidth", 320)
         shot(page, "operator-4-snapshot")
         page.click("#snapshot-dialog button")
         expect(page.locator("#snapshot-dialog")).to_be_hidden()
