@@ -50,7 +50,7 @@ class Env:
     render_waybills: Callable[[list[str]], bytes] | None = None
     dead_leds: set[str] = field(default_factory=set)
     courier_pin: str = "4826"
-    confirm_timeout_s: float = 8.0             # wall seconds a courier waits for "shelved"
+    confirm_timeout_s: float = 3.0             # wall seconds a courier waits for "shelved"
     retry_for_s: float = 30.0                  # wall seconds a person retries a refused door
 
     def pause(self, sim_seconds: float) -> None:
@@ -108,13 +108,21 @@ class Courier:
         self.env, self.plan, self.parcels, self.on_shelved = env, plan, parcels, on_shelved
 
     def run(self) -> None:
+        """The shift; its length in real seconds is the human time (simulated seconds) plus
+        the wall time spent waiting for the station, which --speed does not compress."""
         env, m = self.env, self.env.metrics
         start = time.monotonic()
+        self.human_s = 0.0
         with env.client() as http:
             try:
                 self._shift(http)
             finally:
-                m.add_courier_time(time.monotonic() - start)
+                waited = max(0.0, time.monotonic() - start - self.human_s / env.speed)
+                m.add_courier_time(self.human_s + waited)
+
+    def _pause(self, sim_seconds: float) -> None:
+        self.human_s += sim_seconds
+        self.env.pause(sim_seconds)
 
     def _shift(self, http: httpx.Client) -> None:
         env, m = self.env, self.env.metrics
@@ -172,7 +180,11 @@ class Courier:
             code = _err(res)
             if code == "station_full" and time.monotonic() < deadline:
                 m.inc("courier_waits_station_full")
-                env.pause(30.0)  # wait for customers to make room
+                self._pause(30.0)  # wait for customers to make room
+                continue
+            if code == "free_mode_busy" and time.monotonic() < deadline:
+                m.inc("courier_waits_free_mode_busy")
+                self._pause(3.0)   # another free-mode courier is placing: the station asks to wait
                 continue
             m.inc(f"scan_refused:{code}", example=p.waybill)
             return None
@@ -191,7 +203,7 @@ class Courier:
 
     def _shelve(self, http: httpx.Client, p: ParcelPlan) -> bool:
         env, m = self.env, self.env.metrics
-        env.pause(p.pace_s * 0.5)                      # take the parcel, find the label
+        self._pause(p.pace_s * 0.5)                      # take the parcel, find the label
         env.room.add(p.waybill, p.phone, p.size, self.plan.courier_id)
         scan = self._scan(http, p)
         if scan is None:
@@ -209,8 +221,9 @@ class Courier:
                     m.inc("courier_wrong_slot_puts")
         else:
             slot = self._free_slot(p, set(), p.slot_u)
-        env.pause(p.pace_s * 0.5)                      # walk to the slot, put it down
-        for attempt in range(4):
+        self._pause(p.pace_s * 0.5)                      # walk to the slot, put it down
+        home = target or slot                          # where the handheld says it goes
+        for attempt in range(5):
             if slot is None:
                 break
             tried.add(slot)
@@ -223,12 +236,17 @@ class Courier:
                 if item.get("slot") != slot:
                     m.inc("parcels_bound_to_other_slot", example=f"{p.waybill} put {slot} bound {item.get('slot')}")
                 return True
-            # not confirmed: take it back out, try another slot (a stuck sensor, a full slot)
+            # not confirmed (a red slot, a rebooting shelf, a stuck sensor): take it out again;
+            # put it (back) where the handheld says, twice, then try another slot
             m.inc("courier_placement_retries", example=f"{p.waybill} at {slot}")
             env.take(p.waybill, self.plan.courier_id)
             if item is not None and item.get("state") == "failed":
                 break
-            slot = self._free_slot(p, tried, (p.slot_u + 0.37 * (attempt + 1)) % 1.0)
+            self._pause(1.0)
+            if attempt < 2 and home is not None:
+                slot = home
+            else:
+                slot = self._free_slot(p, tried, (p.slot_u + 0.37 * (attempt + 1)) % 1.0)
         m.inc("parcels_not_shelved", example=p.waybill)
         return False
 
