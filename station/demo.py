@@ -18,7 +18,18 @@ from station.api.auth import make_token
 from station.config import load_config, load_secrets, write_new_secrets
 from station.mosquitto import MosquittoProcess, free_port
 
-console = Console()
+console = Console(soft_wrap=True)
+
+
+def _port_free(port: int) -> bool:
+    import socket
+
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 def start_devices(config: Any, secrets: Any, broker_url: str, nv_dir: Path) -> list[Any]:
@@ -64,6 +75,8 @@ def run_demo(args: argparse.Namespace) -> int:
     station = build_station(config, secrets)
     station.start()
     port = args.port or free_port()
+    if not _port_free(port):
+        port = free_port()
     key = secrets.token_key
     op = make_token(key, "operator", "demo-operator", 7 * 86400)
     kiosk = make_token(key, "kiosk", "kiosk-1", 7 * 86400)
