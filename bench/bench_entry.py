@@ -1,0 +1,110 @@
+"""Entry: code typed -> entry door unlock acked and every slot of the customer lit and acked,
+over a real Mosquitto with the door and shelf firmware (issue 5, DESIGN §8: p99 < 150 ms).
+
+What is timed: Pickup.enter_with_code(code) returning with door == "unlocked" and
+lights_acked (code parse, lockout check, digest lookup, session commit, lights commands to
+each shelf holding a parcel, signed unlock, both acks). Each measured customer then leaves
+empty-handed (exit.leave_empty_handed) so recipients can enter again.
+Growth: the same figure with 0..49 other customers' sessions live in the room.
+Baseline, same broker, same run: raw paho publish -> echo -> publish back, QoS 1.
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.bench_mqtt_roundtrip import _raw_roundtrip
+from bench.bench_shelving import live_station, pct, wait_for
+
+
+def _shelve(ls: Any, recipients: int) -> dict[str, str]:
+    """One parcel each for `recipients` phones (every fourth gets a second one): phone -> code."""
+    core = ls.core
+    core.couriers.add("c-sf", "SF", "Li", "1234")
+    sess = core.shelving.open_session("c-sf", "guided")
+    store = core.ctx.store
+    n = 0
+    for i in range(recipients):
+        phone = f"137{i:08d}"
+        for _ in range(2 if i % 4 == 0 else 1):
+            n += 1
+            waybill = f"SF{n:013d}"
+            r = core.shelving.scan(sess["session_id"], waybill, phone, "S")
+            ls.put(r.slot)
+            wait_for(lambda: store.query_one("SELECT 1 FROM parcels WHERE waybill = ?", (waybill,)))
+    core.shelving.close_session(sess["session_id"], "c-sf")
+    return {f"137{i:08d}": ls.wait_code_for(f"137{i:08d}", timeout=30) for i in range(recipients)}
+
+
+def _enter(ls: Any, code: str) -> tuple[float, Any]:
+    t0 = time.perf_counter()
+    e = ls.core.pickup.enter_with_code(code, kiosk="kiosk-bench")
+    ms = (time.perf_counter() - t0) * 1000
+    if e.door != "unlocked" or not e.lights_acked:
+        raise RuntimeError(f"entry not complete: {e}")
+    return ms, e
+
+
+def run(quick: bool = False) -> dict[str, Any]:
+    n = 60 if quick else 300
+    n_raw = 200 if quick else 1000
+    growth_points = (1, 5, 10, 25, 50)
+    per_point = 10 if quick else 40
+    recipients = 60
+    with tempfile.TemporaryDirectory(prefix="bench-entry-") as tmp:
+        with live_station(Path(tmp)) as ls:
+            codes = _shelve(ls, recipients)
+            phones = list(codes)
+            leave = ls.core.exit.leave_empty_handed
+            for i in range(5):  # warm-up
+                _, e = _enter(ls, codes[phones[i]])
+                leave(e.session_id)
+            times = []
+            for i in range(n):
+                ms, e = _enter(ls, codes[phones[i % recipients]])
+                leave(e.session_id)
+                times.append(ms)
+            growth: dict[int, dict[str, float]] = {}
+            for live in growth_points:
+                background = [_enter(ls, codes[p])[1] for p in phones[: live - 1]]
+                measured = phones[live - 1:] if live > 1 else phones
+                samples = []
+                for j in range(per_point):
+                    ms, e = _enter(ls, codes[measured[j % len(measured)]])
+                    leave(e.session_id)
+                    samples.append(ms)
+                for e in background:
+                    leave(e.session_id)
+                growth[live] = {"p50_ms": pct(samples, 50), "p99_ms": pct(samples, 99), "n": len(samples)}
+            raw = _raw_roundtrip(ls.broker, n_raw)
+    raw_p50, raw_p99 = pct(raw, 50), pct(raw, 99)
+    rows = [
+        {"figure": "entry: code typed -> door unlock acked + all slots lit acked, p50",
+         "ours": pct(times, 50), "baseline": raw_p50, "unit": "ms", "target": None},
+        {"figure": "entry: code typed -> door unlock acked + all slots lit acked, p99",
+         "ours": pct(times, 99), "baseline": raw_p99, "unit": "ms", "target": "p99 < 150 ms",
+         "target_ms": 150},
+        {"figure": "entry with 50 live sessions in the room, p99",
+         "ours": growth[50]["p99_ms"], "baseline": growth[1]["p99_ms"], "unit": "ms",
+         "target": "p99 < 150 ms", "target_ms": 150, "baseline_is": "the same with 1 session"},
+    ]
+    return {"rows": rows, "n": n, "n_raw": n_raw, "growth_sessions": growth,
+            "raw_paho_p50_ms": raw_p50, "raw_paho_p99_ms": raw_p99}
+
+
+def main() -> None:
+    out = run(quick="--quick" in sys.argv)
+    print(f"Entry latency, n={out['n']}, raw paho n={out['n_raw']}, same broker")
+    for r in out["rows"]:
+        print(f"  {r['figure']:<72} {r['ours']:9.3f} ms   baseline {r['baseline']:.3f}"
+              f"  x{r['ours'] / r['baseline']:.1f}")
+    for live, g in out["growth_sessions"].items():
+        print(f"  live sessions {live:>3}: p50 {g['p50_ms']:.3f} ms  p99 {g['p99_ms']:.3f} ms")
+
+
+if __name__ == "__main__":
+    main()
