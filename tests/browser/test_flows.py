@@ -43,6 +43,7 @@ def test_courier_shelves_a_parcel_in_the_courier_page(tmp_path: Path, page: Any)
     expect = _expect()
     with LiveStation(tmp_path, http=True) as ls:
         ls.core.couriers.add("c1", "SF", "Li", "1234")
+        page.set_viewport_size({"width": 390, "height": 844})    # a handheld
         page.goto(ls.base_url + "/courier")
 
         page.fill("#courier-id", "c1")
@@ -98,6 +99,7 @@ def test_customer_enters_the_code_in_the_kiosk_page(tmp_path: Path, page: Any) -
     expect = _expect()
     with LiveStation(tmp_path, http=True) as ls:
         slot, code = _shelve_by_api(ls)
+        page.set_viewport_size({"width": 768, "height": 1024})   # a portrait kiosk screen
         page.goto(ls.base_url + "/kiosk?token=" + ls.token("kiosk", "kiosk-1"))
         assert "token=" not in page.url, "the token leaves the address bar once stored"
 

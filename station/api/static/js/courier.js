@@ -137,7 +137,7 @@
       el("td", {}, it.waybill), el("td", {}, it.size || ""),
       el("td", { class: "slot-cell" }, it.slot || "—"),
       el("td", {}, el("span", { class: "state state-" + it.state }, STATE_TEXT[it.state] || it.state)),
-      el("td", {}, it.reason || ""))));
+      el("td", { class: "reason" }, it.reason || ""))));
     const n = s => items.filter(i => i.state === s).length;
     $("#counts").textContent = `${n("placed")} placed · ${n("waiting")} waiting · ${n("failed")} failed`;
     const newest = items.find(i => i.id === lastPending);
