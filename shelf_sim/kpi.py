@@ -60,7 +60,7 @@ def percentiles(values: list[float]) -> dict[str, float | int]:
     v = sorted(values)
 
     def rank(p: float) -> float:
-        return round(v[min(len(v) - 1, max(0, int(round(p / 100 * len(v))) - 1))] * 1000, 2)
+        return round(v[min(len(v) - 1, max(0, round(p / 100 * len(v)) - 1))] * 1000, 2)
 
     return {"n": len(v), "p50_ms": rank(50), "p95_ms": rank(95), "p99_ms": rank(99),
             "max_ms": round(v[-1] * 1000, 2)}
@@ -154,19 +154,22 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
                 if x.get("n") else "no samples")
 
     ov = t["station_overhead_per_parcel"]
+    mistakes = (f"courier wrong slot {o.get('courier_wrong_slot_puts', 0)}, customer wrong slot "
+                f"{o.get('customer_wrong_slot_takes', 0)}, walk-offs {o.get('walk_offs', 0)}")
+    faults = (f"net {dict(t['network_faults_injected'])}; reboots {o.get('reboots', 0)}, broker restarts "
+              f"{o.get('broker_restarts', 0)}, stuck sensors {o.get('stuck_sensors', 0)}, "
+              f"dead LEDs {o.get('dead_leds', 0)}")
+    overhead = f"p50 {ov['p50_ms']} / p99 {ov['p99_ms']} ms" if ov.get("n") else "-"
     lines = [
-        f"parcels shelved           {o.get('parcels_shelved', 0)} of {report['plan']['parcels']}"
-        f"   ({t['parcels_shelved_per_courier_hour']} per courier-hour)",
+        (f"parcels shelved           {o.get('parcels_shelved', 0)} of {report['plan']['parcels']}"
+         f"   ({t['parcels_shelved_per_courier_hour']} per courier-hour)"),
         f"pickups completed         {o.get('pickups_completed', 0)} of {report['plan']['customers']} customers",
-        f"station overhead/parcel   " + (f"p50 {ov['p50_ms']} / p99 {ov['p99_ms']} ms" if ov.get("n") else "-"),
+        f"station overhead/parcel   {overhead}",
         f"entry (code->door+lights) {pct('entry')}",
         f"exit check                {pct('exit')}",
         f"wrong parcels caught      {o.get('wrong_parcels_caught_at_exit', 0)}",
-        f"mistakes made             courier wrong slot {o.get('courier_wrong_slot_puts', 0)}, customer wrong"
-        f" slot {o.get('customer_wrong_slot_takes', 0)}, walk-offs {o.get('walk_offs', 0)}",
-        f"faults                    net {dict(t['network_faults_injected'])}; reboots {o.get('reboots', 0)},"
-        f" broker restarts {o.get('broker_restarts', 0)}, stuck sensors {o.get('stuck_sensors', 0)},"
-        f" dead LEDs {o.get('dead_leds', 0)}",
+        f"mistakes made             {mistakes}",
+        f"faults                    {faults}",
     ]
     for k, v in inv.items():
         lines.append(f"{'OK  ' if v == 0 else 'FAIL'} {k:<38} {v}")

@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import httpx
 
 from .kpi import Metrics
 from .scenario import CourierPlan, CustomerPlan, ParcelPlan, StrangerPlan
-from .world import Room, SimShelfHal, SmsInbox
+from .world import Room, SmsInbox
 
 SIZE_ORDER = ("S", "M", "L", "XL")
 

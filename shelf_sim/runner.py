@@ -13,10 +13,10 @@ import logging
 import tempfile
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import httpx
 
@@ -74,7 +74,7 @@ class Devices:
                               pulse_s=self.config.doors.unlock_pulse_s, trust_host_clock=True,
                               net=self.nets.get(device))
 
-    def start(self) -> "Devices":
+    def start(self) -> Devices:
         for device in self.config.device_ids:
             self.controllers[device] = self._make(device).start()
         return self
@@ -111,7 +111,7 @@ class EmbeddedStation:
         self._server: Any = None
         self.base_url = ""
 
-    def start(self) -> "EmbeddedStation":
+    def start(self) -> EmbeddedStation:
         import uvicorn
 
         from station.api.auth import make_token

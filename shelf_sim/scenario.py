@@ -74,11 +74,6 @@ class Scenario:
     faults: Faults = Faults()
     station: dict[str, Any] = field(default_factory=dict)
 
-    @property
-    def customers(self) -> int:
-        """Distinct recipients, derived from parcels and second_parcel_fraction."""
-        return len({p.phone for p in build_plan(self).parcels})
-
 
 def _tuple(value: Any, name: str) -> tuple[float, float]:
     if not (isinstance(value, list) and len(value) == 2):

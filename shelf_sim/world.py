@@ -34,7 +34,7 @@ class SimShelfHal(ShelfHal):
 
     def unstick(self, row: int, col: int, physical_count: int) -> None:
         sensor = self.sensor(row, col)
-        with sensor._lock:  # noqa: SLF001 - the sensor reads the truth again
+        with sensor._lock:
             sensor.stuck = False
             sensor.count = physical_count
 
@@ -119,7 +119,7 @@ class SmsInbox:
         inbox = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802
+            def do_POST(self) -> None:
                 length = int(self.headers.get("content-length", 0))
                 body = self.rfile.read(length)
                 try:

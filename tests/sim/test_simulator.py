@@ -1,0 +1,79 @@
+"""The simulator inside `make test`: a seeded scenario with faults and mistakes switched on
+must keep the station's invariants, and one seed must give one report (apart from timings)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from shelf_sim.kpi import deterministic_view, summary_lines, write_report
+from shelf_sim.runner import run_embedded
+from shelf_sim.scenario import build_plan, load_scenario, scenario_from_dict
+from station.config import load_config
+
+ROOT = Path(__file__).resolve().parents[2]
+CONFIG = ROOT / "examples" / "station.toml"
+
+FAULTY = {
+    "name": "make-test", "seed": 11, "speed": 400, "couriers": 2, "parcels": 60,
+    "guided_fraction": 1.0, "second_parcel_fraction": 0.15, "strangers": 2,
+    "exit_frame_fraction": 0.25, "arrival_delay_s": [5, 200], "walk_s": [5, 15], "max_in_room": 4,
+    "mistakes": {"customer_wrong_slot": 0.08, "customer_foreign_parcel": 0.08,
+                 "courier_wrong_slot": 0.05, "customer_walk_off": 0.05},
+    "faults": {"drop": 0.02, "duplicate": 0.02, "delay": 0.04, "delay_ms": [5, 120],
+               "reboots": 2, "broker_restarts": 1, "stuck_sensors": 2, "stuck_for_s": 100,
+               "dead_leds": 2},
+    "station": {"pickup_session_timeout_s": 60},
+}
+
+
+def test_faults_and_mistakes_keep_the_invariants(tmp_path: Path) -> None:
+    scenario = scenario_from_dict(FAULTY)
+    report = run_embedded(load_config(CONFIG), scenario, workdir=tmp_path / "station")
+    write_report(report, tmp_path / "report")
+    print("\n".join(summary_lines(report)))
+    assert report["invariants"] == {
+        "wrong_slots_lit": 0, "parcels_lost": 0, "doors_opened_without_waiting_parcel": 0,
+        "foreign_parcels_let_out": 0, "strangers_let_in": 0}, report["examples"]
+    assert report["ok"]
+    plan, out = report["plan"], report["outcome"]
+    assert plan["customers"] >= 40
+    assert out["parcels_shelved"] >= 0.9 * plan["parcels"], report["examples"]
+    assert out["pickups_completed"] >= 0.8 * plan["customers"], report["examples"]
+    assert out["strangers_refused"] == plan["strangers"]
+    assert out["reboots"] == 2 and out["broker_restarts"] == 1 and out["dead_leds"] == 2
+    assert out["wrong_parcels_caught_at_exit"] >= 1
+    assert sum(report["timing"]["network_faults_injected"].values()) > 0
+    assert (tmp_path / "report" / "report.json").exists() and (tmp_path / "report" / "kpi.png").exists()
+
+
+def test_same_seed_same_report(tmp_path: Path) -> None:
+    tiny = scenario_from_dict({
+        "name": "tiny", "seed": 5, "speed": 400, "couriers": 1, "parcels": 8, "strangers": 1,
+        "guided_fraction": 1.0, "arrival_delay_s": [1, 30], "exit_frame_fraction": 0.5,
+        "mistakes": {"courier_wrong_slot": 0.3, "customer_walk_off": 0.3},
+        "station": {"pickup_session_timeout_s": 30},
+    })
+    config = load_config(CONFIG)
+    first = run_embedded(config, tiny, workdir=tmp_path / "a")
+    second = run_embedded(config, tiny, workdir=tmp_path / "b")
+    assert deterministic_view(first) == deterministic_view(second)
+    assert first["ok"] and first["outcome"]["pickups_completed"] == first["plan"]["customers"]
+    shelves = [("shelf-1", 5, 10), ("shelf-2", 5, 10)]
+    assert build_plan(replace(tiny, seed=6), shelves).parcels != build_plan(tiny, shelves).parcels
+
+
+@pytest.mark.parametrize("name", ["day.toml", "week.toml"])
+def test_example_scenarios_load_and_plan(name: str) -> None:
+    scenario = load_scenario(ROOT / "examples" / name)
+    plan = build_plan(scenario, [("shelf-1", 5, 10), ("shelf-2", 5, 10)], ("door-entry", "door-exit"))
+    assert len(plan.parcels) == scenario.parcels
+    assert build_plan(scenario, [("shelf-1", 5, 10), ("shelf-2", 5, 10)],
+                      ("door-entry", "door-exit")).summary() == plan.summary()
+
+
+def test_unknown_scenario_key_is_refused() -> None:
+    with pytest.raises(ValueError, match="unknown scenario keys"):
+        scenario_from_dict({"parcel": 3})
