@@ -86,6 +86,27 @@ def _object(s: dict[str, Any]) -> st.SearchStrategy[dict[str, Any]]:
     return build()
 
 
+def _merge(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """allOf of plain object schemas -> one object schema (properties and required united)."""
+    out: dict[str, Any] = {"type": "object", "properties": {}, "required": []}
+    for part in parts:
+        part = _resolve(part)
+        out["properties"].update(part.get("properties", {}))
+        out["required"] += [r for r in part.get("required", []) if r not in out["required"]]
+    return out
+
+
+def _conditions(cond: dict[str, Any]) -> dict[str, list[Any]]:
+    """{"properties": {"kind": {"const": x} | {"enum": [...]}}} -> {"kind": [values]}."""
+    out = {}
+    for key, c in cond.get("properties", {}).items():
+        if "const" in c:
+            out[key] = [c["const"]]
+        elif "enum" in c:
+            out[key] = list(c["enum"])
+    return out
+
+
 def from_schema(s: dict[str, Any]) -> st.SearchStrategy[Any]:
     s = _resolve(s)
     if "const" in s:
@@ -95,6 +116,11 @@ def from_schema(s: dict[str, Any]) -> st.SearchStrategy[Any]:
     for key in ("oneOf", "anyOf"):
         if key in s:
             return st.one_of(*[from_schema(x) for x in s[key]])
+    plain = [b for b in s.get("allOf", []) if "if" not in b]
+    if plain:
+        merged = _merge([{k: v for k, v in s.items() if k not in ("allOf",)}, *plain])
+        s = {**merged, "allOf": [b for b in s["allOf"] if "if" in b],
+             **{k: s[k] for k in ("if", "then", "else") if k in s}}
     base: st.SearchStrategy[Any]
     kinds = s.get("type")
     if isinstance(kinds, list):
@@ -106,22 +132,37 @@ def from_schema(s: dict[str, Any]) -> st.SearchStrategy[Any]:
     else:
         base = ANY_JSON
     branches = [b for b in s.get("allOf", []) if "if" in b and "then" in b]
-    if not branches:
+    top = s if "if" in s else None
+    if not branches and top is None:
         return base
+    props = s.get("properties", {})
 
     @st.composite
-    def discriminated(draw: Any) -> Any:
+    def conditional(draw: Any) -> Any:
         obj = draw(base)
-        branch = draw(st.sampled_from(branches + [None]))
-        if branch is not None and isinstance(obj, dict):
-            for key, cond in branch["if"].get("properties", {}).items():
-                if "const" in cond:
-                    obj[key] = cond["const"]
-            for key, sub in branch["then"].get("properties", {}).items():
-                obj[key] = draw(from_schema(sub))
+        if not isinstance(obj, dict):
+            return obj
+        branch = draw(st.sampled_from(branches + [None])) if branches else None
+        if branch is not None:  # steer the discriminator towards a branch
+            for key, values in _conditions(branch["if"]).items():
+                obj[key] = draw(st.sampled_from(values))
+        for b in branches:  # then apply every branch whose condition holds
+            if all(obj.get(k) in v for k, v in _conditions(b["if"]).items()):
+                for key, sub in b["then"].get("properties", {}).items():
+                    obj[key] = draw(from_schema(sub))
+        if top is not None:  # if/then/else on the whole object (Ack: reason iff not ok)
+            cond = _conditions(top["if"])
+            holds = all(obj.get(k) in v for k, v in cond.items())
+            if holds:
+                for key in top["then"].get("required", []):
+                    if key not in obj and key in props:
+                        obj[key] = draw(from_schema(props[key]))
+            else:
+                for key in top.get("else", {}).get("not", {}).get("required", []):
+                    obj.pop(key, None)
         return obj
 
-    return discriminated()
+    return conditional()
 
 
 WRONG = st.one_of(st.none(), st.booleans(), st.integers(), st.text(max_size=5),
