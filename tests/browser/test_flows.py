@@ -180,6 +180,8 @@ def test_operator_sees_the_lit_slot_live_and_replays_the_morning(tmp_path: Path,
         assert res.status_code == 200, res.text
         colour = res.json()["colour"]
         expect(cell).to_have_attribute("data-colours", colour)   # pushed by the event stream
+        expect(page.locator("#shelves .slot.mismatch")).to_have_count(0)   # LEDs and sensors agree
+        expect(page.locator('#doors [data-door="door-entry"] [data-reported]')).to_be_visible()
         expect(page.locator('#doors [data-door="door-entry"]')).to_have_attribute("data-last", "door.unlocked")
         expect(page.locator('#events tr[data-type="pickup.opened"]')).to_have_count(1)
         shot(page, "operator-1-live")
@@ -275,5 +277,11 @@ def test_operator_sees_the_lit_slot_live_and_replays_the_morning(tmp_path: Path,
         for left in (1, 0):                                      # acknowledged one by one
             alarms.first.locator("button").click()
             expect(alarms).to_have_count(left)
+
+        ls.put("2-5-10")                                         # something left on a shelf unscanned
+        stray = page.locator('#shelves .slot[data-slot="2-5-10"]')
+        expect(stray).to_have_class(re.compile("mismatch"))
+        expect(stray).to_have_attribute("data-mismatch", re.compile("sensor feels 1"))
+        shot(page, "operator-7-sensor-differs")
         page.goto("about:blank")                                 # end the event stream before the station stops
         time.sleep(0.5)

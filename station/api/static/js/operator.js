@@ -13,7 +13,7 @@
   const st = {
     live: null, lastSeq: 0, replaySeq: null, replayReq: 0, playing: false,
     refreshTimer: null, sliderTimer: null, source: null, filtered: false, streamSeq: 0,
-    verifyTimer: null, verifiedAt: 0,
+    verifyTimer: null, verifiedAt: 0, settleTimer: null,
   };
 
   // ---------- helpers ----------------------------------------------------------------------
@@ -46,7 +46,26 @@
 
   // ---------- the room ---------------------------------------------------------------------
 
-  function renderSlot(s) {
+  /** What the shelf controllers report they show and sense, by slot address (live only). */
+  function reportedBySlot(view) {
+    const out = {};
+    if (!view.reported) return out;
+    for (const sh of view.shelves) {
+      const rep = (view.reported[sh.device] || {}).reported;
+      if (!rep) continue;
+      const key = (row, col) => `${sh.number}-${row}-${String(col).padStart(2, "0")}`;
+      for (const l of rep.lights || []) (out[key(l.row, l.col)] ||= {}).colours = (l.colours || []).map(c => c.toUpperCase());
+      for (const o of rep.occupied || []) (out[key(o.row, o.col)] ||= {}).count = o.count;
+      for (const sl of sh.slots) {
+        const r = (out[sl.slot] ||= {});
+        r.colours ||= [];
+        r.count ??= 0;
+      }
+    }
+    return out;
+  }
+
+  function renderSlot(s, rep) {
     const light = s.light || null;
     const colours = light ? light.colours : [];
     const pattern = light ? light.pattern : "";
@@ -54,10 +73,21 @@
     if (s.parcels > 0) cls.push("occupied");
     if (colours.length) cls.push("lit");
     if (pattern && pattern !== "solid") cls.push("pattern-" + pattern);
+    // The database's view against the device's: an LED that shows something else, or a
+    // sensor that feels a different number of parcels, is worth a look.
+    let note = "";
+    if (rep) {
+      const want = colours.map(c => c.toUpperCase()).join(",");
+      const shows = rep.colours.join(",");
+      if (want !== shows) note += ` · LED shows ${shows || "off"}`;
+      if (rep.count !== s.parcels) note += ` · sensor feels ${rep.count}`;
+      if (note) cls.push("mismatch");
+    }
     const node = el("div", {
       class: cls.join(" "),
-      dataset: { slot: s.slot, parcels: String(s.parcels), colours: colours.join(","), pattern: pattern || "" },
-      title: `${s.slot} · ${s.size} · ${s.parcels}/${s.capacity}` + (colours.length ? ` · ${colours.join("/")} ${pattern}` : ""),
+      dataset: { slot: s.slot, parcels: String(s.parcels), colours: colours.join(","), pattern: pattern || "",
+                 mismatch: note ? note.slice(3) : null },
+      title: `${s.slot} · ${s.size} · ${s.parcels}/${s.capacity}` + (colours.length ? ` · ${colours.join("/")} ${pattern}` : "") + note,
     }, el("span", { class: "addr" }, `${s.row}-${String(s.col).padStart(2, "0")}`),
        s.parcels ? el("span", { class: "count" }, s.parcels > 1 ? `■${s.parcels}` : "■") : null);
     if (colours.length) {
@@ -70,8 +100,9 @@
   }
 
   function renderShelves(view) {
+    const reported = reportedBySlot(view);
     const shelves = view.shelves.map(sh => {
-      const grid = el("div", { class: "shelf-grid" }, sh.slots.map(renderSlot));
+      const grid = el("div", { class: "shelf-grid" }, sh.slots.map(sl => renderSlot(sl, reported[sl.slot])));
       grid.style.gridTemplateColumns = `repeat(${sh.columns}, 44px)`;
       return el("div", { class: "shelf", dataset: { shelf: String(sh.number) } },
         el("h3", {}, `货架 ${sh.number} `, el("span", { class: "en" }, `shelf ${sh.number}${sh.outbound ? " · outbound 寄件" : ""} · ${sh.device}`)),
@@ -90,8 +121,11 @@
     const rows = [];
     for (const [door, d] of Object.entries(view.doors || {})) {
       const [text, kind] = DOOR_TEXT[d.last] || [d.last || "–", "off"];
+      const rep = view.reported && view.reported[door] && view.reported[door].reported;
+      const now = rep ? el("span", { class: "muted", dataset: { reported: `${rep.locked ? "locked" : "unlocked"},${rep.open ? "open" : "closed"}` } },
+        ` · 设备 device: ${rep.locked ? "锁 locked" : "未锁 unlocked"}, ${rep.open ? "开 open" : "关 closed"}${rep.emergency ? ", 紧急 emergency" : ""}`) : null;
       rows.push(el("span", {}, door), el("span", { dataset: { door, last: d.last || "" } },
-        el("span", { class: "badge " + kind }, text), " ", el("span", { class: "muted" }, PS.fmtTime(d.at))));
+        el("span", { class: "badge " + kind }, text), " ", el("span", { class: "muted" }, PS.fmtTime(d.at)), now));
     }
     $("#doors").replaceChildren(...rows);
   }
@@ -144,9 +178,13 @@
     return r.body;
   }
 
+  /** Refresh soon after an event, and once more a little later: devices report their new
+   *  state after the event that changed it, and a passing LED/sensor difference must clear. */
   function scheduleRefresh() {
     clearTimeout(st.refreshTimer);
+    clearTimeout(st.settleTimer);
     st.refreshTimer = setTimeout(refreshState, 120);
+    st.settleTimer = setTimeout(refreshState, 1500);
   }
 
   function setLastSeq(seq) {
@@ -420,6 +458,6 @@
     connect(state.seq);
     verify();
     setInterval(verify, 60000);
-    setInterval(() => { if (st.source && st.source.readyState !== EventSource.OPEN) refreshState(); }, 5000);
+    setInterval(refreshState, 10000);   // light TTLs, device state: things that change without an event
   });
 })();
