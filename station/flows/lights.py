@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 from typing import Iterable
 
 from station.domain.layout import SlotAddress
@@ -18,6 +19,11 @@ class LightSync:
     def __init__(self, ctx: Ctx) -> None:
         self.ctx = ctx
         self._sent: dict[str, dict[Key, tuple[tuple[str, ...], str]]] = {}
+        self._last: dict[str, Handle] = {}
+        # compute-and-send is one step: two threads (a scan under ctx.lock, the ticker or a
+        # session close outside it) must not send their views in the opposite order to the
+        # one they computed them in, or a shelf ends up showing the older one
+        self._lock = threading.Lock()
 
     def claims(self, now: float) -> list[SlotClaim]:
         store = self.ctx.store
@@ -67,18 +73,27 @@ class LightSync:
         return per_device
 
     def refresh(self, devices: Iterable[str] | None = None, *, force: bool = False) -> list[Handle]:
-        """Send each shelf its desired lights if they changed (or always, with force)."""
-        desired = self.desired()
-        wanted = set(devices) if devices is not None else set(desired)
-        handles: list[Handle] = []
-        for device in sorted(wanted):
-            lights = desired.get(device, {})
-            summary = {k: (v.colours, v.pattern) for k, v in lights.items()}
-            if not force and self._sent.get(device) == summary:
-                continue
-            self._sent[device] = summary
-            handles.append(self.ctx.devices.replace_lights(device, lights))
-        return handles
+        """Send each shelf its desired lights if they changed (or always, with force).
+
+        An unchanged shelf yields the handle of the command that last carried this state, so
+        a caller waiting for "my slot is lit" still learns when (and whether) it was acked,
+        also when another thread happened to send it first."""
+        with self._lock:
+            desired = self.desired()
+            wanted = set(devices) if devices is not None else set(desired)
+            handles: list[Handle] = []
+            for device in sorted(wanted):
+                lights = desired.get(device, {})
+                summary = {k: (v.colours, v.pattern) for k, v in lights.items()}
+                if not force and self._sent.get(device) == summary:
+                    if device in self._last:
+                        handles.append(self._last[device])
+                    continue
+                self._sent[device] = summary
+                handle = self.ctx.devices.replace_lights(device, lights)
+                self._last[device] = handle
+                handles.append(handle)
+            return handles
 
     def devices_of(self, slots: Iterable[str | SlotAddress]) -> set[str]:
         out = set()
