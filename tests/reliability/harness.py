@@ -143,7 +143,8 @@ class ProcStation:
                 "--secrets", str(self.secrets_path), "--port", str(self.port),
                 "--mqtt-port", str(self.broker.port)]
 
-    def start(self, wait_devices: bool = True, timeout: float = 30.0) -> "ProcStation":
+    def spawn(self) -> subprocess.Popen[bytes]:
+        """Start the process without waiting for it (to kill it while it starts)."""
         assert self.proc is None or self.proc.poll() is not None, "already running"
         log = open(self.log_path, "ab")
         env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env}
@@ -151,6 +152,10 @@ class ProcStation:
                                      stdin=subprocess.DEVNULL, cwd=ROOT, env=env)
         log.close()
         self.starts += 1
+        return self.proc
+
+    def start(self, wait_devices: bool = True, timeout: float = 30.0) -> "ProcStation":
+        self.spawn()
 
         def healthy() -> bool:
             if self.proc is not None and self.proc.poll() is not None:
