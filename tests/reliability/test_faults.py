@@ -5,8 +5,8 @@ in-process station whose SQLite connection we can starve.
     and the customer finishes;
   * the entry door controller is offline when a customer arrives: `door_offline`, no
     entry, an alarm;
-  * the broker is down for longer than the command expiry in the middle of a pickup: no
-    command from the outage executes afterwards, the open session resumes;
+  * the broker is down for longer than the command expiry in the middle of a pickup and a
+    shelving: no command from the outage executes afterwards, both sessions resume;
   * the disk is full (SQLite `max_page_count` on the store's connection: no tmpfs or loop
     device without root): new work is refused with HTTP 507 `storage_full`, nothing is
     unlocked, the chain still verifies, and work resumes once there is room.
@@ -124,7 +124,14 @@ def test_broker_down_past_command_expiry_runs_no_stale_command_and_the_session_r
         until(lambda: a["slot"] in ps.lit(), 10)
         assert len(entry.unlocks) == 1
 
+        courier_sid = ps.api("post", "/api/courier/sessions", "courier", "c1", json={}).json()["session_id"]
         ps.broker.stop()
+        # a courier scans during the outage: the fact is recorded, the light cannot be confirmed
+        res = ps.api("post", f"/api/courier/sessions/{courier_sid}/scans", "courier", "c1",
+                     json={"waybill": "SF0000000000003", "phone": PHONE_A, "size": "S"})
+        assert res.status_code == 200, res.text
+        assert res.json()["lights_acked"] is not True, res.json()
+        outage_slot = res.json()["slot"]
         # customer B arrives during the outage: no door opens for them, now or later
         res = ps.api("post", "/api/kiosk/code", "kiosk", json={"code": b["code"]})
         assert res.status_code == 503, res.text
@@ -133,6 +140,7 @@ def test_broker_down_past_command_expiry_runs_no_stale_command_and_the_session_r
         ps.broker.start()
         until(lambda: set(ps.config.device_ids) <= ps.online_devices(), 20, "devices back")
         ps.lights_match(20)
+        assert outage_slot in ps.lit(), "the slot scanned during the outage is lit once it is over"
         time.sleep(ttl)  # anything stale in a queue would have arrived by now
         assert len(entry.unlocks) == 1, "a command from the outage opened the door afterwards"
         assert ps.controller("door-entry").hal.locked
@@ -144,6 +152,10 @@ def test_broker_down_past_command_expiry_runs_no_stale_command_and_the_session_r
         res = ps.api("post", "/api/kiosk/code", "kiosk", json={"code": b["code"]})
         assert res.status_code == 200 and res.json()["door"] == "unlocked", res.text
         assert len(entry.unlocks) == 2
+        # the courier's session resumed too: the parcel scanned in the outage is shelved
+        codes = len(ps.messages("pickup_code"))
+        ps.put(outage_slot)
+        until(lambda: len(ps.messages("pickup_code")) > codes, 10, "code for the outage parcel")
         ps.lights_match()
         assert ps.verify_log().returncode == 0
         refused = ps.query("SELECT data FROM events WHERE type = 'entry.refused'")
