@@ -5,13 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request, Response
 from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import JSONResponse
 
 from . import courier, errors, kiosk, operator
 from .services import Services
 
 STATIC = Path(__file__).parent / "static"
+PUBLIC_API = ("/api/health", "/api/courier/login")
 
 
 def create_app(svc: Services, token_key: bytes, cors_origins: list[str] | None = None) -> FastAPI:
@@ -26,6 +28,18 @@ def create_app(svc: Services, token_key: bytes, cors_origins: list[str] | None =
     if cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=cors_origins, allow_methods=["*"],
                            allow_headers=["Authorization", "Content-Type"])
+    @app.middleware("http")
+    async def token_first(request: Request, call_next: Any) -> Response:
+        """A caller with no token at all is refused before its body is read or parsed, so
+        a malformed body cannot tell an anonymous caller anything (401, not 422)."""
+        path = request.url.path
+        if path.startswith("/api/") and path not in PUBLIC_API and request.method != "OPTIONS":
+            header = request.headers.get("authorization", "")
+            if not header.lower().startswith("bearer ") and not request.cookies.get("ps_token"):
+                return JSONResponse({"error": "unauthenticated", "message": "a bearer token is required"},
+                                    401, headers={"WWW-Authenticate": "Bearer"})
+        return await call_next(request)
+
     app.include_router(courier.router)
     app.include_router(kiosk.router)
     app.include_router(kiosk.exit_router)

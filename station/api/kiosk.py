@@ -11,6 +11,7 @@ from fastapi.concurrency import run_in_threadpool
 
 from station.domain.codes import QR_PREFIX
 from station.flows.errors import AuthFailed, FlowError, Unavailable
+from station.flows.ports import outcome_of
 from station.store.eventlog import Event
 
 from .auth import Principal, require
@@ -123,7 +124,7 @@ def _unlock_for_courier(svc: Services, courier_id: str, method: str, kiosk: str,
     with ctx.store.transaction() as tx:
         tx.emit(Event("door.unlock.requested", door, courier_id,
                       {"courier_id": courier_id, "method": method, "kiosk": kiosk}, snapshot))
-    outcome = ctx.devices.unlock(door).wait(ctx.command_timeout)
+    outcome = outcome_of(ctx.devices.unlock(door), ctx.command_timeout)
     if outcome.status != "acked":
         raise Unavailable("The door did not open.", code="door_failed")
     return {"courier_id": courier_id, "door": "unlocked", "method": method}

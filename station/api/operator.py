@@ -19,7 +19,7 @@ from fastapi.responses import FileResponse, Response, StreamingResponse
 from station.domain.phones import phone_hash
 from station.flows.errors import FlowError, NotFound, Unavailable
 from station.flows.shelfmap import room_state
-from station.store.db import Store
+from station.store.db import Store, StoreError
 from station.store.eventlog import Event, iter_events, verify_chain
 from station.store.replay import replay_into
 
@@ -222,7 +222,10 @@ async def stream(request: Request, after_seq: int = Query(default=-1, ge=-1),
             def fetch(after: int) -> list[dict[str, Any]]:
                 with store.reading() as conn:
                     return [e.as_dict() for e in iter_events(conn, after_seq=after, limit=500)]
-            rows = await run_in_threadpool(fetch, last)
+            try:
+                rows = await run_in_threadpool(fetch, last)
+            except StoreError:  # the station is stopping: end the stream, the page reconnects
+                return
             for r in rows:
                 last = r["seq"]
                 yield f"id: {r['seq']}\nevent: log\ndata: {json.dumps(r, ensure_ascii=False)}\n\n".encode()

@@ -16,6 +16,7 @@ from . import contacts, guard
 from .context import Ctx
 from .errors import FlowError, Unavailable
 from .lights import LightSync
+from .ports import outcome_of
 
 INSIDE_GRACE_S = 1800.0
 
@@ -135,7 +136,7 @@ class ExitCheck:
         result.door = "requested"
         if not wait:
             return result
-        outcome = handle.wait(ctx.command_timeout)
+        outcome = outcome_of(handle, ctx.command_timeout)
         if outcome.status != "acked":
             with ctx.lock, ctx.store.transaction() as tx:
                 guard.raise_alarm(tx, "door.no_ack", door, f"exit door did not unlock: {outcome.status}")

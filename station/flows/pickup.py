@@ -21,6 +21,7 @@ from . import contacts, guard
 from .context import Ctx, new_id
 from .errors import AuthFailed, FlowError, Unavailable
 from .lights import LightSync
+from .ports import outcome_of
 from .shelving import live_colours
 
 
@@ -187,8 +188,8 @@ class Pickup:
                              slot_list, len(parcels), "requested", expires_at, reused=existing is not None)
         if not wait:
             return result
-        outcome = door_handle.wait(ctx.command_timeout)
-        result.lights_acked = all(h.wait(ctx.command_timeout).status == "acked" for h in light_handles)
+        outcome = outcome_of(door_handle, ctx.command_timeout)
+        result.lights_acked = all(outcome_of(h, ctx.command_timeout).status == "acked" for h in light_handles)
         if outcome.status != "acked":
             with ctx.lock, ctx.store.transaction() as tx:
                 tx.emit(Event("entry.refused", door, kiosk, {

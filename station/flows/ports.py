@@ -5,6 +5,7 @@ engine are handed in (bootstrap.py), and tests hand in fakes."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Mapping, Protocol
 
 from station.domain.lights import LightSpec
@@ -29,3 +30,18 @@ class DevicePort(Protocol):
 
 class OutboxPort(Protocol):
     def enqueue(self, tx: Any, channel: str, subject: str, message: Mapping[str, Any]) -> str: ...
+
+
+@dataclass(frozen=True)
+class _NoAnswer:
+    status: str = "expired"
+    reason: str | None = "no_answer"
+
+
+def outcome_of(handle: Handle, timeout: float) -> Outcome:
+    """The command's outcome, or `expired` when none came in time: a door that does not
+    answer is a door that did not open, never an exception in the middle of a flow."""
+    try:
+        return handle.wait(timeout)
+    except TimeoutError:
+        return _NoAnswer()

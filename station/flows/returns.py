@@ -13,6 +13,7 @@ from station.store.eventlog import Event
 from .context import Ctx, new_id
 from .errors import FlowError
 from .lights import LightSync
+from .ports import outcome_of
 from .shelving import Shelving, live_colours
 
 RUN_TTL_S = 900.0
@@ -61,7 +62,7 @@ class Returns:
                     "expires_at": tx.now + RUN_TTL_S}))
             handles = self.lights.refresh()
         for h in handles:
-            h.wait(ctx.command_timeout)
+            outcome_of(h, ctx.command_timeout)
         return {"session_id": session_id, "colour": colour,
                 "parcels": [{"parcel_id": p["id"], "slot": p["slot"], "waybill": p["waybill"]} for p in parcels]}
 
@@ -134,7 +135,7 @@ class Returns:
                     "phone_masked": "", "target_slot": str(slot), "deadline": deadline}))
             handles = self.lights.refresh(self.lights.devices_of([slot]))
         for h in handles:
-            h.wait(ctx.command_timeout)
+            outcome_of(h, ctx.command_timeout)
         return {"session_id": session_id, "pending_id": pending_id, "slot": str(slot),
                 "colour": colour, "carrier": carrier.name}
 

@@ -20,6 +20,7 @@ from . import contacts
 from .context import Ctx, new_id
 from .errors import FlowError, NotFound
 from .lights import LightSync
+from .ports import outcome_of
 
 
 @dataclass
@@ -167,7 +168,7 @@ class Shelving:
         result = ScanResult(pending_id, waybill, carrier.name, session["mode"], target,
                             session["colour"], deadline)
         if wait_lights and handles:
-            outcomes = [h.wait(ctx.command_timeout) for h in handles]
+            outcomes = [outcome_of(h, ctx.command_timeout) for h in handles]
             result.lights_acked = all(o.status == "acked" for o in outcomes)
         return result
 

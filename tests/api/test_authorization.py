@@ -234,8 +234,6 @@ def test_cors_opens_only_to_configured_origins(tmp_path: Path) -> None:
     assert "access-control-allow-origin" not in c.get("/api/health", headers={"Origin": FOREIGN}).headers
 
 
-@pytest.mark.xfail(strict=True, reason="FastAPI decodes a JSON body before it runs dependencies: "
-                   "malformed JSON without a token gets 422, not 401 (the route still does not run)")
 def test_malformed_json_without_a_token_is_refused_as_unauthenticated(client: TestClient) -> None:
     res = client.post("/api/kiosk/code", content=b"{not json", headers={"content-type": "application/json"})
     assert res.status_code == 401
