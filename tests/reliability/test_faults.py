@@ -228,3 +228,80 @@ def test_disk_full_refuses_new_work_with_507_and_corrupts_nothing(tmp_path: Path
         finally:
             check.close()
         http.close()
+
+
+def _can_mount() -> bool:
+    import os
+    import shutil as sh
+
+    return os.geteuid() == 0 and sh.which("mount") is not None
+
+
+@pytest.mark.skipif(not _can_mount(), reason="needs root to mount a small tmpfs")
+def test_a_really_full_filesystem_under_station_run(tmp_path: Path) -> None:
+    """The same promise on a real full disk: `station run` with its database on a 4 MB tmpfs
+    filled to the last byte. Whatever SQLite says (SQLITE_FULL, an I/O error on the WAL),
+    the API refuses with 507/503 and a JSON error, the door opens only when the entry was
+    recorded, the process stays up, and everything is whole again once space is freed and
+    after a SIGKILL and restart on the same disk."""
+    import subprocess as sp
+
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    res = sp.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(disk)], capture_output=True, text=True)
+    if res.returncode != 0:
+        pytest.skip(f"cannot mount tmpfs here: {res.stderr.strip()}")
+    try:
+        with ProcStation(tmp_path / "st", database=str(disk / "station.db"),
+                         snapshots_dir=str(disk / "snapshots")) as ps:
+            ps.start()
+            parcels = shelve(ps, [("SF0000000000001", PHONE_A)])
+            entry = UnlockRecorder(ps.controller("door-entry"))
+            sid = ps.api("post", "/api/courier/sessions", "courier", "c1", json={}).json()["session_id"]
+            filler = disk / "filler"
+            with open(filler, "wb") as fh:
+                try:
+                    while True:
+                        fh.write(b"\0" * 65536)
+                        fh.flush()
+                except OSError:
+                    pass
+            refusals = []
+            for n in range(2, 400):
+                res = ps.api("post", f"/api/courier/sessions/{sid}/scans", "courier", "c1",
+                             json={"waybill": f"SF{n:013d}", "phone": PHONE_B, "size": "S"})
+                if res.status_code != 200:
+                    refusals.append(res)
+                    break
+            assert refusals, "the disk never filled up"
+            body = refusals[0].json()
+            assert refusals[0].status_code in (503, 507) and body["error"] in ("storage_full", "storage_error"), \
+                refusals[0].text
+            code = parcels["SF0000000000001"]["code"]
+            res = ps.api("post", "/api/kiosk/code", "kiosk", json={"code": code})
+            if res.status_code == 200:
+                assert len(entry.unlocks) == 1
+            else:
+                assert res.status_code in (503, 507), res.text
+                assert entry.unlocks == [], "the door opened for an entry the station could not record"
+            assert ps.running and ps.http.get("/api/health").status_code == 200
+
+            filler.unlink()
+            res = until(lambda: (r := ps.api("post", f"/api/courier/sessions/{sid}/scans", "courier", "c1",
+                                               json={"waybill": "SF0000000000999", "phone": PHONE_B,
+                                                     "size": "S"})).status_code == 200 and r, 10,
+                        "work resumes once there is space")
+            codes = len(ps.messages("pickup_code"))
+            ps.put(res.json()["slot"])
+            until(lambda: len(ps.messages("pickup_code")) > codes, 15, "the new parcel's code is sent")
+            verify = ps.verify_log()
+            assert verify.returncode == 0, verify.stdout + verify.stderr
+            ps.kill()
+            ps.start()
+            verify = ps.verify_log()
+            assert verify.returncode == 0, verify.stdout + verify.stderr
+            waybills = [r["waybill"] for r in ps.query("SELECT waybill FROM parcels")]
+            assert sorted(waybills) == ["SF0000000000001", "SF0000000000999"], waybills
+            ps.lights_match()
+    finally:
+        sp.run(["umount", "-l", str(disk)], capture_output=True)
