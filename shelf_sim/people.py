@@ -241,6 +241,13 @@ class Courier:
             # put it (back) where the handheld says, twice, then try another slot
             m.inc("courier_placement_retries", example=f"{p.waybill} at {slot}")
             env.take(p.waybill, self.plan.courier_id)
+            late = self._wait_bound(http, scan["pending_id"], 0.0)
+            if late is not None and late.get("parcel_id"):
+                # the handheld says "shelved" after all: it belongs where it was, put it back
+                env.put(p.waybill, late.get("slot") or slot)
+                m.inc("courier_late_confirmations", example=f"{p.waybill} at {late.get('slot')}")
+                m.inc("parcels_shelved")
+                return True
             if item is not None and item.get("state") == "failed":
                 break
             self._pause(1.0)
@@ -251,18 +258,21 @@ class Courier:
         m.inc("parcels_not_shelved", example=p.waybill)
         return False
 
-    def _wait_bound(self, http: httpx.Client, pending_id: str) -> dict[str, Any] | None:
+    def _wait_bound(self, http: httpx.Client, pending_id: str,
+                    timeout: float | None = None) -> dict[str, Any] | None:
         env = self.env
-        deadline = time.monotonic() + env.confirm_timeout_s
+        deadline = time.monotonic() + (env.confirm_timeout_s if timeout is None else timeout)
         sid = self.session["session_id"]
         item: dict[str, Any] | None = None
         interval = 0.005
-        while time.monotonic() < deadline and not env.stop.is_set():
+        while not env.stop.is_set():
             res = http.get(f"/api/courier/sessions/{sid}", headers=self.auth)
             if res.status_code == 200:
                 item = next((i for i in res.json()["items"] if i["id"] == pending_id), None)
                 if item is not None and (item.get("parcel_id") or item.get("state") == "failed"):
                     return item
+            if time.monotonic() >= deadline:
+                break
             time.sleep(interval)
             interval = min(0.1, interval * 1.5)
         return item
@@ -276,6 +286,7 @@ class Customer:
                  requeue: Callable[[CustomerPlan, int], None]) -> None:
         self.env, self.plan, self.waybills, self.visit, self.requeue = env, plan, waybills, visit, requeue
         self.kiosk = {"Authorization": "Bearer " + env.kiosk_token}
+        self.requeued = False
 
     def run(self) -> None:
         with self.env.client() as http:
@@ -344,7 +355,9 @@ class Customer:
         mine = set(self.waybills)
         for slot, colours in env.lit().items():
             if colour in colours and not mine & set(env.room.in_slot(slot)):
-                m.inc("wrong_slots_lit", example=f"{slot} lit {colour} for ...{self.plan.phone[-4:]}")
+                m.inc("wrong_slots_lit", example=(
+                    f"{slot} lit {colours} for ...{self.plan.phone[-4:]} (colour {colour}, slots {listed}, "
+                    f"slot holds {len(env.room.in_slot(slot))}, t={time.time():.3f})"))
         for slot in listed:
             if not mine & set(env.room.in_slot(slot)):
                 m.inc("wrong_slots_listed", example=f"{slot} for ...{self.plan.phone[-4:]}")
@@ -381,6 +394,7 @@ class Customer:
         self._check_lights(entry)
         if plan.walk_off and self.visit == 0:
             m.inc("walk_offs")
+            self.requeued = True
             self.requeue(plan, 1)  # they come back later and finish
             return
         me = plan.phone

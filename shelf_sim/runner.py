@@ -236,11 +236,12 @@ class Simulation:
             self._pending_customers += 1
         self._schedule(cust, visit, cust.arrival_delay_s / 2 + 30.0)
 
-    def _customer_done(self) -> None:
+    def _customer_done(self, counted: bool = True) -> None:
         with self._qcond:
             self._pending_customers -= 1
             self._qcond.notify_all()
-        self.progress("customer", 1)
+        if counted:  # a walk-off comes back: one customer, one tick
+            self.progress("customer", 1)
 
     def _customer_worker(self) -> None:
         env = self.env
@@ -255,13 +256,14 @@ class Simulation:
                         break
                     timeout = (self._queue[0][0] - now) if self._queue else 0.5
                     self._qcond.wait(min(timeout, 0.5))
+            person = Customer(env, cust, self._shelved_of.get(cust.phone, []), visit, self._requeue)
             try:
-                Customer(env, cust, self._shelved_of.get(cust.phone, []), visit, self._requeue).run()
+                person.run()
             except Exception as exc:
                 self.m.inc(f"customer_crashed:{type(exc).__name__}", example=str(exc)[:200])
                 log.exception("customer failed")
             finally:
-                self._customer_done()
+                self._customer_done(counted=not person.requeued)
 
     # --- faults --------------------------------------------------------------------------------
 
