@@ -14,8 +14,8 @@ document lists only 200/201 and 422 while the routes answer 401, 403, 404, 409, 
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import schemathesis
@@ -67,13 +67,13 @@ def test_every_operation_survives_generated_requests(station: ProcStation) -> No
                   suppress_health_check=list(HealthCheck))
         @given(op.as_strategy())
         def fuzz(case: Any) -> None:
-            response = case.call(base_url=ps.base_url, headers=headers, timeout=30)
+            response = case.call(base_url=ps.base_url, headers=headers, timeout=30)  # noqa: B023
             if response.status_code >= 500:  # only the deliberate "cannot now" answers
                 body = response.json()
                 assert response.status_code in (503, 507) and body.get("error") in UNAVAILABLE, (
                     f"{case.method} {case.formatted_path}: {response.status_code} {response.text}")
             checks = [response_schema_conformance]
-            if op.path not in NOT_JSON:
+            if op.path not in NOT_JSON:  # noqa: B023
                 checks.append(content_type_conformance)
             case.validate_response(response, checks=checks)
 

@@ -18,9 +18,9 @@ import io
 import json
 import random
 import subprocess
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 from PIL import Image
@@ -147,7 +147,7 @@ def _cases(tmp: Path) -> list[tuple[str, Path]]:
 
 
 def _run(argv: list[str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([PY, "-m", "station.cli", *argv], capture_output=True, text=True, cwd=ROOT,
+    return subprocess.run([PY, "-m", "station.cli", *argv], check=False, capture_output=True, text=True, cwd=ROOT,
                           timeout=60, stdin=subprocess.DEVNULL)
 
 

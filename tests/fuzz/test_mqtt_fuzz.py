@@ -13,8 +13,8 @@ are exactly what they were, and a customer still gets in and finds the right slo
 from __future__ import annotations
 
 import json
-from pathlib import Path
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
@@ -163,7 +163,7 @@ def test_hand_picked_hostile_payloads_and_retained_junk_across_a_restart(station
         b"[" * 30_000 + b"]" * 30_000,                 # deep nesting under the size limit
         b'{"v": NaN}', b'{"v": Infinity}', b'{"v": 1e999}',
         b'{"v": 1, "t": "evt"' + b"\xff\xfe" + b"}",
-        "{\"v\": \"\\ud800\"}".encode(),
+        b"{\"v\": \"\\ud800\"}",
         json.dumps({"v": 1, "t": "evt", "device": "shelf-1", "sig": "a" * 64, "kind": "placement",
                     "data": {"row": 10**30, "col": -1, "action": "put"}}).encode(),
         env.encode(env.sign({"v": 1, "t": "evt", "msg_id": "m", "device": "shelf-1", "boot_id": "b",

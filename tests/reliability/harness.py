@@ -19,9 +19,9 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Self
 
 import httpx
 
@@ -113,7 +113,7 @@ class ProcStation:
 
     # --- lifecycle --------------------------------------------------------------------------
 
-    def __enter__(self) -> "ProcStation":
+    def __enter__(self) -> Self:
         if self._own_broker:
             self.broker.start()
         if self.with_devices:
@@ -146,15 +146,14 @@ class ProcStation:
     def spawn(self) -> subprocess.Popen[bytes]:
         """Start the process without waiting for it (to kill it while it starts)."""
         assert self.proc is None or self.proc.poll() is not None, "already running"
-        log = open(self.log_path, "ab")
         env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env}
-        self.proc = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL, cwd=ROOT, env=env)
-        log.close()
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT,
+                                         stdin=subprocess.DEVNULL, cwd=ROOT, env=env)
         self.starts += 1
         return self.proc
 
-    def start(self, wait_devices: bool = True, timeout: float = 30.0) -> "ProcStation":
+    def start(self, wait_devices: bool = True, timeout: float = 30.0) -> ProcStation:
         self.spawn()
 
         def healthy() -> bool:
@@ -206,7 +205,7 @@ class ProcStation:
 
     def verify_log(self) -> subprocess.CompletedProcess[str]:
         return subprocess.run([PY, "-m", "station.cli", "log", "verify", "--db", str(self.db_path)],
-                              capture_output=True, text=True, cwd=ROOT, timeout=60)
+                              check=False, capture_output=True, text=True, cwd=ROOT, timeout=60)
 
     def db(self) -> sqlite3.Connection:
         """A read-only look at the station's database (WAL: safe beside the writer)."""
@@ -301,7 +300,7 @@ def shelve(ps: ProcStation, parcels: list[tuple[str, str]], courier: str = "c1",
         slot = res.json()["slot"]
         before = len(ps.messages("pickup_code"))
         ps.put(slot)
-        msg = until(lambda: len(ps.messages("pickup_code")) > before and ps.messages("pickup_code")[-1],
+        msg = until(lambda: len(ps.messages("pickup_code")) > before and ps.messages("pickup_code")[-1],  # noqa: B023
                     10, f"code for {waybill}")
         out[waybill] = {"slot": slot, "code": msg["code"], "phone": phone}
     ps.api("post", f"/api/courier/sessions/{sid}/close", "courier", courier)
