@@ -35,7 +35,7 @@ def _shelve(ls: Any, recipients: int) -> dict[str, str]:
             waybill = f"SF{n:013d}"
             r = core.shelving.scan(sess["session_id"], waybill, phone, "S")
             ls.put(r.slot)
-            wait_for(lambda: store.query_one("SELECT 1 FROM parcels WHERE waybill = ?", (waybill,)))
+            wait_for(lambda w=waybill: store.query_one("SELECT 1 FROM parcels WHERE waybill = ?", (w,)))
     core.shelving.close_session(sess["session_id"], "c-sf")
     return {f"137{i:08d}": ls.wait_code_for(f"137{i:08d}", timeout=30) for i in range(recipients)}
 
@@ -55,32 +55,31 @@ def run(quick: bool = False) -> dict[str, Any]:
     growth_points = (1, 5, 10, 25, 50)
     per_point = 10 if quick else 40
     recipients = 60
-    with tempfile.TemporaryDirectory(prefix="bench-entry-") as tmp:
-        with live_station(Path(tmp)) as ls:
-            codes = _shelve(ls, recipients)
-            phones = list(codes)
-            leave = ls.core.exit.leave_empty_handed
-            for i in range(5):  # warm-up
-                _, e = _enter(ls, codes[phones[i]])
+    with tempfile.TemporaryDirectory(prefix="bench-entry-") as tmp, live_station(Path(tmp)) as ls:
+        codes = _shelve(ls, recipients)
+        phones = list(codes)
+        leave = ls.core.exit.leave_empty_handed
+        for i in range(5):  # warm-up
+            _, e = _enter(ls, codes[phones[i]])
+            leave(e.session_id)
+        times = []
+        for i in range(n):
+            ms, e = _enter(ls, codes[phones[i % recipients]])
+            leave(e.session_id)
+            times.append(ms)
+        growth: dict[int, dict[str, float]] = {}
+        for live in growth_points:
+            background = [_enter(ls, codes[p])[1] for p in phones[: live - 1]]
+            measured = phones[live - 1:] if live > 1 else phones
+            samples = []
+            for j in range(per_point):
+                ms, e = _enter(ls, codes[measured[j % len(measured)]])
                 leave(e.session_id)
-            times = []
-            for i in range(n):
-                ms, e = _enter(ls, codes[phones[i % recipients]])
+                samples.append(ms)
+            for e in background:
                 leave(e.session_id)
-                times.append(ms)
-            growth: dict[int, dict[str, float]] = {}
-            for live in growth_points:
-                background = [_enter(ls, codes[p])[1] for p in phones[: live - 1]]
-                measured = phones[live - 1:] if live > 1 else phones
-                samples = []
-                for j in range(per_point):
-                    ms, e = _enter(ls, codes[measured[j % len(measured)]])
-                    leave(e.session_id)
-                    samples.append(ms)
-                for e in background:
-                    leave(e.session_id)
-                growth[live] = {"p50_ms": pct(samples, 50), "p99_ms": pct(samples, 99), "n": len(samples)}
-            raw = _raw_roundtrip(ls.broker, n_raw)
+            growth[live] = {"p50_ms": pct(samples, 50), "p99_ms": pct(samples, 99), "n": len(samples)}
+        raw = _raw_roundtrip(ls.broker, n_raw)
     raw_p50, raw_p99 = pct(raw, 50), pct(raw, 99)
     rows = [
         {"figure": "entry: code typed -> door unlock acked + all slots lit acked, p50",

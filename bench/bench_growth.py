@@ -50,7 +50,8 @@ def slots_curve(quick: bool = False) -> dict[int, float]:
                 occupancy[slot.address] = rng.randrange(1, 3)
         reserved = {s.address: 1 for s in list(layout)[:: 37]}
         mine = {next(iter(layout)).address: 1}
-        out[n] = _median_ms(lambda: choose_slot(layout, occupancy, "M", mine, reserved=reserved),
+        out[n] = _median_ms(lambda lo=layout, oc=occupancy, mi=mine, re=reserved:
+                            choose_slot(lo, oc, "M", mi, reserved=re),
                             20 if quick else 100)
     return out
 
@@ -66,7 +67,7 @@ def templates_curve(quick: bool = False) -> dict[int, float]:
         matcher = FaceMatcher(templates, labels)
         query = templates[n // 3] + rng.normal(0, 0.02, 128).astype(np.float32)
         matcher.match(query)
-        out[n] = _median_ms(lambda: matcher.match(query), 30 if quick else 200)
+        out[n] = _median_ms(lambda m=matcher, q=query: m.match(q), 30 if quick else 200)
     return out
 
 
@@ -107,7 +108,10 @@ def chart(curves: dict[str, dict[str, float]], path: Path, title: str) -> None:
         ax.plot(xs, ys, marker="o")
         if xs[0] > 0 and xs[-1] / xs[0] >= 10:
             ax.set_xscale("log")
-        ax.set_yscale("log")
+        if min(ys) > 0 and max(ys) / min(ys) >= 10:
+            ax.set_yscale("log")
+        else:  # a flat curve: a linear axis from zero shows it flat, not noise blown up
+            ax.set_ylim(0, max(ys) * 1.3)
         ax.set_title(name, fontsize=10)
         ax.grid(True, which="both", alpha=0.3)
         for x, y in zip(xs, ys):

@@ -19,13 +19,13 @@ import sys
 import tempfile
 import threading
 import time
-from pathlib import Path
-from typing import Any, Iterator
-
+from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
 
-import tests.support.stack as stack
 from bench.bench_mqtt_roundtrip import _raw_roundtrip
+from tests.support import stack
 from tests.support.stack import LiveStation
 
 
@@ -68,65 +68,64 @@ def wait_for(pred: Any, timeout: float = 10.0) -> Any:
 def run(quick: bool = False, profile: bool = False) -> dict[str, Any]:
     n = 60 if quick else 300
     n_raw = 200 if quick else 1000
-    with tempfile.TemporaryDirectory(prefix="bench-shelving-") as tmp:
-        with live_station(Path(tmp)) as ls:
-            core = ls.core
-            core.couriers.add("c-sf", "SF", "Li", "1234")
-            sess = core.shelving.open_session("c-sf", "guided")
-            marks: dict[str, float] = {}
-            done: dict[str, float] = {}
-            lock = threading.Lock()
-            original = core.on_device_event
+    with tempfile.TemporaryDirectory(prefix="bench-shelving-") as tmp, live_station(Path(tmp)) as ls:
+        core = ls.core
+        core.couriers.add("c-sf", "SF", "Li", "1234")
+        sess = core.shelving.open_session("c-sf", "guided")
+        marks: dict[str, float] = {}
+        done: dict[str, float] = {}
+        lock = threading.Lock()
+        original = core.on_device_event
 
-            def timed_event(device: str, kind: str, data: dict[str, Any]) -> None:
-                if kind == "placement":
-                    with lock:
-                        marks["in"] = time.perf_counter()
-                original(device, kind, data)
+        def timed_event(device: str, kind: str, data: dict[str, Any]) -> None:
+            if kind == "placement":
+                with lock:
+                    marks["in"] = time.perf_counter()
+            original(device, kind, data)
 
-            core.on_device_event = timed_event  # bootstrap looks the method up per event
+        core.on_device_event = timed_event  # bootstrap looks the method up per event
 
-            def listener(events: Any) -> None:
-                for e in events:
-                    if e.type == "parcel.shelved":
-                        done[e.data["waybill"]] = time.perf_counter()
+        def listener(events: Any) -> None:
+            for e in events:
+                if e.type == "parcel.shelved":
+                    done[e.data["waybill"]] = time.perf_counter()
 
-            core.ctx.store.subscribe(listener)
-            scan_ms, place_ms, hand_ms = [], [], []
-            prof = None
-            if profile:
-                import cProfile
+        core.ctx.store.subscribe(listener)
+        scan_ms, place_ms, hand_ms = [], [], []
+        prof = None
+        if profile:
+            import cProfile
 
-                prof = cProfile.Profile()
-            for i in range(n + 5):  # five warm-up parcels
-                waybill = f"SF{i:013d}"
-                if prof:
-                    prof.enable()
-                t0 = time.perf_counter()
-                r = core.shelving.scan(sess["session_id"], waybill, f"139{i:08d}", "S")
-                t1 = time.perf_counter()
-                if prof:
-                    prof.disable()
-                if not r.lights_acked:
-                    raise RuntimeError(f"lights not acked: {r}")
-                th = time.perf_counter()
-                ls.put(r.slot)
-                wait_for(lambda: waybill in done)
-                if i >= 5:
-                    scan_ms.append((t1 - t0) * 1000)
-                    place_ms.append((done[waybill] - marks["in"]) * 1000)
-                    hand_ms.append((done[waybill] - th) * 1000)
-            core.ctx.store.unsubscribe(listener)
-            shelved = core.ctx.store.query_one("SELECT COUNT(*) n FROM parcels")["n"]
-            raw = _raw_roundtrip(ls.broker, n_raw)
-            hot = None
+            prof = cProfile.Profile()
+        for i in range(n + 5):  # five warm-up parcels
+            waybill = f"SF{i:013d}"
             if prof:
-                import io
-                import pstats
+                prof.enable()
+            t0 = time.perf_counter()
+            r = core.shelving.scan(sess["session_id"], waybill, f"139{i:08d}", "S")
+            t1 = time.perf_counter()
+            if prof:
+                prof.disable()
+            if not r.lights_acked:
+                raise RuntimeError(f"lights not acked: {r}")
+            th = time.perf_counter()
+            ls.put(r.slot)
+            wait_for(lambda w=waybill: w in done)
+            if i >= 5:
+                scan_ms.append((t1 - t0) * 1000)
+                place_ms.append((done[waybill] - marks["in"]) * 1000)
+                hand_ms.append((done[waybill] - th) * 1000)
+        core.ctx.store.unsubscribe(listener)
+        shelved = core.ctx.store.query_one("SELECT COUNT(*) n FROM parcels")["n"]
+        raw = _raw_roundtrip(ls.broker, n_raw)
+        hot = None
+        if prof:
+            import io
+            import pstats
 
-                s = io.StringIO()
-                pstats.Stats(prof, stream=s).sort_stats("cumulative").print_stats(12)
-                hot = s.getvalue()
+            s = io.StringIO()
+            pstats.Stats(prof, stream=s).sort_stats("cumulative").print_stats(12)
+            hot = s.getvalue()
     per_parcel = [a + b for a, b in zip(scan_ms, place_ms)]
     raw_p50, raw_p99 = pct(raw, 50), pct(raw, 99)
     rows = [

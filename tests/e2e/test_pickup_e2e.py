@@ -18,6 +18,9 @@ from station.domain.colours import ALARM_RED, PALETTE_HEX
 from station.domain.layout import SlotAddress
 from tests.support.stack import LiveStation, wait_until
 
+# a hang (a deadlock in the station) fails with every thread's stack instead of stalling CI
+pytestmark = pytest.mark.timeout(150)
+
 
 def sf(n: int) -> str:
     return f"SF{n:013d}"
@@ -35,8 +38,8 @@ def shelve(ls: LiveStation, items: list[tuple[str, str, str]], mode: str = "guid
         r = core.shelving.scan(s["session_id"], waybill, phone, size)
         slot = r.slot if mode == "guided" else slots[i]
         ls.put(slot)
-        row = wait_until(lambda: core.ctx.store.query_one(
-            "SELECT slot FROM parcels WHERE waybill = ?", (waybill,)), 10)
+        row = wait_until(lambda w=waybill: core.ctx.store.query_one(
+            "SELECT slot FROM parcels WHERE waybill = ?", (w,)), 10)
         assert row["slot"] == slot
         out[waybill] = slot
     core.shelving.close_session(s["session_id"], courier)

@@ -18,11 +18,14 @@ from typing import Any
 
 import pytest
 
-import tests.support.stack as stack
 from station.domain.assignment import fits
 from station.domain.codes import PickupCode, code_digest
 from station.domain.layout import SlotAddress
+from tests.support import stack
 from tests.support.stack import LiveStation, wait_until
+
+# a hang (a deadlock in the station) fails with every thread's stack instead of stalling CI
+pytestmark = pytest.mark.timeout(150)
 
 SIZES = ("S", "S", "S", "M", "M", "L")
 CAPACITY = 3  # the example room with deeper slots: 300 places for 200 parcels
@@ -101,7 +104,7 @@ def _courier(ls: LiveStation, room: Room, courier_id: str, carrier: str, start: 
                     results.append(("guided", waybill, r.slot, r.colour, r.lights_acked))
                     room.record(waybill, r.slot)
                     ls.put(r.slot)
-                    wait_until(lambda: _bound(ls, waybill), 20)
+                    wait_until(lambda w=waybill: _bound(ls, w), 20)
                 else:
                     with room.lock:
                         r = ls.core.shelving.scan(session["session_id"], waybill, phone, size)
@@ -109,14 +112,14 @@ def _courier(ls: LiveStation, room: Room, courier_id: str, carrier: str, start: 
                         slot = room.free_slot(size)
                         room.record(waybill, str(slot))
                         ls.put(slot)
-                        wait_until(lambda: _bound(ls, waybill), 20)
+                        wait_until(lambda w=waybill: _bound(ls, w), 20)
                     results.append(("free", waybill, str(slot), r.colour, None))
             ls.core.shelving.close_session(session["session_id"], courier_id)
             if phase == 0:
                 # one free-mode session at a time: with two, "the next sensed put" cannot
                 # tell whose parcel it is (see test_two_free_sessions_bind_by_courier)
                 barrier.wait(60)
-    except BaseException as exc:  # reported by the main thread
+    except BaseException as exc:  # noqa: BLE001 - reported by the main thread
         errors.append(exc)
         barrier.abort()
 
@@ -142,7 +145,7 @@ def test_two_couriers_shelve_200_parcels_guided_and_free_with_gateway_outage(tmp
             t.start()
         # the SMS gateway goes down a while after shelving began and comes back before it ends
         store = core.ctx.store
-        shelved = lambda: store.query_one("SELECT COUNT(*) n FROM parcels")["n"]  # noqa: E731
+        shelved = lambda: store.query_one("SELECT COUNT(*) n FROM parcels")["n"]
         wait_until(lambda: shelved() >= 40 or errors, 60)
         ls.webhook.up = False
         wait_until(lambda: shelved() >= 110 or errors, 60)
@@ -156,7 +159,7 @@ def test_two_couriers_shelve_200_parcels_guided_and_free_with_gateway_outage(tmp
         assert len(room.placed) == 200
 
         # every notification arrives once the gateway is back; none lost
-        pickup_msgs = lambda: {m["id"]: m for m in ls.webhook.snapshot() if m["kind"] == "pickup_code"}  # noqa: E731
+        pickup_msgs = lambda: {m["id"]: m for m in ls.webhook.snapshot() if m["kind"] == "pickup_code"}
         wait_until(lambda: len(pickup_msgs()) >= 200, 30)
         msgs = pickup_msgs()
         assert len(msgs) == 200
