@@ -104,6 +104,8 @@ class Courier:
     """Logs in on the handheld, opens a shelving session, and for each parcel: scan, look at
     the lit slot (guided) or pick a slot that fits (free), put it down, wait for "shelved"."""
 
+    PER_SESSION = 40
+
     def __init__(self, env: Env, plan: CourierPlan, parcels: list[ParcelPlan],
                  on_shelved: Callable[[ParcelPlan, bool], None]) -> None:
         self.env, self.plan, self.parcels, self.on_shelved = env, plan, parcels, on_shelved
@@ -138,16 +140,22 @@ class Courier:
                 self.on_shelved(p, False)
             return
         self.auth = {"Authorization": "Bearer " + res.json()["token"]}
-        res = http.post("/api/courier/sessions", json={"mode": self.plan.mode}, headers=self.auth)
-        res.raise_for_status()
-        self.session = res.json()
-        for p in self.parcels:
+        # one session per van load: a real courier unloads a few dozen parcels per visit, and
+        # the handheld's session view (polled for "shelved") grows with the session
+        for i, p in enumerate(self.parcels):
+            if i % self.PER_SESSION == 0:
+                if i:
+                    http.post(f"/api/courier/sessions/{self.session['session_id']}/close", headers=self.auth)
+                res = http.post("/api/courier/sessions", json={"mode": self.plan.mode}, headers=self.auth)
+                res.raise_for_status()
+                self.session = res.json()
             if env.stop.is_set():
                 self.on_shelved(p, False)
                 continue
             ok = self._shelve(http, p)
             self.on_shelved(p, ok)
-        http.post(f"/api/courier/sessions/{self.session['session_id']}/close", headers=self.auth)
+        if self.parcels:
+            http.post(f"/api/courier/sessions/{self.session['session_id']}/close", headers=self.auth)
 
     def _enter(self, http: httpx.Client) -> bool:
         """In at the entry door by PIN (the face camera is not simulated)."""
@@ -255,6 +263,12 @@ class Courier:
                 slot = home
             else:
                 slot = self._free_slot(p, tried, (p.slot_u + 0.37 * (attempt + 1)) % 1.0)
+        late = self._wait_bound(http, scan["pending_id"], 5.0)
+        if late is not None and late.get("parcel_id"):  # a last look at the handheld
+            env.put(p.waybill, late.get("slot") or home or "")
+            m.inc("courier_late_confirmations", example=f"{p.waybill} at {late.get('slot')}")
+            m.inc("parcels_shelved")
+            return True
         m.inc("parcels_not_shelved", example=p.waybill)
         return False
 

@@ -103,9 +103,10 @@ class Room:
         return self.parcels[waybill].phone
 
     def on_shelves(self) -> dict[str, str]:
-        """waybill -> slot for every parcel physically on a shelf."""
+        """waybill -> slot for every parcel physically on a shelf (walks the slots, not the
+        parcels: a week's run has 100,000 parcels but a station a few hundred slots)."""
         with self._lock:
-            return {w: p.slot for w, p in self.parcels.items() if p.slot is not None}
+            return {w: slot for slot, ws in self.slots.items() for w in ws}
 
 
 class SmsInbox:
@@ -113,7 +114,7 @@ class SmsInbox:
     their pickup codes and one-time codes only from these messages."""
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
-        self._messages: list[dict[str, Any]] = []
+        self._messages: dict[tuple[str, str], list[dict[str, Any]]] = {}
         self._ids: set[Any] = set()
         self._cond = threading.Condition()
         inbox = self
@@ -147,19 +148,18 @@ class SmsInbox:
             if msg.get("id") is not None and msg["id"] in self._ids:
                 return
             self._ids.add(msg.get("id"))
-            self._messages.append(msg)
+            key = (str(msg.get("to")), str(msg.get("kind")))
+            self._messages.setdefault(key, []).append(msg)
             self._cond.notify_all()
 
     def messages_for(self, phone: str, kind: str) -> list[dict[str, Any]]:
         with self._cond:
-            return [m for m in self._messages if m.get("to") == phone and m.get("kind") == kind]
+            return list(self._messages.get((phone, kind), []))
 
     def wait_for(self, phone: str, kind: str, count: int, timeout: float) -> list[dict[str, Any]] | None:
         """At least `count` messages of `kind` for `phone`, or None after `timeout` s."""
         with self._cond:
-            ok = self._cond.wait_for(
-                lambda: len([m for m in self._messages if m.get("to") == phone and m.get("kind") == kind]) >= count,
-                timeout)
+            ok = self._cond.wait_for(lambda: len(self._messages.get((phone, kind), [])) >= count, timeout)
         return self.messages_for(phone, kind) if ok else None
 
     def stop(self) -> None:
