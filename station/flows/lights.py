@@ -24,6 +24,50 @@ class LightSync:
         # session close outside it) must not send their views in the opposite order to the
         # one they computed them in, or a shelf ends up showing the older one
         self._lock = threading.Lock()
+        # per shelf, the maps sent and not yet superseded by an acknowledged one: until a
+        # shelf confirms a map, every colour of every earlier map may still be showing
+        self._unconfirmed: dict[str, list[tuple[Handle, dict[str, float]]]] = {}
+        self._confirmed: dict[str, dict[str, float]] = {}
+
+    def _track(self, device: str, handle: Handle, lights: dict[Key, LightSpec], now: float) -> None:
+        colours: dict[str, float] = {}
+        for spec in lights.values():
+            for colour in spec.colours:
+                colours[colour] = max(colours.get(colour, 0.0), now + spec.ttl_s)
+        self._unconfirmed.setdefault(device, []).append((handle, colours))
+
+    def colours_maybe_shown(self, now: float | None = None) -> set[str]:
+        """Colours some shelf may still show: those of the last map it confirmed, and of
+        every map sent since (a lost "off" keeps an old colour up to its TTL)."""
+        now = self.ctx.clock() if now is None else now
+        shown: set[str] = set()
+        with self._lock:
+            for device, pending in self._unconfirmed.items():
+                last_acked = None
+                for i, (handle, _) in enumerate(pending):
+                    done = getattr(handle, "done", None)
+                    if done is None or done():
+                        outcome = getattr(handle, "outcome", None)
+                        status = getattr(outcome, "status", "acked") if outcome is not None else "acked"
+                        if status == "acked":
+                            last_acked = i
+                if last_acked is not None:
+                    self._confirmed[device] = pending[last_acked][1]
+                    del pending[: last_acked + 1]
+                if len(pending) > 64:  # unanswered maps: their TTLs bound them anyway
+                    del pending[:-64]
+                for _, colours in pending:
+                    shown.update(c for c, until in colours.items() if until > now)
+            for colours in self._confirmed.values():
+                shown.update(c for c, until in colours.items() if until > now)
+        return shown
+
+    def colours_in_use(self) -> list[str]:
+        """What colour allocation must avoid: live sessions' colours and any colour a shelf
+        may still be showing, so nobody sees an old slot lit in their new colour."""
+        open_sessions = [r["colour"] for r in self.ctx.store.query(
+            "SELECT colour FROM sessions WHERE state = 'open' AND colour IS NOT NULL")]
+        return open_sessions + sorted(self.colours_maybe_shown() - set(open_sessions))
 
     def claims(self, now: float) -> list[SlotClaim]:
         store = self.ctx.store
@@ -91,6 +135,7 @@ class LightSync:
                     continue
                 self._sent[device] = summary
                 handle = self.ctx.devices.replace_lights(device, lights)
+                self._track(device, handle, lights, self.ctx.clock())
                 self._last[device] = handle
                 handles.append(handle)
             return handles

@@ -22,7 +22,6 @@ from .context import Ctx, new_id
 from .errors import AuthFailed, FlowError, Unavailable
 from .lights import LightSync
 from .ports import outcome_of
-from .shelving import live_colours
 
 
 @dataclass
@@ -171,7 +170,7 @@ class Pickup:
                                   {"session_id": session_id, "expires_at": expires_at}))
                 else:
                     session_id = new_id("pks")
-                    colour = allocate_colour(live_colours(ctx))
+                    colour = allocate_colour(self.lights.colours_in_use())
                     expires_at = now + ctx.config.station.pickup_session_timeout_s
                     slots: dict[str, int] = {}
                     for p in parcels:

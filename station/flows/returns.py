@@ -14,7 +14,7 @@ from .context import Ctx, new_id
 from .errors import FlowError
 from .lights import LightSync
 from .ports import outcome_of
-from .shelving import Shelving, live_colours
+from .shelving import Shelving
 
 RUN_TTL_S = 900.0
 
@@ -55,7 +55,7 @@ class Returns:
                 " ORDER BY slot", (courier.carrier, *states))
             with ctx.store.transaction() as tx:
                 session_id = new_id("rts")
-                colour = allocate_colour(live_colours(ctx))
+                colour = allocate_colour(self.lights.colours_in_use())
                 tx.emit(Event("return.opened", session_id, courier_id, {
                     "session_id": session_id, "courier_id": courier_id, "colour": colour,
                     "mode": kind, "parcels": [p["id"] for p in parcels],
@@ -123,7 +123,7 @@ class Returns:
             slot = self.shelving._choose(size, "", outbound=True)
             with ctx.store.transaction() as tx:
                 session_id = new_id("dos")
-                colour = allocate_colour(live_colours(ctx))
+                colour = allocate_colour(self.lights.colours_in_use())
                 deadline = tx.now + ctx.config.station.placement_timeout_s
                 tx.emit(Event("dropoff.opened", session_id, kiosk, {
                     "session_id": session_id, "colour": colour, "mode": "guided",

@@ -49,11 +49,6 @@ class Placement:
     extras: dict[str, Any] = field(default_factory=dict)
 
 
-def live_colours(ctx: Ctx) -> list[str]:
-    return [r["colour"] for r in ctx.store.query(
-        "SELECT colour FROM sessions WHERE state = 'open' AND colour IS NOT NULL")]
-
-
 class Shelving:
     def __init__(self, ctx: Ctx, lights: LightSync, couriers: Any) -> None:
         self.ctx = ctx
@@ -70,7 +65,7 @@ class Shelving:
             raise FlowError("mode is guided or free", code="invalid_mode", status=422)
         with self.ctx.lock, self.ctx.store.transaction() as tx:
             session_id = new_id("shs")
-            colour = allocate_colour(live_colours(self.ctx))
+            colour = allocate_colour(self.lights.colours_in_use())
             tx.emit(Event("shelving.opened", session_id, courier_id, {
                 "session_id": session_id, "courier_id": courier_id, "carrier": courier.carrier,
                 "mode": mode, "colour": colour}))

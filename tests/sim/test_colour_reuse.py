@@ -1,4 +1,5 @@
-"""Found by the simulator (examples/day.toml, faults on: `wrong_slots_lit` > 0).
+"""Found by the simulator (examples/day.toml, faults on: `wrong_slots_lit` > 0); fixed by
+LightSync.colours_in_use, which keeps a colour taken while any shelf may still show it.
 
 When a pickup session closes, its colour is free at once (domain/colours.allocate_colour
 counts open sessions only). The "lights off" for the closed session's slots is a command
@@ -12,7 +13,6 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import pytest
 
 from shelf_sim.kpi import Metrics
 from shelf_sim.runner import EmbeddedStation
@@ -41,8 +41,6 @@ def _lit(stack: EmbeddedStation) -> dict[str, tuple[str, ...]]:
     return out
 
 
-@pytest.mark.xfail(strict=True, reason="station bug: a closed session's colour is reused before its "
-                   "lights are confirmed dark (see module docstring)")
 def test_a_colour_is_not_reused_while_its_old_slots_may_still_show_it(tmp_path: Path) -> None:
     stack = EmbeddedStation(load_config(ROOT / "examples" / "station.toml"), tmp_path, 1, Scenario(),
                             Metrics()).start()
