@@ -269,7 +269,15 @@ class Courier:
             m.inc("courier_late_confirmations", example=f"{p.waybill} at {late.get('slot')}")
             m.inc("parcels_shelved")
             return True
+        # give up on it: end the session so its waiting scan cannot claim someone else's
+        # put into that slot later, and carry on in a new one (the handheld's "abort")
         m.inc("parcels_not_shelved", example=p.waybill)
+        sid = self.session["session_id"]
+        http.post(f"/api/courier/sessions/{sid}/close", headers=self.auth)
+        res = http.post("/api/courier/sessions", json={"mode": self.plan.mode}, headers=self.auth)
+        if res.status_code == 200:
+            self.session = res.json()
+        m.inc("courier_sessions_aborted")
         return False
 
     def _wait_bound(self, http: httpx.Client, pending_id: str,
