@@ -276,6 +276,15 @@ def main(argv: list[str] | None = None) -> int:
               "commit of parcel.scanned plus the claim queries behind the desired lights) are the "
               "two big items.",
             "profile": profile_shelving()}
+        mq = next((sec for sec in result["sections"] if sec["name"] == "mqtt"), None)
+        if mq and mq["data"].get("devicelink_fsync_nv"):
+            rt = mq["data"]["devicelink_fsync_nv"]
+            result["profiles"]["shelving (scan -> lit)"]["summary"] += (
+                f" In the same run the bare signed command -> firmware (NV fsync) -> ack round trip "
+                f"alone took p50 {rt['p50_ms']:.1f} ms / p99 {rt['p99_ms']:.1f} ms and the raw paho "
+                f"echo p99 {mq['data']['raw_paho']['p99_ms']:.1f} ms; the p99 tail moves with the "
+                f"machine's load (1-min load average {result['machine']['load_average_1min']:.1f} at "
+                f"the start of this run on {result['machine']['cpus']} CPUs).")
     if "entry" in missed:
         result["profiles"]["entry"] = {"summary": "cProfile of a short entry run (station and firmware frames).",
                                        "profile": profile_entry()}
