@@ -104,11 +104,15 @@ class Vision:
         from station.flows.errors import Unavailable
         from station.vision.cameras import SourceError
 
+        grabber = self.grabber("document")
         try:
-            frame, _ = self.grabber("document").wait_frame(timeout=3.0)
-        except (SourceError, TimeoutError, TypeError) as exc:
-            raise Unavailable(f"the document camera gives no picture: {exc}", code="camera_unavailable") from None
-        return self._jpeg(frame)
+            got = grabber.wait_frame(timeout=3.0)
+        except SourceError:
+            got = None
+        if got is None:
+            why = f" ({grabber.last_error})" if getattr(grabber, "last_error", None) else ""
+            raise Unavailable(f"the document camera gives no picture{why}", code="camera_unavailable")
+        return self._jpeg(got[0])
 
     def stop(self) -> None:
         for g in self._grabbers.values():

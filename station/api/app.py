@@ -10,6 +10,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 
 from . import courier, errors, kiosk, operator
+from .models import ERROR_RESPONSES
 from .services import Services
 
 STATIC = Path(__file__).parent / "static"
@@ -40,10 +41,10 @@ def create_app(svc: Services, token_key: bytes, cors_origins: list[str] | None =
                                     401, headers={"WWW-Authenticate": "Bearer"})
         return await call_next(request)
 
-    app.include_router(courier.router)
-    app.include_router(kiosk.router)
-    app.include_router(kiosk.exit_router)
-    app.include_router(operator.router)
+    app.include_router(courier.router, responses=ERROR_RESPONSES)
+    app.include_router(kiosk.router, responses=ERROR_RESPONSES)
+    app.include_router(kiosk.exit_router, responses=ERROR_RESPONSES)
+    app.include_router(operator.router, responses=ERROR_RESPONSES)
 
     @app.get("/api/health", tags=["public"], summary="Liveness: the service answers")
     def health() -> dict[str, Any]:

@@ -20,7 +20,9 @@ courier_only = require("courier")
 COURIER_TOKEN_TTL_S = 10 * 3600
 
 
-@router.post("/login", summary="Exchange courier id + PIN for a courier token")
+@router.post("/login", summary="Exchange courier id + PIN for a courier token",
+             responses={401: {"description": "wrong courier id or PIN"},
+                        429: {"description": "locked out after too many wrong PINs"}})
 def login(body: CourierLogin, request: Request, svc: Services = Depends(services)) -> dict[str, Any]:
     courier = svc.core.couriers.check_pin(body.courier_id, body.pin, scope="courier-screen")
     token = make_token(request.app.state.token_key, "courier", courier.id, COURIER_TOKEN_TTL_S)

@@ -76,3 +76,29 @@ class PlacementReport(_Body):
     row: int = Field(ge=1, le=9)
     col: int = Field(ge=1, le=99)
     action: Literal["put", "take"]
+
+
+class ErrorBody(BaseModel):
+    """Every refusal: a stable code for programs and a sentence for people."""
+
+    error: str
+    message: str
+    retry_after_s: float | None = None
+
+
+def _err(description: str) -> dict[str, object]:
+    return {"model": ErrorBody, "description": description}
+
+
+# The refusals every authenticated route can give, documented once for all routers.
+ERROR_RESPONSES: dict[int | str, dict[str, object]] = {
+    401: _err("no token, a bad token, or a wrong code/PIN/one-time code"),
+    403: _err("the token's role may not use this route"),
+    404: _err("no such session, courier, parcel or snapshot"),
+    409: _err("refused in the current state (duplicate waybill, session closed ...)"),
+    413: _err("an image larger than 8 MiB"),
+    422: _err("the request is not valid"),
+    429: _err("locked out after too many wrong attempts (retry_after_s)"),
+    503: _err("a door or camera is offline or did not answer"),
+    507: _err("the station's disk is full; no new work is taken"),
+}

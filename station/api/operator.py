@@ -62,7 +62,11 @@ def events(since: str | None = None, until: str | None = None,
     return {"events": rows, "last_seq": svc.core.ctx.store.last_seq}
 
 
-@router.get("/events/export", summary="Export the log as JSON lines or CSV")
+@router.get("/events/export", summary="Export the log as JSON lines or CSV",
+            response_class=Response,
+            responses={200: {"content": {"application/x-ndjson": {"schema": {"type": "string"}},
+                                         "text/csv": {"schema": {"type": "string"}}},
+                             "description": "one event per line"}})
 def export(format: str = Query(default="jsonl", pattern="^(jsonl|csv)$"), since: str | None = None,
            until: str | None = None, type: str | None = None,
            who: Principal = Depends(operator_only), svc: Services = Depends(services)) -> Response:
@@ -188,7 +192,9 @@ def ack_alarm(alarm_id: str, who: Principal = Depends(operator_only),
     return {"alarm_id": alarm_id, "acknowledged": True}
 
 
-@router.get("/snapshots/{ref}", summary="A snapshot JPEG by its hash")
+@router.get("/snapshots/{ref}", summary="A snapshot JPEG by its hash", response_class=FileResponse,
+            responses={200: {"content": {"image/jpeg": {"schema": {"type": "string", "format": "binary"}}},
+                             "description": "the JPEG"}})
 def snapshot(ref: str, who: Principal = Depends(operator_only), svc: Services = Depends(services)) -> FileResponse:
     if svc.snapshot_path is None or not ref.isalnum() or len(ref) != 64:
         raise NotFound("no such snapshot")
@@ -208,7 +214,10 @@ def report_placement(body: PlacementReport, who: Principal = Depends(operator_on
     return {"accepted": True}
 
 
-@router.get("/stream", summary="Server-sent events: each new log event as it is committed")
+@router.get("/stream", summary="Server-sent events: each new log event as it is committed",
+            response_class=StreamingResponse,
+            responses={200: {"content": {"text/event-stream": {"schema": {"type": "string"}}},
+                             "description": "event: log, data: the event row as JSON"}})
 async def stream(request: Request, after_seq: int = Query(default=-1, ge=-1),
                  who: Principal = Depends(operator_only), svc: Services = Depends(services)) -> StreamingResponse:
     store = svc.core.ctx.store

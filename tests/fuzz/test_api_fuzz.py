@@ -86,13 +86,6 @@ def test_every_operation_survives_generated_requests(station: ProcStation) -> No
     assert "Traceback" not in log, log[log.index("Traceback") - 300:][:3000]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "OpenAPI gap (station/api/app.py): routes document only their success code and 422, but "
-    "answer 401 wrong_code/wrong_pin, 403 role, 404, 409, 429 locked_out, 503 door_offline and "
-    "507 storage_full with the JSON error body; fix: FastAPI(responses={...: ErrorBody}) or "
-    "per-router `responses=`; schemathesis' status_code_conformance fails on every route until "
-    "then. Likewise /api/operator/events/export documents application/json but answers "
-    "application/x-ndjson or text/csv, and /api/operator/snapshots/{ref} answers image/jpeg"))
 def test_error_statuses_and_media_types_are_documented(station: ProcStation) -> None:
     doc = station.http.get("/openapi.json").json()
     code = doc["paths"]["/api/kiosk/code"]["post"]["responses"]
