@@ -204,6 +204,7 @@ class Simulation:
         self._pending_customers = len(plan.customers)
         self._outstanding: dict[str, int] = {}
         self._shelved_of: dict[str, list[str]] = {}
+        self._reported: set[str] = set()
         self._by_phone = {c.phone: c for c in plan.customers}
         for p in plan.parcels:
             self._outstanding[p.phone] = self._outstanding.get(p.phone, 0) + 1
@@ -219,6 +220,9 @@ class Simulation:
         """A courier is done with a parcel; once all of a recipient's parcels are done, they
         get their SMS and come after their arrival delay."""
         with self._qcond:
+            if p.waybill in self._reported:
+                return
+            self._reported.add(p.waybill)
             if ok:
                 self._shelved_of.setdefault(p.phone, []).append(p.waybill)
             self._outstanding[p.phone] -= 1
@@ -259,6 +263,9 @@ class Simulation:
             person = Customer(env, cust, self._shelved_of.get(cust.phone, []), visit, self._requeue)
             try:
                 person.run()
+            except httpx.HTTPError as exc:  # the station went away (shutdown, or a hang)
+                self.m.inc(f"customer_http_error:{type(exc).__name__}", example=str(exc)[:200])
+                log.warning("customer %s: %s", cust.phone[-4:], exc)
             except Exception as exc:
                 self.m.inc(f"customer_crashed:{type(exc).__name__}", example=str(exc)[:200])
                 log.exception("customer failed")
@@ -338,9 +345,15 @@ class Simulation:
     def _courier(self, cp: Any, parcels: list[ParcelPlan]) -> None:
         try:
             Courier(self.env, cp, parcels, self._on_shelved).run()
+        except httpx.HTTPError as exc:
+            self.m.inc(f"courier_http_error:{type(exc).__name__}", example=str(exc)[:200])
+            log.warning("courier %s: %s", cp.courier_id, exc)
         except Exception as exc:
             self.m.inc(f"courier_crashed:{type(exc).__name__}", example=str(exc)[:200])
             log.exception("courier failed")
+        finally:  # parcels the courier never got to: their recipients will not come
+            for p in parcels:
+                self._on_shelved(p, False)
 
     def _stranger_at(self, t0: float, s: Any) -> None:
         if not self.env.stop.wait(max(0.0, t0 + s.at_s / self.sc.speed - time.monotonic())):
