@@ -75,6 +75,7 @@ class Store:
         self._last_hash = GENESIS
         self._last_ts = ""
         self._listeners: list[Listener] = []
+        self._current: Tx | None = None  # the open transaction; only its thread sees it (the lock)
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -126,7 +127,13 @@ class Store:
 
     @contextmanager
     def transaction(self) -> Iterator[Tx]:
+        """One SQLite transaction. Opened again on the thread that holds one, it joins it:
+        a use case made of steps (a sensed placement and the binding it causes) commits as
+        one fact or not at all."""
         with self._lock:
+            if self._current is not None:
+                yield self._current
+                return
             conn = self.conn
             saved = (self._last_seq, self._last_hash, self._last_ts)
             try:
@@ -144,10 +151,13 @@ class Store:
                     pass
                 raise _translate(exc) from None
             tx = Tx(self, conn, self.clock())
+            self._current = tx
             try:
                 yield tx
+                self._current = None
                 conn.execute("COMMIT")
             except BaseException as exc:
+                self._current = None
                 self._last_seq, self._last_hash, self._last_ts = saved
                 try:
                     conn.execute("ROLLBACK")

@@ -105,6 +105,11 @@ def _pickup_taken(conn: sqlite3.Connection, e: EventRecord, at: float) -> None:
 def _slot_sensed(conn: sqlite3.Connection, e: EventRecord, at: float) -> None:
     if e.data.get("evt"):
         conn.execute("INSERT OR IGNORE INTO sensed(evt) VALUES (?)", (e.data["evt"],))
+    if isinstance(e.data.get("count"), int):
+        conn.execute(
+            "INSERT INTO slot_counts(slot, count) VALUES (?, ?)"
+            " ON CONFLICT(slot) DO UPDATE SET count = excluded.count",
+            (e.data["slot"], e.data["count"]))
 
 
 @applies("slot.alarm")

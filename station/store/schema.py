@@ -19,6 +19,7 @@ PROJECTION_TABLES = (
     "session_slots",
     "slot_alarms",
     "sensed",
+    "slot_counts",
 )
 SIDE_TABLES = ("face_templates", "outbox", "otps", "upstream_cursor", "recipient_contacts")
 
@@ -153,6 +154,11 @@ MIGRATIONS: list[str] = [
 
     CREATE TABLE sensed (
         evt TEXT PRIMARY KEY
+    );
+
+    CREATE TABLE slot_counts (
+        slot TEXT PRIMARY KEY,
+        count INTEGER NOT NULL
     );
 
     CREATE TABLE face_templates (

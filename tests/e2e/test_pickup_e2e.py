@@ -106,7 +106,7 @@ def test_fifty_customers_five_at_a_time_each_see_only_their_slots(tmp_path):
             stray = [s for s, cols in lit.items() if entry.colour in cols and s not in my_slots]
             if stray:
                 problems.append(f"{phone}: my colour {entry.colour} also lit at {stray}")
-            for w in mine:  # one parcel at a time (two lifted together: see the xfail below)
+            for w in mine:  # one parcel at a time (two lifted together: see the test below)
                 take_one(ls, where[w])
             # each light goes out once its slot holds nothing more of mine
             wait_until(lambda: not any(s in ls.lit() for s in my_slots), 10)
@@ -266,12 +266,6 @@ def test_a_customer_with_no_waiting_parcel_never_unlocks(tmp_path):
             "SELECT COUNT(*) n FROM events WHERE type = 'door.unlock.requested'")["n"] == 0
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "station bug: the shelf reports one debounced `placement` event per settled change with the "
-    "new `count`, but StationCore._route handles every event as ONE take (and one put) and never "
-    "looks at `count`; two parcels lifted together (2 -> 0 within debounce_s) decrement the "
-    "session's slot once, so the slot stays lit and the session still expects a parcel there "
-    "(the same loses a binding when two parcels are put at once)"))
 def test_two_parcels_lifted_together_turn_the_light_off(tmp_path):
     with LiveStation(tmp_path) as ls:
         where = shelve(ls, [(sf(1), "13700000001", "S"), (sf(2), "13700000001", "S")])

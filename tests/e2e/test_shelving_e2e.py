@@ -241,13 +241,11 @@ def test_guided_scan_lights_the_slot_in_the_couriers_colour(tmp_path):
         assert _bound(ls, "SF0000000000001")["slot"] == r.slot
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "station bug: in free mode a sensed put binds the oldest waiting free-mode scan of ANY "
-    "open session (Shelving.candidate_for_put), so with two couriers in free mode at once the "
-    "second courier's put binds the first courier's parcel and each recipient is sent to the "
-    "other parcel's slot; fixing it needs a policy (one free session at a time, or per-shelf "
-    "free sessions), not a one-line change"))
-def test_two_free_sessions_bind_by_courier(tmp_path):
+def test_a_second_free_mode_scan_waits_until_the_first_is_placed(tmp_path):
+    """A sensed put names a slot, not a courier: two free-mode scans waiting at once could
+    bind each courier's parcel to the other's slot, so the station takes one at a time."""
+    from station.flows.errors import FlowError
+
     with LiveStation(tmp_path) as ls:
         core = ls.core
         core.couriers.add("c-sf", "SF", "Li", "1234")
@@ -255,10 +253,13 @@ def test_two_free_sessions_bind_by_courier(tmp_path):
         a = core.shelving.open_session("c-sf", "free")
         b = core.shelving.open_session("c-zt", "free")
         core.shelving.scan(a["session_id"], "SF0000000000001", "13900000001", "S")
+        with pytest.raises(FlowError) as refused:
+            core.shelving.scan(b["session_id"], "ZT000000000001", "13900000002", "S")
+        assert refused.value.code == "free_mode_busy"
+        ls.put("1-1-05")
+        wait_until(lambda: _bound(ls, "SF0000000000001"), 10)
         core.shelving.scan(b["session_id"], "ZT000000000001", "13900000002", "S")
-        ls.put("1-1-05")  # ZTO courier's hand, first
-        wait_until(lambda: _bound(ls, "SF0000000000001") or _bound(ls, "ZT000000000001"), 10)
-        ls.put("2-1-07")  # SF courier's hand
-        wait_until(lambda: _bound(ls, "SF0000000000001") and _bound(ls, "ZT000000000001"), 10)
-        assert _bound(ls, "ZT000000000001")["slot"] == "1-1-05"
-        assert _bound(ls, "SF0000000000001")["slot"] == "2-1-07"
+        ls.put("2-1-07")
+        wait_until(lambda: _bound(ls, "ZT000000000001"), 10)
+        assert _bound(ls, "SF0000000000001")["slot"] == "1-1-05"
+        assert _bound(ls, "ZT000000000001")["slot"] == "2-1-07"
