@@ -23,7 +23,7 @@ OUTCOME = ("parcels_shelved", "parcels_not_shelved", "parcels_picked_up", "picku
            "parcels_left_on_shelves", "customers_not_admitted", "exit_refused_own_parcels",
            "reboots", "broker_restarts", "stuck_sensors", "dead_leds")
 INVARIANTS = ("wrong_slots_lit", "parcels_lost", "doors_opened_without_waiting_parcel",
-              "foreign_parcels_let_out", "strangers_let_in")
+              "foreign_parcels_let_out", "strangers_let_in", "station_stalled")
 
 
 @dataclass

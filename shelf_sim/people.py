@@ -59,7 +59,7 @@ class Env:
         self.stop.wait(max(0.0, sim_seconds) / self.speed)
 
     def client(self) -> httpx.Client:
-        return httpx.Client(base_url=self.base_url, timeout=30.0)
+        return httpx.Client(base_url=self.base_url, timeout=15.0)
 
     def hal_of(self, slot: str) -> tuple[Any, int, int]:
         s = self.slots[slot]

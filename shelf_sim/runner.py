@@ -197,6 +197,8 @@ class Simulation:
         self.db_parcels = db_parcels
         self.entry_door = entry_door
         self.progress = progress or (lambda what, n: None)
+        # the longest quiet spell a healthy run has: a customer's arrival delay and walk
+        self.stall_s = 45.0 + (scenario.arrival_delay_s[1] + scenario.walk_s[1] + 60.0) / scenario.speed
         self.m = env.metrics
         self._queue: list[tuple[float, int, CustomerPlan, int]] = []
         self._qcond = threading.Condition()
@@ -332,6 +334,8 @@ class Simulation:
                                              name=f"sim-{cp.courier_id}", daemon=True))
         for t in threads + workers + couriers:
             t.start()
+        watchdog = threading.Thread(target=self._watchdog, args=(couriers + workers,), daemon=True)
+        watchdog.start()
         for t in couriers + workers:
             t.join()
         env.stop.set()  # ends the fault schedule early if the people are done first
@@ -341,6 +345,21 @@ class Simulation:
         return build_report(self.m, self.plan.summary(),
                             {"name": self.sc.name, "seed": self.sc.seed, "speed": self.sc.speed},
                             time.monotonic() - t0, self.sc.speed)
+
+    def _watchdog(self, people: list[threading.Thread]) -> None:
+        """End the run if nothing at all happens for `stall_s` wall seconds (a hung station):
+        the people are told to stop and `station_stalled` breaks the report."""
+        last, since = -1, time.monotonic()
+        while any(t.is_alive() for t in people) and not self.env.stop.wait(1.0):
+            with self.m._lock:
+                now_total = sum(self.m.counts.values()) + sum(len(v) for v in self.m.samples.values())
+            if now_total != last:
+                last, since = now_total, time.monotonic()
+            elif time.monotonic() - since > self.stall_s:
+                self.m.inc("station_stalled", example=f"nothing happened for {self.stall_s:.0f} s")
+                log.error("no progress for %.0f s: the station looks hung; stopping the run", self.stall_s)
+                self.env.stop.set()
+                return
 
     def _courier(self, cp: Any, parcels: list[ParcelPlan]) -> None:
         try:
@@ -398,6 +417,7 @@ class Simulation:
             if extra > 0:
                 m.inc("doors_opened_without_waiting_parcel", extra, example=f"{extra} unlocks unexplained")
         m.inc("strangers_let_in", 0)
+        m.inc("station_stalled", 0)
         m.inc("doors_opened_without_waiting_parcel", 0)
         m.inc("wrong_slots_lit", 0)
         m.inc("parcels_lost", 0)
