@@ -59,9 +59,11 @@ class Env:
         self.stop.wait(max(0.0, sim_seconds) / self.speed)
 
     def client(self) -> httpx.Client:
+        """One HTTP client per person: each is a thread, like a separate phone or kiosk."""
         return httpx.Client(base_url=self.base_url, timeout=15.0)
 
     def hal_of(self, slot: str) -> tuple[Any, int, int]:
+        """The shelf HAL and (row, col) behind a printed slot address."""
         s = self.slots[slot]
         return self.hals[s.device], s.row, s.col
 
@@ -77,11 +79,13 @@ class Env:
         return out
 
     def put(self, waybill: str, slot: str) -> None:
+        """Put a parcel down: the ledger and the placement sensor change together."""
         hal, row, col = self.hal_of(slot)
         self.room.place(waybill, slot)
         hal.sensor(row, col).put()
 
     def take(self, waybill: str, holder: str) -> str | None:
+        """Pick a parcel up (ledger and sensor); returns the slot it lay in."""
         slot = self.room.remove(waybill, holder)
         if slot is not None:
             hal, row, col = self.hal_of(slot)
@@ -97,6 +101,7 @@ def _err(res: httpx.Response) -> str:
 
 
 def fits(slot: SlotInfo, size: str) -> bool:
+    """Would a person try this slot for a parcel of `size` (its row's size class or bigger)?"""
     return SIZE_ORDER.index(slot.size) >= SIZE_ORDER.index(size)
 
 
@@ -109,6 +114,9 @@ class Courier:
     def __init__(self, env: Env, plan: CourierPlan, parcels: list[ParcelPlan],
                  on_shelved: Callable[[ParcelPlan, bool], None]) -> None:
         self.env, self.plan, self.parcels, self.on_shelved = env, plan, parcels, on_shelved
+        self.session: dict[str, Any] = {}
+        self.auth: dict[str, str] = {}
+        self.human_s = 0.0
 
     def run(self) -> None:
         """The shift; its length in real seconds is the human time (simulated seconds) plus
