@@ -35,6 +35,7 @@ class Metrics:
     samples: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
     examples: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
     courier_busy_s: float = 0.0
+    courier_full_wait_s: float = 0.0
     net_lock: threading.Lock = field(default_factory=threading.Lock)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -48,9 +49,14 @@ class Metrics:
         with self._lock:
             self.samples[name].append(seconds)
 
-    def add_courier_time(self, seconds: float) -> None:
+    def add_courier_time(self, seconds: float, waiting: bool = False) -> None:
+        """Courier time in real seconds; `waiting` marks time spent waiting for a full
+        station, which is counted in the shift but reported apart."""
         with self._lock:
-            self.courier_busy_s += seconds
+            if waiting:
+                self.courier_full_wait_s += seconds
+            else:
+                self.courier_busy_s += seconds
 
 
 def percentiles(values: list[float]) -> dict[str, float | int]:
@@ -71,6 +77,7 @@ def build_report(m: Metrics, plan_summary: dict[str, Any], meta: dict[str, Any],
     c = m.counts
     invariants = {k: int(c.get(k, 0)) for k in INVARIANTS}
     courier_hours = m.courier_busy_s / 3600.0  # real seconds: human pace + station waits
+    working_hours = (m.courier_busy_s - m.courier_full_wait_s) / 3600.0
     shelved = c.get("parcels_shelved", 0)
     overhead = [a + b for a, b in zip(m.samples.get("scan_to_lit", []), m.samples.get("put_to_shelved", []))]
     report = {
@@ -84,6 +91,8 @@ def build_report(m: Metrics, plan_summary: dict[str, Any], meta: dict[str, Any],
             "wall_s": round(wall_s, 2),
             "simulated_h": round(wall_s * speed / 3600.0, 3),
             "parcels_shelved_per_courier_hour": round(shelved / courier_hours, 1) if courier_hours else None,
+            "parcels_shelved_per_courier_hour_not_waiting_for_room": (
+                round(shelved / working_hours, 1) if working_hours > 0 else None),
             "station_overhead_per_parcel": percentiles(overhead),
             "latency": {k: percentiles(v) for k, v in sorted(m.samples.items())},
             "network_faults_injected": dict(sorted(m.net.items())),
@@ -162,7 +171,8 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
     overhead = f"p50 {ov['p50_ms']} / p99 {ov['p99_ms']} ms" if ov.get("n") else "-"
     lines = [
         (f"parcels shelved           {o.get('parcels_shelved', 0)} of {report['plan']['parcels']}"
-         f"   ({t['parcels_shelved_per_courier_hour']} per courier-hour)"),
+         f"   ({t['parcels_shelved_per_courier_hour']} per courier-hour,"
+         f" {t['parcels_shelved_per_courier_hour_not_waiting_for_room']} not counting waits for room)"),
         f"pickups completed         {o.get('pickups_completed', 0)} of {report['plan']['customers']} customers",
         f"station overhead/parcel   {overhead}",
         f"entry (code->door+lights) {pct('entry')}",

@@ -197,6 +197,7 @@ class Courier:
             code = _err(res)
             if code == "station_full" and time.monotonic() < deadline:
                 m.inc("courier_waits_station_full")
+                m.add_courier_time(30.0, waiting=True)
                 self._pause(30.0)  # wait for customers to make room
                 continue
             if code == "free_mode_busy" and time.monotonic() < deadline:
