@@ -13,7 +13,6 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-
 from shelf_sim.kpi import Metrics
 from shelf_sim.runner import EmbeddedStation
 from shelf_sim.scenario import Scenario
