@@ -28,20 +28,24 @@ class LightSync:
         # shelf confirms a map, every colour of every earlier map may still be showing
         self._unconfirmed: dict[str, list[tuple[Handle, dict[str, float]]]] = {}
         self._confirmed: dict[str, dict[str, float]] = {}
+        # a leaf lock for those two: colour allocation runs inside a store transaction, so
+        # it must never wait for `_lock`, whose holder waits for the store
+        self._track_lock = threading.Lock()
 
     def _track(self, device: str, handle: Handle, lights: dict[Key, LightSpec], now: float) -> None:
         colours: dict[str, float] = {}
         for spec in lights.values():
             for colour in spec.colours:
                 colours[colour] = max(colours.get(colour, 0.0), now + spec.ttl_s)
-        self._unconfirmed.setdefault(device, []).append((handle, colours))
+        with self._track_lock:
+            self._unconfirmed.setdefault(device, []).append((handle, colours))
 
     def colours_maybe_shown(self, now: float | None = None) -> set[str]:
         """Colours some shelf may still show: those of the last map it confirmed, and of
         every map sent since (a lost "off" keeps an old colour up to its TTL)."""
         now = self.ctx.clock() if now is None else now
         shown: set[str] = set()
-        with self._lock:
+        with self._track_lock:
             for device, pending in self._unconfirmed.items():
                 last_acked = None
                 for i, (handle, _) in enumerate(pending):

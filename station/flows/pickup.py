@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from station.domain.codes import PickupCode, code_digest, parse_qr_payload
-from station.domain.colours import allocate_colour, colour_name
+from station.domain.colours import PALETTE_HEX, allocate_colour, colour_name
 from station.domain.errors import InvalidPickupCode
 from station.domain.layout import SlotAddress
 from station.domain.phones import mask_phone, normalise_phone, phone_hash
@@ -170,7 +170,12 @@ class Pickup:
                                   {"session_id": session_id, "expires_at": expires_at}))
                 else:
                     session_id = new_id("pks")
-                    colour = allocate_colour(self.lights.colours_in_use())
+                    in_use = self.lights.colours_in_use()
+                    if set(PALETTE_HEX) <= set(in_use):
+                        # a customer is told apart only by colour: with none free, wait
+                        raise Unavailable("Every colour is in use by people inside; please try "
+                                          "again in a minute.", code="room_busy")
+                    colour = allocate_colour(in_use)
                     expires_at = now + ctx.config.station.pickup_session_timeout_s
                     slots: dict[str, int] = {}
                     for p in parcels:

@@ -9,13 +9,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
 
 from tests.support.stack import LiveStation
 
 
-@pytest.mark.xfail(strict=True, reason="station bug: a ninth open session shares a colour "
-                   "(no limit on concurrent sessions, no other way to tell them apart)")
 def test_a_customer_never_gets_a_colour_that_is_already_lit(tmp_path: Path) -> None:
     from station.flows.errors import FlowError
 
