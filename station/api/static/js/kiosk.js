@@ -15,6 +15,8 @@
     wrong_otp: ["验证码错误或已过期。", "That one-time code is wrong or has expired."],
     door_offline: ["入口门故障，已通知工作人员。", "The entry door is out of order. Staff have been alerted."],
     door_failed: ["门未能打开，已通知工作人员。", "The door did not open. Staff have been alerted."],
+    room_busy: ["室内取件人数已满，请稍候一分钟再试。", "Every colour is in use by people inside. Please try again in a minute."],
+    storage_full: ["系统暂时无法服务，已通知工作人员。", "The station cannot take this now. Staff have been alerted."],
     invalid_phone: ["手机号码不正确。", "That phone number is not valid."],
     nothing_read: ["未识别到二维码，请再试一次。", "No QR code was read. Please try again."],
     unauthenticated: ["此终端未授权，请联系工作人员。", "This kiosk is not authorised. Please call staff."],
