@@ -237,7 +237,7 @@ def _measure(quick: bool) -> dict[str, Any]:
         with tempfile.TemporaryDirectory(prefix="bench-faces-") as tmp:
             known = Path(tmp) / "known"
             known.mkdir()
-            for name, person, path in portraits:
+            for _name, person, path in portraits:
                 shutil.copy(path, known / f"{person}{path.suffix}")
             one = Path(tmp) / "known1"
             one.mkdir()

@@ -176,7 +176,7 @@ def write_docs(result: dict[str, Any], out_dir: Path) -> None:
                 lines.append(f"- met: {row['figure']} — {fmt(row['ours'])} {row.get('unit', '')} ({row.get('target')})")
     if misses:
         lines += ["", "### Missed", ""]
-        for name, row, how in misses:
+        for _name, row, how in misses:
             lines.append(f"- **{row['figure']}**: {how}.")
     for name, note in result.get("profiles", {}).items():
         lines += ["", f"### What dominates: {name}", "", note.get("summary", ""), "",

@@ -252,7 +252,7 @@ class DeviceRuntime:
         sock = client.socket()
         if sock is not None:  # DESIGN §7: Nagle turns a 0.5 ms round trip into 44-88 ms
             try:
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # type: ignore[attr-defined]
             except OSError:
                 pass
         client.subscribe(self.topic("cmd"), qos=1)
@@ -463,7 +463,7 @@ def _best_effort_ids(payload: bytes) -> tuple[str, int, str]:
 def require_number(args: dict[str, Any], name: str, lo: float, hi: float, default: float | None = None) -> float:
     """A finite number within [lo, hi]; raises EnvelopeError('malformed')."""
     value = args.get(name, default)
-    if not env._is_num(value) or not lo <= float(value) <= hi:
+    if value is None or not env._is_num(value) or not lo <= float(value) <= hi:
         raise EnvelopeError("malformed", f"{name} must be a number in [{lo}, {hi}]")
     return float(value)
 

@@ -53,7 +53,7 @@ class FileNvStore(MemoryNvStore):
         except (ValueError, TypeError, AttributeError):
             # A corrupt record cannot happen with atomic replace; if it does, refuse to guess
             # a low seq (that would re-open replays): fail loudly.
-            raise RuntimeError(f"{self.path}: corrupt NV record; re-provision the device")
+            raise RuntimeError(f"{self.path}: corrupt NV record; re-provision the device") from None
 
     def _save(self) -> None:
         tmp = self.path.with_suffix(".tmp")

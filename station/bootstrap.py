@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -191,7 +192,7 @@ class Station:
     upstream: UpstreamForwarder | None = None
     started: bool = field(default=False)
 
-    def start(self) -> "Station":
+    def start(self) -> Station:
         self.link.start()
         self.dispatcher.start()
         self.ticker.start()

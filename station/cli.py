@@ -14,8 +14,9 @@ import signal
 import sqlite3
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from rich.console import Console
 from rich.table import Table
@@ -247,7 +248,7 @@ def cmd_courier(args: argparse.Namespace) -> int:
             out.print(f"added courier {c.id} ({c.carrier}, {c.name})")
         elif args.courier_cmd == "list":
             table = Table("id", "carrier", "name", "active", "face")
-            for c in core.couriers.list():
+            for c in core.couriers.all():
                 table.add_row(c.id, c.carrier, c.name, "yes" if c.active else "no", "yes" if c.has_face else "no")
             out.print(table)
         elif args.courier_cmd in ("disable", "enable"):

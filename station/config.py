@@ -13,6 +13,7 @@ import os
 import re
 import secrets as pysecrets
 import tomllib
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -74,7 +75,7 @@ class ShelfConfig(_Strict):
     outbound: bool = False  # slots for parcels customers drop off for sending
 
     @model_validator(mode="after")
-    def _row_sizes_match(self) -> "ShelfConfig":
+    def _row_sizes_match(self) -> ShelfConfig:
         if len(self.row_sizes) != self.rows:
             raise ValueError(
                 f"row_sizes has {len(self.row_sizes)} entries but the shelf has {self.rows} rows"
@@ -118,7 +119,7 @@ class SenderConfig(_Strict):
     topic: str | None = None  # mqtt
 
     @model_validator(mode="after")
-    def _needs(self) -> "SenderConfig":
+    def _needs(self) -> SenderConfig:
         if self.kind == "webhook" and not self.url:
             raise ValueError("a webhook sender needs url")
         return self
@@ -168,7 +169,7 @@ class StationConfig(_Strict):
     upstream: UpstreamSection = UpstreamSection()
 
     @model_validator(mode="after")
-    def _unique_ids(self) -> "StationConfig":
+    def _unique_ids(self) -> StationConfig:
         _unique([s.number for s in self.shelves], "shelves", "number")
         _unique([c.id for c in self.cameras], "cameras", "id")
         _unique([c.name for c in self.carriers], "carriers", "name")
@@ -188,7 +189,7 @@ class StationConfig(_Strict):
         return next((c for c in self.cameras if c.role == role), None)
 
 
-def _unique(values: list[object], section: str, key: str) -> None:
+def _unique(values: Sequence[object], section: str, key: str) -> None:
     seen: set[object] = set()
     for value in values:
         if value in seen:

@@ -6,9 +6,6 @@ carries on where it stopped. The simulator, when present, adds virtual people.""
 from __future__ import annotations
 
 import argparse
-import os
-import threading
-import time
 from pathlib import Path
 from typing import Any
 

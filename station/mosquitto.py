@@ -99,7 +99,7 @@ class MosquittoProcess:
         self.conf_path.write_text("\n".join(lines) + "\n")
         return self.conf_path
 
-    def start(self, timeout: float = 10.0) -> "MosquittoProcess":
+    def start(self, timeout: float = 10.0) -> MosquittoProcess:
         if self.running:
             return self
         binary = find_mosquitto()
@@ -141,7 +141,7 @@ class MosquittoProcess:
         self.stop()
         self.start()
 
-    def __enter__(self) -> "MosquittoProcess":
+    def __enter__(self) -> MosquittoProcess:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

@@ -3,12 +3,12 @@ fresh secrets and the example configuration pointed at temporary files."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
-from station.config import StationConfig, load_config, load_secrets, Secrets, write_new_secrets
+from station.config import Secrets, StationConfig, load_config, load_secrets, write_new_secrets
 from station.mosquitto import MosquittoProcess
 
 ROOT = Path(__file__).resolve().parent.parent

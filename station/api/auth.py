@@ -11,8 +11,8 @@ import hashlib
 import hmac
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from fastapi import Request
 

@@ -16,7 +16,16 @@ from station.store.eventlog import Event
 
 from .auth import Principal, require
 from .images import read_frames_json, read_image
-from .models import CodeEntry, CourierPinEntry, DropOff, ExitLeave, ExitWaybills, OtpEntry, OtpRequest, QrEntry
+from .models import (
+    CodeEntry,
+    CourierPinEntry,
+    DropOff,
+    ExitLeave,
+    ExitWaybills,
+    OtpEntry,
+    OtpRequest,
+    QrEntry,
+)
 from .services import Services, services
 
 router = APIRouter(prefix="/api/kiosk", tags=["kiosk"])

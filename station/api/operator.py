@@ -8,9 +8,10 @@ import csv
 import io
 import json
 import tempfile
+from collections.abc import AsyncIterator
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.concurrency import run_in_threadpool
@@ -121,7 +122,7 @@ def replay(seq: int | None = Query(default=None, ge=0), at: str | None = None,
 
 @router.get("/couriers")
 def couriers(who: Principal = Depends(operator_only), svc: Services = Depends(services)) -> list[dict[str, Any]]:
-    return [asdict(c) for c in svc.core.couriers.list()]
+    return [asdict(c) for c in svc.core.couriers.all()]
 
 
 @router.post("/couriers", status_code=201)

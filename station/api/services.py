@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from fastapi import Request
 
@@ -20,7 +21,7 @@ class Services:
     grab_face_frames: Callable[[], list[bytes]] | None = None
     grab_document_frame: Callable[[], bytes] | None = None
     enrol_face: Callable[[str, list[bytes]], dict[str, Any]] | None = None
-    save_snapshot: Callable[[bytes], str] | None = None
+    save_snapshot: Callable[[bytes], str | None] | None = None
     snapshot_path: Callable[[str], Any] | None = None
     device_status: Callable[[], dict[str, Any]] = field(default=lambda: {})
 

@@ -24,7 +24,7 @@ from collections import OrderedDict, deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Self
+from typing import Any, Literal
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
@@ -290,7 +290,7 @@ class DeviceLink:
             self._timer.join(timeout=2)
         self.connected.clear()
 
-    def __enter__(self) -> Self:
+    def __enter__(self) -> DeviceLink:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
@@ -530,7 +530,7 @@ class DeviceLink:
         sock = client.socket()
         if sock is not None:  # DESIGN §7: after every connect, or Nagle adds 44-88 ms
             try:
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # type: ignore[attr-defined]
             except OSError:
                 pass
         subs = [(env.topic(self.station_id, d, ch), 1)

@@ -7,7 +7,7 @@ emptiest slot, then the lower-numbered shelf and row for a stable, explainable c
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 from .errors import StationFull
 from .layout import SIZE_ORDER, Layout, Slot, SlotAddress

@@ -17,8 +17,9 @@ import hashlib
 import hmac
 import re
 import secrets
+from collections.abc import Collection
 from dataclasses import dataclass
-from typing import Collection, Protocol
+from typing import Protocol
 
 from .errors import InvalidPickupCode, InvalidSlotAddress
 from .layout import SlotAddress
@@ -31,7 +32,7 @@ _COMPACT = re.compile(r"^(\d{2})(\d)(\d{2})(\d{8})$")
 
 
 class RandomSource(Protocol):
-    def randrange(self, stop: int) -> int: ...
+    def randrange(self, start: int, stop: int | None = ..., step: int = ...) -> int: ...
 
 
 @dataclass(frozen=True)
@@ -53,7 +54,7 @@ class PickupCode:
         return f"{s.shelf:02d}{s.row}{s.col:02d}{self.secret}"
 
     @classmethod
-    def parse(cls, text: object) -> "PickupCode":
+    def parse(cls, text: object) -> PickupCode:
         if not isinstance(text, str):
             raise InvalidPickupCode("a pickup code is text like 3-2-05-48213307")
         cleaned = text.strip()

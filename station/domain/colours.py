@@ -6,7 +6,7 @@ standing side by side can tell their slots apart."""
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 ALARM_RED = "#FF0000"
 COURIER_WHITE = "#FFFFFF"

@@ -6,8 +6,8 @@ digits so printed codes line up on a label and sort as text)."""
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Iterable, Iterator
 
 from .errors import InvalidSlotAddress
 
@@ -32,7 +32,7 @@ class SlotAddress:
         return f"{self.shelf}-{self.row}-{self.col:02d}"
 
     @classmethod
-    def parse(cls, text: str) -> "SlotAddress":
+    def parse(cls, text: str) -> SlotAddress:
         if not isinstance(text, str):
             raise InvalidSlotAddress("a slot address is text like 3-2-05")
         match = _ADDRESS_RE.match(text)

@@ -7,8 +7,8 @@ it — the rule behind "zero wrong slots lit"."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 from .colours import ALARM_RED
 from .layout import SlotAddress

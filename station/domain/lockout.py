@@ -8,8 +8,8 @@ typed entry is refused until the oldest failure is a day old and an operator is 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 DAY_S = 86400.0
 

@@ -7,8 +7,8 @@ import secrets as pysecrets
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 from station.config import Secrets, StationConfig
 from station.crypto import Sealer

@@ -5,8 +5,9 @@ PINs are argon2 hashes; face templates are encrypted side rows removed with the 
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
@@ -69,7 +70,7 @@ class Couriers:
             raise NotFound(f"no courier {courier_id}")
         return _view(row)
 
-    def list(self) -> list[CourierView]:
+    def all(self) -> list[CourierView]:
         return [_view(r) for r in self.ctx.store.query("SELECT * FROM couriers ORDER BY id")]
 
     def set_active(self, courier_id: str, active: bool, *, actor: str = "operator") -> CourierView:

@@ -7,8 +7,9 @@ an alarm and tells the customer what is wrong. A partial pickup is fine."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 from station.store.eventlog import Event
 

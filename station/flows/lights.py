@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
-from typing import Iterable
+from collections.abc import Iterable
 
 from station.domain.layout import SlotAddress
 from station.domain.lights import LightSpec, SlotClaim, compose

@@ -5,15 +5,19 @@ engine are handed in (bootstrap.py), and tests hand in fakes."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping, Protocol
+from typing import Any, Protocol
 
 from station.domain.lights import LightSpec
 
 
 class Outcome(Protocol):
-    status: str  # acked | refused | expired
-    reason: str | None
+    @property
+    def status(self) -> str: ...  # acked | refused | expired
+
+    @property
+    def reason(self) -> str | None: ...
 
 
 class Handle(Protocol):

@@ -11,9 +11,10 @@ import json
 import sqlite3
 import threading
 import time
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 from .eventlog import (
     GENESIS,
@@ -52,7 +53,7 @@ def connect(path: str | Path) -> sqlite3.Connection:
 class Tx:
     """A transaction in progress: append events and write side tables."""
 
-    def __init__(self, store: "Store", conn: sqlite3.Connection, now: float) -> None:
+    def __init__(self, store: Store, conn: sqlite3.Connection, now: float) -> None:
         self._store = store
         self.conn = conn
         self.now = now
@@ -79,7 +80,7 @@ class Store:
 
     # --- lifecycle ------------------------------------------------------------------------
 
-    def open(self) -> "Store":
+    def open(self) -> Store:
         with self._lock:
             if self._conn is None:
                 try:
@@ -99,7 +100,7 @@ class Store:
                 self._conn.close()
                 self._conn = None
 
-    def __enter__(self) -> "Store":
+    def __enter__(self) -> Store:
         return self.open()
 
     def __exit__(self, *exc: object) -> None:
@@ -204,13 +205,13 @@ class Store:
 
     # --- reading ----------------------------------------------------------------------------
 
-    def query(self, sql: str, args: Sequence[Any] = ()) -> list[sqlite3.Row]:
+    def query(self, sql: str, args: Sequence[Any] = ()) -> list[dict[str, Any]]:
         with self._lock:
             cur = self.conn.execute(sql, args)
             cols = [c[0] for c in cur.description or ()]
             return [_Row(cols, r) for r in cur.fetchall()]
 
-    def query_one(self, sql: str, args: Sequence[Any] = ()) -> sqlite3.Row | None:
+    def query_one(self, sql: str, args: Sequence[Any] = ()) -> Any:
         rows = self.query(sql, args)
         return rows[0] if rows else None
 

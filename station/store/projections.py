@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from .eventlog import EventRecord, parse_utc
 

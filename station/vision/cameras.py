@@ -19,7 +19,7 @@ import collections
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import Protocol, Self
+from typing import Any, Protocol
 
 import cv2
 import httpx
@@ -174,7 +174,7 @@ class SimulatedSource:
             self._open = False
 
 
-def open_source(camera: object, simulated: dict[str, SimulatedSource] | None = None
+def open_source(camera: Any, simulated: dict[str, SimulatedSource] | None = None
                 ) -> FrameSource:
     """The source a CameraConfig names (not yet opened: the grabber opens it). Simulated
     sources come from `simulated` when given, so the simulator and the station share them."""
@@ -216,7 +216,7 @@ class LatestFrameGrabber:
             self._thread.start()
         return self
 
-    def __enter__(self) -> Self:
+    def __enter__(self) -> LatestFrameGrabber:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

@@ -18,6 +18,7 @@ import re
 import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import cv2
 import numpy as np
@@ -71,7 +72,7 @@ class CodeReader:
 
     def _zxing(self, gray: np.ndarray) -> list[DecodedCode]:
         found = []
-        for result in zxingcpp.read_barcodes(gray, formats=self._formats, try_rotate=True,
+        for result in zxingcpp.read_barcodes(gray, formats=self._formats, try_rotate=True,  # type: ignore[arg-type]
                                              try_downscale=True, try_invert=False):
             name = _symbology(result.format)
             if name is None or not result.valid or not result.text:
@@ -159,7 +160,7 @@ def _straighten(gray: np.ndarray, quad: np.ndarray) -> tuple[np.ndarray | None, 
     out_w = int(w * 1.3 + 20)
     out_h = int(max(h * 1.6, w * 0.25) + 20)
     rot = cv2.getRotationMatrix2D((cx, cy), angle, 1.0)
-    rot[:, 2] += (out_w / 2 - cx, out_h / 2 - cy)
+    rot[:, 2] += (out_w / 2 - cx, out_h / 2 - cy)  # type: ignore[arg-type]
     crop = cv2.warpAffine(gray, rot, (out_w, out_h), flags=cv2.INTER_LINEAR,
                           borderMode=cv2.BORDER_REPLICATE)
     # small symbols: enlarge so each module spans a few pixels
@@ -190,7 +191,7 @@ class WaybillMatcher:
     A text matching no pattern is not a waybill (a product barcode, a send code, noise); one
     matching two carriers' patterns is refused too, since we cannot know whose it is."""
 
-    def __init__(self, carriers: Sequence[object]) -> None:
+    def __init__(self, carriers: Sequence[Any]) -> None:
         self._patterns = [
             (str(c.name), re.compile(str(c.pattern)))
             for c in carriers

@@ -104,7 +104,7 @@ def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.nda
     except (SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         raise ImageError("corrupt", f"{kind} data unreadable: {exc}") from None
     try:
-        image = ImageOps.exif_transpose(image) or image
+        image = ImageOps.exif_transpose(image) or image  # type: ignore[assignment]
     except (OSError, ValueError, SyntaxError):
         pass  # a broken EXIF block is no reason to refuse the pixels
     return _pil_to_bgr(image)

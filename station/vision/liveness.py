@@ -56,7 +56,7 @@ def eye_aspect_ratio(points: np.ndarray) -> float:
         vertical = np.linalg.norm(eye[1] - eye[5]) + np.linalg.norm(eye[2] - eye[4])
         horizontal = np.linalg.norm(eye[0] - eye[3])
         ears.append(vertical / (2.0 * horizontal) if horizontal > 1e-6 else 0.0)
-    return float(np.mean(ears))
+    return float(np.mean(ears))  # type: ignore[arg-type]
 
 
 class LivenessChecker:

@@ -107,7 +107,7 @@ def test_the_walk_covers_every_api_route(station_app: Any) -> None:
     routes = {(m, r.path) for r in station_app.routes if isinstance(r, APIRoute) and r.include_in_schema
               for m in r.methods if m != "HEAD"}
     assert routes <= ops, f"routes missing from the OpenAPI document: {sorted(routes - ops)}"
-    assert PUBLIC <= ops, f"public routes that do not exist any more: {sorted(PUBLIC - ops)}"
+    assert ops >= PUBLIC, f"public routes that do not exist any more: {sorted(PUBLIC - ops)}"
     assert len(ops) >= 40, "the walk found suspiciously few routes"
     for role in ROLES:
         assert any(_role_for(p) == role for m, p in ops if (m, p) not in PUBLIC), role

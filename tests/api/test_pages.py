@@ -79,7 +79,7 @@ def _parse(html: str) -> _Refs:
 
 
 def test_static_files_come_from_the_installed_package() -> None:
-    assert pages.STATIC == Path(station.api.__file__).parent / "static"
+    assert Path(station.api.__file__).parent / "static" == pages.STATIC
     for name in ("kiosk.html", "courier.html", "operator.html", "css/station.css", "js/common.js",
                  "js/kiosk.js", "js/courier.js", "js/operator.js"):
         assert (pages.STATIC / name).is_file(), name

@@ -7,7 +7,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from station.domain.colours import ALARM_RED, COURIER_WHITE, PALETTE, PALETTE_HEX, allocate_colour, colour_name
+from station.domain.colours import (
+    ALARM_RED,
+    COURIER_WHITE,
+    PALETTE,
+    PALETTE_HEX,
+    allocate_colour,
+    colour_name,
+)
 from station.domain.errors import InvalidPhone
 from station.domain.layout import SlotAddress
 from station.domain.lights import SlotClaim, compose

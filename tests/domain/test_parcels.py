@@ -81,5 +81,5 @@ def test_an_outbound_parcel_found_again_cannot_be_picked_up_by_a_customer() -> N
 
 
 def test_only_shelved_parcels_open_the_door_and_on_shelf_states_hold_a_slot() -> None:
-    assert WAITING == {S.SHELVED}
-    assert ON_SHELF == {S.SHELVED, S.EXPIRED, S.RECALLED, S.DROPPED_OFF}
+    assert {S.SHELVED} == WAITING
+    assert {S.SHELVED, S.EXPIRED, S.RECALLED, S.DROPPED_OFF} == ON_SHELF

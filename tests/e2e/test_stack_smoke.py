@@ -1,4 +1,6 @@
 from tests.support.stack import LiveStation, wait_until
+
+
 def test_stack_smoke(tmp_path):
     with LiveStation(tmp_path, http=True) as ls:
         core = ls.core

@@ -277,7 +277,7 @@ class ProcStation:
             wait_until(same, timeout, 0.1)
         except AssertionError:
             want, have = last
-            raise AssertionError(f"shelves never matched the database: wanted {want}, shelves show {have}")
+            raise AssertionError(f"shelves never matched the database: wanted {want}, shelves show {have}") from None
 
     def messages(self, kind: str | None = None) -> list[dict[str, Any]]:
         assert self.webhook is not None

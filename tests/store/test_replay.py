@@ -5,22 +5,21 @@ from __future__ import annotations
 import logging
 import random
 import sqlite3
-import subprocess
 import uuid
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 
 from station.config import Secrets
 from station.domain.errors import DomainError
-from station.domain.layout import SlotAddress
 from station.store.eventlog import verify_chain
 from station.store.projections import dump_projections
 from station.store.replay import replay_into
 from tests.flows.harness import Station, make_station
 
-from .test_eventlog import STATION, needs_cli, run_cli
+from .test_eventlog import needs_cli, run_cli
 
 SIZES = ["S", "S", "S", "M", "M", "L"]
 

@@ -5,8 +5,9 @@ operations run in a second."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 from station.domain.lights import LightSpec
 

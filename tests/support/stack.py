@@ -14,10 +14,11 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from station.api.auth import make_token
 from station.bootstrap import Station, build_station
@@ -89,7 +90,7 @@ class LiveStation:
     base_url: str = ""
     _server: Any = None
 
-    def __enter__(self) -> "LiveStation":
+    def __enter__(self) -> LiveStation:
         self.tmp.mkdir(parents=True, exist_ok=True)
         self.broker = self.broker or MosquittoProcess(workdir=self.tmp / "mosquitto").start()
         self.webhook = WebhookReceiver()

@@ -60,7 +60,7 @@ def test_mixed_frame_and_corners_are_in_frame_pixels(reader) -> None:
     assert codes[wb].symbology == "code128" and codes["PS1:123456"].symbology == "qr"
     for code in codes.values():
         xs, ys = zip(*code.corners)
-        assert 0 <= min(xs) and max(xs) <= 1280 and 0 <= min(ys) and max(ys) <= 720
+        assert min(xs) >= 0 and max(xs) <= 1280 and min(ys) >= 0 and max(ys) <= 720
 
 
 def test_each_code_is_reported_once(reader) -> None:
