@@ -336,6 +336,7 @@ class Customer:
             if not codes:
                 return None
         deadline = time.monotonic() + env.retry_for_s
+        busy_waits = 0
         while not env.stop.is_set():
             t0 = time.monotonic()
             has_parcel = self._has_waiting()
@@ -361,6 +362,13 @@ class Customer:
                     m.inc("doors_opened_without_waiting_parcel", example=plan.phone[-4:])
                 return res.json()
             code = _err(res)
+            if code == "room_busy" and busy_waits < 60:
+                # every colour is taken by people inside: the kiosk asks to wait a moment
+                busy_waits += 1
+                m.inc("entry_waits_room_busy")
+                env.pause(20.0)
+                deadline = time.monotonic() + env.retry_for_s
+                continue
             if res.status_code < 500 and code != "locked_out" or time.monotonic() > deadline:
                 m.inc(f"entry_refused:{code}", example=plan.phone[-4:])
                 return None
