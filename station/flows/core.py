@@ -131,6 +131,14 @@ class StationCore:
 
     def _route(self, slot: SlotAddress, action: str) -> PlacementOutcome:
         if action == "put":
+            if self._lifted(slot):
+                # a parcel lifted from a slot nobody should touch and put back: the sensor
+                # cannot say whose parcel went in, and a put-back is far likelier than a
+                # courier's parcel landing in that very slot at that moment
+                with self.ctx.store.transaction() as tx:
+                    tx.emit(Event("slot.put_back", str(slot), "station", {"slot": str(slot)}))
+                    tx.emit(Event("slot.alarm.cleared", str(slot), "station", {"slot": str(slot)}))
+                return PlacementOutcome(str(slot), action, "put_back")
             if self.ctx.layout.slot(slot).outbound:
                 parcel = self.returns.on_outbound_put(slot)
                 if parcel:
@@ -151,9 +159,15 @@ class StationCore:
         self._log_device(self.ctx.device_of(slot), "placement.invalid", {"slot": str(slot), "action": action})
         return PlacementOutcome(str(slot), action, "unexpected")
 
+    def _lifted(self, slot: SlotAddress) -> bool:
+        row = self.ctx.store.query_one("SELECT n FROM slot_lifts WHERE slot = ?", (str(slot),))
+        return bool(row and row["n"] > 0)
+
     def _unexpected(self, slot: SlotAddress, reason: str) -> None:
         """A parcel lifted from (or put into) a slot nobody should touch: blink red, log it."""
         with self.ctx.store.transaction() as tx:
+            if reason == "unexpected_take":
+                tx.emit(Event("slot.lifted", str(slot), "station", {"slot": str(slot)}))
             tx.emit(Event("slot.alarm", str(slot), "station",
                           {"slot": str(slot), "until": tx.now + 15.0, "reason": reason}))
             guard.raise_alarm(tx, f"slot.{reason}", str(slot), f"slot {slot}: {reason.replace('_', ' ')}")

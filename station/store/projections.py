@@ -113,6 +113,14 @@ def _slot_sensed(conn: sqlite3.Connection, e: EventRecord, at: float) -> None:
             (e.data["slot"], e.data["count"]))
 
 
+@applies("slot.lifted", "slot.put_back")
+def _slot_lifts(conn: sqlite3.Connection, e: EventRecord, at: float) -> None:
+    step = 1 if e.type == "slot.lifted" else -1
+    conn.execute(
+        "INSERT INTO slot_lifts(slot, n) VALUES (?, MAX(?, 0))"
+        " ON CONFLICT(slot) DO UPDATE SET n = MAX(n + ?, 0)", (e.data["slot"], step, step))
+
+
 @applies("slot.alarm")
 def _slot_alarm(conn: sqlite3.Connection, e: EventRecord, at: float) -> None:
     conn.execute(

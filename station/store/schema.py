@@ -20,6 +20,7 @@ PROJECTION_TABLES = (
     "slot_alarms",
     "sensed",
     "slot_counts",
+    "slot_lifts",
 )
 SIDE_TABLES = ("face_templates", "outbox", "otps", "upstream_cursor", "recipient_contacts")
 
@@ -154,6 +155,11 @@ MIGRATIONS: list[str] = [
 
     CREATE TABLE sensed (
         evt TEXT PRIMARY KEY
+    );
+
+    CREATE TABLE slot_lifts (
+        slot TEXT PRIMARY KEY,
+        n INTEGER NOT NULL
     );
 
     CREATE TABLE slot_counts (

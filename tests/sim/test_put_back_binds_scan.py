@@ -17,8 +17,6 @@ import pytest
 from tests.support.stack import LiveStation
 
 
-@pytest.mark.xfail(strict=True, reason="station: a put-back right after an unexpected take binds "
-                   "a waiting guided scan aimed at that slot")
 def test_a_put_back_does_not_bind_a_waiting_scan(tmp_path: Path) -> None:
     with LiveStation(tmp_path) as ls:
         core = ls.core
