@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from station.domain.errors import InvalidPhone
 from station.domain.phones import mask_phone, normalise_phone
+from station.store.eventlog import parse_utc
 
 Kind = Literal["pickup_code", "otp", "alert"]
 
@@ -148,13 +149,7 @@ class StationInfo:
 
 
 def _parse_iso(text: str) -> datetime:
-    value = text.strip()
-    if value.endswith("Z"):
-        value = value[:-1] + "+00:00"
-    dt = datetime.fromisoformat(value)
-    if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=UTC)
-    return dt
+    return datetime.fromtimestamp(parse_utc(text), UTC)
 
 
 def local_deadline(deadline_iso: str, station: StationInfo) -> str:
