@@ -53,7 +53,7 @@ class Ctx:
     log: logging.Logger = field(default_factory=lambda: logging.getLogger("station.flows"))
 
     def __post_init__(self) -> None:
-        self.sealer = Sealer(self.secrets.encryption_key)
+        self.sealer = Sealer(self.secrets.encryption_key, "recipient-contact")
         self.layout = layout_from_config(self.config)
         self.carriers = carriers_from_config(self.config)
 

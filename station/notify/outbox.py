@@ -14,7 +14,6 @@ subject, the channel and the masked number only.
 from __future__ import annotations
 
 import logging
-import os
 import random
 import threading
 import time
@@ -23,11 +22,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-
+from station.crypto import DecryptError, Sealer
 from station.store.db import Store, Tx
 from station.store.eventlog import Event, EventRecord, utc_iso
 
@@ -40,9 +35,6 @@ PENDING = "pending"
 DELIVERED = "delivered"
 DEFAULT_CHANNEL = "default"
 ACTOR = "notify"
-_PAYLOAD_VERSION = b"\x01"
-_NONCE_BYTES = 12
-_KDF_INFO = b"ps/outbox/payload/v1"
 
 
 class PayloadError(RuntimeError):
@@ -65,23 +57,13 @@ class OutboxRow:
     payload: bytes = b""
 
 
-def derive_outbox_key(encryption_key: bytes) -> bytes:
-    """A key of its own for the outbox, so the station key's other uses (face templates)
-    never share an AES-GCM key and nonce space with notifications."""
-    if len(encryption_key) != 32:
-        raise ValueError("the encryption key must be 32 bytes")
-    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=_KDF_INFO).derive(
-        encryption_key
-    )
-
-
 class Outbox:
     """Notifications waiting to go out, encrypted at rest, in the station's database."""
 
     def __init__(self, store: Store, cipher_key: bytes,
                  clock: Callable[[], float] = time.time) -> None:
         self._store = store
-        self._aead = AESGCM(derive_outbox_key(cipher_key))
+        self._sealer = Sealer(cipher_key, "outbox-payload")
         self._clock = clock
 
     @property
@@ -198,18 +180,16 @@ class Outbox:
     # --- sealing ---------------------------------------------------------------------------
 
     def _seal(self, row_id: str, notification: Notification) -> bytes:
-        nonce = os.urandom(_NONCE_BYTES)
         clear = notification.model_dump_json(exclude_defaults=True).encode()
-        return _PAYLOAD_VERSION + nonce + self._aead.encrypt(nonce, clear, row_id.encode())
+        return self._sealer.seal(clear, row_id)
 
     def _open(self, row_id: str, sealed: bytes) -> Notification:
-        if len(sealed) < 1 + _NONCE_BYTES + 16 or sealed[:1] != _PAYLOAD_VERSION:
-            raise PayloadError("payload is empty or of an unknown version")
-        nonce, body = sealed[1:1 + _NONCE_BYTES], sealed[1 + _NONCE_BYTES:]
+        if not sealed:
+            raise PayloadError("payload is empty (wiped after delivery)")
         try:
-            clear = self._aead.decrypt(nonce, body, row_id.encode())
-        except InvalidTag:
-            raise PayloadError("payload does not open with this key for this row") from None
+            clear = self._sealer.open(sealed, row_id)
+        except DecryptError as exc:
+            raise PayloadError(f"payload does not open for this row: {exc}") from None
         return Notification.model_validate_json(clear)
 
     def open_row(self, row: OutboxRow) -> Notification:

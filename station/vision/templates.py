@@ -11,14 +11,11 @@ Deleting the courier deletes the ciphertext; nothing else holds the template.
 
 from __future__ import annotations
 
-import os
 import struct
 
 import numpy as np
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from station.crypto import DecryptError, Sealer
 
 VERSION = 1
 _AAD_PREFIX = b"ps-face-template/v1\x00"
@@ -33,9 +30,7 @@ class TemplateCipher:
     def __init__(self, key: bytes) -> None:
         if len(key) != 32:
             raise ValueError("encryption key must be 32 bytes")
-        derived = HKDF(algorithm=hashes.SHA256(), length=32, salt=None,
-                       info=b"parcel-station face-template v1").derive(key)
-        self._aead = AESGCM(derived)
+        self._sealer = Sealer(key, "face-template")
 
     @staticmethod
     def _aad(courier_id: str, header: bytes) -> bytes:
@@ -47,23 +42,19 @@ class TemplateCipher:
         if not len(rows) or not np.all(np.isfinite(rows)):
             raise ValueError("template must hold at least one finite 128-d encoding")
         header = _HEADER.pack(VERSION, len(rows))
-        nonce = os.urandom(12)
-        return header + nonce + self._aead.encrypt(nonce, rows.tobytes(),
-                                                   self._aad(courier_id, header))
+        return header + self._sealer.seal(rows.tobytes(), self._aad(courier_id, header))
 
     def decrypt(self, blob: bytes, courier_id: str) -> np.ndarray:
         """The (k, 128) float32 encodings; TemplateError if anything does not check out."""
-        if len(blob) < _HEADER.size + 12 + 16:
+        if len(blob) < _HEADER.size + 1 + 12 + 16:
             raise TemplateError("template blob too short")
         header = blob[:_HEADER.size]
         version, rows = _HEADER.unpack(header)
         if version != VERSION:
             raise TemplateError(f"unknown template version {version}")
-        nonce = blob[_HEADER.size:_HEADER.size + 12]
         try:
-            plain = self._aead.decrypt(nonce, blob[_HEADER.size + 12:],
-                                       self._aad(courier_id, header))
-        except InvalidTag:
+            plain = self._sealer.open(blob[_HEADER.size:], self._aad(courier_id, header))
+        except DecryptError:
             raise TemplateError(
                 "template does not decrypt: tampered, another courier's, or another key"
             ) from None
