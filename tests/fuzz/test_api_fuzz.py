@@ -7,9 +7,9 @@ tests/api/test_authorization.py's subject). Checks: no 500 (a 503/507 only as on
 deliberate JSON refusals: door offline, no camera, disk full), responses match their
 documented schema and content type. Afterwards the station still answers and its log verifies.
 
-The documented status codes and media types are checked separately (xfail below): the
-document lists only 200/201 and 422 while the routes answer 401, 403, 404, 409, 429, 503 and
-507 with JSON errors, and two routes answer other media types than the JSON they declare.
+The documented status codes and media types are checked separately (below): every refusal
+(401, 403, 404, 409, 413, 422, 429, 503, 507 with the JSON error body) and the non-JSON
+media types (export, snapshots, the event stream) are in the document.
 """
 
 from __future__ import annotations
