@@ -107,7 +107,7 @@ class StationCore:
                     "slot": str(slot), "action": action, "count": data.get("count"), "evt": evt,
                     "items": n}))
                 for _ in range(n):
-                    outcome = self._route(slot, str(action))
+                    outcome = self._route(slot, str(action), data.get("count"))
             self.lights.refresh(self.lights.devices_of([slot]))
         for listener in list(self.placement_listeners):
             try:
@@ -129,9 +129,9 @@ class StationCore:
         delta = count - row["count"] if action == "put" else row["count"] - count
         return max(1, min(delta, self.ctx.layout.slot(slot).capacity))
 
-    def _route(self, slot: SlotAddress, action: str) -> PlacementOutcome:
+    def _route(self, slot: SlotAddress, action: str, count: Any = None) -> PlacementOutcome:
         if action == "put":
-            if self._lifted(slot):
+            if self._lifted(slot) and not self._above_record(slot, count):
                 # a parcel lifted from a slot nobody should touch and put back: the sensor
                 # cannot say whose parcel went in, and a put-back is far likelier than a
                 # courier's parcel landing in that very slot at that moment
@@ -154,19 +154,40 @@ class StationCore:
                 return PlacementOutcome(str(slot), action, "pickup_take")
             if self.returns.on_take(slot):
                 return PlacementOutcome(str(slot), action, "return_take")
-            self._unexpected(slot, "unexpected_take")
+            self._unexpected(slot, "unexpected_take", count)
             return PlacementOutcome(str(slot), action, "unexpected")
         self._log_device(self.ctx.device_of(slot), "placement.invalid", {"slot": str(slot), "action": action})
         return PlacementOutcome(str(slot), action, "unexpected")
+
+    def _below_record(self, slot: SlotAddress, count: Any) -> bool:
+        if not isinstance(count, int) or isinstance(count, bool):
+            return True
+        held = self.ctx.store.query_one(
+            "SELECT COUNT(*) n FROM parcels WHERE slot = ? AND state IN"
+            " ('shelved','expired','recalled','dropped_off')", (str(slot),))["n"]
+        return count < held
+
+    def _above_record(self, slot: SlotAddress, count: Any) -> bool:
+        """More items than the records hold: the put brought something new, not a put-back."""
+        if not isinstance(count, int) or isinstance(count, bool):
+            return False
+        held = self.ctx.store.query_one(
+            "SELECT COUNT(*) n FROM parcels WHERE slot = ? AND state IN"
+            " ('shelved','expired','recalled','dropped_off')", (str(slot),))["n"]
+        return count > held
 
     def _lifted(self, slot: SlotAddress) -> bool:
         row = self.ctx.store.query_one("SELECT n FROM slot_lifts WHERE slot = ?", (str(slot),))
         return bool(row and row["n"] > 0)
 
-    def _unexpected(self, slot: SlotAddress, reason: str) -> None:
-        """A parcel lifted from (or put into) a slot nobody should touch: blink red, log it."""
+    def _unexpected(self, slot: SlotAddress, reason: str, count: Any = None) -> None:
+        """A parcel lifted from (or put into) a slot nobody should touch: blink red, log it.
+
+        A take that leaves fewer items than the records hold lifted a recorded parcel, and the
+        next put there is its put-back; a take that leaves as many (a courier taking out a
+        parcel the station refused) is no lift."""
         with self.ctx.store.transaction() as tx:
-            if reason == "unexpected_take":
+            if reason == "unexpected_take" and self._below_record(slot, count):
                 tx.emit(Event("slot.lifted", str(slot), "station", {"slot": str(slot)}))
             tx.emit(Event("slot.alarm", str(slot), "station",
                           {"slot": str(slot), "until": tx.now + 15.0, "reason": reason}))
