@@ -324,8 +324,19 @@ class Customer:
             self._visit(http)
 
     def _has_waiting(self) -> bool:
+        """A parcel waits for us if it lies on a shelf, or is in another customer's hands
+        inside the room (a mistaken take they must put back): the station's records rightly
+        still call it waiting, so a door opened for it is no violation."""
         shelves = self.env.room.on_shelves()
-        return any(w in shelves for w in self.waybills)
+        room = self.env.room
+        for w in self.waybills:
+            if w in shelves:
+                return True
+            p = room.parcels.get(w)
+            if p is not None and p.slot is None and p.holder not in (None, self.plan.phone) \
+                    and str(p.holder).isdigit():
+                return True
+        return False
 
     def _enter(self, http: httpx.Client) -> dict[str, Any] | None:
         env, m, plan = self.env, self.env.metrics, self.plan
