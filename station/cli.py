@@ -22,6 +22,7 @@ from rich.console import Console
 from rich.table import Table
 
 from station.config import ConfigError, load_config, load_secrets, write_new_secrets
+from station.store.db import StoreError
 
 out = Console()
 err = Console(stderr=True)
@@ -364,7 +365,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.fn(args))
-    except (ConfigError, CliError) as exc:
+    except (ConfigError, CliError, StoreError) as exc:
         err.print(f"[red]error:[/] {exc}", highlight=False)
         return 2
     except KeyboardInterrupt:

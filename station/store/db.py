@@ -86,7 +86,7 @@ class Store:
                 try:
                     conn = connect(self.path)
                     migrate(conn)
-                except sqlite3.DatabaseError as exc:
+                except (sqlite3.DatabaseError, RuntimeError) as exc:
                     raise StoreError(f"{self.path}: cannot open the database: {exc}") from None
                 self._conn = conn
                 row = conn.execute("SELECT seq, hash, ts FROM events ORDER BY seq DESC LIMIT 1").fetchone()

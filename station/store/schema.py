@@ -153,20 +153,6 @@ MIGRATIONS: list[str] = [
         reason TEXT NOT NULL
     );
 
-    CREATE TABLE sensed (
-        evt TEXT PRIMARY KEY
-    );
-
-    CREATE TABLE slot_lifts (
-        slot TEXT PRIMARY KEY,
-        n INTEGER NOT NULL
-    );
-
-    CREATE TABLE slot_counts (
-        slot TEXT PRIMARY KEY,
-        count INTEGER NOT NULL
-    );
-
     CREATE TABLE face_templates (
         courier_id TEXT NOT NULL,
         idx INTEGER NOT NULL,
@@ -208,6 +194,22 @@ MIGRATIONS: list[str] = [
     CREATE TABLE upstream_cursor (
         name TEXT PRIMARY KEY,
         seq INTEGER NOT NULL
+    );
+    """,
+    # 2: what the shelf sensors said (once per device event), their item counts, and lifts
+    # awaiting a put-back. Migrations are append-only from here: a database at version 1
+    # gets these tables by this step, never by an edited step 1.
+    """
+    CREATE TABLE IF NOT EXISTS sensed (
+        evt TEXT PRIMARY KEY
+    );
+    CREATE TABLE IF NOT EXISTS slot_lifts (
+        slot TEXT PRIMARY KEY,
+        n INTEGER NOT NULL
+    );
+    CREATE TABLE IF NOT EXISTS slot_counts (
+        slot TEXT PRIMARY KEY,
+        count INTEGER NOT NULL
     );
     """,
 ]
