@@ -506,6 +506,22 @@ def common_args(description: str) -> argparse.ArgumentParser:
     return parser
 
 
+def process_options(args: Any, conf: dict[str, Any], station_id: str) -> dict[str, Any]:
+    """What every device process takes from its command line, the station config and its
+    secrets: its own key (derived, never the master), NV path, clock trust, broker login."""
+    master, password = read_secrets(args.secrets)
+    mqtt_conf = conf.get("mqtt", {})
+    return {
+        "key": env.derive_device_key(master, station_id, args.device),
+        "nv_path": f"{args.nv_dir}/{args.device}.json",
+        "trust_host_clock": args.trust_host_clock,
+        "heartbeat_s": args.heartbeat_s,
+        "username": mqtt_conf.get("username"),
+        "password": password,
+        "ca_file": args.ca_file or mqtt_conf.get("ca_file"),
+    }
+
+
 def run_process(device: DeviceRuntime) -> None:
     """Run until SIGTERM/SIGINT, then stop cleanly."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")

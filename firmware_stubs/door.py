@@ -16,14 +16,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from station.devices import envelope as env
-
 from .base import (
     DeviceRuntime,
     Op,
     common_args,
     load_toml,
-    read_secrets,
+    process_options,
     require_number,
     run_process,
 )
@@ -140,15 +138,11 @@ def main(argv: list[str] | None = None) -> None:
     doors = conf.get("doors", {})
     if args.device not in (doors.get("entry", "door-entry"), doors.get("exit", "door-exit")):
         raise SystemExit(f"{args.config}: no door with device {args.device!r}")
-    master, password = read_secrets(args.secrets)
+    opts = process_options(args, conf, station_id)
     device = DoorController(
-        station_id, args.device, env.derive_device_key(master, station_id, args.device), args.broker,
-        nv_path=f"{args.nv_dir}/{args.device}.json",
+        station_id, args.device, opts.pop("key"), args.broker,
         pulse_s=float(doors.get("unlock_pulse_s", 5.0)),
-        held_open_s=float(doors.get("held_open_alarm_s", 60.0)),
-        trust_host_clock=args.trust_host_clock, heartbeat_s=args.heartbeat_s,
-        username=conf.get("mqtt", {}).get("username"), password=password,
-        ca_file=args.ca_file or conf.get("mqtt", {}).get("ca_file"),
+        held_open_s=float(doors.get("held_open_alarm_s", 60.0)), **opts,
     )
     run_process(device)
 

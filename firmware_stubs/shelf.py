@@ -18,7 +18,6 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from station.devices import envelope as env
 from station.devices.envelope import EnvelopeError
 
 from .base import (
@@ -26,7 +25,7 @@ from .base import (
     Op,
     common_args,
     load_toml,
-    read_secrets,
+    process_options,
     require_number,
     run_process,
 )
@@ -182,14 +181,10 @@ def main(argv: list[str] | None = None) -> None:
     shelf = next((s for s in conf.get("shelves", []) if s.get("device") == args.device), None)
     if shelf is None:
         raise SystemExit(f"{args.config}: no shelf with device {args.device!r}")
-    master, password = read_secrets(args.secrets)
-    key = env.derive_device_key(master, station_id, args.device)
+    opts = process_options(args, conf, station_id)
     device = ShelfController(
-        station_id, args.device, int(shelf["rows"]), int(shelf["columns"]), key, args.broker,
-        nv_path=f"{args.nv_dir}/{args.device}.json",
-        trust_host_clock=args.trust_host_clock, heartbeat_s=args.heartbeat_s,
-        username=conf.get("mqtt", {}).get("username"), password=password,
-        ca_file=args.ca_file or conf.get("mqtt", {}).get("ca_file"),
+        station_id, args.device, int(shelf["rows"]), int(shelf["columns"]), opts.pop("key"),
+        args.broker, **opts,
     )
     run_process(device)
 
