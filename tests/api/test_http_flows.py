@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 
 from tests.support.stack import LiveStation, wait_until
+from tests.support.testdata import face_file
 from tests.vision.codegen import code128_image, compose, qr_image, rotate
 
-CACHE = Path(__file__).resolve().parent.parent / "data" / "cache"
 PHONE = "13800001111"
 
 
@@ -168,10 +168,7 @@ def test_courier_pin_entry_unlocks_the_entry_door_and_a_disabled_courier_is_refu
 
 
 def _portrait(name: str) -> np.ndarray:
-    path = CACHE / "faces" / f"{name}.png"
-    if not path.exists():
-        pytest.skip("face test data missing: run `make testdata`")
-    image = cv2.imread(str(path))
+    image = cv2.imread(str(face_file(f"faces/{name}.png")))
     assert image is not None
     return image
 

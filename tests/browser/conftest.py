@@ -22,9 +22,12 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic"
 @pytest.fixture(scope="session")
 def playwright() -> Iterator[Any]:
     """One Playwright driver per session (the sync API allows one at a time)."""
+    # make test installs both (apt-get chromium, pip playwright): a missing one is a broken
+    # set-up, reported as such rather than passed over
     if not CHROMIUM.exists():
-        pytest.skip("no /usr/bin/chromium (apt-get install -y chromium)")
-    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install playwright)")
+        pytest.fail("no /usr/bin/chromium: run `make system-deps` (apt-get install -y chromium)",
+                    pytrace=False)
+    from playwright import sync_api
     sync_api.expect.set_options(timeout=10_000)   # room for a loaded machine; nothing waits this long when well
     with sync_api.sync_playwright() as pw:
         yield pw

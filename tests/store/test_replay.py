@@ -19,7 +19,7 @@ from station.store.projections import dump_projections
 from station.store.replay import replay_into
 from tests.flows.harness import Station, make_station
 
-from .test_eventlog import needs_cli, run_cli
+from .test_eventlog import run_cli
 
 SIZES = ["S", "S", "S", "M", "M", "L"]
 
@@ -300,7 +300,6 @@ def test_replay_refuses_to_overwrite(walked: dict[str, Any]) -> None:
         replay_into(walked["st"].store.conn, out)
 
 
-@needs_cli
 def test_cli_log_replay_until_seq(walked: dict[str, Any]) -> None:
     seq = sorted(walked["snapshots"])[0]
     out = walked["tmp"] / "cli-replay.db"

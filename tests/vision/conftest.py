@@ -3,7 +3,6 @@ and every portrait analysed once (encoding costs ~100 ms a face; tests share the
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,8 +11,8 @@ import numpy as np
 import pytest
 
 from station.vision.faces import Face, FaceEngine
-
-CACHE = Path(__file__).resolve().parent.parent / "data" / "cache"
+from tests.support.testdata import FACE_CACHE as CACHE
+from tests.support.testdata import face_file, face_manifest
 
 
 @dataclass(frozen=True)
@@ -26,10 +25,7 @@ class Portrait:
 
 @pytest.fixture(scope="session")
 def manifest() -> dict:
-    path = CACHE / "manifest.json"
-    if not path.exists():
-        pytest.skip("face test data missing: run `make testdata` (python -m tests.data.gather)")
-    return json.loads(path.read_text())
+    return face_manifest()
 
 
 @pytest.fixture(scope="session")
@@ -56,5 +52,5 @@ def scene(manifest: dict):
         for entry in manifest["scenes"]:
             if entry["file"] == f"raw/{raw_name}":
                 return (CACHE / entry["file"]).read_bytes()
-        pytest.skip(f"{raw_name} was not gathered (its source was unavailable)")
+        return face_file(f"raw/{raw_name}").read_bytes()
     return load

@@ -106,7 +106,7 @@ def test_matcher_uses_closest_template_per_label_and_the_margin() -> None:
 
 
 def test_matcher_agrees_with_face_recognition_face_distance(portraits, matcher) -> None:
-    face_recognition = pytest.importorskip("face_recognition")
+    import face_recognition
     singles = [p for name, p in portraits.items() if name.endswith("-1")]
     templates = np.stack([p.face.encoding for p in singles])
     query = portraits["obama-2"].face.encoding
