@@ -19,6 +19,7 @@ from . import guard
 from .context import Ctx
 from .couriers import Couriers
 from .exit import ExitCheck
+from .holdings import held_in
 from .lights import LightSync
 from .pickup import Pickup
 from .returns import Returns
@@ -122,11 +123,9 @@ class StationCore:
         if not isinstance(count, int) or isinstance(count, bool):
             return 1
         row = self.ctx.store.query_one("SELECT count FROM slot_counts WHERE slot = ?", (str(slot),))
-        if row is None:  # never sensed since the database began: what the records say is there
-            row = self.ctx.store.query_one(
-                "SELECT COUNT(*) count FROM parcels WHERE slot = ? AND state IN"
-                " ('shelved','expired','recalled','dropped_off')", (str(slot),))
-        delta = count - row["count"] if action == "put" else row["count"] - count
+        # never sensed since the database began: what the records say is there
+        before = row["count"] if row is not None else held_in(self.ctx.store, slot)
+        delta = count - before if action == "put" else before - count
         return max(1, min(delta, self.ctx.layout.slot(slot).capacity))
 
     def _route(self, slot: SlotAddress, action: str, count: Any = None) -> PlacementOutcome:
@@ -162,19 +161,13 @@ class StationCore:
     def _below_record(self, slot: SlotAddress, count: Any) -> bool:
         if not isinstance(count, int) or isinstance(count, bool):
             return True
-        held = self.ctx.store.query_one(
-            "SELECT COUNT(*) n FROM parcels WHERE slot = ? AND state IN"
-            " ('shelved','expired','recalled','dropped_off')", (str(slot),))["n"]
-        return count < held
+        return count < held_in(self.ctx.store, slot)
 
     def _above_record(self, slot: SlotAddress, count: Any) -> bool:
         """More items than the records hold: the put brought something new, not a put-back."""
         if not isinstance(count, int) or isinstance(count, bool):
             return False
-        held = self.ctx.store.query_one(
-            "SELECT COUNT(*) n FROM parcels WHERE slot = ? AND state IN"
-            " ('shelved','expired','recalled','dropped_off')", (str(slot),))["n"]
-        return count > held
+        return count > held_in(self.ctx.store, slot)
 
     def _lifted(self, slot: SlotAddress) -> bool:
         row = self.ctx.store.query_one("SELECT n FROM slot_lifts WHERE slot = ?", (str(slot),))

@@ -9,6 +9,7 @@ from typing import Any
 from station.store.db import Store
 
 from .context import Ctx
+from .holdings import held_by_slot
 from .lights import LightSync
 
 DOOR_EVENTS = ("door.opened", "door.closed", "door.unlocked", "door.locked", "door.forced_open",
@@ -20,9 +21,7 @@ def room_state(ctx: Ctx, store: Store | None = None, now: float | None = None) -
     store = view_ctx.store
     now = ctx.clock() if now is None else now
     lights = LightSync(view_ctx).desired(now)
-    occupancy = {r["slot"]: r["n"] for r in store.query(
-        "SELECT slot, COUNT(*) n FROM parcels WHERE state IN"
-        " ('shelved','expired','recalled','dropped_off') GROUP BY slot")}
+    occupancy = held_by_slot(store)
     shelves = []
     for shelf in ctx.layout.shelves:
         slots = []

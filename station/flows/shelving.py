@@ -19,6 +19,7 @@ from station.store.eventlog import Event, utc_iso
 from . import contacts
 from .context import Ctx, new_id
 from .errors import FlowError, NotFound
+from .holdings import held_by_slot, held_in, reserved_in
 from .lights import LightSync
 from .ports import outcome_of
 
@@ -173,9 +174,7 @@ class Shelving:
 
     def _occupancy(self, recipient: str | None = None) -> tuple[dict[SlotAddress, int], dict[SlotAddress, int], dict[SlotAddress, int]]:
         store = self.ctx.store
-        occupancy = {SlotAddress.parse(r["slot"]): r["n"] for r in store.query(
-            "SELECT slot, COUNT(*) n FROM parcels WHERE state IN"
-            " ('shelved','expired','recalled','dropped_off','missing') GROUP BY slot")}
+        occupancy = {SlotAddress.parse(s): n for s, n in held_by_slot(store, keep_missing=True).items()}
         reserved = {SlotAddress.parse(r["target_slot"]): r["n"] for r in store.query(
             "SELECT target_slot, COUNT(*) n FROM pending_placements WHERE state = 'waiting'"
             " AND target_slot IS NOT NULL GROUP BY target_slot")}
@@ -189,10 +188,10 @@ class Shelving:
     # --- placement --------------------------------------------------------------------------
 
     def room_in(self, slot: SlotAddress, exclude_pending: str | None = None) -> int:
-        occupancy, reserved, _ = self._occupancy()
+        """Places left in one slot (asked on every put: one slot's rows, not the station's)."""
         spec = self.ctx.layout.slot(slot)
-        held = occupancy.get(slot, 0)
-        others = reserved.get(slot, 0)
+        held = held_in(self.ctx.store, slot, keep_missing=True)
+        others = reserved_in(self.ctx.store, slot)
         if exclude_pending:
             row = self.ctx.store.query_one(
                 "SELECT target_slot FROM pending_placements WHERE id = ?", (exclude_pending,))

@@ -109,3 +109,21 @@ def test_an_outbound_parcel_cannot_leave_through_the_customer_exit(station: Stat
     station.core.pickup.enter_with_code(code)
     r = station.core.exit.check([sf_waybill(1), "SFS123456"])
     assert not r.allowed and {"waybill": "SFS123456", "problem": "outbound_parcel"} in r.problems
+
+
+def test_leaving_empty_handed_is_refused_after_a_sensed_take(station: Station) -> None:
+    slot, code = station.shelve(sf_waybill(1), phone(1))
+    e = station.core.pickup.enter_with_code(str(code))
+    station.take(slot)
+    refused = station.core.exit.leave_empty_handed(e.session_id)
+    assert not refused.allowed and refused.problems == [{"problem": "parcel_not_shown"}]
+    assert "door-exit" not in station.devices.unlocks
+
+
+def test_leaving_empty_handed_without_a_take_opens_the_exit(station: Station) -> None:
+    _, code = station.shelve(sf_waybill(1), phone(1))
+    e = station.core.pickup.enter_with_code(str(code))
+    ok = station.core.exit.leave_empty_handed(e.session_id)
+    assert ok.allowed and "door-exit" in station.devices.unlocks
+    s = station.store.query_one("SELECT state, reason FROM sessions WHERE id = ?", (e.session_id,))
+    assert (s["state"], s["reason"]) == ("closed", "left_empty_handed")
