@@ -31,6 +31,9 @@ from .services import Services, services
 
 router = APIRouter(prefix="/api/operator", tags=["operator"])
 operator_only = require("operator")
+# sequence numbers are SQLite integers: a larger one is refused at the edge (422), not by the
+# database (which would raise in the middle of a request)
+MAX_SEQ = 2**63 - 1
 
 
 @router.get("/state", summary="The room now: shelves, lights, doors, devices, alarms")
@@ -54,7 +57,7 @@ def events(since: str | None = None, until: str | None = None,
            type: str | None = Query(default=None, description="types, comma separated; a* matches a prefix"),
            subject: str | None = None, actor: str | None = None,
            phone: str | None = Query(default=None, description="looked up by its keyed hash"),
-           after_seq: int = Query(default=0, ge=0), limit: int = Query(default=200, ge=1, le=5000),
+           after_seq: int = Query(default=0, ge=0, le=MAX_SEQ), limit: int = Query(default=200, ge=1, le=5000),
            who: Principal = Depends(operator_only), svc: Services = Depends(services)) -> dict[str, Any]:
     f = _filters(since, until, type, subject, actor, phone, svc)
     with svc.core.ctx.store.reading() as conn:
@@ -93,7 +96,7 @@ def verify(who: Principal = Depends(operator_only), svc: Services = Depends(serv
 
 
 @router.get("/replay", summary="The room as it was after event `seq` (or at time `at`)")
-def replay(seq: int | None = Query(default=None, ge=0), at: str | None = None,
+def replay(seq: int | None = Query(default=None, ge=0, le=MAX_SEQ), at: str | None = None,
            who: Principal = Depends(operator_only), svc: Services = Depends(services)) -> dict[str, Any]:
     if seq is None and at is None:
         raise FlowError("give seq or at", code="invalid_request", status=422)
@@ -219,7 +222,7 @@ def report_placement(body: PlacementReport, who: Principal = Depends(operator_on
             response_class=StreamingResponse,
             responses={200: {"content": {"text/event-stream": {"schema": {"type": "string"}}},
                              "description": "event: log, data: the event row as JSON"}})
-async def stream(request: Request, after_seq: int = Query(default=-1, ge=-1),
+async def stream(request: Request, after_seq: int = Query(default=-1, ge=-1, le=MAX_SEQ),
                  who: Principal = Depends(operator_only), svc: Services = Depends(services)) -> StreamingResponse:
     store = svc.core.ctx.store
     start = store.last_seq if after_seq < 0 else after_seq

@@ -237,3 +237,12 @@ def test_cors_opens_only_to_configured_origins(tmp_path: Path) -> None:
 def test_malformed_json_without_a_token_is_refused_as_unauthenticated(client: TestClient) -> None:
     res = client.post("/api/kiosk/code", content=b"{not json", headers={"content-type": "application/json"})
     assert res.status_code == 401
+
+
+def test_a_sequence_number_sqlite_cannot_hold_is_refused_not_a_crash(client: TestClient) -> None:
+    from station.api.auth import make_token
+
+    token = make_token(client.app.state.token_key, "operator", "op", 60)
+    for path in (f"/api/operator/replay?seq={2**64}", f"/api/operator/events?after_seq={2**64}"):
+        res = client.get(path, headers={"Authorization": f"Bearer {token}"})
+        assert res.status_code == 422 and res.json()["error"] == "invalid_request", res.text
