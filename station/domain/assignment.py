@@ -1,7 +1,9 @@
 """Slot assignment for guided shelving.
 
 Rules, in order: the slot must take the parcel's size (same class, or the next larger one
-when none of the same class is free) and have room; one recipient's parcels go together
+when none of the same class is free) and have room; a slot lit for one waiting scan is lit
+for no other (a sensed put names a slot, not a parcel: with two scans aimed at one slot the
+station could not tell which parcel went in); one recipient's parcels go together
 when they can (fewer slots to walk to, one light); otherwise spread the load: prefer the
 emptiest slot, then the lower-numbered shelf and row for a stable, explainable choice."""
 
@@ -29,8 +31,8 @@ def choose_slot(
     """Pick a slot for one parcel.
 
     occupancy: parcels currently in (or bound to) each slot; reserved: parcels on their way to
-    a slot (lit, not yet placed) so two couriers are never sent to the last place of one slot;
-    recipient_slots: where this recipient already has parcels waiting."""
+    a slot (lit, not yet placed): such a slot takes no second scan until the first is placed
+    or given up; recipient_slots: where this recipient already has parcels waiting."""
     if size not in SIZE_ORDER:
         raise ValueError(f"unknown size class {size!r}")
     reserved = reserved or {}
@@ -40,6 +42,7 @@ def choose_slot(
 
     candidates = [
         s for s in layout if s.outbound == outbound and fits(s, size) and load(s) < s.capacity
+        and not reserved.get(s.address, 0)
     ]
     if not candidates:
         kind = "outbound" if outbound else "inbound"

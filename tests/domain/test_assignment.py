@@ -40,7 +40,8 @@ def test_assignment_never_overfills_and_honours_size_and_direction(sequence: lis
         if op[0] in ("assign", "reserve"):
             _, size, who, outbound = op
             candidates = [s for s in LAYOUT if s.outbound == outbound and fits(s, size)
-                          and occupancy[s.address] + reserved[s.address] < s.capacity]
+                          and occupancy[s.address] + reserved[s.address] < s.capacity
+                          and reserved[s.address] == 0]
             try:
                 addr = choose_slot(LAYOUT, occupancy, size, owner[who], outbound=outbound,
                                    reserved=reserved)
@@ -75,6 +76,7 @@ def test_assignment_never_overfills_and_honours_size_and_direction(sequence: lis
             owner[who][addr] -= 1
         for s in LAYOUT:
             assert occupancy[s.address] + reserved[s.address] <= s.capacity
+            assert reserved[s.address] <= 1, "two waiting scans aimed at one slot"
 
 
 def test_next_larger_class_when_none_of_the_same_is_free() -> None:
@@ -98,6 +100,15 @@ def test_a_reservation_holds_the_last_place() -> None:
     addr = SlotAddress(1, 1, 1)
     with pytest.raises(StationFull):
         choose_slot(one_slot, {addr: 1}, "S", reserved={addr: 1})
+
+
+def test_a_slot_with_a_waiting_scan_takes_no_second_one() -> None:
+    """Two couriers guided to one slot: a put there could bind the wrong waybill."""
+    one_slot = Layout([ShelfSpec(1, 1, 2, ("M",), 2, "s")])
+    first, second = SlotAddress(1, 1, 1), SlotAddress(1, 1, 2)
+    assert choose_slot(one_slot, {second: 1}, "M", reserved={first: 1}) == second
+    with pytest.raises(StationFull):
+        choose_slot(one_slot, {second: 2}, "M", reserved={first: 1})
 
 
 def test_outbound_parcels_only_go_to_outbound_slots_and_inbound_never_do() -> None:

@@ -203,3 +203,27 @@ def test_recipients_parcels_go_together_when_they_can(station: Station) -> None:
     station.shelve(sf_waybill(2), phone(8), "S", session_id=sid)
     b, _ = station.shelve(sf_waybill(3), phone(7), "S", session_id=sid)
     assert a == b
+
+
+def test_two_couriers_are_never_guided_to_one_slot(tmp_path: Path, secrets: Secrets) -> None:
+    """Finding 4 of the simulator: courier A's scan lit 1-1-01 and A put the parcel beside it
+    by mistake; courier B was then guided to 1-1-01 too (room for two), and B's put there
+    bound A's waybill. A slot lit for one waiting scan now takes no second one."""
+    cfg = config_for(tmp_path, shelves=[shelf(1, 1, 2, ["M"], capacity=2)])
+    st = make_station(tmp_path, secrets, config=cfg)
+    st.add_courier("a")
+    st.add_courier("b")
+    free = st.core.shelving.open_session("a", "free")["session_id"]
+    st.core.shelving.scan(free, sf_waybill(1), phone(1), "M")
+    st.put("1-1-02")                        # 1-1-02 half full, 1-1-01 empty
+    st.core.shelving.close_session(free)
+    sa = st.core.shelving.open_session("a", "guided")["session_id"]
+    sb = st.core.shelving.open_session("b", "guided")["session_id"]
+    ra = st.core.shelving.scan(sa, sf_waybill(3), phone(3), "M")
+    assert ra.slot == "1-1-01"
+    rb = st.core.shelving.scan(sb, sf_waybill(4), phone(4), "M")
+    assert rb.slot == "1-1-02", "B was guided to the slot lit for A"
+    st.put(rb.slot)
+    bound = st.store.query_one("SELECT slot FROM parcels WHERE waybill = ?", (sf_waybill(4),))
+    assert bound is not None and bound["slot"] == rb.slot
+    assert st.store.query_one("SELECT 1 FROM parcels WHERE waybill = ?", (sf_waybill(3),)) is None
