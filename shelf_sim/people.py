@@ -401,7 +401,8 @@ class Customer:
                 break
             time.sleep(0.01)
         else:
-            m.inc("customer_lights_late")
+            m.inc("customer_lights_late", example=f"{colour} wanted at {want}, lit "
+                  f"{ {s: lit.get(s) for s in want} } t={time.time():.3f}")
         mine = set(self.waybills)
         for slot, colours in env.lit().items():
             if colour in colours and not mine & set(env.room.in_slot(slot)):

@@ -23,6 +23,10 @@ from .errors import AuthFailed, FlowError, Unavailable
 from .lights import LightSync
 from .ports import outcome_of
 
+# how long after a customer passed the exit a take sensed in one of their slots is still
+# taken as theirs (the event may be resent after a shelf's reboot or a broker outage)
+LATE_TAKE_GRACE_S = 120.0
+
 
 @dataclass
 class EntryResult:
@@ -233,12 +237,32 @@ class Pickup:
             "SELECT ss.session_id FROM session_slots ss JOIN sessions s ON s.id = ss.session_id"
             " WHERE ss.slot = ? AND ss.remaining > 0 AND s.state = 'open' ORDER BY s.opened_at",
             (str(slot),))
+        late = False
+        if not rows:
+            rows = self._left_before_the_take(slot)
+            late = True
         if not rows:
             return False
+        data: dict[str, Any] = {"session_id": rows[0]["session_id"], "slot": str(slot)}
+        if late:
+            data["late"] = True
         with ctx.store.transaction() as tx:
-            tx.emit(Event("pickup.slot.taken", str(slot), "station",
-                          {"session_id": rows[0]["session_id"], "slot": str(slot)}))
+            tx.emit(Event("pickup.slot.taken", str(slot), "station", data))
         return True
+
+    def _left_before_the_take(self, slot: SlotAddress) -> list[dict[str, Any]]:
+        """Sessions that passed the exit carrying a parcel from `slot` before its take was
+        sensed (a sensor's debounce, a resent event after a dropped message or a rebooting
+        shelf): the take that arrives now is theirs, not a stranger's. A session that left
+        a parcel of its own behind in `slot` still expects no take for that one."""
+        since = self.ctx.clock() - LATE_TAKE_GRACE_S
+        return self.ctx.store.query(
+            "SELECT ss.session_id FROM session_slots ss JOIN sessions s ON s.id = ss.session_id"
+            " WHERE ss.slot = ? AND ss.remaining > 0 AND s.state = 'closed'"
+            " AND s.reason IN ('completed', 'partial') AND s.closed_at > ?"
+            " AND ss.remaining > (SELECT COUNT(*) FROM parcels p WHERE p.slot = ss.slot"
+            "   AND p.recipient_hash = s.recipient_hash AND p.state = 'shelved')"
+            " ORDER BY s.closed_at", (str(slot), since))
 
     def expire_sessions(self, now: float) -> int:
         rows = self.ctx.store.query(

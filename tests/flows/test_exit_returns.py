@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from station.flows.errors import AuthFailed, FlowError
@@ -127,3 +129,45 @@ def test_leaving_empty_handed_without_a_take_opens_the_exit(station: Station) ->
     assert ok.allowed and "door-exit" in station.devices.unlocks
     s = station.store.query_one("SELECT state, reason FROM sessions WHERE id = ?", (e.session_id,))
     assert (s["state"], s["reason"]) == ("closed", "left_empty_handed")
+
+
+def _alarms(station: Station, slot: str) -> int:
+    return len([e for e in station.events("slot.alarm") if e["subject"] == slot])
+
+
+def test_a_take_sensed_after_the_customer_left_is_theirs_not_an_alarm(station: Station) -> None:
+    """The exit camera read the parcel before the shelf's take arrived (a sensor debounce,
+    a resent event after a dropped message): that take is the leaver's, no red light."""
+    slot, code = station.shelve(sf_waybill(1), phone(1))
+    station.core.pickup.enter_with_code(code)
+    assert station.core.exit.check([sf_waybill(1)]).allowed
+    station.take(slot)
+    assert _alarms(station, slot) == 0
+    taken = station.events("pickup.slot.taken")
+    assert len(taken) == 1 and json.loads(taken[0]["data"]).get("late") is True
+    # a second take there is nobody's: that one still blinks red
+    station.take(slot)
+    assert _alarms(station, slot) == 1
+
+
+def test_a_late_take_is_not_credited_to_a_parcel_left_behind(station: Station) -> None:
+    """Two parcels in one slot, the customer leaves with one: the take of the other one
+    (somebody else lifting it) is still unexpected."""
+    sid = station.core.shelving.open_session("c1", "guided")["session_id"]
+    a, code = station.shelve(sf_waybill(1), phone(1), "S", session_id=sid)
+    b, _ = station.shelve(sf_waybill(2), phone(1), "S", session_id=sid)
+    assert a == b
+    station.core.pickup.enter_with_code(code)
+    station.take(a)                                   # sensed before the exit: in the session
+    assert station.core.exit.check([sf_waybill(1)]).allowed
+    station.take(a)                                   # the parcel left behind is lifted
+    assert _alarms(station, a) == 1
+
+
+def test_a_take_long_after_the_customer_left_is_unexpected(station: Station) -> None:
+    slot, code = station.shelve(sf_waybill(1), phone(1))
+    station.core.pickup.enter_with_code(code)
+    assert station.core.exit.check([sf_waybill(1)]).allowed
+    station.clock.advance(600)
+    station.take(slot)
+    assert _alarms(station, slot) == 1
