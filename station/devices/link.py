@@ -10,7 +10,9 @@ and reconciles. Both change link state under one lock and hand events to `on_eve
 it, in order, so `on_event` may call back into the link (but must not `wait()` on a handle).
 
 Commands to one device are sent one at a time, in order (docs/adr/0013): a retry can then
-never overtake a newer command, and a replay window cannot open.
+never overtake a newer command, and a replay window cannot open. Lights commands waiting
+behind the one in flight are folded into one replace of the shelf's desired lights (docs/adr/
+0016): under load a shelf gets the newest picture once, not every picture in between.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ log = logging.getLogger("station.devices")
 Slot = tuple[int, int]
 PATTERNS = ("solid", "blink", "alternate")
 TRANSIENT_REASONS = frozenset({"no_trusted_time"})  # retried after a time.sync, not final
+LIGHT_OPS = frozenset({"lights.set", "lights.clear"})
 
 
 @dataclass(frozen=True)
@@ -178,6 +181,9 @@ class _Pending:
     issued_at: float = 0.0
     tries: int = 0
     next_retry: float = 0.0
+    # handles of lights commands folded into this one before they were sent (their outcome
+    # is this command's)
+    riders: list[CommandHandle] = field(default_factory=list)
 
 
 @dataclass
@@ -432,8 +438,17 @@ class DeviceLink:
         ttl = self.config.mqtt.command_ttl_s
         cmd_id = env.new_id()
         expires = time.time() + ttl
+        riders: list[CommandHandle] = []
+        if op in LIGHT_OPS and any(p.op in LIGHT_OPS for p in dev.queue):
+            # `dev.desired` already holds every queued change: one replace carries them all,
+            # and never later than the earliest of their expiries
+            for p in [p for p in dev.queue if p.op in LIGHT_OPS]:
+                dev.queue.remove(p)
+                riders += [p.handle, *p.riders]
+                expires = min(expires, p.expires_at)
+            op, args = "lights.set", self._replace_args(dev)
         handle = CommandHandle(cmd_id, dev.id, op, expires)
-        dev.queue.append(_Pending(cmd_id, op, args, expires, handle))
+        dev.queue.append(_Pending(cmd_id, op, args, expires, handle, riders=riders))
         self._pump(dev)
         return handle
 
@@ -481,11 +496,16 @@ class DeviceLink:
                  result: dict[str, Any] | None = None) -> None:
         outcome = CommandOutcome(status, reason, pending.cmd_id, dev.id, pending.op,  # type: ignore[arg-type]
                                  result or {})
+        for rider in pending.riders:
+            rider._resolve(outcome)
         if pending.handle._resolve(outcome):
-            self._emit(dev.id, f"command.{status}", {
+            data: dict[str, Any] = {
                 "cmd_id": pending.cmd_id, "op": pending.op, "seq": pending.seq,
                 "reason": reason, "tries": pending.tries, "result": result or {},
-            })
+            }
+            if pending.riders:
+                data["superseded"] = [h.cmd_id for h in pending.riders]
+            self._emit(dev.id, f"command.{status}", data)
 
     # --- internals: timer -----------------------------------------------------------------
 
