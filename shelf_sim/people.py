@@ -291,21 +291,16 @@ class Courier:
 
     def _wait_bound(self, http: httpx.Client, pending_id: str,
                     timeout: float | None = None) -> dict[str, Any] | None:
+        """Look at the handheld until it says shelved or failed: one long poll of the scan
+        (the handheld's own way of waiting) rather than re-reading the session."""
         env = self.env
-        deadline = time.monotonic() + (env.confirm_timeout_s if timeout is None else timeout)
+        wait_s = env.confirm_timeout_s if timeout is None else timeout
         sid = self.session["session_id"]
-        item: dict[str, Any] | None = None
-        interval = 0.005
-        while not env.stop.is_set():
-            res = http.get(f"/api/courier/sessions/{sid}", headers=self.auth)
-            if res.status_code == 200:
-                item = next((i for i in res.json()["items"] if i["id"] == pending_id), None)
-                if item is not None and (item.get("parcel_id") or item.get("state") == "failed"):
-                    return item
-            if time.monotonic() >= deadline:
-                break
-            time.sleep(interval)
-            interval = min(0.1, interval * 1.5)
+        res = http.get(f"/api/courier/sessions/{sid}/items/{pending_id}", params={"wait_s": wait_s},
+                       headers=self.auth)
+        if res.status_code != 200:
+            return None
+        item: dict[str, Any] = res.json()
         return item
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.concurrency import run_in_threadpool
 
 from station.flows.errors import FlowError, Unavailable
@@ -18,6 +18,7 @@ from .services import Services, services
 router = APIRouter(prefix="/api/courier", tags=["courier"])
 courier_only = require("courier")
 COURIER_TOKEN_TTL_S = 10 * 3600
+MAX_WAIT_S = 10.0  # a long poll holds a worker thread: bounded, and a handheld asks again
 
 
 @router.post("/login", summary="Exchange courier id + PIN for a courier token",
@@ -44,6 +45,16 @@ def open_session(body: OpenShelving, who: Principal = Depends(courier_only),
 def get_session(session_id: str, who: Principal = Depends(courier_only),
                 svc: Services = Depends(services)) -> dict[str, Any]:
     return svc.core.shelving.session(session_id, who.subject)
+
+
+@router.get("/sessions/{session_id}/items/{pending_id}",
+            summary="One scanned parcel; with wait_s, answers when it is shelved or failed")
+def get_item(session_id: str, pending_id: str,
+             wait_s: float = Query(0.0, ge=0.0, le=MAX_WAIT_S,
+                                   description="wait up to this many seconds for the parcel to "
+                                               "leave the waiting state (long poll)"),
+             who: Principal = Depends(courier_only), svc: Services = Depends(services)) -> dict[str, Any]:
+    return svc.core.shelving.item(session_id, pending_id, who.subject, wait_s)
 
 
 @router.post("/sessions/{session_id}/scans", summary="Scan (or type) a waybill")

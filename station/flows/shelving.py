@@ -4,6 +4,7 @@ code and queue the notification — each step one transaction with its event."""
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -93,6 +94,33 @@ class Shelving:
             items.append(item)
         return {"session_id": session_id, "state": row["state"], "mode": row["mode"],
                 "colour": row["colour"], "items": items}
+
+    def item(self, session_id: str, pending_id: str, courier_id: str | None = None,
+             wait_s: float = 0.0) -> dict[str, Any]:
+        """One scanned parcel of a session, as the handheld shows it. With `wait_s`, answers
+        as soon as the parcel is shelved or has failed (or when `wait_s` ends), so a
+        handheld learns "shelved" the moment it is true without polling the whole session."""
+        deadline = time.monotonic() + max(0.0, wait_s)
+        while True:
+            seen = self.ctx.store.last_seq
+            found = self._item(session_id, pending_id, courier_id)
+            left = deadline - time.monotonic()
+            if found["state"] != "waiting" or left <= 0:
+                return found
+            self.ctx.store.wait_for_commit(seen, left)
+
+    def _item(self, session_id: str, pending_id: str, courier_id: str | None) -> dict[str, Any]:
+        row = self.ctx.store.query_one(
+            "SELECT p.id, p.waybill, p.carrier, p.size, p.target_slot, p.state, p.reason,"
+            " p.parcel_id, p.deadline, s.actor, b.slot AS bound_slot FROM pending_placements p"
+            " JOIN sessions s ON s.id = p.session_id LEFT JOIN parcels b ON b.id = p.parcel_id"
+            " WHERE p.id = ? AND p.session_id = ? AND s.kind = 'shelving'", (pending_id, session_id))
+        if row is None or (courier_id is not None and row["actor"] != courier_id):
+            raise NotFound(f"no scan {pending_id} in shelving session {session_id}")
+        item = {k: row[k] for k in ("id", "waybill", "carrier", "size", "target_slot", "state",
+                                    "reason", "parcel_id", "deadline")}
+        item["slot"] = row["bound_slot"] or row["target_slot"]
+        return item
 
     def close_session(self, session_id: str, courier_id: str | None = None, reason: str = "done") -> None:
         self.session(session_id, courier_id)

@@ -77,6 +77,7 @@ class Store:
         self._last_ts = ""
         self._listeners: list[Listener] = []
         self._current: Tx | None = None  # the open transaction; only its thread sees it (the lock)
+        self._committed = threading.Condition()  # notified after every commit (long polls)
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -168,11 +169,25 @@ class Store:
                     raise _translate(exc) from None
                 raise
         if tx.events:
+            with self._committed:
+                self._committed.notify_all()
             for listener in list(self._listeners):
                 try:
                     listener(tx.events)
                 except Exception:  # a broken listener must not undo a committed fact
                     pass
+
+    def wait_for_commit(self, after_seq: int, timeout: float) -> bool:
+        """Block until an event past `after_seq` is committed (True) or `timeout` passes:
+        lets a caller wait for a fact instead of polling the database for it."""
+        deadline = time.monotonic() + timeout
+        with self._committed:
+            while self._last_seq <= after_seq:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._committed.wait(left)
+        return True
 
     def append(self, *events: Event) -> list[EventRecord]:
         with self.transaction() as tx:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+import threading
 from pathlib import Path
 
 import cv2
@@ -67,6 +68,29 @@ def test_courier_shelves_over_http_and_sees_the_parcel_placed(live: LiveStation)
     assert live.wait_code_for(PHONE).startswith(slot)
     types = [r["type"] for r in live.core.ctx.store.query("SELECT type FROM events")]
     assert {"parcel.scanned", "parcel.shelved", "notify.queued"} <= set(types)
+
+
+def test_the_handheld_long_polls_one_scan_until_it_is_shelved(live: LiveStation) -> None:
+    """GET .../items/{id}?wait_s=N answers as soon as the put is bound, not after N s."""
+    with courier(live) as c:
+        sid = c.post("/api/courier/sessions", json={"mode": "guided"}).json()["session_id"]
+        scan = c.post(f"/api/courier/sessions/{sid}/scans",
+                      json={"waybill": "SF1000000000009", "phone": PHONE, "size": "S"}).json()
+        url = f"/api/courier/sessions/{sid}/items/{scan['pending_id']}"
+        now = c.get(url).json()
+        assert now["state"] == "waiting" and now["slot"] == scan["slot"]
+        threading.Timer(0.3, live.put, args=(scan["slot"],)).start()
+        done = c.get(url, params={"wait_s": 10}).json()
+        assert done["state"] == "placed" and done["parcel_id"] and done["slot"] == scan["slot"]
+        assert c.get(url, params={"wait_s": 11}).json()["error"] == "invalid_request"
+        assert c.get(url, params={"wait_s": -1}).status_code == 422
+        assert c.get(f"/api/courier/sessions/{sid}/items/pnd_nope").status_code == 404
+    # another courier cannot follow this courier's scans
+    live.core.couriers.add("c-sf2", "SF", "Han Meimei", "1357")
+    with client(live) as anon:
+        token = anon.post("/api/courier/login", json={"courier_id": "c-sf2", "pin": "1357"}).json()["token"]
+        res = anon.get(url, headers={"Authorization": f"Bearer {token}"})
+    assert res.status_code == 404
 
 
 @pytest.mark.parametrize("body,status,code", [

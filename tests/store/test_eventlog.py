@@ -204,3 +204,18 @@ def test_cli_log_verify_names_a_deleted_row(tmp_path: Path) -> None:
     conn.close()
     bad = run_cli("log", "verify", "--db", str(path))
     assert bad.returncode != 0 and "seq 7" in bad.stdout + bad.stderr
+
+
+def test_a_waiter_wakes_on_the_next_commit_and_times_out_without_one(tmp_path: Path) -> None:
+    """Long polls (a handheld waiting for "shelved") block on this instead of polling."""
+    import threading
+
+    store = build_log(tmp_path / "w.db", 3)
+    assert store.wait_for_commit(2, 0.0) is True          # already past seq 2
+    assert store.wait_for_commit(3, 0.05) is False        # nothing new: times out
+    woke: list[bool] = []
+    waiter = threading.Thread(target=lambda: woke.append(store.wait_for_commit(3, 10.0)))
+    waiter.start()
+    store.append(Event("test.poke", "s", "t", {}))
+    waiter.join(5)
+    assert woke == [True]
