@@ -51,6 +51,12 @@ class Env:
     render_waybills: Callable[[list[str]], bytes] | None = None
     dead_leds: set[str] = field(default_factory=set)
     courier_pin: str = "4826"
+    # nobody reaches into a slot within this many wall seconds of the last hand in it: at
+    # high --speed a take and a put into one slot would otherwise fall inside the sensor's
+    # 50 ms debounce and cancel out, which no pair of people can do (see docs/simulator.md)
+    hand_gap_s: float = 0.15
+    _touched: dict[str, float] = field(default_factory=dict)
+    _touch_lock: threading.Lock = field(default_factory=threading.Lock)
     confirm_timeout_s: float = 3.0             # wall seconds a courier waits for "shelved"
     retry_for_s: float = 30.0                  # wall seconds a person retries a refused door
 
@@ -78,18 +84,29 @@ class Env:
                     out[addr] = tuple(led.colours)
         return out
 
+    def touch(self, slot: str, action: str) -> None:
+        """A hand in `slot` moves one item in ("put") or out ("take"): the sensor sees it."""
+        while True:
+            with self._touch_lock:
+                wait = self._touched.get(slot, 0.0) + self.hand_gap_s - time.monotonic()
+                if wait <= 0:
+                    self._touched[slot] = time.monotonic()
+                    break
+            time.sleep(wait)
+        hal, row, col = self.hal_of(slot)
+        sensor = hal.sensor(row, col)
+        sensor.put() if action == "put" else sensor.take()
+
     def put(self, waybill: str, slot: str) -> None:
         """Put a parcel down: the ledger and the placement sensor change together."""
-        hal, row, col = self.hal_of(slot)
         self.room.place(waybill, slot)
-        hal.sensor(row, col).put()
+        self.touch(slot, "put")
 
     def take(self, waybill: str, holder: str) -> str | None:
         """Pick a parcel up (ledger and sensor); returns the slot it lay in."""
         slot = self.room.remove(waybill, holder)
         if slot is not None:
-            hal, row, col = self.hal_of(slot)
-            hal.sensor(row, col).take()
+            self.touch(slot, "take")
         return slot
 
 
@@ -449,10 +466,9 @@ class Customer:
             others = [s for s in sorted(env.slots) if env.room.in_slot(s) and not mine & set(env.room.in_slot(s))]
             if others:
                 slot = others[int(plan.walk_s * 1000) % len(others)]
-                hal, row, col = env.hal_of(slot)
-                hal.sensor(row, col).take()      # lifts it, reads the label, puts it back
+                env.touch(slot, "take")          # lifts it, reads the label, puts it back
                 env.pause(2.0)
-                hal.sensor(row, col).put()
+                env.touch(slot, "put")
                 m.inc("customer_wrong_slot_takes")
         taken: list[str] = []
         for slot in entry["slots"]:
