@@ -1,7 +1,9 @@
 """A whole simulated run: the room (broker, firmware on simulated hardware, optionally the
 station itself), the people, the faults, and the report.
 
-`EmbeddedStation` puts everything in this process so a scenario runs anywhere; `Simulation`
+`EmbeddedStation` puts everything in this process so a scenario runs anywhere;
+`StationProcess` runs the station as a child process instead, so it has a core of its own
+while the devices and people stay here. `Simulation`
 only needs a base URL, tokens, the shelf HALs and the SMS inbox, so it drives an existing
 station as well (the demo hands it its own devices)."""
 
@@ -10,13 +12,17 @@ from __future__ import annotations
 import heapq
 import itertools
 import logging
+import os
+import sqlite3
+import subprocess
+import sys
 import tempfile
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import httpx
 
@@ -95,8 +101,33 @@ class Devices:
                 log.exception("stopping %s", ctrl.device_id)
 
 
-class EmbeddedStation:
-    """Broker + station + HTTP API + SMS inbox in this process, on a fresh database."""
+TOKEN_TTL_S = 7 * 86400
+START_TIMEOUT_S = 30.0
+
+
+def sim_station_config(base: Any, workdir: Path, broker_port: int, sms_url: str,
+                       station_overrides: dict[str, Any]) -> Any:
+    """The station config of a simulated run: its files in `workdir`, our broker, SMS to our
+    inbox with retries quick enough for compressed time, and no upstream to report to."""
+    from station.config import SenderConfig
+
+    st = base.station.model_copy(update={"database": str(workdir / "station.db"),
+                                         "snapshots_dir": str(workdir / "snapshots"),
+                                         **station_overrides})
+    return base.model_copy(update={
+        "station": st,
+        "mqtt": base.mqtt.model_copy(update={"host": "127.0.0.1", "port": broker_port}),
+        "notify": base.notify.model_copy(update={
+            "senders": [SenderConfig(kind="webhook", url=sms_url)],
+            "retry_initial_s": 0.2, "retry_max_s": 1.0}),
+        "upstream": base.upstream.model_copy(update={"enabled": False}),
+    })
+
+
+class _Room:
+    """What both ways of running the station share: the broker, the SMS inbox and the
+    virtual devices live in this process, and the people get tokens signed with the
+    station's key. Subclasses add the station itself (`_start_station`, `_stop_station`)."""
 
     def __init__(self, config: Any, workdir: Path, seed: int, scenario: Scenario, metrics: Metrics) -> None:
         self.base_config = config
@@ -105,44 +136,83 @@ class EmbeddedStation:
         self.scenario = scenario
         self.metrics = metrics
         self.broker: Any = None
-        self.station: Any = None
         self.devices: Devices | None = None
         self.sms: SmsInbox | None = None
-        self._server: Any = None
+        self.config: Any = None
+        self.secrets: Any = None
         self.base_url = ""
+        self.kiosk_token = self.stranger_kiosk_token = self.operator_token = ""
 
-    def start(self) -> EmbeddedStation:
-        import uvicorn
-
+    def start(self) -> Self:
+        """Broker, inbox, config, secrets, tokens and devices first: the station must find
+        its devices already talking when it comes up, as in a real room."""
         from station.api.auth import make_token
-        from station.bootstrap import build_station
-        from station.config import SenderConfig, load_secrets, write_new_secrets
-        from station.mosquitto import MosquittoProcess, free_port
+        from station.config import load_secrets, write_new_secrets
+        from station.mosquitto import MosquittoProcess
 
         wd = self.workdir
         wd.mkdir(parents=True, exist_ok=True)
         self.broker = MosquittoProcess(workdir=wd / "mosquitto").start()
         self.sms = SmsInbox()
-        cfg = self.base_config
-        st = cfg.station.model_copy(update={"database": str(wd / "station.db"),
-                                            "snapshots_dir": str(wd / "snapshots"),
-                                            **self.scenario.station})
-        cfg = cfg.model_copy(update={
-            "station": st,
-            "mqtt": cfg.mqtt.model_copy(update={"host": "127.0.0.1", "port": self.broker.port}),
-            "notify": cfg.notify.model_copy(update={
-                "senders": [SenderConfig(kind="webhook", url=self.sms.url)],
-                "retry_initial_s": 0.2, "retry_max_s": 1.0}),
-            "upstream": cfg.upstream.model_copy(update={"enabled": False}),
-        })
-        self.config = cfg
+        self.config = cfg = sim_station_config(self.base_config, wd, self.broker.port, self.sms.url,
+                                               self.scenario.station)
         secrets_path = wd / "secrets.toml"
         if not secrets_path.exists():
             write_new_secrets(secrets_path)
         self.secrets = load_secrets(secrets_path, env={})
+        key = self.secrets.token_key
+        self.kiosk_token = make_token(key, "kiosk", "sim-kiosk", TOKEN_TTL_S)
+        self.stranger_kiosk_token = make_token(key, "kiosk", "sim-kiosk-2", TOKEN_TTL_S)
+        self.operator_token = make_token(key, "operator", "sim-operator", TOKEN_TTL_S)
         nets = {d: FaultyNet(self.seed, d, self.scenario.faults, self.metrics.net, self.metrics.net_lock)
                 for d in cfg.device_ids}
         self.devices = Devices(cfg, self.secrets, self.broker.url, wd, nets).start()
+        self._start_station()
+        return self
+
+    def _start_station(self) -> None:
+        raise NotImplementedError
+
+    def _stop_station(self) -> None:
+        raise NotImplementedError
+
+    def restart_broker(self) -> None:
+        self.broker.stop()
+        time.sleep(0.3)
+        self.broker.start()
+
+    def db_parcels(self) -> list[dict[str, Any]]:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        """Station first, so it does not log the devices and the broker going away as faults."""
+        try:
+            self._stop_station()
+        finally:
+            if self.devices is not None:
+                self.devices.stop()
+            if self.sms is not None:
+                self.sms.stop()
+            if self.broker is not None:
+                self.broker.stop()
+
+
+class EmbeddedStation(_Room):
+    """Station + HTTP API in this process too: runs anywhere, but shares one GIL (one core)
+    with the devices and the people."""
+
+    def __init__(self, config: Any, workdir: Path, seed: int, scenario: Scenario, metrics: Metrics) -> None:
+        super().__init__(config, workdir, seed, scenario, metrics)
+        self.station: Any = None
+        self._server: Any = None
+
+    def _start_station(self) -> None:
+        import uvicorn
+
+        from station.bootstrap import build_station
+        from station.mosquitto import free_port
+
+        cfg = self.config
         self.station = build_station(cfg, self.secrets).start()
         if not self.station.link.wait_online(cfg.device_ids, 15):
             raise RuntimeError("the virtual devices did not come online")
@@ -155,32 +225,105 @@ class EmbeddedStation:
         while not server.started and time.monotonic() < deadline:
             time.sleep(0.01)
         self.base_url = f"http://127.0.0.1:{port}"
-        key = self.secrets.token_key
-        self.kiosk_token = make_token(key, "kiosk", "sim-kiosk", 7 * 86400)
-        self.stranger_kiosk_token = make_token(key, "kiosk", "sim-kiosk-2", 7 * 86400)
-        self.operator_token = make_token(key, "operator", "sim-operator", 7 * 86400)
-        return self
-
-    def restart_broker(self) -> None:
-        self.broker.stop()
-        time.sleep(0.3)
-        self.broker.start()
 
     def db_parcels(self) -> list[dict[str, Any]]:
         return [dict(r) for r in self.station.core.ctx.store.query(
             "SELECT waybill, state, slot FROM parcels")]
 
-    def stop(self) -> None:
+    def _stop_station(self) -> None:
         if self._server is not None:
             self._server.should_exit = True
         if self.station is not None:
             self.station.stop()
-        if self.devices is not None:
-            self.devices.stop()
-        if self.sms is not None:
-            self.sms.stop()
-        if self.broker is not None:
-            self.broker.stop()
+
+
+class StationProcess(_Room):
+    """The station as its own OS process (`python -m station.cli run`), so it gets a core of
+    its own instead of sharing this process's GIL with the devices and the people. It reads
+    the same config, written to `station.toml` in the workdir; its output goes to
+    `station.log` there."""
+
+    def __init__(self, config: Any, workdir: Path, seed: int, scenario: Scenario, metrics: Metrics) -> None:
+        # the child runs with its own cwd semantics: every path it is given must be absolute
+        super().__init__(config, workdir.resolve(), seed, scenario, metrics)
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.config_path = self.workdir / "station.toml"
+        self.log_path = self.workdir / "station.log"
+
+    def _start_station(self) -> None:
+        from station.config import dump_config_toml
+        from station.mosquitto import free_port
+
+        self.config_path.write_text(dump_config_toml(self.config))
+        port = free_port()
+        self.base_url = f"http://127.0.0.1:{port}"
+        cmd = [sys.executable, "-m", "station.cli", "run", "--config", str(self.config_path),
+               "--secrets", str(self.workdir / "secrets.toml"), "--host", "127.0.0.1", "--port", str(port)]
+        # WARNING like the simulator's own logging: the INFO lines of 100,000 pickups cost a core
+        env = {"PS_LOG_LEVEL": "WARNING", **os.environ, "PYTHONUNBUFFERED": "1"}
+        with open(self.log_path, "ab") as log_file:
+            self.proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT,
+                                         stdin=subprocess.DEVNULL, env=env)
+        self._wait_ready(START_TIMEOUT_S)
+
+    def _wait_ready(self, timeout: float) -> None:
+        """Ready means the API answers and the station sees every device online: the first
+        courier must not find a shelf the station does not know is there."""
+        deadline = time.monotonic() + timeout
+        missing: set[str] = set(self.config.device_ids)
+        with httpx.Client(base_url=self.base_url, timeout=5.0) as http:
+            while time.monotonic() < deadline:
+                if self.proc is not None and self.proc.poll() is not None:
+                    raise RuntimeError(f"the station process exited with status {self.proc.returncode}; "
+                                       f"{self.log_path}:\n{self.log_tail()}")
+                missing = self._devices_not_online(http)
+                if not missing:
+                    return
+                time.sleep(0.05)
+        raise RuntimeError(f"the station process was not ready within {timeout:.0f} s "
+                           f"(devices not online: {sorted(missing) or 'API not answering'}); "
+                           f"{self.log_path}:\n{self.log_tail()}")
+
+    def _devices_not_online(self, http: httpx.Client) -> set[str]:
+        wanted = set(self.config.device_ids)
+        try:
+            if http.get("/api/health").status_code != 200:
+                return wanted
+            res = http.get("/api/operator/state", headers={"Authorization": "Bearer " + self.operator_token})
+        except httpx.TransportError:
+            return wanted
+        if res.status_code != 200:
+            return wanted
+        reported = res.json().get("reported", {})
+        return {d for d in wanted if not (reported.get(d, {}).get("online") and reported[d].get("reported"))}
+
+    def log_tail(self, n: int = 4000) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-n:]
+        except FileNotFoundError:
+            return ""
+
+    def db_parcels(self) -> list[dict[str, Any]]:
+        """Straight from the file (read-only; WAL lets us read beside the station's writer)."""
+        uri = Path(self.config.station.database).resolve().as_uri() + "?mode=ro"
+        conn = sqlite3.connect(uri, uri=True, timeout=10)
+        conn.row_factory = sqlite3.Row
+        try:
+            return [dict(r) for r in conn.execute("SELECT waybill, state, slot FROM parcels")]
+        finally:
+            conn.close()
+
+    def _stop_station(self) -> None:
+        proc, self.proc = self.proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            log.warning("the station process ignored SIGTERM for 15 s; killing it")
+            proc.kill()
+            proc.wait()
 
 
 class Simulation:
@@ -433,14 +576,17 @@ class Simulation:
 
 def run_embedded(config: Any, scenario: Scenario, *, workdir: Path | None = None,
                  frames: bool = True, progress: Callable[[str, int], None] | None = None,
-                 on_plan: Callable[[Plan], None] | None = None) -> dict[str, Any]:
-    """Broker, devices, station and people in this process; returns the report."""
+                 on_plan: Callable[[Plan], None] | None = None,
+                 station_process: bool = False) -> dict[str, Any]:
+    """Broker, devices and people in this process, and the station too unless
+    `station_process` (then it is a child process: a core of its own); returns the report."""
     metrics = Metrics()
     tmp = None
     if workdir is None:
         tmp = tempfile.TemporaryDirectory(prefix="shelf-sim-")
         workdir = Path(tmp.name)
-    stack = EmbeddedStation(config, workdir, scenario.seed, scenario, metrics)
+    room: type[_Room] = StationProcess if station_process else EmbeddedStation
+    stack = room(config, workdir, scenario.seed, scenario, metrics)
     try:
         stack.start()
         cfg = stack.config

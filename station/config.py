@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import math
 import os
 import re
 import secrets as pysecrets
@@ -230,6 +231,60 @@ def load_config(path: Path | str) -> StationConfig:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
     return parse_config(data, path)
+
+
+
+def dump_config_toml(config: StationConfig) -> str:
+    """The config as TOML that `load_config` reads back equal, so a tool that adjusts a config
+    in Python (the simulator, the test harness) can hand it to `station run` as a file.
+    Keys that are None are left out (TOML has no null): every optional key defaults to None."""
+    data = config.model_dump(exclude_none=True)
+    head: list[str] = []
+    tables: list[str] = []
+    for key, value in data.items():
+        if isinstance(value, dict):
+            tables.append(_toml_table(f"[{key}]", value))
+        elif isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+            tables.extend(_toml_table(f"[[{key}]]", item) for item in value)
+        else:
+            head.append(f"{key} = {_toml_value(value)}")
+    blocks = (["\n".join(head)] if head else []) + tables  # bare keys must precede any table
+    return "\n\n".join(blocks) + "\n"
+
+
+def _toml_table(header: str, values: dict[str, object]) -> str:
+    return "\n".join([header, *(f"{k} = {_toml_value(v)}" for k, v in values.items())])
+
+
+def _toml_value(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        return repr(value) if math.isfinite(value) else str(value)  # TOML: inf, -inf, nan
+    if isinstance(value, str):
+        return _toml_string(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items()) + " }"
+    raise TypeError(f"no TOML form for {type(value).__name__}")
+
+
+_TOML_ESCAPES = {'"': '\\"', "\\": "\\\\", "\b": "\\b", "\t": "\\t", "\n": "\\n", "\f": "\\f", "\r": "\\r"}
+
+
+def _toml_string(text: str) -> str:
+    out = []
+    for ch in text:
+        if ch in _TOML_ESCAPES:
+            out.append(_TOML_ESCAPES[ch])
+        elif ord(ch) < 0x20 or ord(ch) == 0x7F:
+            out.append(f"\\u{ord(ch):04x}")
+        else:
+            out.append(ch)
+    return '"' + "".join(out) + '"'
 
 
 # --- secrets -------------------------------------------------------------------------------

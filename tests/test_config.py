@@ -8,7 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from station.config import ConfigError, load_config, load_secrets, write_new_secrets
+from station.config import (
+    ConfigError,
+    SenderConfig,
+    dump_config_toml,
+    load_config,
+    load_secrets,
+    write_new_secrets,
+)
 from tests.conftest import EXAMPLE_CONFIG
 
 EXAMPLE = EXAMPLE_CONFIG.read_text("utf-8")
@@ -178,3 +185,20 @@ def test_missing_secrets_file_is_named(tmp_path: Path) -> None:
 def test_secrets_file_that_is_not_toml_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="not valid TOML"):
         load_secrets(write(tmp_path, "= =", "secrets.toml"), env={})
+
+
+def test_dumped_config_loads_back_equal(tmp_path: Path) -> None:
+    """`station run` gets its config as a file from tools that build it in Python."""
+    cfg = load_config(EXAMPLE_CONFIG)
+    cfg = cfg.model_copy(update={
+        "station": cfg.station.model_copy(update={"name": 'Quote " back\\slash\ttab 包裹 \x01',
+                                                  "pickup_session_timeout_s": 60.0}),
+        "mqtt": cfg.mqtt.model_copy(update={"username": "edge", "port": 18830}),
+        "notify": cfg.notify.model_copy(update={
+            "senders": [SenderConfig(kind="webhook", url="http://127.0.0.1:9/sms"),
+                        SenderConfig(kind="console")], "retry_initial_s": 0.2}),
+    })
+    path = write(tmp_path, dump_config_toml(cfg))
+    assert load_config(path) == cfg
+    assert load_config(write(tmp_path, dump_config_toml(load_config(EXAMPLE_CONFIG)), "plain.toml")) \
+        == load_config(EXAMPLE_CONFIG)

@@ -14,7 +14,6 @@ shelves really show with `ps.lit()`. The station's stdout and stderr go to `ps.l
 from __future__ import annotations
 
 import os
-import re
 import signal
 import sqlite3
 import subprocess
@@ -26,7 +25,7 @@ from typing import Any, Self
 import httpx
 
 from station.api.auth import make_token
-from station.config import load_config, load_secrets, write_new_secrets
+from station.config import SenderConfig, dump_config_toml, load_config, load_secrets, write_new_secrets
 from station.demo import start_devices
 from station.domain.layout import SlotAddress
 from station.mosquitto import MosquittoProcess, free_port
@@ -37,48 +36,25 @@ EXAMPLE = ROOT / "examples" / "station.toml"
 PY = sys.executable
 
 
-def _literal(value: Any) -> str:
-    if isinstance(value, bool):
-        return str(value).lower()
-    if isinstance(value, str):
-        return f'"{value}"'
-    return repr(value)
-
-
 def write_config(path: Path, tmp: Path, webhook_url: str | None, mqtt: dict[str, Any] | None = None,
                  lockout: dict[str, Any] | None = None, **station: Any) -> Path:
     """The example config with files under `tmp`, the webhook sender and fast retries.
 
-    `station` overrides replace (or add) keys of the [station] table; `mqtt` and `lockout`
-    replace keys of theirs."""
-    text = EXAMPLE.read_text()
-    station = {"database": str(tmp / "station.db"), "snapshots_dir": str(tmp / "snapshots"),
-               **station}
-    head, rest = text.split("[mqtt]", 1)
-    for key, value in station.items():
-        literal = f'"{value}"' if isinstance(value, str) else str(value).lower() \
-            if isinstance(value, bool) else repr(value)
-        line = f"{key} = {literal}"
-        head, n = re.subn(rf"(?m)^{key} = .*$", line.replace("\\", "\\\\"), head)
-        if not n:
-            head = head.rstrip("\n") + "\n" + line + "\n\n"
-    text = head + "[mqtt]" + rest
-    for section, values in (("mqtt", mqtt or {}), ("lockout", lockout or {})):
-        start = text.index(f"[{section}]")
-        end = text.find("\n[", start + 1)
-        end = len(text) if end < 0 else end
-        block = text[start:end]
-        for key, value in values.items():
-            block, n = re.subn(rf"(?m)^{key} = .*$", f"{key} = {_literal(value)}", block)
-            if not n:
-                block = block.rstrip("\n") + f"\n{key} = {_literal(value)}\n"
-        text = text[:start] + block + text[end:]
+    `station` overrides replace keys of the [station] table; `mqtt` and `lockout` replace
+    keys of theirs."""
+    cfg = load_config(EXAMPLE)
+    update: dict[str, Any] = {
+        "station": cfg.station.model_copy(update={"database": str(tmp / "station.db"),
+                                                  "snapshots_dir": str(tmp / "snapshots"), **station}),
+        "mqtt": cfg.mqtt.model_copy(update=mqtt or {}),
+        "lockout": cfg.lockout.model_copy(update=lockout or {}),
+    }
     if webhook_url:
-        text = text.replace('senders = [{ kind = "console" }]',
-                            f'senders = [{{ kind = "webhook", url = "{webhook_url}" }}]\n'
-                            "retry_initial_s = 0.2\nretry_max_s = 1.0")
-    path.write_text(text)
-    load_config(path)  # fail here, not in the child, if the edit broke it
+        update["notify"] = cfg.notify.model_copy(update={
+            "senders": [SenderConfig(kind="webhook", url=webhook_url)],
+            "retry_initial_s": 0.2, "retry_max_s": 1.0})
+    path.write_text(dump_config_toml(cfg.model_copy(update=update)))
+    load_config(path)  # fail here, not in the child, if an override is not a valid value
     return path
 
 
