@@ -87,6 +87,7 @@ class DeviceRuntime:
         password: str | None = None,
         ca_file: str | None = None,
         tick_s: float = 0.01,
+        state_min_interval_s: float = 0.1,
         time_sync_window_s: float = 30.0,
         resync_s: float = 3600.0,
     ) -> None:
@@ -102,6 +103,7 @@ class DeviceRuntime:
         self.heartbeat_s = heartbeat_s
         self.net: NetHook = net or passthrough
         self.tick_s = tick_s
+        self.state_min_interval_s = state_min_interval_s
         self.time_sync_window_s = time_sync_window_s
         self.resync_s = resync_s
         self._auth = (username, password)
@@ -238,7 +240,10 @@ class DeviceRuntime:
                     mono = self.clock.monotonic()
                     self.tick(mono)
                     self._time_tick(mono)
-                    if self._state_dirty or mono - self._last_heartbeat >= self.heartbeat_s:
+                    if (self._state_dirty and mono - self._last_heartbeat >= self.state_min_interval_s) \
+                            or mono - self._last_heartbeat >= self.heartbeat_s:
+                        # the retained state is a summary (events and acks carry the facts):
+                        # under load one snapshot per interval, not one per change
                         self.publish_state()
             except Exception:  # a bug in one tick must not stop the device
                 log.exception("%s: tick failed", self.device_id)

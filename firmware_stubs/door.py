@@ -117,7 +117,7 @@ class DoorController(DeviceRuntime):
             self.emit("door.held_open", {"open_s": round(mono - self._opened_at, 3)})
             changed = True
         if changed:
-            self.publish_state()
+            self._state_dirty = True
 
     def snapshot(self) -> dict[str, Any]:
         relock = self._relock_at

@@ -159,7 +159,7 @@ class ShelfController(DeviceRuntime):
                                         "count": raw, "occupied": raw > 0})
                 changed = True
         if changed:
-            self.publish_state()
+            self._state_dirty = True
 
     def snapshot(self) -> dict[str, Any]:
         now = self.clock.monotonic()

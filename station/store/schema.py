@@ -212,6 +212,14 @@ MIGRATIONS: list[str] = [
         count INTEGER NOT NULL
     );
     """,
+    # 3: indexes for the questions asked on every exit, take and handheld view, which a
+    # week of history (100,000 sessions and scans) turned into full table scans
+    """
+    CREATE INDEX IF NOT EXISTS sessions_recent ON sessions(kind, reason, closed_at);
+    CREATE INDEX IF NOT EXISTS pending_session ON pending_placements(session_id, created_at);
+    CREATE INDEX IF NOT EXISTS session_slots_live ON session_slots(slot, remaining);
+    DROP INDEX IF EXISTS session_slots_slot;
+    """,
 ]
 
 
