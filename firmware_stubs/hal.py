@@ -15,8 +15,10 @@ tick): they hold plain attributes that are read and replaced atomically.
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 
@@ -59,16 +61,25 @@ class PlacementSensor:
     count: int = 0
     stuck: bool = False
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _changed: Callable[[], None] = field(default=lambda: None, repr=False)
 
     def put(self, n: int = 1) -> None:
         with self._lock:
             if not self.stuck:
                 self.count += n
+        self._changed()
 
     def take(self, n: int = 1) -> None:
         with self._lock:
             if not self.stuck:
                 self.count = max(0, self.count - n)
+        self._changed()
+
+    def set_count(self, n: int) -> None:
+        """What a sensor reads once it works again (the simulator's stuck sensor)."""
+        with self._lock:
+            self.count = n
+        self._changed()
 
     def read(self) -> int:
         return self.count
@@ -82,8 +93,19 @@ class ShelfHal:
         self.clock = clock or Clock()
         self._leds = {(r, c): Led() for r in range(1, rows + 1) for c in range(1, cols + 1)}
         self._sensors = {
-            (r, c): PlacementSensor() for r in range(1, rows + 1) for c in range(1, cols + 1)
+            (r, c): PlacementSensor(_changed=self._bump)
+            for r in range(1, rows + 1) for c in range(1, cols + 1)
         }
+        self._changes = itertools.count()
+        self._version = 0
+
+    def _bump(self) -> None:
+        self._version = next(self._changes) + 1
+
+    def changes(self) -> int:
+        """Grows whenever a sensor may have changed: the firmware skips reading 50 sensors
+        every tick while nothing moved (an interrupt line on a real board)."""
+        return self._version
 
     def led(self, row: int, col: int) -> Led:
         return self._leds[(row, col)]

@@ -71,6 +71,8 @@ class ShelfController(DeviceRuntime):
         self._sense = {rc: _SlotSense(raw=self.hal.sensor(*rc).read(),
                                       reported=self.hal.sensor(*rc).read())
                        for rc in self.hal.slots()}
+        self._seen_changes = -1   # the HAL's change counter when the sensors were last read
+        self._settling = False    # a change is waiting out its debounce
         self.register("lights.set", Op(self._validate_set, self._exec_set))
         self.register("lights.clear", Op(self._validate_clear, self._exec_clear))
 
@@ -148,6 +150,16 @@ class ShelfController(DeviceRuntime):
             if mono >= deadline:  # the time to live: a lost "off" cannot keep a slot lit
                 self._dark(rc)
                 changed = True
+        changes = getattr(self.hal, "changes", None)
+        version = changes() if changes is not None else None
+        if version is None or version != self._seen_changes or self._settling:
+            self._seen_changes = version if version is not None else -1
+            changed = self._read_sensors(mono) or changed
+        if changed:
+            self._state_dirty = True
+
+    def _read_sensors(self, mono: float) -> bool:
+        changed, settling = False, False
         for rc, sense in self._sense.items():
             raw = self.hal.sensor(*rc).read()
             if raw != sense.raw:
@@ -158,8 +170,9 @@ class ShelfController(DeviceRuntime):
                 self.emit("placement", {"row": rc[0], "col": rc[1], "action": action,
                                         "count": raw, "occupied": raw > 0})
                 changed = True
-        if changed:
-            self._state_dirty = True
+            settling = settling or raw != sense.reported
+        self._settling = settling
+        return changed
 
     def snapshot(self) -> dict[str, Any]:
         now = self.clock.monotonic()

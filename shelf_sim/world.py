@@ -34,9 +34,8 @@ class SimShelfHal(ShelfHal):
 
     def unstick(self, row: int, col: int, physical_count: int) -> None:
         sensor = self.sensor(row, col)
-        with sensor._lock:
-            sensor.stuck = False
-            sensor.count = physical_count
+        sensor.stuck = False
+        sensor.set_count(physical_count)
 
 
 class SimDoorHal(DoorHal):
