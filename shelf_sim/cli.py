@@ -3,9 +3,11 @@
     shelf-sim run --config examples/station.toml --scenario examples/day.toml --speed 60 \
         --seed 7 --report var/sim
 
-Without --station-url everything runs in this process (--embedded): Mosquitto, the station,
-the firmware of every shelf and door on simulated hardware, and the people. The exit status
-is 1 when an invariant breaks (wrong slot lit, parcel lost, door opened for nobody...)."""
+Without --station-url the simulator brings everything (--embedded): Mosquitto, the station,
+the firmware of every shelf and door on simulated hardware, and the people. The station runs
+as its own process (`station run`, --station-process, the default) so it does not share a
+GIL with the room; --in-process keeps it in this process. The exit status is 1 when an
+invariant breaks (wrong slot lit, parcel lost, door opened for nobody...)."""
 
 from __future__ import annotations
 
@@ -32,7 +34,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--report", type=Path, help="directory for report.json and kpi.png")
     run.add_argument("--workdir", type=Path, help="embedded mode: keep the database etc. here")
     run.add_argument("--embedded", action="store_true",
-                     help="own broker, station and devices in this process (the default)")
+                     help="own broker, station and devices (the default; see --in-process)")
+    where = run.add_mutually_exclusive_group()
+    where.add_argument("--station-process", dest="station_process", action="store_true", default=True,
+                       help="embedded mode: the station as its own process, on a core of its own (default)")
+    where.add_argument("--in-process", dest="station_process", action="store_false",
+                       help="embedded mode: the station in this process too (one GIL for everything)")
     run.add_argument("--station-url", help="drive an existing station instead (see docs/simulator.md)")
     run.add_argument("--broker", help="with --station-url: mqtt://host:port for the virtual devices")
     run.add_argument("--secrets", help="with --station-url: the station's secrets TOML (device keys)")
@@ -64,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
 
         report = _with_progress(args.quiet, lambda progress, on_plan: run_embedded(
             config, scenario, workdir=args.workdir, frames=not args.no_frames, progress=progress,
-            on_plan=on_plan))
+            on_plan=on_plan, station_process=args.station_process))
     if args.report:
         for path in write_report(report, args.report):
             print(f"wrote {path}", file=sys.stderr)
