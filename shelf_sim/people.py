@@ -10,6 +10,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -122,9 +123,26 @@ def fits(slot: SlotInfo, size: str) -> bool:
     return SIZE_ORDER.index(slot.size) >= SIZE_ORDER.index(size)
 
 
+@dataclass
+class _Placing:
+    """A parcel put down whose "shelved" the handheld has not shown yet."""
+
+    parcel: ParcelPlan
+    scan: dict[str, Any]
+    slot: str
+    home: str | None
+    put_at: float
+    answer: Future[tuple[dict[str, Any] | None, float]]
+
+
 class Courier:
     """Logs in on the handheld, opens a shelving session, and for each parcel: scan, look at
-    the lit slot (guided) or pick a slot that fits (free), put it down, wait for "shelved"."""
+    the lit slot (guided) or pick a slot that fits (free), put it down, and check the
+    handheld for "shelved". In guided mode a courier does as real ones do: put the parcel
+    down, take the next one and scan it, and glance at the handheld for the previous
+    parcel's tick meanwhile (a watcher long-polls it); only a missing tick sends them back.
+    In free mode they wait for the tick before the next scan (a sensed put names a slot,
+    not a parcel)."""
 
     PER_SESSION = 40
 
@@ -134,6 +152,9 @@ class Courier:
         self.session: dict[str, Any] = {}
         self.auth: dict[str, str] = {}
         self.human_s = 0.0
+        self._watcher: ThreadPoolExecutor | None = None
+        self._watch_http: httpx.Client | None = None
+        self._abort = False   # a parcel was given up: a new session once nothing is pending
 
     def run(self) -> None:
         """The shift; its length in real seconds is the human time (simulated seconds) plus
@@ -141,7 +162,9 @@ class Courier:
         env, m = self.env, self.env.metrics
         start = time.monotonic()
         self.human_s = 0.0
-        with env.client() as http:
+        with env.client() as http, env.client() as watch_http, \
+                ThreadPoolExecutor(1, thread_name_prefix=f"sim-{self.plan.courier_id}-handheld") as watcher:
+            self._watcher, self._watch_http = watcher, watch_http
             try:
                 self._shift(http)
             finally:
@@ -166,9 +189,12 @@ class Courier:
             return
         self.auth = {"Authorization": "Bearer " + res.json()["token"]}
         # one session per van load: a real courier unloads a few dozen parcels per visit, and
-        # the handheld's session view (polled for "shelved") grows with the session
+        # the handheld lists the whole session
+        previous: _Placing | None = None
         for i, p in enumerate(self.parcels):
             if i % self.PER_SESSION == 0:
+                self._settle(http, previous)              # closing fails a waiting scan
+                previous = None
                 if i:
                     http.post(f"/api/courier/sessions/{self.session['session_id']}/close", headers=self.auth)
                 res = http.post("/api/courier/sessions", json={"mode": self.plan.mode}, headers=self.auth)
@@ -177,10 +203,22 @@ class Courier:
             if env.stop.is_set():
                 self.on_shelved(p, False)
                 continue
-            ok = self._shelve(http, p)
-            self.on_shelved(p, ok)
+            placing = self._place(http, p)
+            self._settle(http, previous)
+            if self._abort or self.plan.mode != "guided":
+                self._settle(http, placing)
+                placing = None
+            if self._abort:
+                self._new_session(http)
+            previous = placing
+        self._settle(http, previous)
         if self.parcels:
             http.post(f"/api/courier/sessions/{self.session['session_id']}/close", headers=self.auth)
+
+    def _settle(self, http: httpx.Client, placing: _Placing | None) -> None:
+        """Look at the handheld for `placing` and deal with a missing tick."""
+        if placing is not None:
+            self.on_shelved(placing.parcel, self._confirm(http, placing))
 
     def _enter(self, http: httpx.Client) -> bool:
         """In at the entry door by PIN (the face camera is not simulated)."""
@@ -236,16 +274,17 @@ class Courier:
             return None
         return options[min(len(options) - 1, int(u * len(options)))]
 
-    def _shelve(self, http: httpx.Client, p: ParcelPlan) -> bool:
+    def _place(self, http: httpx.Client, p: ParcelPlan) -> _Placing | None:
+        """Scan, find the slot, put the parcel down; the handheld is looked at later."""
         env, m = self.env, self.env.metrics
         self._pause(p.pace_s * 0.5)                      # take the parcel, find the label
         env.room.add(p.waybill, p.phone, p.size, self.plan.courier_id)
         scan = self._scan(http, p)
         if scan is None:
-            return False
+            self.on_shelved(p, False)
+            return None
         if scan.get("lights_acked") is False:
             m.inc("courier_lights_not_acked")
-        tried: set[str] = set()
         target = scan.get("slot")
         if target:
             slot = target
@@ -258,21 +297,42 @@ class Courier:
             slot = self._free_slot(p, set(), p.slot_u)
         self._pause(p.pace_s * 0.5)                      # walk to the slot, put it down
         home = target or slot                          # where the handheld says it goes
+        if slot is None:
+            self.on_shelved(p, self._give_up(http, p))
+            return None
+        put_at = time.monotonic()
+        env.put(p.waybill, slot)
+        assert self._watcher is not None
+        answer = self._watcher.submit(self._watch, scan["pending_id"], self.session["session_id"])
+        return _Placing(p, scan, slot, home, put_at, answer)
+
+    def _watch(self, pending_id: str, session_id: str) -> tuple[dict[str, Any] | None, float]:
+        """The handheld's own long poll for one scan: its answer and when it came."""
+        assert self._watch_http is not None
+        res = self._watch_http.get(f"/api/courier/sessions/{session_id}/items/{pending_id}",
+                                   params={"wait_s": self.env.confirm_timeout_s}, headers=self.auth)
+        return (res.json() if res.status_code == 200 else None), time.monotonic()
+
+    def _confirm(self, http: httpx.Client, placing: _Placing) -> bool:
+        """Shelved, or (a red slot, a rebooting shelf, a stuck sensor) take it out again, put
+        it where the handheld says twice, then try other slots; give up after five puts."""
+        env, m = self.env, self.env.metrics
+        p, scan, slot, home = placing.parcel, placing.scan, placing.slot, placing.home
+        item, seen_at = placing.answer.result()
+        tried: set[str] = set()
+        t0 = placing.put_at
         for attempt in range(5):
-            if slot is None:
-                break
             tried.add(slot)
-            t0 = time.monotonic()
-            env.put(p.waybill, slot)
-            item = self._wait_bound(http, scan["pending_id"])
+            if attempt:
+                t0 = time.monotonic()
+                env.put(p.waybill, slot)
+                item, seen_at = self._wait_bound(http, scan["pending_id"]), time.monotonic()
             if item is not None and item.get("parcel_id"):
-                m.sample("put_to_shelved", time.monotonic() - t0)
+                m.sample("put_to_shelved", seen_at - t0)
                 m.inc("parcels_shelved")
                 if item.get("slot") != slot:
                     m.inc("parcels_bound_to_other_slot", example=f"{p.waybill} put {slot} bound {item.get('slot')}")
                 return True
-            # not confirmed (a red slot, a rebooting shelf, a stuck sensor): take it out again;
-            # put it (back) where the handheld says, twice, then try another slot
             m.inc("courier_placement_retries", example=f"{p.waybill} at {slot}")
             env.take(p.waybill, self.plan.courier_id)
             late = self._wait_bound(http, scan["pending_id"], 0.0)
@@ -285,26 +345,39 @@ class Courier:
             if item is not None and item.get("state") == "failed":
                 break
             self._pause(1.0)
-            if attempt < 2 and home is not None:
-                slot = home
-            else:
-                slot = self._free_slot(p, tried, (p.slot_u + 0.37 * (attempt + 1)) % 1.0)
-        late = self._wait_bound(http, scan["pending_id"], 5.0)
-        if late is not None and late.get("parcel_id"):  # a last look at the handheld
-            env.put(p.waybill, late.get("slot") or home or "")
-            m.inc("courier_late_confirmations", example=f"{p.waybill} at {late.get('slot')}")
-            m.inc("parcels_shelved")
-            return True
-        # give up on it: end the session so its waiting scan cannot claim someone else's
-        # put into that slot later, and carry on in a new one (the handheld's "abort")
+            next_slot = home if attempt < 2 and home is not None else \
+                self._free_slot(p, tried, (p.slot_u + 0.37 * (attempt + 1)) % 1.0)
+            if next_slot is None:
+                break
+            slot = next_slot
+        return self._give_up(http, p, scan, home)
+
+    def _give_up(self, http: httpx.Client, p: ParcelPlan, scan: dict[str, Any] | None = None,
+                 home: str | None = None) -> bool:
+        """A last look at the handheld; then the session is to end (once no other parcel
+        of it waits for its tick) so the waiting scan cannot claim someone else's put into
+        that slot later, and the courier carries on in a new one (the handheld's "abort")."""
+        env, m = self.env, self.env.metrics
+        if scan is not None:
+            late = self._wait_bound(http, scan["pending_id"], 5.0)
+            if late is not None and late.get("parcel_id"):
+                env.put(p.waybill, late.get("slot") or home or "")
+                m.inc("courier_late_confirmations", example=f"{p.waybill} at {late.get('slot')}")
+                m.inc("parcels_shelved")
+                return True
         m.inc("parcels_not_shelved", example=p.waybill)
+        self._abort = True
+        return False
+
+    def _new_session(self, http: httpx.Client) -> None:
+        """End the session (its waiting scans fail) and carry on in a new one."""
         sid = self.session["session_id"]
         http.post(f"/api/courier/sessions/{sid}/close", headers=self.auth)
         res = http.post("/api/courier/sessions", json={"mode": self.plan.mode}, headers=self.auth)
         if res.status_code == 200:
             self.session = res.json()
-        m.inc("courier_sessions_aborted")
-        return False
+        self.env.metrics.inc("courier_sessions_aborted")
+        self._abort = False
 
     def _wait_bound(self, http: httpx.Client, pending_id: str,
                     timeout: float | None = None) -> dict[str, Any] | None:

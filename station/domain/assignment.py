@@ -5,7 +5,9 @@ when none of the same class is free) and have room; a slot lit for one waiting s
 for no other (a sensed put names a slot, not a parcel: with two scans aimed at one slot the
 station could not tell which parcel went in); one recipient's parcels go together
 when they can (fewer slots to walk to, one light); otherwise spread the load: prefer the
-emptiest slot, then the lower-numbered shelf and row for a stable, explainable choice."""
+emptiest slot, then the emptier shelf (people and light commands spread over the shelves
+instead of crowding the first), then the lower-numbered shelf and row for a stable,
+explainable choice."""
 
 from __future__ import annotations
 
@@ -51,7 +53,11 @@ def choose_slot(
         together = [s for s in candidates if recipient_slots.get(s.address, 0) > 0]
         if together:
             return min(together, key=lambda s: (SIZE_ORDER[s.size], load(s), s.address)).address
+    shelf_load: dict[int, int] = {}
+    for slot in layout:
+        shelf_load[slot.address.shelf] = shelf_load.get(slot.address.shelf, 0) + load(slot)
     return min(
         candidates,
-        key=lambda s: (SIZE_ORDER[s.size] - SIZE_ORDER[size], load(s) / s.capacity, s.address),
+        key=lambda s: (SIZE_ORDER[s.size] - SIZE_ORDER[size], load(s) / s.capacity,
+                       shelf_load[s.address.shelf], s.address),
     ).address

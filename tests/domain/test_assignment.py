@@ -123,3 +123,15 @@ def test_outbound_parcels_only_go_to_outbound_slots_and_inbound_never_do() -> No
 def test_unknown_size_is_a_value_error() -> None:
     with pytest.raises(ValueError):
         choose_slot(LAYOUT, {}, "XXL")
+
+
+def test_an_empty_station_fills_its_shelves_in_turn() -> None:
+    """Parcels and the people who fetch them spread over the shelves, not all on shelf 1."""
+    two = Layout([ShelfSpec(1, 2, 2, ("M", "M"), 2, "s1"), ShelfSpec(2, 2, 2, ("M", "M"), 2, "s2")])
+    occupancy: Counter[SlotAddress] = Counter()
+    shelves = []
+    for _ in range(4):
+        addr = choose_slot(two, occupancy, "M")
+        occupancy[addr] += 1
+        shelves.append(addr.shelf)
+    assert shelves == [1, 2, 1, 2]
