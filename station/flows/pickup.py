@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,6 +23,9 @@ from .context import Ctx, new_id
 from .errors import AuthFailed, FlowError, Unavailable
 from .lights import LightSync
 from .ports import outcome_of
+
+# how long the kiosk holds a customer while every colour is taken before answering room_busy
+ROOM_BUSY_WAIT_S = 10.0
 
 # how long after a customer passed the exit a take sensed in one of their slots is still
 # taken as theirs (the event may be resent after a shelf's reboot or a broker outage)
@@ -44,9 +48,10 @@ class EntryResult:
 
 
 class Pickup:
-    def __init__(self, ctx: Ctx, lights: LightSync) -> None:
+    def __init__(self, ctx: Ctx, lights: LightSync, room_busy_wait_s: float = ROOM_BUSY_WAIT_S) -> None:
         self.ctx = ctx
         self.lights = lights
+        self.room_busy_wait_s = room_busy_wait_s
 
     # --- ways in ----------------------------------------------------------------------------
 
@@ -144,11 +149,31 @@ class Pickup:
 
     # --- the session ------------------------------------------------------------------------
 
+    def _wait_for_a_colour(self, recipient: str) -> None:
+        """While every colour is taken by people inside, hold the kiosk's answer until one
+        frees (bounded): the customer waits at the door once instead of being sent away to
+        try again and again. Colours free with a commit (a session closing, the "off" of
+        its lights acknowledged), so this waits for commits, not for a clock."""
+        store = self.ctx.store
+        deadline = time.monotonic() + self.room_busy_wait_s
+        while True:
+            seen = store.last_seq
+            if not set(PALETTE_HEX) <= set(self.lights.colours_in_use()):
+                return
+            if store.query_one("SELECT 1 FROM sessions WHERE kind = 'pickup' AND state = 'open'"
+                               " AND recipient_hash = ?", (recipient,)):
+                return                                     # they keep the colour they have
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return                                     # open_for answers room_busy
+            store.wait_for_commit(seen, min(left, 0.5))
+
     def open_for(self, recipient: str, kiosk: str, method: str, auth_kind: str = "code",
                  *, wait: bool = True) -> EntryResult:
         """Open (or reopen) the recipient's session, light their slots, unlock the door."""
         ctx = self.ctx
         door = ctx.config.doors.entry
+        self._wait_for_a_colour(recipient)
         now = ctx.clock()
         with ctx.lock:
             parcels = ctx.store.query(

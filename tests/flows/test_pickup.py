@@ -12,7 +12,7 @@ from station.config import Secrets
 from station.domain.codes import PickupCode, qr_payload
 from station.domain.colours import ALARM_RED, PALETTE_HEX
 from station.domain.errors import DomainError, LockedOut
-from station.flows.errors import AuthFailed
+from station.flows.errors import AuthFailed, FlowError
 
 from .harness import Station, config_for, make_station, phone, sf_waybill, shelf
 
@@ -267,3 +267,30 @@ def test_a_take_from_an_unlit_slot_blinks_red_and_raises_an_alarm(station: Stati
     # the red blink ends by itself
     station.tick(20)
     assert station.light(other) is None
+
+
+def test_with_every_colour_taken_the_kiosk_holds_the_next_customer_until_one_frees(
+        tmp_path: Path, secrets: Secrets) -> None:
+    """A ninth customer is not sent away to retry: the kiosk answers once a colour frees
+    (bounded; after the bound it is room_busy)."""
+    import threading
+
+    cfg = config_for(tmp_path, shelves=[shelf(1, 3, 4, ["M", "M", "M"], capacity=1)])
+    st_ = make_station(tmp_path, secrets, config=cfg)
+    st_.add_courier()
+    sid = st_.core.shelving.open_session("c1", "guided")["session_id"]
+    codes = [st_.shelve(sf_waybill(n), phone(n), "M", session_id=sid)[1] for n in range(9)]
+    st_.core.shelving.close_session(sid)
+    inside = [st_.core.pickup.enter_with_code(c) for c in codes[:8]]
+    assert len({e.colour for e in inside}) == len(PALETTE_HEX) == 8
+    st_.core.pickup.room_busy_wait_s = 0.2
+    with pytest.raises(FlowError) as busy:
+        st_.core.pickup.enter_with_code(codes[8])
+    assert busy.value.code == "room_busy"
+    st_.core.pickup.room_busy_wait_s = 10.0
+    first = inside[0].slots[0]
+    leave = threading.Timer(0.3, lambda: (st_.take(first), st_.core.exit.check([sf_waybill(0)])))
+    leave.start()
+    ninth = st_.core.pickup.enter_with_code(codes[8])
+    leave.join()
+    assert ninth.colour == inside[0].colour
