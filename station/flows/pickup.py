@@ -149,31 +149,32 @@ class Pickup:
 
     # --- the session ------------------------------------------------------------------------
 
-    def _wait_for_a_colour(self, recipient: str) -> None:
-        """While every colour is taken by people inside, hold the kiosk's answer until one
-        frees (bounded): the customer waits at the door once instead of being sent away to
-        try again and again. Colours free with a commit (a session closing, the "off" of
-        its lights acknowledged), so this waits for commits, not for a clock."""
+    def open_for(self, recipient: str, kiosk: str, method: str, auth_kind: str = "code",
+                 *, wait: bool = True) -> EntryResult:
+        """Open (or reopen) the recipient's session, light their slots, unlock the door.
+
+        While every colour is taken by people inside, the kiosk's answer is held until one
+        frees (bounded by `room_busy_wait_s`, then room_busy): the customer waits at the
+        door once instead of being sent away to try again and again. Colours free with a
+        commit (a session closing, the "off" of its lights acknowledged and logged), so
+        this waits for commits, not for a clock."""
         store = self.ctx.store
         deadline = time.monotonic() + self.room_busy_wait_s
         while True:
-            seen = store.last_seq
-            if not set(PALETTE_HEX) <= set(self.lights.colours_in_use()):
-                return
-            if store.query_one("SELECT 1 FROM sessions WHERE kind = 'pickup' AND state = 'open'"
-                               " AND recipient_hash = ?", (recipient,)):
-                return                                     # they keep the colour they have
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return                                     # open_for answers room_busy
-            store.wait_for_commit(seen, min(left, 0.5))
+            try:
+                return self._open_for(recipient, kiosk, method, auth_kind, wait)
+            except Unavailable as exc:
+                if exc.code != "room_busy" or time.monotonic() >= deadline:
+                    raise
+            while time.monotonic() < deadline:  # try again once a colour looks free
+                seen = store.last_seq
+                if not set(PALETTE_HEX) <= set(self.lights.colours_in_use()):
+                    break
+                store.wait_for_commit(seen, min(deadline - time.monotonic(), 0.5))
 
-    def open_for(self, recipient: str, kiosk: str, method: str, auth_kind: str = "code",
-                 *, wait: bool = True) -> EntryResult:
-        """Open (or reopen) the recipient's session, light their slots, unlock the door."""
+    def _open_for(self, recipient: str, kiosk: str, method: str, auth_kind: str, wait: bool) -> EntryResult:
         ctx = self.ctx
         door = ctx.config.doors.entry
-        self._wait_for_a_colour(recipient)
         now = ctx.clock()
         with ctx.lock:
             parcels = ctx.store.query(
