@@ -10,7 +10,7 @@ from typing import Any
 
 from station.domain.assignment import choose_slot, fits
 from station.domain.codes import code_digest, new_code, qr_payload
-from station.domain.colours import allocate_colour
+from station.domain.colours import COURIER_WHITE
 from station.domain.errors import DomainError
 from station.domain.layout import SIZE_ORDER, SlotAddress
 from station.domain.phones import mask_phone, normalise_phone, phone_hash
@@ -67,7 +67,10 @@ class Shelving:
             raise FlowError("mode is guided or free", code="invalid_mode", status=422)
         with self.ctx.lock, self.ctx.store.transaction() as tx:
             session_id = new_id("shs")
-            colour = allocate_colour(self.lights.colours_in_use())
+            # couriers are guided by white (the handheld names the slot; one waiting scan
+            # per slot makes each white slot one courier's): the eight palette colours stay
+            # for customers, who are told apart only by colour (docs/adr/0017)
+            colour = COURIER_WHITE
             tx.emit(Event("shelving.opened", session_id, courier_id, {
                 "session_id": session_id, "courier_id": courier_id, "carrier": courier.carrier,
                 "mode": mode, "colour": colour}))

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from station.config import Secrets
-from station.domain.colours import ALARM_RED
+from station.domain.colours import ALARM_RED, COURIER_WHITE, PALETTE_HEX
 from station.domain.errors import InvalidPhone, StationFull, UnknownCarrier
 from station.flows.errors import FlowError
 
@@ -53,6 +53,8 @@ def test_guided_scan_lights_the_target_in_the_session_colour(station: Station) -
     assert r.lights_acked is True
     assert station.lit_slots() == {r.slot: station.light(r.slot)}
     assert station.light(r.slot).colours == (s["colour"],)
+    # couriers are guided by white: the customer palette is all for customers (ADR 0017)
+    assert s["colour"] == COURIER_WHITE and COURIER_WHITE not in PALETTE_HEX
     station.put(r.slot)
     assert station.lit_slots() == {}
     parcel = station.store.query_one("SELECT * FROM parcels WHERE waybill = ?", (sf_waybill(1),))
