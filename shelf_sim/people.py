@@ -55,7 +55,7 @@ class Env:
     # nobody reaches into a slot within this many wall seconds of the last hand in it: at
     # high --speed a take and a put into one slot would otherwise fall inside the sensor's
     # 50 ms debounce and cancel out, which no pair of people can do (see docs/simulator.md)
-    hand_gap_s: float = 0.15
+    hand_gap_s: float = 0.1
     _touched: dict[str, float] = field(default_factory=dict)
     _touch_lock: threading.Lock = field(default_factory=threading.Lock)
     confirm_timeout_s: float = 3.0             # wall seconds a courier waits for "shelved"

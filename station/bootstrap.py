@@ -22,6 +22,7 @@ from station.devices.link import DeviceEvent, DeviceLink, Light
 from station.domain.lights import LightSpec
 from station.flows.context import Ctx
 from station.flows.core import StationCore, Ticker
+from station.flows.device_log import DeviceLogWriter
 from station.notify.messages import StationInfo
 from station.notify.outbox import Dispatcher, Outbox
 from station.notify.senders import build_senders
@@ -190,9 +191,12 @@ class Station:
     app: Any
     vision: Vision
     upstream: UpstreamForwarder | None = None
+    device_log: DeviceLogWriter | None = None
     started: bool = field(default=False)
 
     def start(self) -> Station:
+        if self.device_log is not None:
+            self.device_log.start()
         self.link.start()
         self.dispatcher.start()
         self.ticker.start()
@@ -212,6 +216,8 @@ class Station:
         if self.upstream is not None:
             self.upstream.stop()
         self.link.stop()
+        if self.device_log is not None:
+            self.device_log.stop()
         self.vision.stop()
         self.store.close()
         self.started = False
@@ -231,7 +237,8 @@ def build_station(config: StationConfig, secrets: Secrets, *, data_dir: Path | N
     link = DeviceLink(config, secrets, on_event, client_id=client_id, seq_path=seq_path)
     outbox = Outbox(store, secrets.encryption_key)
     ctx = Ctx(config, secrets, store, LinkPort(link), outbox)
-    core = StationCore(ctx)
+    device_log = DeviceLogWriter(store)
+    core = StationCore(ctx, trace_writer=device_log.submit)
     holder["core"] = core
     info = StationInfo(config.station.name, config.station.address, config.station.timezone)
     senders = build_senders(config.notify, info, config.station.id)
@@ -259,4 +266,4 @@ def build_station(config: StationConfig, secrets: Secrets, *, data_dir: Path | N
     )
     app = create_app(svc, secrets.token_key, config.api.cors_origins)
     return Station(config, secrets, store, link, core, outbox, dispatcher, Ticker(core), app,
-                   vision, upstream)
+                   vision, upstream, device_log)

@@ -18,6 +18,7 @@ from station.store.eventlog import Event
 from . import guard
 from .context import Ctx
 from .couriers import Couriers
+from .device_log import is_trace
 from .exit import ExitCheck
 from .holdings import held_in
 from .lights import LightSync
@@ -40,8 +41,11 @@ class PlacementOutcome:
 
 
 class StationCore:
-    def __init__(self, ctx: Ctx) -> None:
+    def __init__(self, ctx: Ctx, trace_writer: Callable[[Event], None] | None = None) -> None:
         self.ctx = ctx
+        # where command outcomes and other device traces go (device_log.py); None writes
+        # each in its own transaction, as tests on fakes expect
+        self.trace_writer = trace_writer
         self.lights = LightSync(ctx)
         self.couriers = Couriers(ctx)
         self.shelving = Shelving(ctx, self.lights, self.couriers)
@@ -69,6 +73,9 @@ class StationCore:
 
     def _log_device(self, device: str, kind: str, data: dict[str, Any]) -> None:
         etype = kind if kind.startswith(("door.", "command.", "device.", "light", "shelf.")) else f"device.{kind}"
+        if self.trace_writer is not None and is_trace(etype):
+            self.trace_writer(Event(etype, device, device, _safe(data)))
+            return
         with self.ctx.store.transaction() as tx:
             tx.emit(Event(etype, device, device, _safe(data)))
             if kind in ALARM_KINDS:
