@@ -116,7 +116,9 @@ class StationCore:
                     "items": n}))
                 for _ in range(n):
                     outcome = self._route(slot, str(action), data.get("count"))
-            self.lights.refresh(self.lights.devices_of([slot]))
+        # outside the station lock: LightSync orders its own sends, and the lock is what
+        # every request and the device link's thread queue for
+        self.lights.refresh(self.lights.devices_of([slot]))
         for listener in list(self.placement_listeners):
             try:
                 listener(outcome)

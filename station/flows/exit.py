@@ -104,7 +104,7 @@ class ExitCheck:
                 contacts.forget_if_done(tx, session["recipient_hash"])
                 tx.emit(Event("exit.passed", camera, "customer", {
                     "session_id": session["id"], "picked_up": picked, "left_waiting": left}, snapshot))
-            self.lights.refresh()
+        self.lights.refresh()
         return self._open_exit(ExitResult(True, session["id"], picked, message="Thank you."), wait)
 
     def leave_empty_handed(self, session_id: str | None = None, *, wait: bool = True) -> ExitResult:

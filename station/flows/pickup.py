@@ -216,7 +216,7 @@ class Pickup:
                         "expires_at": expires_at, "method": method}))
                 tx.emit(Event("door.unlock.requested", door, kiosk, {"session_id": session_id}))
             slot_list = sorted({p["slot"] for p in parcels})
-            light_handles = self.lights.refresh(self.lights.devices_of(slot_list))
+        light_handles = self.lights.refresh(self.lights.devices_of(slot_list))
         door_handle = ctx.devices.unlock(door)
         result = EntryResult(session_id, colour, colour_name(colour, "en"), colour_name(colour, "zh"),
                              slot_list, len(parcels), "requested", expires_at, reused=existing is not None)

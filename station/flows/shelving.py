@@ -191,7 +191,7 @@ class Shelving:
                     "phone_masked": mask_phone(phone), "target_slot": target,
                     "deadline": deadline}))
                 contacts.save(ctx.sealer, tx, recipient, normalise_phone(phone))
-            handles = self.lights.refresh(self.lights.devices_of([target])) if target else []
+        handles = self.lights.refresh(self.lights.devices_of([target])) if target else []
         result = ScanResult(pending_id, waybill, carrier.name, session["mode"], target,
                             session["colour"], deadline)
         if wait_lights and handles:

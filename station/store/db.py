@@ -77,6 +77,11 @@ class Store:
         self._last_ts = ""
         self._listeners: list[Listener] = []
         self._current: Tx | None = None  # the open transaction; only its thread sees it (the lock)
+        self._tx_thread: int | None = None  # the thread that has it open
+        # reads from other threads go through a connection of their own (WAL readers run
+        # beside the writer) instead of queueing behind a transaction and its fsync
+        self._readers = threading.local()
+        self._reader_conns: list[sqlite3.Connection] = []
         self._committed = threading.Condition()  # notified after every commit (long polls)
 
     # --- lifecycle ------------------------------------------------------------------------
@@ -97,6 +102,10 @@ class Store:
 
     def close(self) -> None:
         with self._lock:
+            for reader in self._reader_conns:
+                reader.close()
+            self._reader_conns.clear()
+            self._readers = threading.local()
             if self._conn is not None:
                 self._conn.close()
                 self._conn = None
@@ -153,13 +162,13 @@ class Store:
                     pass
                 raise _translate(exc) from None
             tx = Tx(self, conn, self.clock())
-            self._current = tx
+            self._current, self._tx_thread = tx, threading.get_ident()
             try:
                 yield tx
-                self._current = None
+                self._current, self._tx_thread = None, None
                 conn.execute("COMMIT")
             except BaseException as exc:
-                self._current = None
+                self._current, self._tx_thread = None, None
                 self._last_seq, self._last_hash, self._last_ts = saved
                 try:
                     conn.execute("ROLLBACK")
@@ -221,10 +230,28 @@ class Store:
     # --- reading ----------------------------------------------------------------------------
 
     def query(self, sql: str, args: Sequence[Any] = ()) -> list[dict[str, Any]]:
-        with self._lock:
-            cur = self.conn.execute(sql, args)
-            cols = [c[0] for c in cur.description or ()]
-            return [_Row(cols, r) for r in cur.fetchall()]
+        if self._tx_thread == threading.get_ident() or str(self.path) == ":memory:":
+            with self._lock:  # inside our own transaction: we must see what it wrote
+                cur = self.conn.execute(sql, args)
+                cols = [c[0] for c in cur.description or ()]
+                return [_Row(cols, r) for r in cur.fetchall()]
+        cur = self._reader().execute(sql, args)
+        cols = [c[0] for c in cur.description or ()]
+        return [_Row(cols, r) for r in cur.fetchall()]
+
+    def _reader(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._readers, "conn", None)
+        if conn is None:
+            if self._conn is None:
+                raise StoreError("the store is not open")
+            conn = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False,
+                                   timeout=10)
+            conn.execute("PRAGMA busy_timeout=10000")
+            conn.execute("PRAGMA query_only=ON")
+            self._readers.conn = conn
+            with self._lock:
+                self._reader_conns.append(conn)
+        return conn
 
     def query_one(self, sql: str, args: Sequence[Any] = ()) -> Any:
         rows = self.query(sql, args)
