@@ -404,9 +404,14 @@ class Customer:
         self.kiosk = {"Authorization": "Bearer " + env.kiosk_token}
         self.requeued = False
 
-    def run(self) -> None:
-        with self.env.client() as http:
+    def run(self, http: httpx.Client | None = None) -> None:
+        """The visit, through the kiosk's connection `http` (one per kiosk/worker: a new
+        client per customer cost more than the customer's own requests)."""
+        if http is not None:
             self._visit(http)
+            return
+        with self.env.client() as own:
+            self._visit(own)
 
     def _has_waiting(self) -> bool:
         """A parcel waits for us if it lies on a shelf, or is in another customer's hands

@@ -73,8 +73,11 @@ class Devices:
         shelf = self.config.shelf_devices.get(device)
         if shelf is not None:
             hal = self.shelf_hals.setdefault(device, SimShelfHal(shelf.rows, shelf.columns))
+            # the retained state is a summary the station only monitors: at most twice a
+            # second, so a hundred shelvings a second do not mean a hundred snapshots
             return ShelfController(sid, device, shelf.rows, shelf.columns, key, self.broker_url, hal=hal,
-                                   nv_path=nv, trust_host_clock=True, net=self.nets.get(device))
+                                   nv_path=nv, trust_host_clock=True, net=self.nets.get(device),
+                                   state_min_interval_s=0.5)
         door_hal = self.door_hals.setdefault(device, SimDoorHal())
         return DoorController(sid, device, key, self.broker_url, hal=door_hal, nv_path=nv,
                               pulse_s=self.config.doors.unlock_pulse_s, trust_host_clock=True,
@@ -393,6 +396,10 @@ class Simulation:
             self.progress("customer", 1)
 
     def _customer_worker(self) -> None:
+        with self.env.client() as http:
+            self._serve_customers(http)
+
+    def _serve_customers(self, http: httpx.Client) -> None:
         env = self.env
         while True:
             with self._qcond:
@@ -407,7 +414,7 @@ class Simulation:
                     self._qcond.wait(min(timeout, 0.5))
             person = Customer(env, cust, self._shelved_of.get(cust.phone, []), visit, self._requeue)
             try:
-                person.run()
+                person.run(http)
             except httpx.HTTPError as exc:  # the station went away (shutdown, or a hang)
                 self.m.inc(f"customer_http_error:{type(exc).__name__}", example=str(exc)[:200])
                 log.warning("customer %s: %s", cust.phone[-4:], exc)

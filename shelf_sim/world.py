@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import threading
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler, HTTPServer
 from typing import Any
 
 from firmware_stubs.hal import DoorHal, Led, ShelfHal
@@ -135,8 +135,9 @@ class SmsInbox:
             def log_message(self, *args: Any) -> None:
                 pass
 
-        self.server = ThreadingHTTPServer((host, port), Handler)
-        self.server.daemon_threads = True
+        # one request at a time (the station's dispatcher sends one by one): a thread per
+        # message cost more than the message
+        self.server = HTTPServer((host, port), Handler)
         self.url = f"http://{host}:{self.server.server_address[1]}/sms"
         self._thread = threading.Thread(target=self.server.serve_forever, name="sms-inbox", daemon=True)
         self._thread.start()
