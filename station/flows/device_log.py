@@ -18,7 +18,10 @@ from station.store.eventlog import Event
 log = logging.getLogger("station.device_log")
 
 # kinds that only record what a device said about a command or a message
-TRACE_PREFIXES = ("command.", "device.bad_message", "device.command_refused")
+TRACE_PREFIXES = ("command.", "device.bad_message", "device.command_refused",
+                  # routine door reports (our own unlocks and their ends); the alarms a door
+                  # raises (forced or held open, emergency release) are not batched
+                  "door.unlocked", "door.locked", "door.opened", "door.closed")
 
 
 def is_trace(kind: str) -> bool:

@@ -4,7 +4,9 @@ code and queue the notification — each step one transaction with its event."""
 from __future__ import annotations
 
 import json
+import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,7 +17,7 @@ from station.domain.errors import DomainError
 from station.domain.layout import SIZE_ORDER, SlotAddress
 from station.domain.phones import mask_phone, normalise_phone, phone_hash
 from station.store.db import Tx
-from station.store.eventlog import Event, utc_iso
+from station.store.eventlog import Event, EventRecord, utc_iso
 
 from . import contacts
 from .context import Ctx, new_id
@@ -56,6 +58,21 @@ class Shelving:
         self.ctx = ctx
         self.lights = lights
         self.couriers = couriers
+        # long polls of one scan, woken by a commit that names it (not by every commit)
+        self._watch_lock = threading.Lock()
+        self._watchers: dict[str, list[threading.Event]] = {}
+        ctx.store.subscribe(self._on_commit)
+
+    def _on_commit(self, events: Sequence[EventRecord]) -> None:
+        if not self._watchers:
+            return
+        for event in events:
+            pending = event.data.get("pending_id") if isinstance(event.data, dict) else None
+            if pending is not None:
+                with self._watch_lock:
+                    waiting = list(self._watchers.get(pending, ()))
+                for woken in waiting:
+                    woken.set()
 
     # --- sessions ---------------------------------------------------------------------------
 
@@ -104,13 +121,24 @@ class Shelving:
         as soon as the parcel is shelved or has failed (or when `wait_s` ends), so a
         handheld learns "shelved" the moment it is true without polling the whole session."""
         deadline = time.monotonic() + max(0.0, wait_s)
-        while True:
-            seen = self.ctx.store.last_seq
-            found = self._item(session_id, pending_id, courier_id)
-            left = deadline - time.monotonic()
-            if found["state"] != "waiting" or left <= 0:
-                return found
-            self.ctx.store.wait_for_commit(seen, left)
+        woken = threading.Event()
+        with self._watch_lock:
+            self._watchers.setdefault(pending_id, []).append(woken)
+        try:
+            while True:
+                woken.clear()
+                found = self._item(session_id, pending_id, courier_id)
+                left = deadline - time.monotonic()
+                if found["state"] != "waiting" or left <= 0:
+                    return found
+                woken.wait(left)
+        finally:
+            with self._watch_lock:
+                mine = self._watchers.get(pending_id, [])
+                if woken in mine:
+                    mine.remove(woken)
+                if not mine:
+                    self._watchers.pop(pending_id, None)
 
     def _item(self, session_id: str, pending_id: str, courier_id: str | None) -> dict[str, Any]:
         row = self.ctx.store.query_one(

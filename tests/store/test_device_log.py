@@ -35,3 +35,6 @@ def test_only_traces_are_batched() -> None:
     assert is_trace("command.acked") and is_trace("device.bad_message")
     assert not is_trace("placement") and not is_trace("door.forced_open")
     assert not is_trace("device.offline")
+    assert is_trace("door.unlocked")
+    assert not is_trace("door.forced_open") and not is_trace("door.held_open")
+    assert not is_trace("door.emergency_release")
