@@ -254,6 +254,9 @@ class Courier:
                 m.inc("courier_waits_station_full")
                 m.add_courier_time(30.0, waiting=True)
                 self._pause(30.0)  # wait for customers to make room
+                # at high --speed 30 s shrink below a request's own time, and the waiting
+                # couriers become a load test of the refusal: no retry sooner than 20 ms
+                env.stop.wait(max(0.0, 0.02 - 30.0 / env.speed))
                 continue
             if code == "free_mode_busy" and time.monotonic() < deadline:
                 m.inc("courier_waits_free_mode_busy")
