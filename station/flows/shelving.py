@@ -26,6 +26,10 @@ from .holdings import held_by_slot, held_in, reserved_in
 from .lights import LightSync
 from .ports import outcome_of
 
+# a put this soon after a take from the same slot is taken for a put-back, not a courier's
+# parcel placed beside its lit slot
+PUT_BACK_WINDOW_S = 60.0
+
 
 @dataclass
 class ScanResult:
@@ -278,10 +282,26 @@ class Shelving:
         rows = q(base + " AND s.mode = 'free' ORDER BY p.created_at LIMIT 1")
         if rows:
             return rows[0]
-        # a put beside the lit slot belongs to a guided scan only when exactly one is waiting:
-        # with two couriers the station cannot tell whose parcel it is
+        # a put beside the lit slot belongs to a guided scan only when exactly one is waiting
+        # (with two couriers the station cannot tell whose parcel it is), and not when a hand
+        # took something out of that slot a moment ago: then it is far likelier a parcel put
+        # back (a customer who lifted the wrong one) than the courier's; the courier sees red
+        # and puts theirs in the lit slot
         rows = q(base + " AND s.mode = 'guided' ORDER BY p.created_at LIMIT 2")
-        return rows[0] if len(rows) == 1 else None
+        if len(rows) != 1 or self._taken_from_lately(slot):
+            return None
+        return rows[0]
+
+    def _taken_from_lately(self, slot: SlotAddress) -> bool:
+        since = utc_iso(self.ctx.clock() - PUT_BACK_WINDOW_S)
+        for row in self.ctx.store.query(
+                "SELECT ts, data FROM events WHERE subject = ? AND type = 'slot.sensed'"
+                " ORDER BY seq DESC LIMIT 8", (str(slot),)):
+            if row["ts"] <= since:
+                break
+            if json.loads(row["data"]).get("action") == "take":
+                return True
+        return False
 
     def on_put(self, slot: SlotAddress, pending: dict[str, Any]) -> Placement | None:
         """Bind `pending` to `slot` if the slot may take it; else blink red and tell why."""

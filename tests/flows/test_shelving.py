@@ -229,3 +229,25 @@ def test_two_couriers_are_never_guided_to_one_slot(tmp_path: Path, secrets: Secr
     bound = st.store.query_one("SELECT slot FROM parcels WHERE waybill = ?", (sf_waybill(4),))
     assert bound is not None and bound["slot"] == rb.slot
     assert st.store.query_one("SELECT 1 FROM parcels WHERE waybill = ?", (sf_waybill(3),)) is None
+
+
+def test_a_put_right_after_a_take_in_that_slot_is_not_bound_to_a_courier_beside_it(
+        tmp_path: Path, secrets: Secrets) -> None:
+    """Found by the simulator: a customer lifted another customer's parcel (the take was
+    credited to the owner's open session, so no lift was recorded) and put it back; with one
+    guided scan waiting elsewhere, the put-back was bound to that courier's waybill. A put
+    where a hand took something out within a minute is now a put-back, not a mismatch."""
+    st = make_station(tmp_path, secrets, guided_mismatch="accept")
+    st.add_courier()
+    sid = st.core.shelving.open_session("c1", "guided")["session_id"]
+    slot, code = st.shelve(sf_waybill(1), phone(1), session_id=sid)
+    st.core.pickup.enter_with_code(code)
+    st.take(slot)                                   # someone's hand in the owner's slot
+    r = st.core.shelving.scan(sid, sf_waybill(2), phone(2), "S")
+    assert r.slot != slot
+    st.put(slot)                                    # ... and the parcel goes back
+    assert st.store.query_one("SELECT 1 FROM parcels WHERE waybill = ?", (sf_waybill(2),)) is None
+    assert st.light(slot) is not None and ALARM_RED in st.light(slot).colours
+    st.put(r.slot)                                  # the courier's parcel where it was lit
+    bound = st.store.query_one("SELECT slot FROM parcels WHERE waybill = ?", (sf_waybill(2),))
+    assert bound is not None and bound["slot"] == r.slot
