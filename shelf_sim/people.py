@@ -310,11 +310,10 @@ class Courier:
         return _Placing(p, scan, slot, home, put_at, answer)
 
     def _watch(self, pending_id: str, session_id: str) -> tuple[dict[str, Any] | None, float]:
-        """The handheld's own long poll for one scan: its answer and when it came."""
+        """The watcher's look at the handheld (its own connection): answer and when it came."""
         assert self._watch_http is not None
-        res = self._watch_http.get(f"/api/courier/sessions/{session_id}/items/{pending_id}",
-                                   params={"wait_s": self.env.confirm_timeout_s}, headers=self.auth)
-        return (res.json() if res.status_code == 200 else None), time.monotonic()
+        return self._poll(self._watch_http, session_id, pending_id, self.env.confirm_timeout_s), \
+            time.monotonic()
 
     def _confirm(self, http: httpx.Client, placing: _Placing) -> bool:
         """Shelved, or (a red slot, a rebooting shelf, a stuck sensor) take it out again, put
@@ -386,11 +385,13 @@ class Courier:
                     timeout: float | None = None) -> dict[str, Any] | None:
         """Look at the handheld until it says shelved or failed: one long poll of the scan
         (the handheld's own way of waiting) rather than re-reading the session."""
-        env = self.env
-        wait_s = env.confirm_timeout_s if timeout is None else timeout
-        sid = self.session["session_id"]
-        res = http.get(f"/api/courier/sessions/{sid}/items/{pending_id}", params={"wait_s": wait_s},
-                       headers=self.auth)
+        wait_s = self.env.confirm_timeout_s if timeout is None else timeout
+        return self._poll(http, self.session["session_id"], pending_id, wait_s)
+
+    def _poll(self, http: httpx.Client, session_id: str, pending_id: str,
+              wait_s: float) -> dict[str, Any] | None:
+        res = http.get(f"/api/courier/sessions/{session_id}/items/{pending_id}",
+                       params={"wait_s": wait_s}, headers=self.auth)
         if res.status_code != 200:
             return None
         item: dict[str, Any] = res.json()
@@ -407,14 +408,10 @@ class Customer:
         self.kiosk = {"Authorization": "Bearer " + env.kiosk_token}
         self.requeued = False
 
-    def run(self, http: httpx.Client | None = None) -> None:
+    def run(self, http: httpx.Client) -> None:
         """The visit, through the kiosk's connection `http` (one per kiosk/worker: a new
         client per customer cost more than the customer's own requests)."""
-        if http is not None:
-            self._visit(http)
-            return
-        with self.env.client() as own:
-            self._visit(own)
+        self._visit(http)
 
     def _has_waiting(self) -> bool:
         """A parcel waits for us if it lies on a shelf, or is in another customer's hands

@@ -19,6 +19,7 @@ import sys
 import tempfile
 import threading
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -127,7 +128,7 @@ def sim_station_config(base: Any, workdir: Path, broker_port: int, sms_url: str,
     })
 
 
-class _Room:
+class _Room(ABC):
     """What both ways of running the station share: the broker, the SMS inbox and the
     virtual devices live in this process, and the people get tokens signed with the
     station's key. Subclasses add the station itself (`_start_station`, `_stop_station`)."""
@@ -173,19 +174,22 @@ class _Room:
         self._start_station()
         return self
 
+    @abstractmethod
     def _start_station(self) -> None:
-        raise NotImplementedError
+        """Bring the station up against the devices already online."""
 
+    @abstractmethod
     def _stop_station(self) -> None:
-        raise NotImplementedError
+        """Stop the station (before the devices and the broker)."""
 
     def restart_broker(self) -> None:
         self.broker.stop()
         time.sleep(0.3)
         self.broker.start()
 
+    @abstractmethod
     def db_parcels(self) -> list[dict[str, Any]]:
-        raise NotImplementedError
+        """waybill, state and slot of every parcel the station knows (final checks)."""
 
     def stop(self) -> None:
         """Station first, so it does not log the devices and the broker going away as faults."""

@@ -233,7 +233,6 @@ def load_config(path: Path | str) -> StationConfig:
     return parse_config(data, path)
 
 
-
 def dump_config_toml(config: StationConfig) -> str:
     """The config as TOML that `load_config` reads back equal, so a tool that adjusts a config
     in Python (the simulator, the test harness) can hand it to `station run` as a file.

@@ -1,9 +1,9 @@
 """Device reports that are a trace, not a fact the station acts on (command outcomes, bad
-messages), written in batches by a thread of their own.
+messages, routine door reports), written in batches by a thread of their own.
 
 Under load the link's one network thread spent a third of its time committing one
 `command.acked` per transaction, and every ack behind it waited: the acks that HTTP
-requests wait for. Placements, availability and door events are not batched: they change
+requests wait for. Placements, availability and door alarms are not batched: they change
 state or raise alarms, and are committed before the broker hears they arrived (ADR 0018)."""
 
 from __future__ import annotations
@@ -28,19 +28,26 @@ def is_trace(kind: str) -> bool:
     return kind.startswith(TRACE_PREFIXES)
 
 
-class DeviceLogWriter:
-    """Queues trace events and commits whatever has gathered in one transaction."""
+_STOP = Event("device_log.stop", "", "", {})  # the queue's end marker, never written
 
-    def __init__(self, store: Store, *, max_batch: int = 500) -> None:
+
+class DeviceLogWriter:
+    """Queues trace events and commits whatever has gathered in one transaction.
+
+    A batch the store refuses (a full disk) is kept and tried again every `retry_s` with
+    what arrives meanwhile, up to `max_held` events; beyond that the oldest are dropped with
+    an error in the log, so a disk that stays full cannot grow memory without bound."""
+
+    def __init__(self, store: Store, *, max_batch: int = 500, max_held: int = 100_000,
+                 retry_s: float = 1.0) -> None:
         self.store = store
         self.max_batch = max_batch
-        self._queue: queue.SimpleQueue[Event | None] = queue.SimpleQueue()
+        self.max_held = max_held
+        self.retry_s = retry_s
+        self._queue: queue.SimpleQueue[Event] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
-        self._idle = threading.Event()
-        self._idle.set()
 
     def submit(self, event: Event) -> None:
-        self._idle.clear()
         self._queue.put(event)
 
     def start(self) -> DeviceLogWriter:
@@ -49,46 +56,50 @@ class DeviceLogWriter:
         return self
 
     def stop(self) -> None:
-        """Write what is queued, then end."""
+        """Write what is queued (one last try for anything the store refused), then end."""
         if self._thread is not None:
-            self._queue.put(None)
+            self._queue.put(_STOP)
             self._thread.join(timeout=10)
             self._thread = None
 
-    def flush(self, timeout: float = 5.0) -> bool:
-        """Wait until everything submitted so far is committed (tests, shutdown)."""
-        return self._idle.wait(timeout)
-
     def _run(self) -> None:
-        done = False
-        while not done:
-            first = self._queue.get()
-            batch: list[Event] = []
-            if first is None:
-                done = True
-            else:
-                batch.append(first)
-            while len(batch) < self.max_batch:
+        held: list[Event] = []
+        stopping = False
+        while not stopping:
+            try:  # block for the first event, or wait retry_s when a refused batch is held
+                first = self._queue.get(timeout=self.retry_s) if held else self._queue.get()
+            except queue.Empty:
+                first = None
+            batch, limit = list(held), len(held) + self.max_batch
+            for event in ([first] if first is not None else []):
+                if event is _STOP:
+                    stopping = True
+                else:
+                    batch.append(event)
+            while not stopping and len(batch) < limit:
                 try:
-                    more = self._queue.get_nowait()
+                    event = self._queue.get_nowait()
                 except queue.Empty:
                     break
-                if more is None:
-                    done = True
-                    break
-                batch.append(more)
-            self._write(batch)
-            if self._queue.empty():
-                self._idle.set()
+                if event is _STOP:
+                    stopping = True
+                else:
+                    batch.append(event)
+            held = self._write(batch)
 
-    def _write(self, batch: list[Event]) -> None:
+    def _write(self, batch: list[Event]) -> list[Event]:
+        """Commit `batch`; what could not be committed is returned, to be tried again."""
         if not batch:
-            return
+            return []
         try:
             with self.store.transaction() as tx:
                 for event in batch:
                     tx.emit(event)
-        except Exception:  # a full disk must not stop the writer: the next batch may fit
-            log.exception("could not log %d device reports", len(batch))
-
-
+            return []
+        except Exception:  # a full disk must not stop the writer: the space may come back
+            log.exception("could not log %d device reports; trying again", len(batch))
+        if len(batch) > self.max_held:
+            log.error("dropping the %d oldest device reports: the store has refused them too long",
+                      len(batch) - self.max_held)
+            batch = batch[-self.max_held:]
+        return batch

@@ -102,20 +102,8 @@ class Shelving:
             "SELECT * FROM sessions WHERE id = ? AND kind = 'shelving'", (session_id,))
         if row is None or (courier_id is not None and row["actor"] != courier_id):
             raise NotFound(f"no shelving session {session_id}")
-        pend = self.ctx.store.query(
-            "SELECT id, waybill, carrier, size, target_slot, state, reason, parcel_id, deadline"
-            " FROM pending_placements WHERE session_id = ? ORDER BY created_at", (session_id,))
-        shelved = {}
-        ids = [p["parcel_id"] for p in pend if p["parcel_id"]]
-        if ids:
-            marks = ",".join("?" * len(ids))
-            shelved = {r["id"]: r["slot"] for r in self.ctx.store.query(
-                f"SELECT id, slot FROM parcels WHERE id IN ({marks})", ids)}
-        items = []
-        for p in pend:
-            item = dict(p)
-            item["slot"] = shelved.get(p["parcel_id"]) or p["target_slot"]
-            items.append(item)
+        items = [_item_of(r) for r in self.ctx.store.query(
+            _ITEMS + " WHERE p.session_id = ? ORDER BY p.created_at", (session_id,))]
         return {"session_id": session_id, "state": row["state"], "mode": row["mode"],
                 "colour": row["colour"], "items": items}
 
@@ -146,16 +134,11 @@ class Shelving:
 
     def _item(self, session_id: str, pending_id: str, courier_id: str | None) -> dict[str, Any]:
         row = self.ctx.store.query_one(
-            "SELECT p.id, p.waybill, p.carrier, p.size, p.target_slot, p.state, p.reason,"
-            " p.parcel_id, p.deadline, s.actor, b.slot AS bound_slot FROM pending_placements p"
-            " JOIN sessions s ON s.id = p.session_id LEFT JOIN parcels b ON b.id = p.parcel_id"
-            " WHERE p.id = ? AND p.session_id = ? AND s.kind = 'shelving'", (pending_id, session_id))
+            _ITEMS + " WHERE p.id = ? AND p.session_id = ? AND s.kind = 'shelving'",
+            (pending_id, session_id))
         if row is None or (courier_id is not None and row["actor"] != courier_id):
             raise NotFound(f"no scan {pending_id} in shelving session {session_id}")
-        item = {k: row[k] for k in ("id", "waybill", "carrier", "size", "target_slot", "state",
-                                    "reason", "parcel_id", "deadline")}
-        item["slot"] = row["bound_slot"] or row["target_slot"]
-        return item
+        return _item_of(row)
 
     def close_session(self, session_id: str, courier_id: str | None = None, reason: str = "done") -> None:
         self.session(session_id, courier_id)
@@ -384,6 +367,20 @@ class Shelving:
                     "pending_id": r["id"], "reason": "timeout",
                     "message": "no placement was sensed in time; the parcel is not shelved"}))
         return len(rows)
+
+
+# a scan as the handheld shows it: where it goes, or where it went once shelved
+_ITEM_KEYS = ("id", "waybill", "carrier", "size", "target_slot", "state", "reason", "parcel_id",
+              "deadline")
+_ITEMS = ("SELECT " + ", ".join(f"p.{k}" for k in _ITEM_KEYS) + ", s.actor, b.slot AS bound_slot"
+          " FROM pending_placements p JOIN sessions s ON s.id = p.session_id"
+          " LEFT JOIN parcels b ON b.id = p.parcel_id")
+
+
+def _item_of(row: dict[str, Any]) -> dict[str, Any]:
+    item = {k: row[k] for k in _ITEM_KEYS}
+    item["slot"] = row["bound_slot"] or row["target_slot"]
+    return item
 
 
 def pending_json(row: dict[str, Any]) -> str:

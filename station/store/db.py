@@ -232,12 +232,8 @@ class Store:
     def query(self, sql: str, args: Sequence[Any] = ()) -> list[dict[str, Any]]:
         if self._tx_thread == threading.get_ident() or str(self.path) == ":memory:":
             with self._lock:  # inside our own transaction: we must see what it wrote
-                cur = self.conn.execute(sql, args)
-                cols = [c[0] for c in cur.description or ()]
-                return [_Row(cols, r) for r in cur.fetchall()]
-        cur = self._reader().execute(sql, args)
-        cols = [c[0] for c in cur.description or ()]
-        return [_Row(cols, r) for r in cur.fetchall()]
+                return _rows(self.conn.execute(sql, args))
+        return _rows(self._reader().execute(sql, args))
 
     def _reader(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._readers, "conn", None)
@@ -268,6 +264,11 @@ class _Row(dict):  # type: ignore[type-arg]
 
     def __init__(self, cols: list[str], values: Sequence[Any]) -> None:
         super().__init__(zip(cols, values))
+
+
+def _rows(cur: sqlite3.Cursor) -> list[dict[str, Any]]:
+    cols = [c[0] for c in cur.description or ()]
+    return [_Row(cols, r) for r in cur.fetchall()]
 
 
 def _translate(exc: sqlite3.OperationalError) -> StoreError:

@@ -1,13 +1,22 @@
-"""Device traces (command outcomes) are written in batches off the link's thread: none is
-lost on an orderly stop, and they keep their order in the hash-chained log."""
+"""Device traces (command outcomes, routine door reports) are written in batches off the
+link's thread: none is lost on an orderly stop or while the disk refuses them for a while,
+and they keep their order in the hash-chained log."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
+import pytest
+
 from station.flows.device_log import DeviceLogWriter, is_trace
-from station.store.db import Store
+from station.store.db import Store, StoreFull
 from station.store.eventlog import Event, verify_chain
+
+
+def _ns(store: Store, type_: str) -> list[int]:
+    return [json.loads(r["data"])["n"] for r in
+            store.query("SELECT data FROM events WHERE type = ? ORDER BY seq", (type_,))]
 
 
 def test_queued_traces_are_all_committed_in_order_and_the_chain_holds(tmp_path: Path) -> None:
@@ -15,10 +24,8 @@ def test_queued_traces_are_all_committed_in_order_and_the_chain_holds(tmp_path: 
     writer = DeviceLogWriter(store, max_batch=7).start()
     for i in range(50):
         writer.submit(Event("command.acked", "shelf-1", "shelf-1", {"n": i}))
-    assert writer.flush(5)
     writer.stop()
-    rows = store.query("SELECT data FROM events WHERE type = 'command.acked' ORDER BY seq")
-    assert [int(r["data"].split(":")[1].rstrip("}")) for r in rows] == list(range(50))
+    assert _ns(store, "command.acked") == list(range(50))
     assert verify_chain(store.conn).ok
 
 
@@ -28,7 +35,45 @@ def test_stop_writes_what_is_still_queued(tmp_path: Path) -> None:
     for i in range(5):                         # not started yet: all of it waits
         writer.submit(Event("command.expired", "door-exit", "door-exit", {"n": i}))
     writer.start().stop()
-    assert store.query_one("SELECT COUNT(*) n FROM events WHERE type = 'command.expired'")["n"] == 5
+    assert _ns(store, "command.expired") == list(range(5))
+
+
+def test_a_batch_the_disk_refuses_is_kept_and_written_when_space_returns(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = Store(tmp_path / "t.db").open()
+    real = Store.transaction
+    full = {"on": True}
+
+    def refusing(self: Store):  # type: ignore[no-untyped-def]
+        if full["on"]:
+            raise StoreFull("the station's disk is full")
+        return real(self)
+
+    monkeypatch.setattr(Store, "transaction", refusing)
+    writer = DeviceLogWriter(store, retry_s=0.05).start()
+    for i in range(3):
+        writer.submit(Event("door.unlocked", "door-entry", "door-entry", {"n": i}))
+    writer.submit(Event("door.locked", "door-entry", "door-entry", {"n": 3}))
+    full["on"] = False                         # an operator freed space
+    writer.submit(Event("door.unlocked", "door-entry", "door-entry", {"n": 4}))
+    writer.stop()
+    assert _ns(store, "door.unlocked") == [0, 1, 2, 4]
+    assert _ns(store, "door.locked") == [3]
+
+
+def test_a_disk_that_stays_full_keeps_only_the_newest_reports(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = Store(tmp_path / "t.db").open()
+
+    def refusing(self: Store):  # type: ignore[no-untyped-def]
+        raise StoreFull("the station's disk is full")
+
+    writer = DeviceLogWriter(store, max_held=3, retry_s=0.01)
+    monkeypatch.setattr(Store, "transaction", refusing)
+    for i in range(10):
+        writer.submit(Event("command.acked", "shelf-1", "shelf-1", {"n": i}))
+    writer.start().stop()                      # refused to the end: nothing written, no hang
+    assert store.query_one("SELECT COUNT(*) n FROM events")["n"] == 0
 
 
 def test_only_traces_are_batched() -> None:
