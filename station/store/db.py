@@ -81,7 +81,7 @@ class Store:
         # reads from other threads go through a connection of their own (WAL readers run
         # beside the writer) instead of queueing behind a transaction and its fsync
         self._readers = threading.local()
-        self._reader_conns: list[sqlite3.Connection] = []
+        self._reader_conns: list[_Reader] = []
         self._committed = threading.Condition()  # notified after every commit (long polls)
 
     # --- lifecycle ------------------------------------------------------------------------
@@ -103,7 +103,7 @@ class Store:
     def close(self) -> None:
         with self._lock:
             for reader in self._reader_conns:
-                reader.close()
+                reader.close()  # waits for a query in flight: closing under it crashes sqlite
             self._reader_conns.clear()
             self._readers = threading.local()
             if self._conn is not None:
@@ -233,21 +233,18 @@ class Store:
         if self._tx_thread == threading.get_ident() or str(self.path) == ":memory:":
             with self._lock:  # inside our own transaction: we must see what it wrote
                 return _rows(self.conn.execute(sql, args))
-        return _rows(self._reader().execute(sql, args))
+        return self._reader().rows(sql, args)
 
-    def _reader(self) -> sqlite3.Connection:
-        conn: sqlite3.Connection | None = getattr(self._readers, "conn", None)
-        if conn is None:
-            if self._conn is None:
-                raise StoreError("the store is not open")
-            conn = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False,
-                                   timeout=10)
-            conn.execute("PRAGMA busy_timeout=10000")
-            conn.execute("PRAGMA query_only=ON")
-            self._readers.conn = conn
+    def _reader(self) -> _Reader:
+        reader: _Reader | None = getattr(self._readers, "reader", None)
+        if reader is None:
             with self._lock:
-                self._reader_conns.append(conn)
-        return conn
+                if self._conn is None:
+                    raise StoreError("the store is not open")
+                reader = _Reader(self.path)
+                self._readers.reader = reader
+                self._reader_conns.append(reader)
+        return reader
 
     def query_one(self, sql: str, args: Sequence[Any] = ()) -> Any:
         rows = self.query(sql, args)
@@ -257,6 +254,31 @@ class Store:
     def reading(self) -> Iterator[sqlite3.Connection]:
         with self._lock:
             yield self.conn
+
+
+class _Reader:
+    """One thread's read connection. Its lock is held for each query so that `Store.close`
+    from another thread waits for the query instead of freeing the connection under it
+    (sqlite3 segfaults on that)."""
+
+    def __init__(self, path: Path) -> None:
+        self._conn: sqlite3.Connection | None = sqlite3.connect(
+            str(path), isolation_level=None, check_same_thread=False, timeout=10)
+        self._conn.execute("PRAGMA busy_timeout=10000")
+        self._conn.execute("PRAGMA query_only=ON")
+        self._lock = threading.Lock()
+
+    def rows(self, sql: str, args: Sequence[Any]) -> list[dict[str, Any]]:
+        with self._lock:
+            if self._conn is None:
+                raise StoreError("the store is closed")
+            return _rows(self._conn.execute(sql, args))
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
 
 
 class _Row(dict):  # type: ignore[type-arg]
