@@ -69,7 +69,7 @@ class DemoPeople:
             scenario = Scenario(
                 name="demo", seed=self._rng.randrange(2**31), speed=self.speed, couriers=1,
                 parcels=self.parcels_per_round, guided_fraction=0.7, strangers=0,
-                arrival_delay_s=(20.0, 240.0), walk_s=(5.0, 20.0), max_in_room=3,
+                arrival_delay_s=(20.0, 240.0), walk_s=(5.0, 20.0), customers_at_once=3,
                 mistakes=Rates(customer_wrong_slot=0.05, customer_foreign_parcel=0.03,
                                courier_wrong_slot=0.03, customer_walk_off=0.03))
             plan = build_plan(scenario)

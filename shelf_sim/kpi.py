@@ -176,6 +176,7 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
         f"pickups completed         {o.get('pickups_completed', 0)} of {report['plan']['customers']} customers",
         f"station overhead/parcel   {overhead}",
         f"entry (code->door+lights) {pct('entry')}",
+        f"held at the door          {pct('entry_held_for_colour')}",
         f"exit check                {pct('exit')}",
         f"wrong parcels caught      {o.get('wrong_parcels_caught_at_exit', 0)}",
         f"mistakes made             {mistakes}",

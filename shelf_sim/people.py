@@ -458,7 +458,10 @@ class Customer:
             else:
                 res = http.post("/api/kiosk/code", json={"code": codes[-1]["code"]}, headers=self.kiosk)
             if res.status_code == 200:
-                m.sample("entry", time.monotonic() - t0)
+                held = float(res.json().get("held_s") or 0.0)
+                m.sample("entry", time.monotonic() - t0 - held)  # the queue at the door apart
+                if held:
+                    m.sample("entry_held_for_colour", held)
                 if not has_parcel:
                     m.inc("doors_opened_without_waiting_parcel", example=plan.phone[-4:])
                 return res.json()

@@ -480,7 +480,7 @@ class Simulation:
         for s in self.plan.strangers:
             threads.append(threading.Thread(target=self._stranger_at, args=(t0, s), daemon=True))
         workers = [threading.Thread(target=self._customer_worker, name=f"sim-customer-{i}", daemon=True)
-                   for i in range(max(1, self.sc.max_in_room))]
+                   for i in range(max(1, self.sc.customers_at_once))]
         couriers = []
         for cp in self.plan.couriers:
             mine = [p for p in self.plan.parcels if p.courier == cp.index]

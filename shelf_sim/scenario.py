@@ -69,7 +69,7 @@ class Scenario:
     exit_frame_fraction: float = 0.2
     arrival_delay_s: tuple[float, float] = (5.0, 600.0)
     walk_s: tuple[float, float] = (5.0, 20.0)
-    max_in_room: int = 4
+    customers_at_once: int = 4
     mistakes: Rates = Rates()
     faults: Faults = Faults()
     station: dict[str, Any] = field(default_factory=dict)

@@ -45,6 +45,9 @@ class EntryResult:
     lights_acked: bool | None = None
     reused: bool = False
     details: dict[str, Any] = field(default_factory=dict)
+    # how long the kiosk held the customer for a colour to free (0: a colour was free); the
+    # kiosk can thank them for waiting, and latency figures can leave the queue out
+    held_s: float = 0.0
 
 
 class Pickup:
@@ -159,10 +162,14 @@ class Pickup:
         commit (a session closing, the "off" of its lights acknowledged and logged), so
         this waits for commits, not for a clock."""
         store = self.ctx.store
-        deadline = time.monotonic() + self.room_busy_wait_s
+        start = time.monotonic()
+        deadline = start + self.room_busy_wait_s
+        held_s = 0.0
         while True:
             try:
-                return self._open_for(recipient, kiosk, method, auth_kind, wait)
+                result = self._open_for(recipient, kiosk, method, auth_kind, wait)
+                result.held_s = round(held_s, 4)
+                return result
             except Unavailable as exc:
                 if exc.code != "room_busy" or time.monotonic() >= deadline:
                     raise
@@ -171,6 +178,7 @@ class Pickup:
                 if not set(PALETTE_HEX) <= set(self.lights.colours_in_use()):
                     break
                 store.wait_for_commit(seen, min(deadline - time.monotonic(), 0.5))
+            held_s = time.monotonic() - start
 
     def _open_for(self, recipient: str, kiosk: str, method: str, auth_kind: str, wait: bool) -> EntryResult:
         ctx = self.ctx

@@ -283,6 +283,7 @@ def test_with_every_colour_taken_the_kiosk_holds_the_next_customer_until_one_fre
     st_.core.shelving.close_session(sid)
     inside = [st_.core.pickup.enter_with_code(c) for c in codes[:8]]
     assert len({e.colour for e in inside}) == len(PALETTE_HEX) == 8
+    assert all(e.held_s == 0 for e in inside)
     st_.core.pickup.room_busy_wait_s = 0.2
     with pytest.raises(FlowError) as busy:
         st_.core.pickup.enter_with_code(codes[8])
@@ -294,3 +295,4 @@ def test_with_every_colour_taken_the_kiosk_holds_the_next_customer_until_one_fre
     ninth = st_.core.pickup.enter_with_code(codes[8])
     leave.join()
     assert ninth.colour == inside[0].colour
+    assert 0.2 < ninth.held_s < 10, ninth.held_s  # the answer says how long the queue took

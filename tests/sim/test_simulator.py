@@ -22,7 +22,7 @@ FAULTY = {
     "guided_fraction": 1.0, "second_parcel_fraction": 0.15, "strangers": 2,
     "exit_frame_fraction": 0.25, "arrival_delay_s": [5, 200], "walk_s": [5, 15],
     # 2 couriers + 3 customers + walk-offs stay within the 8 colours (tests/sim/test_palette_exhaustion.py)
-    "max_in_room": 3,
+    "customers_at_once": 3,
     "mistakes": {"customer_wrong_slot": 0.08, "customer_foreign_parcel": 0.08,
                  "courier_wrong_slot": 0.05, "customer_walk_off": 0.05},
     "faults": {"drop": 0.02, "duplicate": 0.02, "delay": 0.04, "delay_ms": [5, 120],

@@ -16,7 +16,7 @@ CONFIG = ROOT / "examples" / "station.toml"
 SMALL = {
     "name": "station-process", "seed": 11, "speed": 400, "couriers": 2, "parcels": 30,
     "guided_fraction": 1.0, "second_parcel_fraction": 0.15, "strangers": 2,
-    "exit_frame_fraction": 0.25, "arrival_delay_s": [5, 200], "walk_s": [5, 15], "max_in_room": 3,
+    "exit_frame_fraction": 0.25, "arrival_delay_s": [5, 200], "walk_s": [5, 15], "customers_at_once": 3,
     "mistakes": {"customer_wrong_slot": 0.08, "customer_foreign_parcel": 0.08,
                  "courier_wrong_slot": 0.05, "customer_walk_off": 0.05},
     # the room's faults that cross the process boundary; message faults: test_simulator.py
