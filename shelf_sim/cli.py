@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from .kpi import summary_lines, write_report
-from .scenario import Plan, load_scenario
+from .scenario import Plan, ScenarioError, load_scenario
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -57,10 +57,14 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the `shelf-sim` console script; returns the exit status."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    from station.config import load_config
+    from station.config import ConfigError, load_config
 
-    scenario = load_scenario(args.scenario, speed=args.speed, seed=args.seed)
-    config = load_config(args.config)
+    try:
+        scenario = load_scenario(args.scenario, speed=args.speed, seed=args.seed)
+        config = load_config(args.config)
+    except (ScenarioError, ConfigError) as exc:
+        print(f"shelf-sim: error: {exc}", file=sys.stderr)
+        return 2
     if args.station_url:
         from .remote import run_remote
 

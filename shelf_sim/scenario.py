@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import random
 import tomllib
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
+
+from pydantic import ConfigDict, TypeAdapter, ValidationError
 
 CARRIER_FORMATS: dict[str, tuple[str, str, int]] = {
     # carrier -> (prefix, alphabet, length of the variable part); matches examples/station.toml
@@ -23,9 +25,15 @@ CARRIER_FORMATS: dict[str, tuple[str, str, int]] = {
 }
 
 
+# scenario files are checked by pydantic at the edge: wrong types and unknown keys refused
+_STRICT = ConfigDict(extra="forbid")
+
+
 @dataclass(frozen=True)
 class Rates:
     """Probabilities per person (mistakes) or per message (network faults)."""
+
+    __pydantic_config__ = _STRICT
 
     customer_wrong_slot: float = 0.0
     customer_foreign_parcel: float = 0.0
@@ -38,6 +46,8 @@ class Faults:
     """Network faults are per message and per device; the rest are counts spread over the
     run. `drop_events` is separate because the firmware does not resend a lost event (see
     docs/simulator.md, "Known limits")."""
+
+    __pydantic_config__ = _STRICT
 
     drop: float = 0.0
     duplicate: float = 0.0
@@ -54,6 +64,8 @@ class Faults:
 @dataclass(frozen=True)
 class Scenario:
     """What a run does; every field has a default so a scenario file names only changes."""
+
+    __pydantic_config__ = _STRICT
 
     name: str = "scenario"
     seed: int = 1
@@ -75,36 +87,31 @@ class Scenario:
     station: dict[str, Any] = field(default_factory=dict)
 
 
-def _tuple(value: Any, name: str) -> tuple[float, float]:
-    if not (isinstance(value, list) and len(value) == 2):
-        raise ValueError(f"{name} must be [low, high]")
-    return float(value[0]), float(value[1])
+_ADAPTER = TypeAdapter(Scenario)
+
+
+class ScenarioError(ValueError):
+    """A scenario file that cannot be run, with the file and the key at fault."""
 
 
 def scenario_from_dict(data: dict[str, Any]) -> Scenario:
-    """Build a Scenario; unknown keys are refused so a typo never silently does nothing."""
-    data = dict(data)
-    known = {f.name for f in fields(Scenario)}
-    unknown = set(data) - known
-    if unknown:
-        raise ValueError(f"unknown scenario keys: {', '.join(sorted(unknown))}")
-    if "mistakes" in data:
-        data["mistakes"] = Rates(**data["mistakes"])
-    if "faults" in data:
-        f = dict(data["faults"])
-        if "delay_ms" in f:
-            f["delay_ms"] = _tuple(f["delay_ms"], "faults.delay_ms")
-        data["faults"] = Faults(**f)
-    for key in ("courier_pace_s", "arrival_delay_s", "walk_s"):
-        if key in data:
-            data[key] = _tuple(data[key], key)
-    return Scenario(**data)
+    """Build a Scenario; types are checked and unknown keys refused (pydantic, strict about
+    extras) so a typo never silently does nothing and a wrong type fails here, not mid-run."""
+    try:
+        return _ADAPTER.validate_python(data)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or '(top)'}: {err['msg']}" for err in exc.errors())
+        raise ScenarioError(problems) from None
 
 
 def load_scenario(path: Path | str, **overrides: Any) -> Scenario:
     """Read a scenario TOML (top-level keys and [mistakes], [faults], [station] tables)."""
-    data = tomllib.loads(Path(path).read_text("utf-8"))
-    scenario = scenario_from_dict(data)
+    try:
+        data = tomllib.loads(Path(path).read_text("utf-8"))
+        scenario = scenario_from_dict(data)
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError, ScenarioError) as exc:
+        raise ScenarioError(f"{path}: {exc}") from None
     clean = {k: v for k, v in overrides.items() if v is not None}
     return replace(scenario, **clean) if clean else scenario
 

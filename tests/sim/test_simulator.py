@@ -9,9 +9,10 @@ from typing import Any
 
 import pytest
 
+from shelf_sim.cli import main as cli_main
 from shelf_sim.kpi import deterministic_view, summary_lines, write_report
 from shelf_sim.runner import run_embedded
-from shelf_sim.scenario import build_plan, load_scenario, scenario_from_dict
+from shelf_sim.scenario import ScenarioError, build_plan, load_scenario, scenario_from_dict
 from station.config import load_config
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -85,5 +86,25 @@ def test_example_scenarios_load_and_plan(name: str) -> None:
 
 
 def test_unknown_scenario_key_is_refused() -> None:
-    with pytest.raises(ValueError, match="unknown scenario keys"):
+    with pytest.raises(ScenarioError, match="parcel: Unexpected keyword"):
         scenario_from_dict({"parcel": 3})
+
+
+@pytest.mark.parametrize("text, fault", [
+    ("speed = 'fast'", "speed: Input should be a valid number"),
+    ("[faults]\ndorp = 0.1", "faults.dorp: Unexpected keyword"),
+    ("walk_s = [5]", "walk_s.1: Field required"),
+    ("max_in_room = 8", "max_in_room: Unexpected keyword"),   # the key's old name
+    ("speed = ", "Invalid value"),                            # not TOML
+])
+def test_a_bad_scenario_file_is_named_with_its_key_and_nothing_runs(
+        tmp_path: Path, text: str, fault: str, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text(text + "\n")
+    with pytest.raises(ScenarioError, match=fault):
+        load_scenario(bad)
+    assert cli_main(["run", "--scenario", str(bad), "--config", str(CONFIG)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"shelf-sim: error: {bad}: ") and "Traceback" not in err, err
+    assert cli_main(["run", "--scenario", str(tmp_path / "missing.toml")]) == 2
+    assert "No such file" in capsys.readouterr().err
