@@ -13,6 +13,9 @@ from dataclasses import dataclass
 from .colours import ALARM_RED
 from .layout import SlotAddress
 
+# colours one slot can show in turn (the lights.set contract, docs/asyncapi.yaml)
+MAX_COLOURS = 4
+
 
 @dataclass(frozen=True)
 class LightSpec:
@@ -38,7 +41,9 @@ def compose(
     max_ttl_s: float,
 ) -> dict[SlotAddress, LightSpec]:
     """Merge claims per slot. One claim: its colour; several: alternate between their
-    colours (two customers at one slot each see theirs); an alarm wins and blinks red.
+    colours (two customers at one slot each see theirs). An alarm on a slot nobody is sent
+    to blinks red; on a slot somebody is sent to, red alternates with their colours, so a
+    customer whose slot had a stranger's hand in it still sees their colour (ADR 0019).
     TTLs end with the claim, so a lost "off" never outlives the reason for the light."""
     per_slot: dict[SlotAddress, list[SlotClaim]] = {}
     for claim in claims:
@@ -53,6 +58,13 @@ def compose(
         else:
             result[slot] = LightSpec(colours, "blink" if group[0].blink else "solid", ttl)
     for slot, until in alarms:
-        if until > now:
-            result[slot] = LightSpec((ALARM_RED,), "blink", min(max(until - now, 1.0), max_ttl_s))
+        if until <= now:
+            continue
+        ttl = min(max(until - now, 1.0), max_ttl_s)
+        claimed = result.get(slot)
+        if claimed is None:
+            result[slot] = LightSpec((ALARM_RED,), "blink", ttl)
+        else:  # the claim's own TTL may outlast the alarm: the shelf re-sends when it ends
+            colours = (ALARM_RED, *claimed.colours)[:MAX_COLOURS]
+            result[slot] = LightSpec(colours, "alternate", min(ttl, claimed.ttl_s))
     return result

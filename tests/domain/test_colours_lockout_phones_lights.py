@@ -143,10 +143,19 @@ def test_two_sessions_at_one_slot_alternate_their_colours() -> None:
     assert out[A1].ttl_s == pytest.approx(200.0)
 
 
-def test_an_alarm_wins_and_blinks_red() -> None:
+def test_an_alarm_blinks_red_alone_and_alternates_with_the_colour_of_whoever_is_sent_there() -> None:
     out = compose([SlotClaim(A1, GREEN, 200.0)], [(A1, 110.0), (A2, 120.0)], 100.0, 600.0)
-    assert out[A1].colours == (ALARM_RED,) and out[A1].pattern == "blink"
+    assert out[A1].colours == (ALARM_RED, GREEN) and out[A1].pattern == "alternate"
+    assert out[A1].ttl_s == pytest.approx(10.0)      # ends with the alarm; then green alone
     assert out[A2].colours == (ALARM_RED,) and out[A2].pattern == "blink"
+    after = compose([SlotClaim(A1, GREEN, 200.0)], [(A1, 110.0)], 111.0, 600.0)
+    assert after[A1].colours == (GREEN,) and after[A1].pattern == "solid"
+
+
+def test_an_alarm_over_many_claims_keeps_to_the_colours_a_slot_can_show() -> None:
+    claims = [SlotClaim(A1, c, 200.0) for c in PALETTE_HEX[:5]]
+    out = compose(claims, [(A1, 110.0)], 100.0, 600.0)
+    assert out[A1].colours[0] == ALARM_RED and len(out[A1].colours) == 4
 
 
 def test_expired_claims_and_alarms_are_dark() -> None:

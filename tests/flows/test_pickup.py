@@ -296,3 +296,19 @@ def test_with_every_colour_taken_the_kiosk_holds_the_next_customer_until_one_fre
     leave.join()
     assert ninth.colour == inside[0].colour
     assert 0.2 < ninth.held_s < 10, ninth.held_s  # the answer says how long the queue took
+
+
+def test_an_alarm_in_a_customers_slot_alternates_red_with_their_colour(station: Station) -> None:
+    """Found by the week scenario: 0.8 % of customers saw their slot blink only red for an
+    alarm somebody else caused (a stray put, a sensor catching up), up to 15 s (ADR 0019)."""
+    mine, code = station.shelve(sf_waybill(1), phone(1))
+    entry = station.core.pickup.enter_with_code(code)
+    station.put(mine)                                # nobody's put, into the customer's slot
+    alarm = station.store.query_one("SELECT * FROM alarms WHERE subject = ?", (mine,))
+    assert alarm is not None and alarm["kind"] == "slot.unexpected_put"
+    spec = station.light(mine)
+    assert spec is not None and spec.pattern == "alternate"
+    assert spec.colours == (ALARM_RED, entry.colour)
+    station.tick(20)                                 # the alarm ends: their colour alone
+    spec = station.light(mine)
+    assert spec is not None and spec.colours == (entry.colour,) and spec.pattern == "solid"
