@@ -458,13 +458,14 @@ class Customer:
             else:
                 res = http.post("/api/kiosk/code", json={"code": codes[-1]["code"]}, headers=self.kiosk)
             if res.status_code == 200:
-                held = float(res.json().get("held_s") or 0.0)
+                entry: dict[str, Any] = res.json()
+                held = float(entry.get("held_s") or 0.0)
                 m.sample("entry", time.monotonic() - t0 - held)  # the queue at the door apart
                 if held:
                     m.sample("entry_held_for_colour", held)
                 if not has_parcel:
                     m.inc("doors_opened_without_waiting_parcel", example=plan.phone[-4:])
-                return res.json()
+                return entry
             code = _err(res)
             if code == "room_busy" and busy_waits < 60:
                 # every colour is taken by people inside: the kiosk asks to wait a moment

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import random
 import tomllib
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import ConfigDict, TypeAdapter, ValidationError
+from pydantic import ConfigDict, Field, TypeAdapter, ValidationError
 
 CARRIER_FORMATS: dict[str, tuple[str, str, int]] = {
     # carrier -> (prefix, alphabet, length of the variable part); matches examples/station.toml
@@ -25,8 +25,15 @@ CARRIER_FORMATS: dict[str, tuple[str, str, int]] = {
 }
 
 
-# scenario files are checked by pydantic at the edge: wrong types and unknown keys refused
+# scenario files are checked by pydantic at the edge: wrong types, values out of range and
+# unknown keys refused
 _STRICT = ConfigDict(extra="forbid")
+Share = Annotated[float, Field(ge=0.0, le=1.0)]      # a probability or a fraction
+Count = Annotated[int, Field(ge=0)]
+AtLeastOne = Annotated[int, Field(ge=1)]
+Seconds = Annotated[float, Field(ge=0.0)]
+Weight = Annotated[float, Field(ge=0.0)]             # relative, need not add up to 1
+Span = tuple[Seconds, Seconds]                       # [low, high]
 
 
 @dataclass(frozen=True)
@@ -35,10 +42,10 @@ class Rates:
 
     __pydantic_config__ = _STRICT
 
-    customer_wrong_slot: float = 0.0
-    customer_foreign_parcel: float = 0.0
-    courier_wrong_slot: float = 0.0
-    customer_walk_off: float = 0.0
+    customer_wrong_slot: Share = 0.0
+    customer_foreign_parcel: Share = 0.0
+    courier_wrong_slot: Share = 0.0
+    customer_walk_off: Share = 0.0
 
 
 @dataclass(frozen=True)
@@ -49,16 +56,16 @@ class Faults:
 
     __pydantic_config__ = _STRICT
 
-    drop: float = 0.0
-    duplicate: float = 0.0
-    delay: float = 0.0
-    delay_ms: tuple[float, float] = (5.0, 150.0)
-    drop_events: float = 0.0
-    reboots: int = 0
-    broker_restarts: int = 0
-    stuck_sensors: int = 0
-    dead_leds: int = 0
-    stuck_for_s: float = 120.0
+    drop: Share = 0.0
+    duplicate: Share = 0.0
+    delay: Share = 0.0
+    delay_ms: Span = (5.0, 150.0)
+    drop_events: Share = 0.0
+    reboots: Count = 0
+    broker_restarts: Count = 0
+    stuck_sensors: Count = 0
+    dead_leds: Count = 0
+    stuck_for_s: Seconds = 120.0
 
 
 @dataclass(frozen=True)
@@ -69,19 +76,19 @@ class Scenario:
 
     name: str = "scenario"
     seed: int = 1
-    speed: float = 60.0
-    couriers: int = 2
-    parcels: int = 60
-    guided_fraction: float = 0.7
-    courier_pace_s: tuple[float, float] = (2.0, 3.0)
-    sizes: dict[str, float] = field(default_factory=lambda: {"S": 0.5, "M": 0.35, "L": 0.15})
-    second_parcel_fraction: float = 0.15
-    strangers: int = 2
-    entry_mix: dict[str, float] = field(default_factory=lambda: {"code": 0.5, "qr": 0.35, "otp": 0.15})
-    exit_frame_fraction: float = 0.2
-    arrival_delay_s: tuple[float, float] = (5.0, 600.0)
-    walk_s: tuple[float, float] = (5.0, 20.0)
-    customers_at_once: int = 4
+    speed: Annotated[float, Field(gt=0.0)] = 60.0
+    couriers: AtLeastOne = 2
+    parcels: Count = 60
+    guided_fraction: Share = 0.7
+    courier_pace_s: Span = (2.0, 3.0)
+    sizes: dict[str, Weight] = field(default_factory=lambda: {"S": 0.5, "M": 0.35, "L": 0.15})
+    second_parcel_fraction: Share = 0.15
+    strangers: Count = 2
+    entry_mix: dict[str, Weight] = field(default_factory=lambda: {"code": 0.5, "qr": 0.35, "otp": 0.15})
+    exit_frame_fraction: Share = 0.2
+    arrival_delay_s: Span = (5.0, 600.0)
+    walk_s: Span = (5.0, 20.0)
+    customers_at_once: AtLeastOne = 4
     mistakes: Rates = Rates()
     faults: Faults = Faults()
     station: dict[str, Any] = field(default_factory=dict)
@@ -113,7 +120,12 @@ def load_scenario(path: Path | str, **overrides: Any) -> Scenario:
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError, ScenarioError) as exc:
         raise ScenarioError(f"{path}: {exc}") from None
     clean = {k: v for k, v in overrides.items() if v is not None}
-    return replace(scenario, **clean) if clean else scenario
+    if not clean:
+        return scenario
+    try:  # the command line's values (--speed, --seed) pass the same checks as the file's
+        return scenario_from_dict({**data, **clean})
+    except ScenarioError as exc:
+        raise ScenarioError(f"command line: {exc}") from None
 
 
 # --- the plan ----------------------------------------------------------------------------

@@ -11,6 +11,7 @@ import json
 import sqlite3
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -81,7 +82,9 @@ class Store:
         # reads from other threads go through a connection of their own (WAL readers run
         # beside the writer) instead of queueing behind a transaction and its fsync
         self._readers = threading.local()
-        self._reader_conns: list[_Reader] = []
+        # weak: a thread that ends drops its reader and the reader closes its connection, so
+        # worker threads that come and go (anyio retires idle ones) leave no file open
+        self._reader_conns: weakref.WeakSet[_Reader] = weakref.WeakSet()
         self._committed = threading.Condition()  # notified after every commit (long polls)
 
     # --- lifecycle ------------------------------------------------------------------------
@@ -102,7 +105,7 @@ class Store:
 
     def close(self) -> None:
         with self._lock:
-            for reader in self._reader_conns:
+            for reader in list(self._reader_conns):
                 reader.close()  # waits for a query in flight: closing under it crashes sqlite
             self._reader_conns.clear()
             self._readers = threading.local()
@@ -243,7 +246,7 @@ class Store:
                     raise StoreError("the store is not open")
                 reader = _Reader(self.path)
                 self._readers.reader = reader
-                self._reader_conns.append(reader)
+                self._reader_conns.add(reader)
         return reader
 
     def query_one(self, sql: str, args: Sequence[Any] = ()) -> Any:
@@ -262,11 +265,13 @@ class _Reader:
     (sqlite3 segfaults on that)."""
 
     def __init__(self, path: Path) -> None:
-        self._conn: sqlite3.Connection | None = sqlite3.connect(
-            str(path), isolation_level=None, check_same_thread=False, timeout=10)
-        self._conn.execute("PRAGMA busy_timeout=10000")
-        self._conn.execute("PRAGMA query_only=ON")
+        conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False, timeout=10)
+        conn.execute("PRAGMA busy_timeout=10000")
+        conn.execute("PRAGMA query_only=ON")
+        self._conn: sqlite3.Connection | None = conn
         self._lock = threading.Lock()
+        # the owning thread has ended (nobody can be mid-query): close with the last reference
+        weakref.finalize(self, conn.close)
 
     def rows(self, sql: str, args: Sequence[Any]) -> list[dict[str, Any]]:
         with self._lock:

@@ -96,6 +96,9 @@ def test_unknown_scenario_key_is_refused() -> None:
     ("walk_s = [5]", "walk_s.1: Field required"),
     ("max_in_room = 8", "max_in_room: Unexpected keyword"),   # the key's old name
     ("speed = ", "Invalid value"),                            # not TOML
+    ("speed = 0", "speed: Input should be greater than 0"),
+    ("[mistakes]\ncustomer_walk_off = 1.5", "mistakes.customer_walk_off: Input should be less than or equal to 1"),
+    ("arrival_delay_s = [-1, 5]", "arrival_delay_s.0: Input should be greater than or equal to 0"),
 ])
 def test_a_bad_scenario_file_is_named_with_its_key_and_nothing_runs(
         tmp_path: Path, text: str, fault: str, capsys: pytest.CaptureFixture[str]) -> None:
@@ -108,3 +111,14 @@ def test_a_bad_scenario_file_is_named_with_its_key_and_nothing_runs(
     assert err.startswith(f"shelf-sim: error: {bad}: ") and "Traceback" not in err, err
     assert cli_main(["run", "--scenario", str(tmp_path / "missing.toml")]) == 2
     assert "No such file" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args, fault", [
+    (["--speed", "0"], "command line: speed: Input should be greater than 0"),
+    (["--speed", "-5"], "command line: speed: Input should be greater than 0"),
+])
+def test_a_bad_command_line_value_is_refused_before_anything_runs(
+        args: list[str], fault: str, capsys: pytest.CaptureFixture[str]) -> None:
+    week = str(ROOT / "examples" / "week.toml")
+    assert cli_main(["run", "--scenario", week, "--config", str(CONFIG), *args]) == 2
+    assert fault in capsys.readouterr().err

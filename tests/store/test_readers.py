@@ -53,3 +53,37 @@ def test_closing_the_store_waits_for_reads_in_flight_on_other_threads(tmp_path: 
                               cwd=ROOT, capture_output=True, text=True, timeout=120)
         assert proc.returncode == 0, f"child died ({proc.returncode}): {proc.stderr[-2000:]}"
         assert proc.stdout.startswith("ok")
+
+
+def test_a_thread_that_ends_leaves_no_connection_open(tmp_path: Path) -> None:
+    """Worker threads come and go (anyio retires idle ones after 10 s); each one's read
+    connection must close with it, or a station running for weeks runs out of files."""
+    import gc
+    import os
+    import threading
+
+    from station.store.db import Store
+
+    store = Store(tmp_path / "s.db").open()
+    try:
+        def read() -> None:
+            assert store.query("SELECT count(*) AS n FROM events")[0]["n"] == 0
+
+        def open_files() -> int:
+            return len(os.listdir("/proc/self/fd"))
+
+        for _ in range(3):  # warm up whatever the first reads open once
+            t = threading.Thread(target=read)
+            t.start()
+            t.join()
+        gc.collect()
+        before = open_files()
+        for _ in range(60):
+            t = threading.Thread(target=read)
+            t.start()
+            t.join()
+        gc.collect()
+        assert open_files() - before < 5, f"{open_files() - before} files left open by 60 threads"
+        read()  # and this thread's own reads still work
+    finally:
+        store.close()
