@@ -56,6 +56,11 @@ class MosquittoProcess:
     `extra_conf` lines are appended verbatim (password_file, acl_file ...). Running as root,
     Mosquitto drops to the `mosquitto` user before reading those files, so they must be
     readable by it; we set `user root` instead when we are root to keep test files private.
+
+    A credentialed broker (a `password_file` line) also gets `use_username_as_clientid true`,
+    as examples/mosquitto-acl does (ADR 0080): otherwise one device's password with another
+    device's client id takes that device's session over, and the broker publishes the
+    victim's last will ("offline") for it.
     """
 
     port: int = 0
@@ -95,6 +100,9 @@ class MosquittoProcess:
             lines.append("allow_anonymous true")
         if os.geteuid() == 0:
             lines.insert(0, "user root")
+        if _credentialed(self.extra_conf) and not any(
+                line.startswith("use_username_as_clientid") for line in self.extra_conf):
+            lines.append("use_username_as_clientid true")
         lines.extend(self.extra_conf)
         self.conf_path.write_text("\n".join(lines) + "\n")
         return self.conf_path
@@ -146,3 +154,8 @@ class MosquittoProcess:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def _credentialed(conf: list[str]) -> bool:
+    return any(line.split(None, 1)[0] in ("password_file", "auth_plugin", "plugin")
+               for line in conf if line.strip())
