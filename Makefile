@@ -19,12 +19,18 @@ $(STAMP): pyproject.toml | $(BIN)/python
 
 deps: $(STAMP)
 
-# Mosquitto (tests start their own on a free port) and Chromium (browser tests), from Debian.
+# Mosquitto (tests start their own on a free port), PostgreSQL's server binaries (the fleet's
+# tests start their own cluster with initdb + pg_ctl), a CJK font (the pages' Chinese labels)
+# and Chromium (browser tests), from Debian.
 system-deps:
 	@command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || \
 	  { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q mosquitto mosquitto-clients; }
 	@command -v mosquitto_pub >/dev/null 2>&1 || \
 	  { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q mosquitto-clients; }
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || \
+	  { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q postgresql; }
+	@fc-list :lang=zh 2>/dev/null | grep -q . || \
+	  { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q fonts-wqy-microhei fontconfig; }
 	@[ -x /usr/bin/chromium ] || { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q chromium; } || \
 	  echo "chromium could not be installed: browser tests will be skipped"
 
@@ -34,6 +40,7 @@ testdata: $(STAMP)
 demo: $(STAMP) system-deps
 	$(BIN)/station demo --config examples/station.toml
 
+# The suite includes a quick run of every benchmark (tests/test_bench_smoke.py).
 test: $(STAMP) system-deps testdata
 	$(BIN)/python -m pytest -q
 

@@ -3,7 +3,7 @@
   slots 100 -> 10,000:        domain.assignment.choose_slot on a room of that many slots, half
                               full (median over many calls).
   templates 100 -> 10,000:    vision.faces.FaceMatcher.match of one encoding (median).
-  live sessions 1 -> 50:      entry latency, measured by bench_entry (over the real broker).
+  live sessions 1 -> 8:       entry latency, measured by bench_entry (over the real broker).
   log 10,000 -> 1,000,000:    the filtered query, measured by bench_eventlog.
 Each curve's baseline is its own smallest point (ratio = growth factor); `chart()` draws
 all four on a log-log PNG.

@@ -3,6 +3,10 @@
     python -m bench.run_all            # full run (< 15 min on 2 cores), rewrites docs/
     python -m bench.run_all --quick    # a fast smoke of every bench (writes to var/bench-quick/)
 
+Exits 1 when any section raised (its rows are not written; the document lists it under
+"Benchmarks that did not run"), so a benchmark that rots fails `make bench`, and `make test`
+(which runs the quick smoke) fails with it.
+
 Writes docs/benchmarks.md (table: figure, ours, baseline, ratio, target, machine, date),
 docs/benchmarks.json and docs/benchmarks-growth.png. Where a DESIGN §8 target is missed the
 document says by how much and what dominates (a cProfile of the path)."""
@@ -28,6 +32,9 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
+
+# (section name, module in bench/) for benchmarks that need nothing from another section
+PLAIN_SECTIONS: tuple[tuple[str, str], ...] = ()
 
 
 def machine() -> dict[str, Any]:
@@ -195,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="a fast smoke run (writes var/bench-quick/)")
     ap.add_argument("--out", type=Path, default=None, help="where the docs go (default docs/)")
     ap.add_argument("--skip", action="append", default=[], help="skip a section (mqtt, shelving, "
-                    "entry, eventlog, faces, codes, growth)")
+                    "entry, eventlog, faces, codes, growth, or a PLAIN_SECTIONS name)")
     args = ap.parse_args(argv)
     quick = args.quick
     out_dir = args.out or (ROOT / "var" / "bench-quick" if quick else ROOT / "docs")
@@ -240,18 +247,12 @@ def main(argv: list[str] | None = None) -> int:
                              "ours": d[key][f"{p}_ms"], "baseline": raw[f"{p}_ms"], "unit": "ms", "target": None})
         return {"rows": rows, **d}
 
-    def vision(module: str) -> Callable[[], dict[str, Any]]:
+    def plain(module: str) -> Callable[[], dict[str, Any]]:
+        """A section whose module has `run(quick) -> {"rows": [...], ...}`."""
         def go() -> dict[str, Any]:
             import importlib
 
-            try:
-                mod = importlib.import_module(f"bench.{module}")
-            except ModuleNotFoundError as exc:
-                if exc.name == f"bench.{module}":
-                    result["notes"].append(f"bench/{module}.py is not present: its figures are missing.")
-                    return {}
-                raise
-            return mod.run(quick=quick)
+            return importlib.import_module(f"bench.{module}").run(quick=quick)
         return go
 
     from bench import bench_entry, bench_eventlog, bench_growth, bench_shelving
@@ -260,10 +261,14 @@ def main(argv: list[str] | None = None) -> int:
     shelving = section("shelving", lambda: bench_shelving.run(quick=quick))
     entry = section("entry", lambda: bench_entry.run(quick=quick))
     eventlog = section("eventlog", lambda: bench_eventlog.run(quick=quick))
-    section("faces", vision("bench_faces"))
-    section("codes", vision("bench_codes"))
+    section("faces", plain("bench_faces"))
+    section("codes", plain("bench_codes"))
     growth = section("growth", lambda: bench_growth.run(
         quick=quick, sessions=entry.get("growth_sessions"), log=(eventlog.get("big") or {}).get("growth")))
+    # Sections of their own (a module bench/<module>.py with run(quick) -> {"rows": [...]}):
+    # add a line here; a missing or raising module fails the run.
+    for name, module in PLAIN_SECTIONS:
+        section(name, plain(module))
 
     # what dominates where a target is missed
     missed = {s["name"] for s in result["sections"] for row in s["rows"] if verdict(row)[0] is False}
@@ -334,6 +339,10 @@ def main(argv: list[str] | None = None) -> int:
     result["machine"]["load_average_1min_end"] = os.getloadavg()[0]
     write_docs(result, out_dir)
     print(f"wrote {out_dir / 'benchmarks.md'} in {result['seconds']:.0f} s")
+    failed = [s["name"] for s in result["sections"] if s.get("error")]
+    if failed:
+        print(f"benchmarks that raised: {', '.join(failed)}", file=sys.stderr)
+        return 1
     return 0
 
 
