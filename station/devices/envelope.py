@@ -106,6 +106,13 @@ def decode(payload: bytes) -> dict[str, Any]:
         raise EnvelopeError("malformed", f"not JSON: {exc}"[:200]) from None
     if not isinstance(obj, dict):
         raise EnvelopeError("malformed", "not a JSON object")
+    try:  # a JSON escape may name a lone surrogate ("\\ud800"): no UTF-8 bytes can carry it,
+        # so it could neither be signed nor stored; refuse it here, not deep in a handler
+        json.dumps(obj, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise EnvelopeError("malformed", "invalid unicode (a lone surrogate)") from None
+    except (RecursionError, ValueError):
+        raise EnvelopeError("malformed", "nested too deeply") from None
     return obj
 
 

@@ -628,7 +628,7 @@ class DeviceLink:
         dev.bad_budget -= 1.0
         suppressed, dev.bad_suppressed = dev.bad_suppressed, 0
         self._emit(dev.id, "device.bad_message", {
-            "channel": channel, "reason": reason, "detail": detail[:200], "size": len(payload),
+            "channel": channel, "reason": reason, "detail": _printable(detail[:200]), "size": len(payload),
             "suppressed": suppressed,
         })
 
@@ -713,3 +713,9 @@ class DeviceLink:
 def _light_args(rc: Slot, light: Light, ttl_s: float) -> dict[str, Any]:
     return {"row": rc[0], "col": rc[1], "colours": [c.upper() for c in light.colours],
             "pattern": light.pattern, "ttl_s": round(max(ttl_s, 0.001), 3)}
+
+
+def _printable(text: str) -> str:
+    """A device's words as they may enter the log: what UTF-8 cannot carry (a lone surrogate
+    from a JSON escape) written as its escape, so the store never refuses the report."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")

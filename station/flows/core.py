@@ -263,8 +263,14 @@ def _safe(data: dict[str, Any]) -> dict[str, Any]:
     """Device data as it may enter the log: JSON-safe and bounded."""
     out: dict[str, Any] = {}
     for key, value in list(data.items())[:32]:
+        name = _utf8(str(key)[:64])
         if isinstance(value, (str, int, float, bool)) or value is None:
-            out[str(key)[:64]] = value if not isinstance(value, str) else value[:256]
+            out[name] = value if not isinstance(value, str) else _utf8(value[:256])
         else:
-            out[str(key)[:64]] = str(value)[:256]
+            out[name] = _utf8(str(value)[:256])
     return out
+
+
+def _utf8(text: str) -> str:
+    """What UTF-8 cannot carry (a lone surrogate) as its escape: the log must take it."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")

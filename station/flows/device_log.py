@@ -12,7 +12,7 @@ import logging
 import queue
 import threading
 
-from station.store.db import Store
+from station.store.db import Store, StoreError
 from station.store.eventlog import Event
 
 log = logging.getLogger("station.device_log")
@@ -96,10 +96,26 @@ class DeviceLogWriter:
                 for event in batch:
                     tx.emit(event)
             return []
-        except Exception:  # a full disk must not stop the writer: the space may come back
+        except StoreError:  # a full disk must not stop the writer: the space may come back
             log.exception("could not log %d device reports; trying again", len(batch))
+        except Exception:  # noqa: BLE001 - one report the store can never take must not
+            return self._write_each(batch)  # hold back every report behind it for ever
         if len(batch) > self.max_held:
             log.error("dropping the %d oldest device reports: the store has refused them too long",
                       len(batch) - self.max_held)
             batch = batch[-self.max_held:]
         return batch
+
+    def _write_each(self, batch: list[Event]) -> list[Event]:
+        """One transaction per report: the one that fails for itself is dropped (with a line
+        in the log), the others are written; a store error holds the rest for a retry."""
+        for i, event in enumerate(batch):
+            try:
+                with self.store.transaction() as tx:
+                    tx.emit(event)
+            except StoreError:
+                return batch[i:]
+            except Exception as exc:  # noqa: BLE001
+                log.error("dropping a device report the store cannot take: %s %s: %s",
+                          event.type, event.subject, type(exc).__name__)
+        return []

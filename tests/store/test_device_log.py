@@ -83,3 +83,16 @@ def test_only_traces_are_batched() -> None:
     assert is_trace("door.unlocked")
     assert not is_trace("door.forced_open") and not is_trace("door.held_open")
     assert not is_trace("door.emergency_release")
+
+
+def test_a_report_the_store_can_never_take_does_not_hold_back_the_others(tmp_path: Path) -> None:
+    """A lone surrogate cannot be written as UTF-8: that one report is dropped, the batch
+    around it is written, and the writer keeps going (#14.11)."""
+    store = Store(tmp_path / "t.db").open()
+    writer = DeviceLogWriter(store)
+    writer.submit(Event("command.acked", "shelf-1", "shelf-1", {"n": 0}))
+    writer.submit(Event("command.acked", "shelf-1", "shelf-1", {"n": "\ud800"}))
+    writer.submit(Event("command.acked", "shelf-1", "shelf-1", {"n": 2}))
+    writer.start().stop()
+    assert _ns(store, "command.acked") == [0, 2]
+    assert verify_chain(store.conn).ok

@@ -1,0 +1,109 @@
+"""Hostile device input against `station run` (a child process) over a real Mosquitto: what
+reaches the station from the device side of the broker stays within its budgets.
+
+  * undecodable messages (a lone surrogate, invalid or overlong UTF-8) are each counted as
+    a `device.bad_message` within the per-device budget, never a traceback (#14.11);
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
+from station.devices import envelope as env
+from tests.reliability.harness import ProcStation, until
+
+# the link's budget for unusable messages (station/devices/link.py `_bad`): a burst of 20,
+# then 2 a second, per device
+BAD_BURST, BAD_PER_S = 20, 2.0
+
+
+class Publisher:
+    """A raw MQTT client on the device side of the broker (the tests' broker is open)."""
+
+    def __init__(self, port: int, client_id: str = "attacker") -> None:
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id)
+        self.client.connect("127.0.0.1", port)
+        self.client.loop_start()
+
+    def publish(self, topic: str, payload: bytes, retain: bool = False) -> None:
+        self.client.publish(topic, payload, qos=1, retain=retain).wait_for_publish(10)
+
+    def close(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+def _sig() -> str:
+    return "ab" * 32
+
+
+def _bad_unicode(device: str) -> list[tuple[str, bytes]]:
+    """(channel, payload): every way a device message can fail to be text."""
+    evt = {"v": 1, "t": "evt", "msg_id": "m1", "device": device, "boot_id": "1-aa", "evt_seq": 7,
+           "ts": None, "uptime_s": 1.0, "kind": "door.opened", "data": {"note": "X"}, "sig": _sig()}
+    surrogate_in_data = json.dumps(evt).replace('"X"', '"\\ud800"').encode()
+    surrogate_device = json.dumps({**evt, "device": "Y"}).replace('"Y"', '"\\udfff"').encode()
+    surrogate_key = json.dumps(evt).replace('"note"', '"\\udc80"').encode()
+    return [
+        ("evt", surrogate_in_data),                           # well-formed up to the signature
+        ("evt", surrogate_device),                            # a device name nobody can store
+        ("state", surrogate_key),
+        ("evt", b'{"v": 1, "t": "evt", "kind": "\xff\xfe"}'),  # invalid UTF-8
+        ("ack", b'{"v": 1, "t": "ack", "cmd_id": "\xc0\xaf"}'),  # overlong "/"
+        ("state", b'{"v": 1, "device": "\xed\xa0\x80"}'),      # a surrogate encoded as UTF-8
+        ("ack", b"\xf8\x88\x80\x80\x80"),                     # a 5-byte form
+        ("evt", b'"\\ud800"'),
+    ]
+
+
+def _bad_messages(ps: ProcStation, device: str, after_seq: int) -> list[dict[str, Any]]:
+    rows = ps.query("SELECT data FROM events WHERE type = 'device.bad_message' AND subject = ?"
+                    " AND seq > ? ORDER BY seq", (device, after_seq))
+    return [json.loads(r["data"]) for r in rows]
+
+
+def _head(ps: ProcStation) -> int:
+    return int(ps.query("SELECT COALESCE(MAX(seq), 0) n FROM events")[0]["n"])
+
+
+def test_bad_unicode_from_a_device_is_counted_within_the_budget_and_never_a_traceback(tmp_path: Path) -> None:
+    with ProcStation(tmp_path) as ps:
+        ps.start()
+        sid, device = ps.config.station.id, "shelf-1"
+        cases = _bad_unicode(device)
+        rounds = 12
+        pub = Publisher(ps.broker.port)
+        mark = _head(ps)
+        started = time.monotonic()
+        for _ in range(rounds):
+            for channel, payload in cases:
+                pub.publish(env.topic(sid, device, channel), payload)
+        sent = rounds * len(cases)
+        # the flood spent the budget; once a token has come back, one more bad message is
+        # reported with the count of those suppressed since the last report
+        until(lambda: len(_bad_messages(ps, device, mark)) >= BAD_BURST, 20, "the burst reported")
+        time.sleep(1.5 / BAD_PER_S)  # the budget's own refill, not a wait for the station
+        pub.publish(env.topic(sid, device, "evt"), b"not json")
+        sent += 1
+        reported = until(lambda: (lambda r: r if sum(1 + e["suppressed"] for e in r) >= sent else None)(
+            _bad_messages(ps, device, mark)), 20, "every bad message accounted for")
+        elapsed = time.monotonic() - started
+        pub.close()
+
+        # every message counted, none twice
+        assert sum(1 + e["suppressed"] for e in reported) == sent
+        # within the budget: the burst, then the refill over the time it took
+        assert BAD_BURST + 1 <= len(reported) <= BAD_BURST + int(BAD_PER_S * elapsed) + 1, (
+            len(reported), elapsed)
+        assert {e["reason"] for e in reported} == {"malformed"}
+        assert ps.running and ps.http.get("/api/health").status_code == 200
+        assert ps.verify_log().returncode == 0
+        log = ps.log_tail(2_000_000)
+        assert "Traceback" not in log, log[log.index("Traceback") - 300:][:3000]
+        assert "device link failed" not in log
