@@ -21,7 +21,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from station.config import ConfigError, load_config, load_secrets, write_new_secrets
+from station.config import ConfigError, demo_only_settings, load_config, load_secrets, write_new_secrets
 from station.store.db import StoreError
 
 out = Console()
@@ -70,6 +70,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     from station.bootstrap import build_station
 
     config = _config(args)
+    demo_only = demo_only_settings(config)
+    if demo_only:  # ADR 0081: a code in the service log opens the door
+        raise CliError(f"{args.config}: {', '.join(demo_only)} = true writes pickup and one-time "
+                       "codes into the log; it is for `station demo` only, remove it to run the station")
     secrets = _secrets(args)
     if args.mqtt_port:
         config = config.model_copy(update={"mqtt": config.mqtt.model_copy(update={"port": args.mqtt_port})})

@@ -118,12 +118,24 @@ class SenderConfig(_Strict):
     kind: Literal["console", "webhook", "mqtt"]
     url: str | None = None  # webhook
     topic: str | None = None  # mqtt
+    # console: write pickup and one-time codes into the log. Demo only (ADR 0081): `station
+    # run` refuses a configuration that sets it, `station demo` sets it itself.
+    show_codes: bool = False
 
     @model_validator(mode="after")
     def _needs(self) -> SenderConfig:
         if self.kind == "webhook" and not self.url:
             raise ValueError("a webhook sender needs url")
+        if self.show_codes and self.kind != "console":
+            raise ValueError("show_codes is a console sender setting")
         return self
+
+
+def demo_only_settings(config: StationConfig) -> list[str]:
+    """The keys set in `config` that only the demo may use: a station that runs for real
+    never writes a usable code to its log (ADR 0081)."""
+    return [f"notify.senders[{n}].show_codes" for n, s in enumerate(config.notify.senders)
+            if s.show_codes]
 
 
 class NotifySection(_Strict):

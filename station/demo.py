@@ -12,7 +12,7 @@ from typing import Any
 from rich.console import Console
 
 from station.api.auth import make_token
-from station.config import load_config, load_secrets, write_new_secrets
+from station.config import NotifySection, load_config, load_secrets, write_new_secrets
 from station.mosquitto import MosquittoProcess, free_port
 
 console = Console(soft_wrap=True)
@@ -50,6 +50,14 @@ def start_devices(config: Any, secrets: Any, broker_url: str, nv_dir: Path) -> l
     return devices
 
 
+def demo_notify(notify: NotifySection) -> NotifySection:
+    """The demo's console senders show the codes (its stand-in for the SMS a customer would
+    get); only here, never in `station run` (ADR 0081)."""
+    senders = [s.model_copy(update={"show_codes": True}) if s.kind == "console" else s
+               for s in notify.senders]
+    return notify.model_copy(update={"senders": senders})
+
+
 def run_demo(args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -67,6 +75,7 @@ def run_demo(args: argparse.Namespace) -> int:
         "station": config.station.model_copy(update={
             "database": str(base / "station.db"), "snapshots_dir": str(base / "snapshots")}),
         "mqtt": config.mqtt.model_copy(update={"port": broker.port}),
+        "notify": demo_notify(config.notify),
     })
     devices = start_devices(config, secrets, broker.url, base)
     station = build_station(config, secrets)

@@ -206,14 +206,22 @@ def gateway_body(outbox_id: str, n: Notification, station: StationInfo) -> dict[
     return body
 
 
-def summary_line(outbox_id: str, n: Notification, station: StationInfo) -> str:
-    """One line for a log: the number masked, never whole."""
+WITHHELD = "(withheld)"
+
+
+def summary_line(outbox_id: str, n: Notification, station: StationInfo, *,
+                 show_codes: bool = False) -> str:
+    """One line for a log: the number masked, never whole; the code or one-time code only
+    when `show_codes` (the demo's stand-in for an SMS, ADR 0081), since a code copied from a
+    log opens the door."""
     if n.kind == "pickup_code":
         deadline = local_deadline(n.deadline_iso or "", station)
         return (
-            f"notify {outbox_id} pickup_code to {n.phone_masked}: code {n.code} at "
-            f"{n.station_name or station.name}, collect by {deadline}"
+            f"notify {outbox_id} pickup_code to {n.phone_masked}: code "
+            f"{n.code if show_codes else WITHHELD} at {n.station_name or station.name}, "
+            f"collect by {deadline}"
         )
     if n.kind == "otp":
-        return f"notify {outbox_id} otp to {n.phone_masked}: {n.otp} valid {n.ttl_s} s"
+        return (f"notify {outbox_id} otp to {n.phone_masked}: {n.otp if show_codes else WITHHELD}"
+                f" valid {n.ttl_s} s")
     return f"notify {outbox_id} alert: {n.text}"

@@ -48,22 +48,26 @@ class Sender(Protocol):
 class ConsoleSender:
     """For the demo and development: one log line per message instead of an SMS.
 
-    The pickup code is shown (that is the point of a stand-in for the SMS), the phone number
-    only masked, since logs outlive the parcel and are read by people who are not its owner.
+    The phone number is only masked, since logs outlive the parcel and are read by people who
+    are not its owner. The pickup code and the one-time code are withheld unless
+    `show_codes`: a code copied from a service log opened the door (#14.4). Showing them is
+    the demo's stand-in for the SMS, and `station run` refuses it (ADR 0081).
     """
 
     def __init__(self, station: StationInfo, *, name: str = "console",
-                 logger: logging.Logger | None = None) -> None:
+                 logger: logging.Logger | None = None, show_codes: bool = False) -> None:
         self._station = station
         self._name = name
         self._log = logger or log
+        self._show_codes = show_codes
 
     @property
     def name(self) -> str:
         return self._name
 
     def send(self, outbox_id: str, notification: Notification) -> None:
-        self._log.info("%s", summary_line(outbox_id, notification, self._station))
+        self._log.info("%s", summary_line(outbox_id, notification, self._station,
+                                          show_codes=self._show_codes))
 
 
 class WebhookSender:
@@ -173,7 +177,7 @@ def _build_one(
     mqtt_client: mqtt.Client | None, http_client: httpx.Client | None,
 ) -> Sender:
     if cfg.kind == "console":
-        return ConsoleSender(station, name=name)
+        return ConsoleSender(station, name=name, show_codes=cfg.show_codes)
     if cfg.kind == "webhook":
         assert cfg.url is not None  # SenderConfig refuses a webhook without a url
         return WebhookSender(cfg.url, station, name=name, client=http_client)
