@@ -18,7 +18,7 @@ from station.store.eventlog import Event
 from . import guard
 from .context import Ctx
 from .couriers import Couriers
-from .device_log import is_trace
+from .device_log import already_logged, is_trace
 from .exit import ExitCheck
 from .holdings import held_in
 from .lights import LightSync
@@ -73,11 +73,14 @@ class StationCore:
 
     def _log_device(self, device: str, kind: str, data: dict[str, Any]) -> None:
         etype = kind if kind.startswith(("door.", "command.", "device.", "light", "shelf.")) else f"device.{kind}"
+        event = Event(etype, device, device, _safe(data))
         if self.trace_writer is not None and is_trace(etype):
-            self.trace_writer(Event(etype, device, device, _safe(data)))
+            self.trace_writer(event)
             return
         with self.ctx.store.transaction() as tx:
-            tx.emit(Event(etype, device, device, _safe(data)))
+            if already_logged(tx, event):
+                return  # taken before (a restart since): once, and its alarm once
+            tx.emit(event)
             if kind in ALARM_KINDS:
                 guard.raise_alarm(tx, kind, device, f"{device}: {kind.split('.', 1)[1].replace('_', ' ')}")
 

@@ -12,8 +12,9 @@ import logging
 import queue
 import threading
 
-from station.store.db import Store, StoreError
+from station.store.db import Store, StoreError, Tx
 from station.store.eventlog import Event
+from station.store.projections import DEVICE_EVENT_TYPES
 
 log = logging.getLogger("station.device_log")
 
@@ -26,6 +27,19 @@ TRACE_PREFIXES = ("command.", "device.bad_message", "device.command_refused",
 
 def is_trace(kind: str) -> bool:
     return kind.startswith(TRACE_PREFIXES)
+
+
+def already_logged(tx: Tx, event: Event) -> bool:
+    """Whether this device event, by (device, boot id, evt seq), is in the log already: a
+    captured event published again, or a redelivery after a restart (#14.9). Asked inside
+    the transaction that would write it, so the check and the record are one."""
+    if event.type not in DEVICE_EVENT_TYPES:
+        return False
+    boot_id, evt_seq = event.data.get("boot_id"), event.data.get("evt_seq")
+    if not isinstance(boot_id, str) or not isinstance(evt_seq, int):
+        return False
+    return tx.execute("SELECT 1 FROM device_events WHERE device = ? AND boot_id = ? AND evt_seq = ?",
+                      (event.subject, boot_id, evt_seq)).fetchone() is not None
 
 
 _STOP = Event("device_log.stop", "", "", {})  # the queue's end marker, never written
@@ -94,7 +108,8 @@ class DeviceLogWriter:
         try:
             with self.store.transaction() as tx:
                 for event in batch:
-                    tx.emit(event)
+                    if not already_logged(tx, event):
+                        tx.emit(event)
             return []
         except StoreError:  # a full disk must not stop the writer: the space may come back
             log.exception("could not log %d device reports; trying again", len(batch))
@@ -112,7 +127,8 @@ class DeviceLogWriter:
         for i, event in enumerate(batch):
             try:
                 with self.store.transaction() as tx:
-                    tx.emit(event)
+                    if not already_logged(tx, event):
+                        tx.emit(event)
             except StoreError:
                 return batch[i:]
             except Exception as exc:  # noqa: BLE001

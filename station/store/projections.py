@@ -113,6 +113,23 @@ def _slot_sensed(conn: sqlite3.Connection, e: EventRecord, at: float) -> None:
             (e.data["slot"], e.data["count"]))
 
 
+# the device events logged as themselves (placements are `slot.sensed`, above): each one
+# marks its (device, boot id, evt seq) as taken, so it is taken once across restarts
+DEVICE_EVENT_TYPES = (
+    "door.unlocked", "door.locked", "door.opened", "door.closed", "door.held_open",
+    "door.forced_open", "door.emergency_release", "door.emergency_reset",
+    "device.command_refused",
+)
+
+
+@applies(*DEVICE_EVENT_TYPES)
+def _device_event(conn: sqlite3.Connection, e: EventRecord, at: float) -> None:
+    boot_id, evt_seq = e.data.get("boot_id"), e.data.get("evt_seq")
+    if isinstance(boot_id, str) and isinstance(evt_seq, int) and not isinstance(evt_seq, bool):
+        conn.execute("INSERT OR IGNORE INTO device_events(device, boot_id, evt_seq) VALUES (?,?,?)",
+                     (e.subject, boot_id, evt_seq))
+
+
 @applies("slot.lifted", "slot.put_back")
 def _slot_lifts(conn: sqlite3.Connection, e: EventRecord, at: float) -> None:
     step = 1 if e.type == "slot.lifted" else -1

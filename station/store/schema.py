@@ -21,6 +21,7 @@ PROJECTION_TABLES = (
     "sensed",
     "slot_counts",
     "slot_lifts",
+    "device_events",
 )
 SIDE_TABLES = ("face_templates", "outbox", "otps", "upstream_cursor", "recipient_contacts")
 
@@ -219,6 +220,24 @@ MIGRATIONS: list[str] = [
     CREATE INDEX IF NOT EXISTS pending_session ON pending_placements(session_id, created_at);
     CREATE INDEX IF NOT EXISTS session_slots_live ON session_slots(slot, remaining);
     DROP INDEX IF EXISTS session_slots_slot;
+    """,
+    # 4: every device event the log took, by (device, boot id, event seq), so a captured
+    # signed event published again after a restart is recognised (#14.9); filled from the
+    # log for a database that already holds device events, as replay would fill it
+    """
+    CREATE TABLE IF NOT EXISTS device_events (
+        device TEXT NOT NULL,
+        boot_id TEXT NOT NULL,
+        evt_seq INTEGER NOT NULL,
+        PRIMARY KEY (device, boot_id, evt_seq)
+    ) WITHOUT ROWID;
+    INSERT OR IGNORE INTO device_events(device, boot_id, evt_seq)
+        SELECT subject, json_extract(data, '$.boot_id'), json_extract(data, '$.evt_seq')
+        FROM events
+        WHERE type IN ('door.unlocked', 'door.locked', 'door.opened', 'door.closed',
+                       'door.held_open', 'door.forced_open', 'door.emergency_release',
+                       'door.emergency_reset', 'device.command_refused')
+          AND json_type(data, '$.boot_id') = 'text' AND json_type(data, '$.evt_seq') = 'integer';
     """,
 ]
 

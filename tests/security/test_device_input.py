@@ -8,6 +8,7 @@ reaches the station from the device side of the broker stays within its budgets.
 from __future__ import annotations
 
 import json
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,28 @@ class Publisher:
 
     def publish(self, topic: str, payload: bytes, retain: bool = False) -> None:
         self.client.publish(topic, payload, qos=1, retain=retain).wait_for_publish(10)
+
+    def close(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+class Recorder:
+    """Records the raw payloads published on some topics (what an eavesdropper captures)."""
+
+    def __init__(self, port: int, topic: str) -> None:
+        self.payloads: list[bytes] = []
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="eavesdropper")
+        ready = threading.Event()
+        self.client.on_connect = lambda c, *a: c.subscribe(topic, qos=1)
+        self.client.on_subscribe = lambda *a: ready.set()
+        self.client.on_message = lambda c, u, m: self.payloads.append(bytes(m.payload))
+        self.client.connect("127.0.0.1", port)
+        self.client.loop_start()
+        assert ready.wait(10), "the eavesdropper did not subscribe"
+
+    def of_kind(self, kind: str) -> list[bytes]:
+        return [p for p in list(self.payloads) if json.loads(p).get("kind") == kind]
 
     def close(self) -> None:
         self.client.loop_stop()
@@ -107,3 +130,43 @@ def test_bad_unicode_from_a_device_is_counted_within_the_budget_and_never_a_trac
         log = ps.log_tail(2_000_000)
         assert "Traceback" not in log, log[log.index("Traceback") - 300:][:3000]
         assert "device link failed" not in log
+
+
+def _count(ps: ProcStation, sql: str, args: tuple[Any, ...] = ()) -> int:
+    return int(ps.query(sql, args)[0][0])
+
+
+def test_a_captured_device_event_replayed_after_a_restart_is_taken_once(tmp_path: Path) -> None:
+    with ProcStation(tmp_path) as ps:
+        ps.start()
+        sid, door = ps.config.station.id, ps.config.doors.entry
+        spy = Recorder(ps.broker.port, env.topic(sid, door, "evt"))
+        ctrl = ps.controller(door)
+        ctrl.hal.open_contact()  # forced: nobody unlocked it
+        until(lambda: spy.of_kind("door.forced_open") and spy.of_kind("door.opened"), 10, "captured")
+        ctrl.hal.close_contact()
+        forced_sql = "SELECT COUNT(*) FROM events WHERE type = 'door.forced_open' AND subject = ?"
+        alarm_sql = "SELECT COUNT(*) FROM alarms WHERE kind = 'door.forced_open' AND subject = ?"
+        until(lambda: _count(ps, forced_sql, (door,)) == 1 and _count(ps, alarm_sql, (door,)) == 1,
+              10, "the forced opening logged and alarmed")
+        opened_sql = "SELECT COUNT(*) FROM events WHERE type = 'door.opened' AND subject = ?"
+        until(lambda: _count(ps, opened_sql, (door,)) == 1, 10, "the opening logged")
+        captured = spy.of_kind("door.forced_open")[0], spy.of_kind("door.opened")[0]
+        spy.close()
+
+        ps.kill()
+        ps.start()
+        pub = Publisher(ps.broker.port)
+        for _ in range(3):
+            for payload in captured:
+                pub.publish(env.topic(sid, door, "evt"), payload)
+        # a marker behind them on the same device: once it is logged, they were handled
+        mark = _head(ps)
+        pub.publish(env.topic(sid, door, "evt"), b"marker")
+        until(lambda: _bad_messages(ps, door, mark), 15, "the marker logged")
+        pub.close()
+
+        assert _count(ps, forced_sql, (door,)) == 1
+        assert _count(ps, alarm_sql, (door,)) == 1
+        assert _count(ps, opened_sql, (door,)) == 1
+        assert ps.verify_log().returncode == 0

@@ -43,3 +43,24 @@ def test_a_database_from_a_newer_release_is_refused(tmp_path: Path) -> None:
     conn.close()
     with pytest.raises((StoreError, RuntimeError), match="newer"):
         Store(path).open()
+
+
+def test_version_4_fills_the_device_event_register_from_the_log(tmp_path: Path) -> None:
+    """A database that logged device events before the register existed knows them after
+    the migration, as a replay of its log would (#14.9)."""
+    path = tmp_path / "v3.db"
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+    for step in MIGRATIONS[:3]:
+        for statement in _split(step):
+            conn.execute(statement)
+    conn.execute("INSERT INTO meta VALUES ('schema_version', '3')")
+    conn.execute("INSERT INTO events VALUES (1, '2026-01-01T00:00:00.000000Z', 'door.forced_open',"
+                 " 'door-entry', 'door-entry', '{\"boot_id\":\"3-ab\",\"evt_seq\":9}', NULL, ?, ?)",
+                 ("0" * 64, "1" * 64))
+    conn.execute("INSERT INTO events VALUES (2, '2026-01-01T00:00:00.000000Z', 'door.unlock.requested',"
+                 " 'kiosk', 'door-entry', '{}', NULL, ?, ?)", ("1" * 64, "2" * 64))
+    conn.close()
+    with Store(path) as store:
+        rows = store.query("SELECT device, boot_id, evt_seq FROM device_events")
+    assert [tuple(r.values()) for r in rows] == [("door-entry", "3-ab", 9)]
