@@ -60,7 +60,7 @@ def events(since: str | None = None, until: str | None = None,
            after_seq: int = Query(default=0, ge=0, le=MAX_SEQ), limit: int = Query(default=200, ge=1, le=5000),
            who: Principal = Depends(operator_only), svc: Services = Depends(services)) -> dict[str, Any]:
     f = _filters(since, until, type, subject, actor, phone, svc)
-    with svc.core.ctx.store.reading() as conn:
+    with svc.core.ctx.store.snapshot() as conn:
         rows = [e.as_dict() for e in iter_events(conn, after_seq=after_seq, limit=limit,
                                                   descending=after_seq == 0, **f)]
     return {"events": rows, "last_seq": svc.core.ctx.store.last_seq}
@@ -75,7 +75,7 @@ def export(format: str = Query(default="jsonl", pattern="^(jsonl|csv)$"), since:
            until: str | None = None, type: str | None = None,
            who: Principal = Depends(operator_only), svc: Services = Depends(services)) -> Response:
     f = _filters(since, until, type, None, None, None, svc)
-    with svc.core.ctx.store.reading() as conn:
+    with svc.core.ctx.store.snapshot() as conn:
         rows = [e.as_dict() for e in iter_events(conn, **f)]
     if format == "jsonl":
         body = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
@@ -91,7 +91,7 @@ def export(format: str = Query(default="jsonl", pattern="^(jsonl|csv)$"), since:
 
 @router.get("/verify", summary="Walk the hash chain")
 def verify(who: Principal = Depends(operator_only), svc: Services = Depends(services)) -> dict[str, Any]:
-    with svc.core.ctx.store.reading() as conn:
+    with svc.core.ctx.store.snapshot() as conn:
         return asdict(verify_chain(conn))
 
 
@@ -104,7 +104,7 @@ def replay(seq: int | None = Query(default=None, ge=0, le=MAX_SEQ), at: str | No
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "replay.db"
         try:
-            with ctx.store.reading() as conn:
+            with ctx.store.snapshot() as conn:
                 last = replay_into(conn, out, until_seq=seq, until_time=at)
         except ValueError as exc:
             raise FlowError(f"not a time: {exc}", code="invalid_request", status=422) from None
@@ -233,7 +233,7 @@ async def stream(request: Request, after_seq: int = Query(default=-1, ge=-1, le=
         idle = 0
         while not await request.is_disconnected():
             def fetch(after: int) -> list[dict[str, Any]]:
-                with store.reading() as conn:
+                with store.snapshot() as conn:
                     return [e.as_dict() for e in iter_events(conn, after_seq=after, limit=500)]
             try:
                 rows = await run_in_threadpool(fetch, last)
