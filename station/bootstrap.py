@@ -23,6 +23,7 @@ from station.domain.lights import LightSpec
 from station.flows.context import Ctx
 from station.flows.core import StationCore, Ticker
 from station.flows.device_log import DeviceLogWriter
+from station.metrics import LatencyMetrics, StationCollector, StationMetrics
 from station.notify.messages import StationInfo
 from station.notify.outbox import Dispatcher, Outbox
 from station.notify.senders import build_senders
@@ -34,17 +35,24 @@ log = logging.getLogger("station")
 
 
 class LinkPort:
-    """The device link as the flows see it: lights arrive as domain LightSpecs."""
+    """The device link as the flows see it: lights arrive as domain LightSpecs. Every command
+    sent is noted for the round-trip histogram (its outcome arrives as a device event)."""
 
-    def __init__(self, link: DeviceLink) -> None:
+    def __init__(self, link: DeviceLink, latency: LatencyMetrics | None = None) -> None:
         self.link = link
+        self.latency = latency
+
+    def _sent(self, handle: Any) -> Any:
+        if self.latency is not None and getattr(handle, "cmd_id", None):
+            self.latency.command_sent(handle.cmd_id)
+        return handle
 
     def replace_lights(self, device: str, lights: Mapping[tuple[int, int], LightSpec]) -> Any:
-        return self.link.replace_lights(
-            device, {rc: Light(tuple(s.colours), s.pattern, s.ttl_s) for rc, s in lights.items()})  # type: ignore[arg-type]
+        return self._sent(self.link.replace_lights(
+            device, {rc: Light(tuple(s.colours), s.pattern, s.ttl_s) for rc, s in lights.items()}))  # type: ignore[arg-type]
 
     def unlock(self, door: str, pulse_s: float | None = None) -> Any:
-        return self.link.unlock(door, pulse_s)
+        return self._sent(self.link.unlock(door, pulse_s))
 
     def is_online(self, device: str) -> bool:
         return self.link.is_online(device)
@@ -192,7 +200,9 @@ class Station:
     vision: Vision
     upstream: UpstreamForwarder | None = None
     device_log: DeviceLogWriter | None = None
+    metrics: StationMetrics | None = None
     started: bool = field(default=False)
+    metrics_port: int | None = None
 
     def start(self) -> Station:
         if self.device_log is not None:
@@ -207,10 +217,25 @@ class Station:
                           {"version": "0.1.0", "last_seq_before": self.store.last_seq}))
         # the lights the database asks for, whatever the shelves showed before the restart
         self.core.lights.refresh(force=True)
+        self._serve_metrics()
         self.started = True
         return self
 
+    def _serve_metrics(self) -> None:
+        """A metrics port that cannot be had costs the metrics, never the doors: logged."""
+        mc = self.config.metrics
+        if self.metrics is None or not mc.enabled:
+            return
+        try:
+            self.metrics_port = self.metrics.serve(mc.host, mc.port)
+            log.info("metrics on http://%s:%d/metrics", mc.host, self.metrics_port)
+        except OSError as exc:
+            log.error("metrics: cannot listen on %s:%d (%s); the station runs without them",
+                      mc.host, mc.port, exc)
+
     def stop(self) -> None:
+        if self.metrics is not None:
+            self.metrics.stop()
         self.ticker.stop()
         self.dispatcher.stop()
         if self.upstream is not None:
@@ -228,15 +253,31 @@ def build_station(config: StationConfig, secrets: Secrets, *, data_dir: Path | N
     store = Store(config.station.database).open()
     holder: dict[str, StationCore] = {}
 
+    link_box: dict[str, DeviceLink] = {}
+
+    def device_status() -> dict[str, Any]:
+        link = link_box["link"]
+        return {d: {"online": link.is_online(d), "reported": link.reported(d)} for d in config.device_ids}
+
+    layout_places = sum(s.rows * s.columns * s.capacity for s in config.shelves)
+    db_dir = Path(config.station.database).resolve().parent
+    metrics = StationMetrics(StationCollector(
+        store, layout_places, device_status, (config.doors.entry, config.doors.exit),
+        {"database": db_dir, "snapshots": Path(config.station.snapshots_dir).resolve()},
+        upstream=config.upstream.enabled))
+
     def on_event(ev: DeviceEvent) -> None:
+        if ev.kind.startswith("command.") and "cmd_id" in ev.data:
+            metrics.latency.command_outcome(ev.data["cmd_id"], str(ev.data.get("op")), ev.kind[8:])
         core = holder.get("core")
         if core is not None:
             core.on_device_event(ev.device, ev.kind, ev.data)
 
     seq_path = Path(config.station.database).with_suffix(".devseq")
     link = DeviceLink(config, secrets, on_event, client_id=client_id, seq_path=seq_path)
+    link_box["link"] = link
     outbox = Outbox(store, secrets.encryption_key)
-    ctx = Ctx(config, secrets, store, LinkPort(link), outbox)
+    ctx = Ctx(config, secrets, store, LinkPort(link, metrics.latency), outbox)
     device_log = DeviceLogWriter(store)
     core = StationCore(ctx, trace_writer=device_log.submit)
     holder["core"] = core
@@ -250,9 +291,6 @@ def build_station(config: StationConfig, secrets: Secrets, *, data_dir: Path | N
         upstream = UpstreamForwarder(store, config.station.id, config.upstream.host,
                                      config.upstream.port, config.upstream.topic)
 
-    def device_status() -> dict[str, Any]:
-        return {d: {"online": link.is_online(d), "reported": link.reported(d)} for d in config.device_ids}
-
     svc = Services(
         core=core,
         decode_codes=vision.decode_codes,
@@ -263,7 +301,8 @@ def build_station(config: StationConfig, secrets: Secrets, *, data_dir: Path | N
         save_snapshot=vision.save_snapshot,
         snapshot_path=lambda ref: vision.snapshots.path(ref),
         device_status=device_status,
+        observe_entry=metrics.latency.entry,
     )
     app = create_app(svc, secrets.token_key, config.api.cors_origins)
     return Station(config, secrets, store, link, core, outbox, dispatcher, Ticker(core), app,
-                   vision, upstream, device_log)
+                   vision, upstream, device_log, metrics)

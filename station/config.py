@@ -163,6 +163,15 @@ class UpstreamSection(_Strict):
     topic: str | None = None  # default ps/v1/{station}/station/events
 
 
+class MetricsSection(_Strict):
+    """Prometheus scrape endpoint (station/metrics.py): a port of its own, loopback unless an
+    operator binds it wider on purpose."""
+
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = Field(default=9464, ge=0, le=65535)  # 0: any free port (tests)
+
+
 class ApiSection(_Strict):
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=0, le=65535)
@@ -180,6 +189,7 @@ class StationConfig(_Strict):
     notify: NotifySection = NotifySection()
     lockout: LockoutSection = LockoutSection()
     upstream: UpstreamSection = UpstreamSection()
+    metrics: MetricsSection = MetricsSection()
 
     @model_validator(mode="after")
     def _unique_ids(self) -> StationConfig:

@@ -49,7 +49,9 @@ def example_config(tmp_path: Path, **station_overrides: object) -> StationConfig
             **station_overrides,
         }
     )
-    return base.model_copy(update={"station": station})
+    # metrics on a free port: stations of parallel tests must not fight over 9464
+    return base.model_copy(update={"station": station,
+                                   "metrics": base.metrics.model_copy(update={"port": 0})})
 
 
 @pytest.fixture

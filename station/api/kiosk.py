@@ -3,6 +3,7 @@ code; couriers in by face or PIN; the exit check."""
 
 from __future__ import annotations
 
+import time
 from dataclasses import asdict
 from typing import Any
 
@@ -11,6 +12,7 @@ from fastapi.concurrency import run_in_threadpool
 
 from station.domain.codes import QR_PREFIX
 from station.flows.errors import AuthFailed, FlowError, Unavailable
+from station.flows.pickup import EntryResult
 from station.flows.ports import outcome_of
 from station.store.eventlog import Event
 
@@ -32,16 +34,24 @@ router = APIRouter(prefix="/api/kiosk", tags=["kiosk"])
 kiosk_only = require("kiosk")
 
 
+def _entered(svc: Services, method: str, started: float, result: EntryResult) -> dict[str, Any]:
+    """The answer, and the entry's latency for /metrics (the wait for a colour left out)."""
+    svc.observe_entry(method, time.perf_counter() - started - result.held_s)
+    return asdict(result)
+
+
 @router.post("/code", summary="Enter with a typed pickup code")
 def enter_code(body: CodeEntry, who: Principal = Depends(kiosk_only),
                svc: Services = Depends(services)) -> dict[str, Any]:
-    return asdict(svc.core.pickup.enter_with_code(body.code, who.subject))
+    started = time.perf_counter()
+    return _entered(svc, "code", started, svc.core.pickup.enter_with_code(body.code, who.subject))
 
 
 @router.post("/qr", summary="Enter with the QR payload read by the kiosk")
 def enter_qr(body: QrEntry, who: Principal = Depends(kiosk_only),
              svc: Services = Depends(services)) -> dict[str, Any]:
-    return asdict(svc.core.pickup.enter_with_qr(body.payload, who.subject))
+    started = time.perf_counter()
+    return _entered(svc, "qr", started, svc.core.pickup.enter_with_qr(body.payload, who.subject))
 
 
 @router.post("/qr-frame", summary="Enter with a QR held up to the kiosk camera (image body)")
@@ -54,8 +64,9 @@ async def enter_qr_frame(request: Request, who: Principal = Depends(kiosk_only),
     payload = next((t for t in texts if t.startswith(QR_PREFIX + ":")), None)
     if payload is None:
         raise FlowError("no pickup QR code was found in the picture", code="nothing_read", status=422)
+    started = time.perf_counter()
     result = await run_in_threadpool(svc.core.pickup.enter_with_qr, payload, who.subject)
-    return asdict(result)
+    return _entered(svc, "qr", started, result)
 
 
 @router.post("/otp/request", summary="Send a one-time code to a phone with a waiting parcel")
@@ -67,7 +78,8 @@ def otp_request(body: OtpRequest, who: Principal = Depends(kiosk_only),
 @router.post("/otp/verify", summary="Enter with phone + one-time code")
 def otp_verify(body: OtpEntry, who: Principal = Depends(kiosk_only),
                svc: Services = Depends(services)) -> dict[str, Any]:
-    return asdict(svc.core.pickup.enter_with_otp(body.phone, body.otp, who.subject))
+    started = time.perf_counter()
+    return _entered(svc, "otp", started, svc.core.pickup.enter_with_otp(body.phone, body.otp, who.subject))
 
 
 @router.get("/sessions/{session_id}", summary="A pickup session: colour and slots as text")

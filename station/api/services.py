@@ -24,6 +24,8 @@ class Services:
     save_snapshot: Callable[[bytes], str | None] | None = None
     snapshot_path: Callable[[str], Any] | None = None
     device_status: Callable[[], dict[str, Any]] = field(default=lambda: {})
+    # (method, seconds) of each customer entry, for the metrics; a no-op where none are kept
+    observe_entry: Callable[[str, float], None] = field(default=lambda method, seconds: None)
 
 
 def services(request: Request) -> Services:

@@ -48,6 +48,7 @@ def write_config(path: Path, tmp: Path, webhook_url: str | None, mqtt: dict[str,
                                                   "snapshots_dir": str(tmp / "snapshots"), **station}),
         "mqtt": cfg.mqtt.model_copy(update=mqtt or {}),
         "lockout": cfg.lockout.model_copy(update=lockout or {}),
+        "metrics": cfg.metrics.model_copy(update={"port": 0}),
     }
     if webhook_url:
         update["notify"] = cfg.notify.model_copy(update={
