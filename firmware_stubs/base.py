@@ -341,7 +341,9 @@ class DeviceRuntime:
 
     def _refuse(self, reason: str, detail: str, cmd_id: str, seq: int, op: str) -> None:
         log.info("%s: refused %s %s: %s %s", self.device_id, op, cmd_id, reason, detail)
-        self._ack(cmd_id, seq, False, reason)
+        # a replay refusal says what we took last, so an honest station can get above it
+        self._ack(cmd_id, seq, False, reason,
+                  result={"last_seq": self.nv.last_seq} if reason == "replayed" else None)
         self.emit(
             "command.refused",
             {"cmd_id": cmd_id, "op": op, "seq": seq, "reason": reason, "detail": detail[:200]},

@@ -137,10 +137,14 @@ class SeqSource:
     """Per-device command sequence numbers that only ever grow, across station restarts.
 
     seq = max(last + 1, microseconds since the epoch). A durable high-water mark, reserved 10 s
-    ahead with one fsync, guards against a clock that steps back after a restart.
+    ahead with one fsync, guards against a clock that steps back after a restart. What the
+    devices report (`observe`: the `last_seq` of their signed state, a `replayed` refusal)
+    lifts it too: a lost or restored file, after a clock that once ran fast, would otherwise
+    have every device refuse every command as `replayed` (#22.5).
     """
 
     RESERVE_US = 10_000_000
+    MAX_OBSERVED = 2**53  # a JSON-safe integer (year 2255 in µs): above is a lie, not a clock
 
     def __init__(self, path: Path | str | None) -> None:
         self.path = Path(path) if path else None
@@ -159,7 +163,21 @@ class SeqSource:
             self._last = seq
             return seq
 
+    def observe(self, seq: int) -> bool:
+        """A device has accepted `seq`: every later number is above it. False (and nothing
+        changes) for a value no honest device can report."""
+        if not 0 <= seq < self.MAX_OBSERVED:
+            return False
+        with self._lock:
+            if seq > self._last:
+                self._last = seq
+                if self.path and seq >= self._reserved:
+                    self._reserved = seq + self.RESERVE_US
+                    self._persist(self._reserved)
+        return True
+
     def _persist(self, value: int) -> None:
+        """Write, fsync, rename, fsync the directory: the rename itself survives a power cut."""
         assert self.path is not None
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_suffix(".tmp")
@@ -168,6 +186,11 @@ class SeqSource:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, self.path)
+        fd = os.open(self.path.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 @dataclass
@@ -184,6 +207,7 @@ class _Pending:
     # handles of lights commands folded into this one before they were sent (their outcome
     # is this command's)
     riders: list[CommandHandle] = field(default_factory=list)
+    bumped: bool = False  # a `replayed` was answered once with a seq above the device's
 
 
 @dataclass
@@ -654,10 +678,29 @@ class DeviceLink:
         elif ack.reason in TRANSIENT_REASONS:
             if time.monotonic() - dev.nonce_answered > self.retry_s / 2:
                 self._send_time_sync(dev)
+        elif ack.reason == "replayed" and self._bump_past(dev, pending, ack):
+            return
         else:
             dev.inflight = None
             self._resolve(dev, pending, "refused", ack.reason)
         self._pump(dev)
+
+    def _bump_past(self, dev: _Device, pending: _Pending, ack: AckMsg) -> bool:
+        """A `replayed` refusal of a command we sent once: the device has accepted a higher
+        seq than ours (a restored or lost .devseq). Send it again, once, above what the
+        device says it took; a second `replayed` is final (#22.5)."""
+        if pending.bumped:
+            return False
+        pending.bumped = True
+        reported = ack.result.get("last_seq")
+        if isinstance(reported, int) and not isinstance(reported, bool):
+            self._seq.observe(reported)
+        self._seq.observe(pending.seq)
+        pending.seq = self._seq.next()
+        self._emit(dev.id, "device.seq_bumped", {"cmd_id": pending.cmd_id, "seq": pending.seq,
+                                                 "reported": reported})
+        self._transmit(dev, pending)
+        return True
 
     def _on_evt(self, dev: _Device, evt: Any) -> None:
         key = (dev.id, evt.boot_id, evt.evt_seq)
@@ -681,6 +724,7 @@ class DeviceLink:
             self._emit(dev.id, "device.rebooted", {"boot_id": state.boot_id, "previous": previous})
             dev.reconcile = True
         dev.boot_id = state.boot_id
+        self._seq.observe(state.last_seq)  # our next command must be above it (#22.5)
         nonce = state.time.nonce
         if nonce is not None and nonce != dev.nonce:
             dev.nonce = nonce
