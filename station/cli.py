@@ -238,23 +238,33 @@ def _core(args: argparse.Namespace) -> Any:
     return StationCore(Ctx(config, secrets, store, NoDevices(), NoOutbox()))
 
 
+def _ask_pin(args: argparse.Namespace) -> str:
+    pin = args.pin or os.environ.get("PS_COURIER_PIN")
+    if not pin:
+        import getpass
+
+        pin = getpass.getpass("PIN (4-8 digits): ")
+    return str(pin)
+
+
 def cmd_courier(args: argparse.Namespace) -> int:
     from station.flows.errors import FlowError
 
     core = _core(args)
     try:
         if args.courier_cmd == "add":
-            pin = args.pin or os.environ.get("PS_COURIER_PIN")
-            if not pin:
-                import getpass
-
-                pin = getpass.getpass("PIN (4-8 digits): ")
+            pin = _ask_pin(args)
             c = core.couriers.add(args.courier_id, args.carrier, args.name, pin, actor="cli")
             out.print(f"added courier {c.id} ({c.carrier}, {c.name})")
+        elif args.courier_cmd == "pin":
+            core.couriers.change_pin(args.courier_id, _ask_pin(args), actor="cli")
+            out.print(f"courier {args.courier_id}: new PIN set")
         elif args.courier_cmd == "list":
-            table = Table("id", "carrier", "name", "active", "face")
+            table = Table("id", "carrier", "name", "active", "face", "PIN")
             for c in core.couriers.all():
-                table.add_row(c.id, c.carrier, c.name, "yes" if c.active else "no", "yes" if c.has_face else "no")
+                # ADR 0082: a PIN set before sealing is in the log in clear; it must change
+                table.add_row(c.id, c.carrier, c.name, "yes" if c.active else "no", "yes" if c.has_face else "no",
+                              "EXPOSED: change it (station courier pin)" if c.pin_exposed else "sealed")
             out.print(table)
         elif args.courier_cmd in ("disable", "enable"):
             core.couriers.set_active(args.courier_id, args.courier_cmd == "enable", actor="cli")
@@ -353,6 +363,11 @@ def build_parser() -> argparse.ArgumentParser:
     add.add_argument("--name", required=True)
     add.add_argument("--pin", help="4-8 digits (or $PS_COURIER_PIN, or asked)")
     add.set_defaults(fn=cmd_courier)
+    pin = c_sub.add_parser("pin", help="give a courier a new PIN")
+    with_config(pin)
+    pin.add_argument("courier_id")
+    pin.add_argument("--pin", help="4-8 digits (or $PS_COURIER_PIN, or asked)")
+    pin.set_defaults(fn=cmd_courier)
     ls = c_sub.add_parser("list")
     with_config(ls)
     ls.set_defaults(fn=cmd_courier)

@@ -69,6 +69,10 @@ class NewCourier(_Body):
     valid_until: float | None = None
 
 
+class NewPin(_Body):
+    pin: str = Field(min_length=4, max_length=8)
+
+
 class PlacementReport(_Body):
     """For operators and tests without a shelf controller: what a sensor would say."""
 

@@ -26,7 +26,7 @@ from station.store.replay import replay_into
 
 from .auth import Principal, require
 from .images import read_image
-from .models import NewCourier, PlacementReport
+from .models import NewCourier, NewPin, PlacementReport
 from .services import Services, services
 
 router = APIRouter(prefix="/api/operator", tags=["operator"])
@@ -134,6 +134,12 @@ def add_courier(body: NewCourier, who: Principal = Depends(operator_only),
     c = svc.core.couriers.add(body.courier_id, body.carrier, body.name, body.pin, actor=who.subject,
                               valid_from=body.valid_from, valid_until=body.valid_until)
     return asdict(c)
+
+
+@router.post("/couriers/{courier_id}/pin", summary="Give a courier a new PIN")
+def change_pin(courier_id: str, body: NewPin, who: Principal = Depends(operator_only),
+               svc: Services = Depends(services)) -> dict[str, Any]:
+    return asdict(svc.core.couriers.change_pin(courier_id, body.pin, actor=who.subject))
 
 
 @router.post("/couriers/{courier_id}/disable")

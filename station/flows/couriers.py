@@ -1,6 +1,7 @@
 """The courier registry: carriers' staff who may enter and shelve.
 
-PINs are argon2 hashes; face templates are encrypted side rows removed with the courier."""
+PINs are argon2 hashes, sealed wherever they are stored or logged (flows/pins.py, ADR 0082);
+face templates are encrypted side rows removed with the courier."""
 
 from __future__ import annotations
 
@@ -12,11 +13,13 @@ from typing import Any
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
+from station.crypto import DecryptError
 from station.store.eventlog import Event
 
 from . import guard
 from .context import Ctx
 from .errors import AuthFailed, FlowError, NotFound
+from .pins import PinSeal, exposed
 
 _ID = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
 _PIN = re.compile(r"^\d{4,8}$")
@@ -31,11 +34,14 @@ class CourierView:
     has_face: bool
     valid_from: float | None
     valid_until: float | None
+    # the current PIN's hash is in the event log in clear (set before ADR 0082): change it
+    pin_exposed: bool = False
 
 
 def _view(row: dict[str, Any]) -> CourierView:
     return CourierView(row["id"], row["carrier"], row["name"], bool(row["active"]),
-                       bool(row["has_face"]), row["valid_from"], row["valid_until"])
+                       bool(row["has_face"]), row["valid_from"], row["valid_until"],
+                       exposed(row["pin_hash"]))
 
 
 class Couriers:
@@ -44,6 +50,7 @@ class Couriers:
         # modest argon2 cost: a PIN check must not stall an edge box, and the lockout, not
         # the hash cost, is what limits online guessing
         self.hasher = hasher or PasswordHasher(time_cost=2, memory_cost=19456, parallelism=1)
+        self.seal = PinSeal(ctx.secrets.encryption_key)
 
     def add(self, courier_id: str, carrier: str, name: str, pin: str, *, actor: str = "operator",
             valid_from: float | None = None, valid_until: float | None = None) -> CourierView:
@@ -51,17 +58,27 @@ class Couriers:
             raise FlowError("courier id: 1-32 letters, digits, - or _", code="invalid_courier_id", status=422)
         if carrier not in self.ctx.carriers.names:
             raise FlowError(f"unknown carrier {carrier!r}", code="unknown_carrier", status=422)
-        if not _PIN.match(pin or ""):
-            raise FlowError("a PIN is 4-8 digits", code="invalid_pin", status=422)
+        _check_pin_format(pin)
         if not name or len(name) > 64:
             raise FlowError("a name is 1-64 characters", code="invalid_name", status=422)
-        pin_hash = self.hasher.hash(pin)
+        sealed = self.seal.seal(courier_id, self.hasher.hash(pin))
         with self.ctx.lock, self.ctx.store.transaction() as tx:
             if tx.execute("SELECT 1 FROM couriers WHERE id = ?", (courier_id,)).fetchone():
                 raise FlowError(f"courier {courier_id} exists", code="courier_exists")
             tx.emit(Event("courier.added", courier_id, actor, {
-                "courier_id": courier_id, "carrier": carrier, "name": name, "pin_hash": pin_hash,
-                "valid_from": valid_from, "valid_until": valid_until}))
+                "courier_id": courier_id, "carrier": carrier, "name": name, "pin": "set",
+                "pin_sealed": sealed, "valid_from": valid_from, "valid_until": valid_until}))
+        return self.get(courier_id)
+
+    def change_pin(self, courier_id: str, pin: str, *, actor: str = "operator") -> CourierView:
+        """A new PIN; the event says that it changed and carries only its sealed hash."""
+        _check_pin_format(pin)
+        sealed = self.seal.seal(courier_id, self.hasher.hash(pin))
+        with self.ctx.lock, self.ctx.store.transaction() as tx:
+            if not tx.execute("SELECT 1 FROM couriers WHERE id = ?", (courier_id,)).fetchone():
+                raise NotFound(f"no courier {courier_id}")
+            tx.emit(Event("courier.pin.changed", courier_id, actor, {
+                "courier_id": courier_id, "pin": "changed", "pin_sealed": sealed}))
         return self.get(courier_id)
 
     def get(self, courier_id: str) -> CourierView:
@@ -123,8 +140,8 @@ class Couriers:
         ok = False
         if row is not None and isinstance(pin, str):
             try:
-                ok = self.hasher.verify(row["pin_hash"], pin)
-            except (VerificationError, InvalidHashError):
+                ok = self.hasher.verify(self.seal.open(courier_id, row["pin_hash"]), pin)
+            except (VerificationError, InvalidHashError, DecryptError):
                 ok = False
         with self.ctx.lock, self.ctx.store.transaction() as tx:
             if not ok:
@@ -135,3 +152,8 @@ class Couriers:
             raise AuthFailed("wrong courier id or PIN", code="wrong_pin")
         return self.usable(courier_id, now)
 
+
+
+def _check_pin_format(pin: str) -> None:
+    if not isinstance(pin, str) or not _PIN.match(pin):
+        raise FlowError("a PIN is 4-8 digits", code="invalid_pin", status=422)

@@ -34,13 +34,19 @@ def apply_event(conn: sqlite3.Connection, event: EventRecord) -> None:
 # --- couriers ----------------------------------------------------------------------------
 
 
+def _pin(d: dict[str, Any]) -> str:
+    # `pin_hash` keeps the sealed hash as the event carried it (ADR 0082); logs written
+    # before sealing carry `pin_hash` in clear, and replay keeps rebuilding them as they are
+    return str(d["pin_sealed"] if "pin_sealed" in d else d["pin_hash"])
+
+
 @applies("courier.added")
 def _courier_added(conn: sqlite3.Connection, e: EventRecord, at: float) -> None:
     d = e.data
     conn.execute(
         "INSERT INTO couriers(id, carrier, name, pin_hash, active, valid_from, valid_until,"
         " has_face, created_at) VALUES (?,?,?,?,1,?,?,0,?)",
-        (d["courier_id"], d["carrier"], d["name"], d["pin_hash"], d.get("valid_from"),
+        (d["courier_id"], d["carrier"], d["name"], _pin(d), d.get("valid_from"),
          d.get("valid_until"), at),
     )
 
@@ -54,7 +60,7 @@ def _courier_active(conn: sqlite3.Connection, e: EventRecord, at: float) -> None
 @applies("courier.pin.changed")
 def _courier_pin(conn: sqlite3.Connection, e: EventRecord, at: float) -> None:
     conn.execute(
-        "UPDATE couriers SET pin_hash = ? WHERE id = ?", (e.data["pin_hash"], e.data["courier_id"])
+        "UPDATE couriers SET pin_hash = ? WHERE id = ?", (_pin(e.data), e.data["courier_id"])
     )
 
 
