@@ -23,6 +23,7 @@ from station.domain.lights import LightSpec
 from station.flows.context import Ctx
 from station.flows.core import StationCore, Ticker
 from station.flows.device_log import DeviceLogWriter
+from station.homeassistant import HomeAssistantBridge
 from station.metrics import LatencyMetrics, StationCollector, StationMetrics
 from station.notify.messages import StationInfo
 from station.notify.outbox import Dispatcher, Outbox
@@ -201,6 +202,7 @@ class Station:
     upstream: UpstreamForwarder | None = None
     device_log: DeviceLogWriter | None = None
     metrics: StationMetrics | None = None
+    homeassistant: HomeAssistantBridge | None = None
     started: bool = field(default=False)
     metrics_port: int | None = None
 
@@ -218,6 +220,8 @@ class Station:
         # the lights the database asks for, whatever the shelves showed before the restart
         self.core.lights.refresh(force=True)
         self._serve_metrics()
+        if self.homeassistant is not None:
+            self.homeassistant.start()
         self.started = True
         return self
 
@@ -236,6 +240,8 @@ class Station:
     def stop(self) -> None:
         if self.metrics is not None:
             self.metrics.stop()
+        if self.homeassistant is not None:
+            self.homeassistant.stop()
         self.ticker.stop()
         self.dispatcher.stop()
         if self.upstream is not None:
@@ -261,10 +267,11 @@ def build_station(config: StationConfig, secrets: Secrets, *, data_dir: Path | N
 
     layout_places = sum(s.rows * s.columns * s.capacity for s in config.shelves)
     db_dir = Path(config.station.database).resolve().parent
-    metrics = StationMetrics(StationCollector(
+    levels = StationCollector(
         store, layout_places, device_status, (config.doors.entry, config.doors.exit),
         {"database": db_dir, "snapshots": Path(config.station.snapshots_dir).resolve()},
-        upstream=config.upstream.enabled))
+        upstream=config.upstream.enabled)
+    metrics = StationMetrics(levels)
 
     def on_event(ev: DeviceEvent) -> None:
         if ev.kind.startswith("command.") and "cmd_id" in ev.data:
@@ -304,5 +311,15 @@ def build_station(config: StationConfig, secrets: Secrets, *, data_dir: Path | N
         observe_entry=metrics.latency.entry,
     )
     app = create_app(svc, secrets.token_key, config.api.cors_origins)
+    ha = config.home_assistant
+    bridge = None
+    if ha.enabled:
+        bridge = HomeAssistantBridge(
+            station_id=config.station.id, station_name=config.station.name, host=config.mqtt.host,
+            port=config.mqtt.port, prefix=ha.discovery_prefix, store=store,
+            device_ids=config.device_ids, doors=(config.doors.entry, config.doors.exit),
+            shelves=[s.device for s in config.shelves], state=levels.summary, username=ha.username,
+            password=secrets.ha_mqtt_password, tls=config.mqtt.tls, ca_file=config.mqtt.ca_file,
+            refresh_s=ha.refresh_s)
     return Station(config, secrets, store, link, core, outbox, dispatcher, Ticker(core), app,
-                   vision, upstream, device_log, metrics)
+                   vision, upstream, device_log, metrics, bridge)

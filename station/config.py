@@ -172,6 +172,17 @@ class MetricsSection(_Strict):
     port: int = Field(default=9464, ge=0, le=65535)  # 0: any free port (tests)
 
 
+class HomeAssistantSection(_Strict):
+    """MQTT discovery for Home Assistant (station/homeassistant.py), read-only. It connects to
+    the site broker ([mqtt] host, port, TLS) with a client id and user of its own; the
+    password is the `ha_mqtt_password` secret."""
+
+    enabled: bool = False
+    discovery_prefix: str = Field(default="homeassistant", pattern=r"^[A-Za-z0-9_\-/]+$")
+    username: str | None = None
+    refresh_s: float = Field(default=30.0, gt=0, le=3600)
+
+
 class ApiSection(_Strict):
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=0, le=65535)
@@ -190,6 +201,7 @@ class StationConfig(_Strict):
     lockout: LockoutSection = LockoutSection()
     upstream: UpstreamSection = UpstreamSection()
     metrics: MetricsSection = MetricsSection()
+    home_assistant: HomeAssistantSection = HomeAssistantSection()
 
     @model_validator(mode="after")
     def _unique_ids(self) -> StationConfig:
@@ -323,6 +335,7 @@ class Secrets(_Strict):
     encryption_key: bytes
     token_key: bytes
     mqtt_password: str | None = None
+    ha_mqtt_password: str | None = None  # the Home Assistant bridge's broker login
 
     def device_key(self, station_id: str, device_id: str) -> bytes:
         """Per-device HMAC key. A real device is provisioned with only its own derived key,
@@ -348,6 +361,10 @@ def _decode_key(name: str, value: object, origin: str) -> bytes:
     return raw
 
 
+# broker logins: plain strings, optional (a broker without passwords needs none)
+PASSWORD_NAMES = ("mqtt_password", "ha_mqtt_password")
+
+
 def load_secrets(path: Path | str | None = None, env: dict[str, str] | None = None) -> Secrets:
     """Secrets from `path` (or $PS_SECRETS_FILE), each overridable by PS_SECRET_<NAME>."""
     env = dict(os.environ if env is None else env)
@@ -365,10 +382,10 @@ def load_secrets(path: Path | str | None = None, env: dict[str, str] | None = No
             raise ConfigError(f"{path}: not valid TOML: {exc}") from None
         except OSError as exc:  # a directory, no permission, an I/O error
             raise ConfigError(f"{path}: cannot read the secrets file: {exc.strerror or exc}") from None
-    for name in (*SECRET_NAMES, "mqtt_password"):
+    for name in (*SECRET_NAMES, *PASSWORD_NAMES):
         if f"{ENV_PREFIX}{name.upper()}" in env:
             values[name] = env[f"{ENV_PREFIX}{name.upper()}"]
-    unknown = set(values) - set(SECRET_NAMES) - {"mqtt_password"}
+    unknown = set(values) - set(SECRET_NAMES) - set(PASSWORD_NAMES)
     if unknown:
         raise ConfigError(f"{origin}: {sorted(unknown)[0]}: unknown key")
     decoded: dict[str, object] = {}
@@ -378,7 +395,8 @@ def load_secrets(path: Path | str | None = None, env: dict[str, str] | None = No
                 f"{origin}: {name}: missing secret (set it in the secrets file or {ENV_PREFIX}{name.upper()})"
             )
         decoded[name] = _decode_key(name, values[name], origin)
-    decoded["mqtt_password"] = values.get("mqtt_password")
+    for name in PASSWORD_NAMES:
+        decoded[name] = values.get(name)
     return Secrets.model_validate(decoded)
 
 

@@ -76,6 +76,8 @@ def run_demo(args: argparse.Namespace) -> int:
             "database": str(base / "station.db"), "snapshots_dir": str(base / "snapshots")}),
         "mqtt": config.mqtt.model_copy(update={"port": broker.port}),
         "notify": demo_notify(config.notify),
+        # the demo shows itself to a Home Assistant pointed at its broker (read-only)
+        "home_assistant": config.home_assistant.model_copy(update={"enabled": True}),
     })
     devices = start_devices(config, secrets, broker.url, base)
     station = build_station(config, secrets)

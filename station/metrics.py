@@ -91,6 +91,25 @@ class StationCollector(Collector):
         yield from self._devices()
         yield from self._disk()
 
+    def summary(self) -> dict[str, Any]:
+        """The few levels a dashboard shows at a glance (the Home Assistant bridge's state)."""
+        with self.store.reading() as conn:
+            waiting = conn.execute("SELECT COUNT(*) FROM parcels WHERE state = 'shelved'").fetchone()[0]
+            on_shelf = conn.execute(
+                f"SELECT COUNT(*) FROM parcels WHERE state IN ({','.join('?' * len(ON_SHELF))})",
+                ON_SHELF).fetchone()[0]
+            inside = conn.execute(
+                "SELECT COUNT(*) FROM sessions WHERE state = 'open' AND kind = 'pickup'").fetchone()[0]
+            alarms = conn.execute("SELECT COUNT(*) FROM alarms WHERE acknowledged_at IS NULL").fetchone()[0]
+        status = self.device_status()
+        doors = {}
+        for door in self.doors:
+            reported = (status.get(door) or {}).get("reported") or {}
+            doors[door] = {"locked": bool(reported.get("locked", True)), "open": bool(reported.get("open", False))}
+        return {"parcels_waiting": waiting, "places_free": max(self.capacity - on_shelf, 0),
+                "customers_inside": inside, "alarms_open": alarms, "doors": doors,
+                "devices": {d: bool(st.get("online")) for d, st in status.items()}}
+
     def _devices(self) -> Iterator[Metric]:
         status = self.device_status()
         online = GaugeMetricFamily("ps_device_online", "1 when the device says it is online", labels=["device"])

@@ -4,10 +4,8 @@ live station over a real broker and firmware, parsed with prometheus-client's ow
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import httpx
-import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.stack import LiveStation, wait_until
@@ -61,24 +59,14 @@ def test_metrics_follow_a_parcel_from_shelf_to_pickup(tmp_path: Path) -> None:
         assert ("ps_upstream_lag_events", ()) not in inside  # no [upstream] configured
 
 
-def test_a_taken_metrics_port_costs_the_metrics_not_the_station(tmp_path: Path,
-                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_taken_metrics_port_costs_the_metrics_not_the_station(tmp_path: Path) -> None:
     import socket
-
-    import tests.support.stack as stack
 
     with socket.socket() as holder:
         holder.bind(("127.0.0.1", 0))
         holder.listen()
         port = holder.getsockname()[1]
-        original = stack.example_config
-
-        def with_port(tmp: Path, **kw: Any) -> Any:
-            cfg = original(tmp, **kw)
-            return cfg.model_copy(update={"metrics": cfg.metrics.model_copy(update={"port": port})})
-
-        monkeypatch.setattr(stack, "example_config", with_port)
-        with LiveStation(tmp_path) as ls:
+        with LiveStation(tmp_path, sections={"metrics": {"port": port}}) as ls:
             assert ls.station.metrics_port is None
             assert ls.station.link.is_online(ls.config.doors.entry)
 
@@ -91,7 +79,7 @@ def test_the_sample_grafana_dashboard_asks_only_for_metrics_the_station_exports(
     dash = json.loads((root / "examples" / "grafana" / "parcel-station.json").read_text())
     asked = {re.sub(r"_(bucket|count|sum)$", "", m)
              for p in dash["panels"] for t in p["targets"] for m in re.findall(r"\bps_[a-z_]+", t["expr"])}
-    with LiveStation(tmp_path, station_overrides={}) as ls:
+    with LiveStation(tmp_path) as ls:
         text = httpx.get(f"http://127.0.0.1:{ls.station.metrics_port}/metrics", timeout=10).text
     exported = {fam.name for fam in text_string_to_metric_families(text)}
     # lag is exported only with [upstream] configured

@@ -82,6 +82,8 @@ class LiveStation:
     tmp: Path
     station_overrides: dict[str, Any] = field(default_factory=dict)
     http: bool = False
+    # other config sections' keys, e.g. {"home_assistant": {"enabled": True}}
+    sections: dict[str, dict[str, Any]] = field(default_factory=dict)
     broker: MosquittoProcess | None = None
     config: StationConfig | None = None
     station: Station | None = None
@@ -95,6 +97,8 @@ class LiveStation:
         self.broker = self.broker or MosquittoProcess(workdir=self.tmp / "mosquitto").start()
         self.webhook = WebhookReceiver()
         cfg = example_config(self.tmp, **self.station_overrides)
+        cfg = cfg.model_copy(update={name: getattr(cfg, name).model_copy(update=keys)
+                                     for name, keys in self.sections.items()})
         cfg = cfg.model_copy(update={
             "mqtt": cfg.mqtt.model_copy(update={"port": self.broker.port}),
             "notify": cfg.notify.model_copy(update={
