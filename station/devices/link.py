@@ -211,6 +211,21 @@ class _Pending:
 
 
 @dataclass
+class _Inbound:
+    """One message from the broker, PUBACKed only once every event it caused has been taken
+    by `on_event` (committed), never before: what the broker was told arrived is never lost
+    (#22.4, docs/adr/0085). `gen` is the connection it came on: a packet id means nothing
+    on another connection."""
+
+    mid: int
+    qos: int
+    gen: int
+    pending: int = 0  # events emitted for it and not yet taken
+    closed: bool = False  # its handler has finished (no more events can come)
+    acked: bool = False  # PUBACK sent, or handed to a redelivered copy of the same message
+
+
+@dataclass
 class _Device:
     id: str
     kind: Literal["shelf", "door"]
@@ -256,8 +271,15 @@ class DeviceLink:
         self._lock = threading.RLock()
         self._changed = threading.Condition(self._lock)
         self._deliver_lock = threading.RLock()  # on_event may call set_lights -> _flush
-        self._outbox: deque[DeviceEvent] = deque()
-        self._seen_evts: OrderedDict[tuple[str, str, int], None] = OrderedDict()
+        self._outbox: deque[tuple[DeviceEvent, _Inbound | None]] = deque()
+        # events on_event refused (the store could not commit them): retried, in order, before
+        # anything newer, and their messages stay unacknowledged meanwhile
+        self._held: deque[tuple[DeviceEvent, _Inbound | None]] = deque()
+        self._held_retry_at = 0.0
+        self._held_logged = 0.0
+        self._inbound: _Inbound | None = None  # the message being handled (under the lock)
+        self._gen = 0  # connection generation
+        self._seen_evts: OrderedDict[tuple[str, str, int], _Inbound | None] = OrderedDict()
         self._stop = threading.Event()
         self._timer: threading.Thread | None = None
         self._client: mqtt.Client | None = None
@@ -281,7 +303,8 @@ class DeviceLink:
         # the broker (QoS 1) instead of being lost; duplicates are dropped by evt_seq and by
         # the slot.sensed check in the flows
         client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.client_id,
-                             clean_session=not self.config.mqtt.persistent_session)
+                             clean_session=not self.config.mqtt.persistent_session,
+                             manual_ack=True)  # PUBACK after the commit (#22.4)
         if mq.username:
             client.username_pw_set(mq.username, self._secrets.mqtt_password)
         if mq.tls:
@@ -334,6 +357,13 @@ class DeviceLink:
 
     def is_online(self, device: str) -> bool:
         return bool(self._dev(device).online)
+
+    @property
+    def held(self) -> int:
+        """Device events on_event has refused so far and that wait, unacknowledged, for
+        another try (a full disk)."""
+        with self._lock:
+            return len(self._held)
 
     def reported(self, device: str) -> dict[str, Any] | None:
         """The device's last retained state snapshot (validated and signed), or None."""
@@ -592,15 +622,37 @@ class DeviceLink:
 
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, rc: Any, props: Any) -> None:
         self.connected.clear()
+        with self._lock:
+            self._gen += 1  # packet ids of the old connection must not be acknowledged on a new one
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        with self._lock:
+            token = _Inbound(msg.mid, msg.qos, self._gen)
         try:
             with self._lock:
-                self._handle(msg.topic, bytes(msg.payload))
+                self._inbound = token
+                try:
+                    self._handle(msg.topic, bytes(msg.payload))
+                finally:
+                    self._inbound = None
                 self._changed.notify_all()
         except Exception:
             log.exception("device link failed on %s", msg.topic)
+        with self._lock:
+            token.closed = True
         self._flush()
+        self._ack_if_done(token)
+
+    def _ack_if_done(self, token: _Inbound | None) -> None:
+        """PUBACK a message whose events have all been taken (on its own connection only)."""
+        with self._lock:
+            if token is None or token.acked or not token.closed or token.pending > 0:
+                return
+            token.acked = True
+            current = token.gen == self._gen
+        client = self._client
+        if current and client is not None and token.qos > 0:
+            client.ack(token.mid, token.qos)
 
     def _handle(self, topic_name: str, payload: bytes) -> None:
         parsed = env.parse_topic(topic_name)
@@ -704,9 +756,15 @@ class DeviceLink:
 
     def _on_evt(self, dev: _Device, evt: Any) -> None:
         key = (dev.id, evt.boot_id, evt.evt_seq)
-        if key in self._seen_evts:
-            return  # QoS 1 redelivery
-        self._seen_evts[key] = None
+        if key in self._seen_evts:  # QoS 1 redelivery
+            first, token = self._seen_evts[key], self._inbound
+            if first is not None and not first.acked and token is not None:
+                # the first copy is still held (not committed): its PUBACK, when it comes,
+                # goes to this copy, on the connection it arrived on
+                first.mid, first.qos, first.gen = token.mid, token.qos, token.gen
+                token.acked = True
+            return
+        self._seen_evts[key] = self._inbound
         while len(self._seen_evts) > 8192:
             self._seen_evts.popitem(last=False)
         kind = "device.command_refused" if evt.kind == "command.refused" else evt.kind
@@ -738,20 +796,56 @@ class DeviceLink:
     # --- internals: events ----------------------------------------------------------------
 
     def _emit(self, device: str, kind: str, data: dict[str, Any]) -> None:
-        self._outbox.append(DeviceEvent(device, kind, data, time.time()))
+        token = self._inbound
+        if token is not None:
+            token.pending += 1
+        self._outbox.append((DeviceEvent(device, kind, data, time.time()), token))
 
     def _flush(self) -> None:
-        """Hand queued events to on_event, in order, outside the state lock."""
+        """Hand queued events to on_event, in order, outside the state lock.
+
+        An event on_event refuses (raises: its transaction did not commit) is held and offered
+        again every `HOLD_RETRY_S`, before anything newer; its message is acknowledged to the
+        broker only once it is taken."""
         with self._deliver_lock:
             while True:
                 with self._lock:
-                    if not self._outbox:
+                    if self._held:
+                        if time.monotonic() < self._held_retry_at:
+                            return
+                        source = self._held
+                    elif self._outbox:
+                        source = self._outbox
+                    else:
                         return
-                    event = self._outbox.popleft()
+                    event, token = source[0]
                 try:
                     self._on_event(event)
                 except Exception:
-                    log.exception("on_event failed for %s %s", event.device, event.kind)
+                    self._hold(source, event)
+                    return
+                with self._lock:
+                    source.popleft()
+                    if token is not None:
+                        token.pending -= 1
+                    if source is self._held and not self._held:
+                        log.warning("device events are taken again")
+                self._ack_if_done(token)
+
+    HOLD_RETRY_S = 0.5
+
+    def _hold(self, source: deque[tuple[DeviceEvent, _Inbound | None]], event: DeviceEvent) -> None:
+        mono = time.monotonic()
+        with self._lock:
+            if source is self._outbox:
+                self._held.append(self._outbox.popleft())
+            self._held_retry_at = mono + self.HOLD_RETRY_S
+            say = mono - self._held_logged >= 30.0
+            if say:
+                self._held_logged = mono
+        if say:  # once in a while, not once a retry: a full disk may last
+            log.warning("could not take %s %s (%d held, not acknowledged to the broker); "
+                        "trying again", event.device, event.kind, len(self._held), exc_info=True)
 
 
 def _light_args(rc: Slot, light: Light, ttl_s: float) -> dict[str, Any]:

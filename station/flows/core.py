@@ -13,6 +13,7 @@ from typing import Any
 
 from station.domain.errors import InvalidSlotAddress
 from station.domain.layout import SlotAddress
+from station.store.db import StoreError
 from station.store.eventlog import Event
 
 from . import guard
@@ -68,6 +69,9 @@ class StationCore:
                 self._on_availability(device, kind.split(".", 1)[1], data)
             else:
                 self._log_device(device, kind, data)
+        except StoreError:
+            raise  # not committed: the link holds the event, offers it again and acknowledges
+            # it to the broker only once it is taken (#22.4, docs/adr/0085)
         except Exception:  # one bad event must not stop the link's thread
             log.exception("device event %s/%s failed", device, kind)
 
