@@ -7,8 +7,9 @@ device state runs under one lock: the paho network thread (commands) and the tic
 
 Command checks, in order (docs/mqtt.md, "What a device refuses"):
 size -> JSON -> shape -> signature -> device -> duplicate cmd_id (resend the first ack) ->
-time.sync (nonce) -> seq > last accepted (else `replayed`) -> trusted time -> expiry ->
-op known -> args valid -> persist seq (write-ahead) -> execute -> ack + state.
+time.sync (nonce) -> seq > last accepted (else `replayed`) -> the station's clock (anchor,
+epoch, expiry, issue: `firmware_stubs.anchor`) -> op known -> args valid -> persist seq
+(write-ahead) -> execute -> ack + state.
 Every refusal gets a negative ack and a `command.refused` event; nothing raises out of a
 callback, so no payload can stop the device.
 """
@@ -39,6 +40,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from station.devices import envelope as env
 from station.devices.envelope import EnvelopeError
 
+from .anchor import Anchor, host_anchor, judge
 from .hal import Clock
 from .nvstore import FileNvStore, MemoryNvStore
 
@@ -90,6 +92,9 @@ class DeviceRuntime:
         state_min_interval_s: float = 0.1,
         time_sync_window_s: float = 30.0,
         resync_s: float = 3600.0,
+        sync_precision_s: float = 0.5,
+        resync_min_s: float = 0.5,
+        wall_tolerance_s: float = 5.0,
     ) -> None:
         self.station_id = station_id
         self.device_id = device_id
@@ -106,6 +111,10 @@ class DeviceRuntime:
         self.state_min_interval_s = state_min_interval_s
         self.time_sync_window_s = time_sync_window_s
         self.resync_s = resync_s
+        # a time.sync that answered a challenge older than this is kept but asked again at once
+        self.sync_precision_s = sync_precision_s
+        self.resync_min_s = resync_min_s  # at most one challenge of our own per this
+        self.wall_tolerance_s = wall_tolerance_s  # wall clocks this far apart: re-sync
         self._auth = (username, password)
         self._ca_file = ca_file
         self._lock = threading.RLock()
@@ -117,9 +126,11 @@ class DeviceRuntime:
         self.boot_id = ""
         self._evt_seq = 0
         self._boot_mono = self.clock.monotonic()
-        self._time_base: tuple[float, float] | None = None  # (station time, our monotonic)
+        self._wall_base: tuple[float, float] | None = None  # (station wall time, our monotonic)
+        self._anchor: Anchor | None = None  # the station's monotonic clock: judges expiry
         self._nonce: str | None = None
         self._nonce_mono = 0.0
+        self._want_challenge = False  # ask for a time.sync at the next tick (after the ack)
         self._last_heartbeat = 0.0
         self._state_dirty = False
         self.connected = threading.Event()
@@ -152,14 +163,15 @@ class DeviceRuntime:
         """Trusted wall time, or None before the first accepted time.sync."""
         if self.trust_host_clock:
             return self.clock.host_wall()
-        if self._time_base is None:
+        if self._wall_base is None:
             return None
-        station_time, mono = self._time_base
+        station_time, mono = self._wall_base
         return station_time + (self.clock.monotonic() - mono)
 
     @property
     def time_trusted(self) -> bool:
-        return self.now() is not None
+        """We can judge a command's age (we know the station's monotonic clock)."""
+        return self._anchor is not None
 
     def uptime(self) -> float:
         return self.clock.monotonic() - self._boot_mono
@@ -173,7 +185,10 @@ class DeviceRuntime:
         self._boot_mono = self.clock.monotonic()
         self._evt_seq = 0
         self._stop.clear()
-        if not self.trust_host_clock:
+        self._wall_base, self._anchor, self._nonce = None, None, None
+        if self.trust_host_clock:  # simulation: the station runs on this machine's clock
+            self._anchor = host_anchor(env.host_clock_epoch(), self.clock.monotonic())
+        else:
             self._new_nonce()
         url = urlparse(self.broker_url)
         client = mqtt.Client(
@@ -380,13 +395,15 @@ class DeviceRuntime:
         if seq <= self.nv.last_seq:
             self._refuse("replayed", f"seq {seq} <= {self.nv.last_seq}", cmd_id, seq, op)
             return
-        now = self.now()
-        if now is None:
-            self._refuse("no_trusted_time", "waiting for time.sync", cmd_id, seq, op)
+        mono = self.clock.monotonic()
+        verdict = judge(self._anchor, cmd["mono"], mono)
+        if verdict is not None:
+            self._refuse(*verdict, cmd_id, seq, op)
+            # we may be the one who is wrong: ask for a time.sync; the station retries a
+            # command that is still fresh on its clock (docs/adr/0090)
+            self._want_challenge = True
             return
-        if now > cmd["expires_at"]:
-            self._refuse("expired", f"{now - cmd['expires_at']:.3f} s late", cmd_id, seq, op)
-            return
+        self._check_wall(cmd, mono)
         self._run(cmd, check_seq=True)
 
     def _run(self, cmd: dict[str, Any], check_seq: bool) -> None:
@@ -419,19 +436,37 @@ class DeviceRuntime:
         self._nonce_mono = self.clock.monotonic()
 
     def _time_tick(self, mono: float) -> None:
-        if self.trust_host_clock:
-            return
-        if self._nonce is not None and mono - self._nonce_mono > self.time_sync_window_s:
-            self._new_nonce()  # an old challenge must not be answerable for ever
-            self.publish_state()
-        elif self._nonce is None and self._time_base and mono - self._time_base[1] > self.resync_s:
+        anchor = self._anchor
+        if self._nonce is not None:
+            self._want_challenge = False  # one is open already
+            if mono - self._nonce_mono > self.time_sync_window_s and (
+                    anchor is None or anchor.source == "sync"):
+                self._new_nonce()  # an old challenge must not be answerable for ever
+                self.publish_state()
+            elif mono - self._nonce_mono > self.time_sync_window_s:
+                self._nonce = None  # a host-clock device asked, nobody answered: keep the host
+                self.publish_state()
+        elif anchor is not None and anchor.source == "sync" and mono - anchor.local > self.resync_s:
             self._new_nonce()  # ask for a fresh beacon; we stay trusted meanwhile
             self.publish_state()
+        elif self._want_challenge and mono - self._nonce_mono >= self.resync_min_s:
+            self._want_challenge = False
+            self._new_nonce()
+            self.publish_state()
 
-    def _validate_time_sync(self, args: dict[str, Any]) -> float:
-        cmd = args["_cmd"]
-        if self.trust_host_clock:
-            return float(cmd["issued_at"])
+    def _check_wall(self, cmd: dict[str, Any], mono: float) -> None:
+        """The station's wall clock differs from ours (it stepped since our last sync): our
+        reported `ts` is off, so ask for a time.sync. The command still runs; its age was
+        judged on the monotonic clocks."""
+        now, anchor = self.now(), self._anchor
+        if self.trust_host_clock or now is None or anchor is None:
+            return
+        station_wall = cmd["issued_at"] + (anchor.station_now(mono) - cmd["mono"]["issued"])
+        if abs(station_wall - now) > self.wall_tolerance_s:
+            self._want_challenge = True
+
+    def _validate_time_sync(self, args: dict[str, Any]) -> dict[str, Any]:
+        cmd: dict[str, Any] = args["_cmd"]
         nonce = args.get("nonce")
         if not isinstance(nonce, str):
             raise EnvelopeError("malformed", "time.sync needs a nonce")
@@ -439,12 +474,18 @@ class DeviceRuntime:
             raise EnvelopeError("replayed", "nonce is not the current challenge")
         if self.clock.monotonic() - self._nonce_mono > self.time_sync_window_s:
             raise EnvelopeError("expired", "challenge too old")
-        return float(cmd["issued_at"])
+        return cmd
 
-    def _exec_time_sync(self, station_time: float) -> dict[str, Any]:
-        if not self.trust_host_clock:
-            self._time_base = (station_time, self.clock.monotonic())
-            self._nonce = None
+    def _exec_time_sync(self, cmd: dict[str, Any]) -> dict[str, Any]:
+        mono, station_time = self.clock.monotonic(), float(cmd["issued_at"])
+        # the station read its clock after it saw our challenge: anchored at the challenge,
+        # our bound on its clock is never low (firmware_stubs.anchor)
+        self._anchor = Anchor(cmd["mono"]["epoch"], float(cmd["mono"]["issued"]), self._nonce_mono,
+                              "sync")
+        self._wall_base = (station_time, mono)
+        self._nonce = None
+        if mono - self._nonce_mono > self.sync_precision_s:
+            self._want_challenge = True  # answered late: ask again for a tighter anchor
         return {"time": station_time}
 
 

@@ -12,12 +12,14 @@ reflected as another kind.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import json
 import math
 import secrets
 import time
+from pathlib import Path
 from typing import Any
 
 VERSION = 1
@@ -35,12 +37,15 @@ REFUSAL_REASONS = (
     "replayed",
     "wrong_device",
     "no_trusted_time",
+    "clock_skew",
     "malformed",
     "unknown_op",
     "too_large",
 )
 
-CMD_FIELDS = ("v", "t", "msg_id", "cmd_id", "device", "seq", "issued_at", "expires_at", "op", "args")
+CMD_FIELDS = ("v", "t", "msg_id", "cmd_id", "device", "seq", "issued_at", "expires_at", "mono", "op",
+              "args")
+MONO_FIELDS = ("epoch", "issued", "expires")
 
 
 class EnvelopeError(ValueError):
@@ -125,6 +130,21 @@ def new_id() -> str:
     return secrets.token_hex(16)
 
 
+@functools.cache
+def host_clock_epoch() -> str:
+    """Names this machine's monotonic clock: it starts again at every kernel boot, so a reading
+    means something only with the boot it belongs to (docs/adr/0090). A platform without a
+    boot id gets one per process, which only costs a time.sync after a restart."""
+    try:
+        text = Path("/proc/sys/kernel/random/boot_id").read_text("ascii").strip()
+    except (OSError, UnicodeDecodeError):
+        text = ""
+    return text[:64] if text else _PROCESS_EPOCH
+
+
+_PROCESS_EPOCH = f"proc-{secrets.token_hex(8)}"
+
+
 # --- topics -------------------------------------------------------------------------------
 
 
@@ -158,10 +178,20 @@ def build_command(
     msg_id: str | None = None,
     issued_at: float | None = None,
     expires_at: float | None = None,
+    epoch: str | None = None,
+    mono_issued: float | None = None,
+    mono_expires: float | None = None,
 ) -> dict[str, Any]:
-    """A signed command. A retry passes the same cmd_id, seq, issued_at and expires_at and a
-    new msg_id, so the device runs it at most once and never after its expiry."""
+    """A signed command. A retry passes the same cmd_id, seq and stamps and a new msg_id, so
+    the device runs it at most once and never after its expiry.
+
+    `mono` is what the device judges expiry on (docs/adr/0090): the station's monotonic clock
+    (`epoch` names which one) at issue and at expiry; it defaults to this host's clock.
+    `issued_at`/`expires_at` are the station's wall clock, for people and for the device's
+    reported time, never for deciding whether a command may run.
+    """
     issued = time.time() if issued_at is None else issued_at
+    m_issued = time.monotonic() if mono_issued is None else mono_issued
     cmd = {
         "v": VERSION,
         "t": "cmd",
@@ -171,6 +201,11 @@ def build_command(
         "seq": int(seq),
         "issued_at": round(issued, 6),
         "expires_at": round(issued + ttl_s if expires_at is None else expires_at, 6),
+        "mono": {
+            "epoch": host_clock_epoch() if epoch is None else epoch,
+            "issued": round(m_issued, 6),
+            "expires": round(m_issued + ttl_s if mono_expires is None else mono_expires, 6),
+        },
         "op": op,
         "args": args,
     }
@@ -207,6 +242,13 @@ def parse_command(payload: bytes, key: bytes) -> dict[str, Any]:
         raise EnvelopeError("malformed", "issued_at/expires_at must be numbers")
     if not isinstance(obj["args"], dict):
         raise EnvelopeError("malformed", "args must be an object")
+    mono = obj["mono"]
+    if not isinstance(mono, dict) or set(mono) != set(MONO_FIELDS):
+        raise EnvelopeError("malformed", f"mono must have exactly {', '.join(MONO_FIELDS)}")
+    if not isinstance(mono["epoch"], str) or not 0 < len(mono["epoch"]) <= 64:
+        raise EnvelopeError("malformed", "mono.epoch must be a short string")
+    if not _is_num(mono["issued"]) or not _is_num(mono["expires"]):
+        raise EnvelopeError("malformed", "mono.issued/mono.expires must be numbers")
     check_signature(obj, key)
     return obj
 

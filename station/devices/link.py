@@ -18,6 +18,7 @@ behind the one in flight are folded into one replace of the shelf's desired ligh
 from __future__ import annotations
 
 import logging
+import math
 import os
 import socket
 import threading
@@ -37,12 +38,15 @@ from station.config import Secrets, StationConfig
 from . import envelope as env
 from .envelope import EnvelopeError
 from .messages import AckMsg, DoorState, ShelfState, parse_event, parse_state
+from .timebase import LinkClock, SystemClock
 
 log = logging.getLogger("station.devices")
 
 Slot = tuple[int, int]
 PATTERNS = ("solid", "blink", "alternate")
-TRANSIENT_REASONS = frozenset({"no_trusted_time"})  # retried after a time.sync, not final
+# the device and the station disagree about time: the device asks for a time.sync and the
+# station retries the same command after answering it (docs/adr/0090), never a final failure
+TRANSIENT_REASONS = frozenset({"no_trusted_time", "clock_skew"})
 LIGHT_OPS = frozenset({"lights.set", "lights.clear"})
 
 
@@ -198,10 +202,13 @@ class _Pending:
     cmd_id: str
     op: str
     args: dict[str, Any]
-    expires_at: float
+    deadline: float  # on the station's monotonic clock: the command never runs after it
     handle: CommandHandle
     seq: int = 0
-    issued_at: float = 0.0
+    issued_at: float = 0.0  # wall clock, for people and the device's reported time
+    expires_at: float = 0.0  # wall clock, ditto
+    mono_issued: float = 0.0
+    resynced: bool = False  # an `expired` from the device was answered with a time.sync once
     tries: int = 0
     next_retry: float = 0.0
     # handles of lights commands folded into this one before they were sent (their outcome
@@ -234,12 +241,13 @@ class _Device:
     online: bool | None = None
     boot_id: str | None = None
     reported: dict[str, Any] | None = None
-    desired: dict[Slot, tuple[Light, float]] = field(default_factory=dict)  # light, wall expiry
+    desired: dict[Slot, tuple[Light, float]] = field(default_factory=dict)  # light, mono expiry
     queue: deque[_Pending] = field(default_factory=deque)
     inflight: _Pending | None = None
     reconcile: bool = False
     nonce: str | None = None  # current time challenge from the device
-    nonce_answered: float = 0.0  # monotonic time we last answered it
+    nonce_answered: float = -math.inf  # monotonic time we last answered it
+    sync_cmd_id: str | None = None  # our last time.sync: its ack means "retry now"
     trusted: bool = False  # the device said it has trusted time
     bad_budget: float = 20.0
     bad_refill: float = 0.0
@@ -259,8 +267,10 @@ class DeviceLink:
         seq_path: Path | str | None = None,
         retry_s: float = 0.5,
         tick_s: float = 0.02,
+        clock: LinkClock | None = None,
     ) -> None:
         self.config = config
+        self._clock: LinkClock = clock or SystemClock()
         self.station_id = config.station.id
         self._secrets = secrets
         self._on_event = on_event
@@ -373,7 +383,7 @@ class DeviceLink:
 
     def desired_lights(self, device: str) -> dict[Slot, Light]:
         """The lights this shelf should show now (expired ones are gone)."""
-        now = time.time()
+        now = self._clock.monotonic()
         with self._lock:
             return {rc: light for rc, (light, exp) in self._shelf(device).desired.items() if exp > now}
 
@@ -407,7 +417,7 @@ class DeviceLink:
     def set_lights(self, device: str, lights: Mapping[Slot, Light | None]) -> CommandHandle:
         """Merge into the shelf's desired lights (None = off) and send just that change."""
         dev = self._shelf(device)
-        now = time.time()
+        now = self._clock.monotonic()
         slots = []
         for rc in lights:
             self._check_slot(dev, rc)
@@ -431,7 +441,7 @@ class DeviceLink:
     def replace_lights(self, device: str, lights: Mapping[Slot, Light]) -> CommandHandle:
         """The shelf's desired lights become exactly `lights`; every other slot goes dark."""
         dev = self._shelf(device)
-        now = time.time()
+        now = self._clock.monotonic()
         for rc in lights:
             self._check_slot(dev, rc)
         with self._lock:
@@ -481,7 +491,7 @@ class DeviceLink:
             raise ValueError(f"{dev.id} has no slot {rc}")
 
     def _replace_args(self, dev: _Device) -> dict[str, Any]:
-        now = time.time()
+        now = self._clock.monotonic()
         slots = [_light_args(rc, light, exp - now)
                  for rc, (light, exp) in sorted(dev.desired.items()) if exp - now > 0.001]
         return {"slots": slots, "replace": True}
@@ -491,7 +501,7 @@ class DeviceLink:
     def _submit(self, dev: _Device, op: str, args: dict[str, Any]) -> CommandHandle:
         ttl = self.config.mqtt.command_ttl_s
         cmd_id = env.new_id()
-        expires = time.time() + ttl
+        deadline = self._clock.monotonic() + ttl
         riders: list[CommandHandle] = []
         if op in LIGHT_OPS and any(p.op in LIGHT_OPS for p in dev.queue):
             # `dev.desired` already holds every queued change: one replace carries them all,
@@ -499,10 +509,11 @@ class DeviceLink:
             for p in [p for p in dev.queue if p.op in LIGHT_OPS]:
                 dev.queue.remove(p)
                 riders += [p.handle, *p.riders]
-                expires = min(expires, p.expires_at)
+                deadline = min(deadline, p.deadline)
             op, args = "lights.set", self._replace_args(dev)
-        handle = CommandHandle(cmd_id, dev.id, op, expires)
-        dev.queue.append(_Pending(cmd_id, op, args, expires, handle, riders=riders))
+        handle = CommandHandle(cmd_id, dev.id, op,
+                               self._clock.wall() + deadline - self._clock.monotonic())
+        dev.queue.append(_Pending(cmd_id, op, args, deadline, handle, riders=riders))
         self._pump(dev)
         return handle
 
@@ -510,28 +521,35 @@ class DeviceLink:
         """Send the next queued command if none is in flight (one at a time per device)."""
         while dev.inflight is None and dev.queue:
             pending = dev.queue.popleft()
-            if time.time() >= pending.expires_at:
+            mono, wall = self._clock.monotonic(), self._clock.wall()
+            if mono >= pending.deadline:
                 self._resolve(dev, pending, "expired", None)
                 continue
             pending.seq = self._seq.next()
-            pending.issued_at = time.time()
+            pending.mono_issued, pending.issued_at = mono, wall
+            pending.expires_at = wall + (pending.deadline - mono)
             dev.inflight = pending
             self._transmit(dev, pending)
 
     def _transmit(self, dev: _Device, pending: _Pending) -> None:
         """(Re)send: same cmd_id, seq and expiry every time, a new msg_id."""
         pending.tries += 1
-        pending.next_retry = time.monotonic() + self.retry_s
+        pending.next_retry = self._clock.monotonic() + self.retry_s
         cmd = env.build_command(
             key=self._keys[dev.id], device=dev.id, seq=pending.seq, op=pending.op,
             args=pending.args, ttl_s=0, cmd_id=pending.cmd_id, issued_at=pending.issued_at,
-            expires_at=pending.expires_at,
+            expires_at=pending.expires_at, epoch=self._clock.epoch,
+            mono_issued=pending.mono_issued, mono_expires=pending.deadline,
         )
         self._publish(dev.id, cmd)
 
     def _publish(self, device: str, cmd: dict[str, Any]) -> None:
+        """Hand a command to paho only while connected: paho would keep it and send it after a
+        reconnect, when the station may have given it up (#22.2). The retry loop resends a
+        command that is still fresh once the link is back."""
         client = self._client
-        if client is not None:  # never retained: a reconnect must not replay a command
+        if client is not None and self.connected.is_set():
+            # never retained: a reconnect must not replay a command
             client.publish(env.topic(self.station_id, device, "cmd"), env.encode(cmd), qos=1,
                            retain=False)
 
@@ -539,11 +557,14 @@ class DeviceLink:
         """Answer the device's time challenge (outside the command queue: docs/adr/0011)."""
         if dev.nonce is None:
             return
-        dev.nonce_answered = time.monotonic()
+        mono = dev.nonce_answered = self._clock.monotonic()
+        ttl = self.config.mqtt.command_ttl_s
         cmd = env.build_command(
             key=self._keys[dev.id], device=dev.id, seq=self._seq.next(), op="time.sync",
-            args={"nonce": dev.nonce}, ttl_s=self.config.mqtt.command_ttl_s,
+            args={"nonce": dev.nonce}, ttl_s=ttl, issued_at=self._clock.wall(),
+            epoch=self._clock.epoch, mono_issued=mono, mono_expires=mono + ttl,
         )
+        dev.sync_cmd_id = cmd["cmd_id"]
         self._publish(dev.id, cmd)
 
     def _resolve(self, dev: _Device, pending: _Pending, status: str, reason: str | None,
@@ -573,15 +594,17 @@ class DeviceLink:
                 log.exception("device link timer failed")
 
     def _tick(self) -> None:
-        now, mono = time.time(), time.monotonic()
+        mono = self._clock.monotonic()
         for dev in self._devices.values():
             pending = dev.inflight
             if pending is not None:
-                if now >= pending.expires_at:  # never after its expiry
+                if mono >= pending.deadline:  # never after its expiry
                     dev.inflight = None
                     self._resolve(dev, pending, "expired", None)
                 elif mono >= pending.next_retry and self.connected.is_set():
                     self._transmit(dev, pending)
+            if dev.nonce is not None and mono - dev.nonce_answered > max(1.0, 4 * self.retry_s):
+                self._send_time_sync(dev)  # our answer was lost: its state still asks
             if dev.reconcile and dev.online:
                 dev.reconcile = False
                 self._reconcile(dev)
@@ -601,6 +624,7 @@ class DeviceLink:
         if rc.is_failure:
             log.warning("broker refused the station: %s", rc)
             return
+        client.drop_out_messages()  # what paho kept from before may be given up (#22.2)
         sock = client.socket()
         if sock is not None:  # DESIGN §7: after every connect, or Nagle adds 44-88 ms
             try:
@@ -722,13 +746,18 @@ class DeviceLink:
 
     def _on_ack(self, dev: _Device, ack: AckMsg) -> None:
         pending = dev.inflight
+        if ack.cmd_id and ack.cmd_id == dev.sync_cmd_id:
+            if ack.ok and pending is not None:  # the device has our time now: retry at once
+                pending.next_retry = -math.inf
+            return
         if pending is None or ack.cmd_id != pending.cmd_id:
-            return  # a duplicate, a time.sync ack, or an answer to someone else's message
+            return  # a duplicate, or an answer to someone else's message
         if ack.ok:
             dev.inflight = None
             self._resolve(dev, pending, "acked", None, ack.result)
-        elif ack.reason in TRANSIENT_REASONS:
-            if time.monotonic() - dev.nonce_answered > self.retry_s / 2:
+        elif ack.reason in TRANSIENT_REASONS or self._resync_expired(pending, ack.reason):
+            # the device opens a new time challenge; we answer it (from its state) and retry
+            if self._clock.monotonic() - dev.nonce_answered > self.retry_s / 2:
                 self._send_time_sync(dev)
         elif ack.reason == "replayed" and self._bump_past(dev, pending, ack):
             return
@@ -753,6 +782,14 @@ class DeviceLink:
                                                  "reported": reported})
         self._transmit(dev, pending)
         return True
+
+    def _resync_expired(self, pending: _Pending, reason: str | None) -> bool:
+        """An `expired` for a command still fresh on our clock means the device's idea of our
+        time is off (an imprecise sync, a timer that jumped): re-sync and retry it once."""
+        if reason != "expired" or pending.resynced:
+            return False
+        pending.resynced = True
+        return self._clock.monotonic() < pending.deadline - self.retry_s
 
     def _on_evt(self, dev: _Device, evt: Any) -> None:
         key = (dev.id, evt.boot_id, evt.evt_seq)

@@ -80,7 +80,9 @@ def test_unsigned_forged_expired_and_wrong_device_unlocks_are_refused(
     tampered["args"] = {"pulse_s": 60}
     assert_refused(cfg, broker, sniffer, events, env.encode(tampered), "bad_signature", tampered["cmd_id"])
 
-    expired = signed_unlock(key, issued_at=time.time() - 10, expires_at=time.time() - 5)
+    # expiry is judged on the station's monotonic clock (docs/adr/0090), not on expires_at
+    expired = signed_unlock(key, issued_at=time.time() - 10, expires_at=time.time() - 5,
+                            mono_issued=time.monotonic() - 10, mono_expires=time.monotonic() - 5)
     assert_refused(cfg, broker, sniffer, events, env.encode(expired), "expired", expired["cmd_id"])
 
     shelf_key = secrets.device_key(cfg.station.id, "shelf-1")
