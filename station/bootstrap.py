@@ -23,6 +23,7 @@ from station.domain.lights import LightSpec
 from station.flows.context import Ctx
 from station.flows.core import StationCore, Ticker
 from station.flows.device_log import DeviceLogWriter
+from station.flows.shelf_audit import ShelfAudit
 from station.homeassistant import HomeAssistantBridge
 from station.metrics import LatencyMetrics, StationCollector, StationMetrics
 from station.notify.messages import StationInfo
@@ -287,6 +288,8 @@ def build_station(config: StationConfig, secrets: Secrets, *, data_dir: Path | N
     ctx = Ctx(config, secrets, store, LinkPort(link, metrics.latency), outbox)
     device_log = DeviceLogWriter(store)
     core = StationCore(ctx, trace_writer=device_log.submit)
+    core.audit = ShelfAudit(ctx, link.reported, lambda: link.held,
+                            interval_s=config.mqtt.shelf_audit_s)
     holder["core"] = core
     info = StationInfo(config.station.name, config.station.address, config.station.timezone)
     senders = build_senders(config.notify, info, config.station.id)

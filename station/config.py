@@ -63,6 +63,8 @@ class MqttSection(_Strict):
     persistent_session: bool = True
     command_ttl_s: float = Field(default=10.0, gt=0, le=600)
     light_ttl_s: float = Field(default=600.0, gt=0, le=86400)
+    # how often the shelves' signed counts are checked against the records (#22.4)
+    shelf_audit_s: float = Field(default=30.0, ge=1, le=3600)
 
 
 class ShelfConfig(_Strict):

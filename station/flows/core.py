@@ -25,6 +25,7 @@ from .holdings import held_in
 from .lights import LightSync
 from .pickup import Pickup
 from .returns import Returns
+from .shelf_audit import ShelfAudit
 from .shelving import Placement, Shelving
 
 log = logging.getLogger("station.core")
@@ -54,6 +55,8 @@ class StationCore:
         self.exit = ExitCheck(ctx, self.lights)
         self.returns = Returns(ctx, self.lights, self.shelving, self.couriers)
         self.placement_listeners: list[Callable[[PlacementOutcome], None]] = []
+        # the shelves' signed counts against the records (shelf_audit.py); bootstrap sets it
+        self.audit: ShelfAudit | None = None
         self._last_refresh = 0.0
 
     # --- device input -------------------------------------------------------------------------
@@ -214,6 +217,8 @@ class StationCore:
             "alarms_cleared": self._clear_slot_alarms(now),
         }
         self._close_stale_runs(now)
+        if self.audit is not None:
+            self.audit.maybe_run()
         force = now - self._last_refresh > 60.0
         if any(done.values()) or force:
             self.lights.refresh(force=force)

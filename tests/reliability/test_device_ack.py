@@ -9,6 +9,7 @@ again; the real link, firmware and Mosquitto are in play.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -108,4 +109,37 @@ def test_a_placement_held_when_the_station_dies_is_delivered_again_by_the_broker
         wait_until(lambda: _shelved(store, "SF0000000000002"), 15)
         assert _sensed(store, slot) == 1
         assert ls.wait_code_for(PHONE)
+        http.close()
+
+
+def test_a_placement_lost_in_transit_is_an_alarm_never_a_silent_difference(tmp_path: Path) -> None:
+    """The shelf's placement event never arrives (dropped on the way); its signed retained
+    state still counts the parcel. The audit against that state raises one alarm for the
+    slot, however often it runs."""
+    with LiveStation(tmp_path, http=True) as ls:
+        http = httpx.Client(base_url=ls.base_url, timeout=15)
+        slot = _scan(ls, http, "SF0000000000003")
+        store, audit = ls.station.store, ls.core.audit
+        audit.interval_s = 0.5
+        ctrl, row, col = ls.shelf(slot)
+
+        def lossy(direction: str, topic: str, payload: bytes, deliver: Any) -> None:
+            if not topic.endswith("/evt"):
+                deliver(payload)
+
+        ctrl.net = lossy
+        ls.put(slot)
+        assert ls.station.link.wait_reported(ctrl.device_id, lambda s: any(
+            (o["row"], o["col"]) == (row, col) for o in s["occupied"]), 10)
+        mismatch_sql = "SELECT data FROM events WHERE type = 'slot.count_mismatch' AND subject = ?"
+        wait_until(lambda: store.query(mismatch_sql, (slot,)), 15)
+        runs = audit._next
+        wait_until(lambda: audit._next > runs + 2 * audit.interval_s, 10)  # three audits more
+        assert len(store.query(mismatch_sql, (slot,))) == 1
+        alarms = store.query("SELECT kind FROM alarms WHERE subject = ? AND acknowledged_at IS NULL",
+                             (slot,))
+        assert [a["kind"] for a in alarms] == ["slot.count_mismatch"]
+        assert json.loads(store.query(mismatch_sql, (slot,))[0]["data"]) == {
+            "slot": slot, "recorded": 0, "reported": 1}
+        assert not _shelved(store, "SF0000000000003")  # nothing guessed
         http.close()
