@@ -45,7 +45,7 @@ test: $(STAMP) system-deps testdata
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)
-	$(BIN)/ruff check station firmware_stubs shelf_sim tests bench
+	$(BIN)/ruff check station firmware_stubs shelf_sim fleet tests bench
 	$(BIN)/mypy station
 
 bench: $(STAMP) system-deps testdata

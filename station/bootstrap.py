@@ -298,8 +298,7 @@ def build_station(config: StationConfig, secrets: Secrets, *, data_dir: Path | N
     vision = Vision(config, secrets, store, core)
     upstream = None
     if config.upstream.enabled:
-        upstream = UpstreamForwarder(store, config.station.id, config.upstream.host,
-                                     config.upstream.port, config.upstream.topic)
+        upstream = UpstreamForwarder.from_config(store, config, secrets)
 
     svc = Services(
         core=core,

@@ -159,10 +159,35 @@ class LockoutSection(_Strict):
 
 
 class UpstreamSection(_Strict):
+    """The fleet broker (#14.5): its own host, credentials, TLS and client id; never the
+    device broker, whose clients could otherwise read every event. Off unless configured;
+    the password is the `upstream_password` secret (PS_SECRET_UPSTREAM_PASSWORD)."""
+
     enabled: bool = False
-    host: str = "127.0.0.1"
-    port: int = Field(default=1883, ge=1, le=65535)
+    host: str | None = None  # required when enabled: no default that could be the device broker
+    port: int = Field(default=8883, ge=1, le=65535)
     topic: str | None = None  # default ps/v1/{station}/station/events
+    client_id: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:-]{1,64}$")] | None = None
+    username: str | None = None
+    tls: bool = True  # plaintext only when said so (a loopback test broker)
+    ca_file: str | None = None  # None: the system's trust store
+    cert_file: str | None = None  # client certificate (mutual TLS), with key_file
+    key_file: str | None = None
+
+    @model_validator(mode="after")
+    def _usable(self) -> UpstreamSection:
+        if not self.enabled:
+            return self
+        if not self.host:
+            raise ValueError("upstream.host is required when upstream is enabled")
+        if not (self.username or self.cert_file):
+            raise ValueError("upstream needs its own credentials: username (password in the"
+                             " secrets file as upstream_password) or cert_file/key_file")
+        if bool(self.cert_file) != bool(self.key_file):
+            raise ValueError("upstream cert_file and key_file go together")
+        if (self.ca_file or self.cert_file) and not self.tls:
+            raise ValueError("upstream ca_file/cert_file need tls = true")
+        return self
 
 
 class MetricsSection(_Strict):
@@ -212,6 +237,10 @@ class StationConfig(_Strict):
         _unique([c.name for c in self.carriers], "carriers", "name")
         devices = [s.device for s in self.shelves] + [self.doors.entry, self.doors.exit]
         _unique(devices, "shelves/doors", "device")
+        up = self.upstream
+        if up.enabled and (up.host, up.port) == (self.mqtt.host, self.mqtt.port):
+            raise ValueError("upstream points at the device broker ([mqtt]), where every device"
+                             " could read every event: give the fleet broker's host/port")
         return self
 
     @property
@@ -338,6 +367,7 @@ class Secrets(_Strict):
     token_key: bytes
     mqtt_password: str | None = None
     ha_mqtt_password: str | None = None  # the Home Assistant bridge's broker login
+    upstream_password: str | None = None  # the fleet broker's, beside the device broker's
 
     def device_key(self, station_id: str, device_id: str) -> bytes:
         """Per-device HMAC key. A real device is provisioned with only its own derived key,
@@ -364,7 +394,7 @@ def _decode_key(name: str, value: object, origin: str) -> bytes:
 
 
 # broker logins: plain strings, optional (a broker without passwords needs none)
-PASSWORD_NAMES = ("mqtt_password", "ha_mqtt_password")
+PASSWORD_NAMES = ("mqtt_password", "ha_mqtt_password", "upstream_password")
 
 
 def load_secrets(path: Path | str | None = None, env: dict[str, str] | None = None) -> Secrets:
@@ -398,7 +428,10 @@ def load_secrets(path: Path | str | None = None, env: dict[str, str] | None = No
             )
         decoded[name] = _decode_key(name, values[name], origin)
     for name in PASSWORD_NAMES:
-        decoded[name] = values.get(name)
+        value = values.get(name)
+        if value is not None and not isinstance(value, str):
+            raise ConfigError(f"{origin}: {name}: must be a string")
+        decoded[name] = value
     return Secrets.model_validate(decoded)
 
 

@@ -14,6 +14,7 @@ connection can never be mistaken for an acknowledgement on the next one.
 
 from __future__ import annotations
 
+import json
 import logging
 import queue
 import random
@@ -22,7 +23,7 @@ import ssl
 import threading
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -30,10 +31,10 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from station.store.db import Store
-from station.store.eventlog import EventRecord, canonical_json, iter_events
+from station.store.eventlog import Event, EventRecord, canonical_json, iter_events
 
 if TYPE_CHECKING:
-    from station.config import StationConfig
+    from station.config import Secrets, StationConfig
 
 log = logging.getLogger("station.upstream")
 
@@ -42,11 +43,71 @@ def default_topic(station_id: str) -> str:
     return f"ps/v1/{station_id}/station/events"
 
 
-def event_payload(station_id: str, event: EventRecord) -> bytes:
-    """The upstream message: the log row as stored (seq, hash and all) plus the station."""
+def event_payload(station_id: str, event: EventRecord, epoch: tuple[int, int] = (0, 1)) -> bytes:
+    """The upstream message: the log row as stored (seq, hash and all) plus the station and
+    the incarnation it was written in (`epoch`, and `epoch_seq`, the epoch's first seq)."""
     body: dict[str, Any] = event.as_dict()
     body["station"] = station_id
+    body["epoch"], body["epoch_seq"] = epoch
     return canonical_json(body).encode()
+
+
+# --- incarnations (#22.6, ADR 0112) ------------------------------------------------------------
+#
+# A restored backup goes back to an older seq and then writes new, different events under
+# seqs the fleet already holds. So that the fleet can tell that declared restore from a
+# silent rewrite, every event is forwarded with the epoch it was written in; a restore starts
+# a new epoch at the next seq. The list lives in `meta` (key `upstream_epochs`, JSON
+# [[epoch, first_seq], ...], first_seq increasing), so it travels inside every backup.
+
+EPOCHS_KEY = "upstream_epochs"
+
+
+def log_epochs(conn: Any) -> list[tuple[int, int]]:
+    """[(epoch, first_seq), ...] of this database; [(0, 1)] before any restore."""
+    row = conn.execute("SELECT value FROM meta WHERE key = ?", (EPOCHS_KEY,)).fetchone()
+    if row is None:
+        return [(0, 1)]
+    try:
+        pairs = [(int(e), int(s)) for e, s in json.loads(row[0])]
+    except (ValueError, TypeError):
+        return [(0, 1)]
+    return pairs or [(0, 1)]
+
+
+def epoch_of(epochs: Sequence[tuple[int, int]], seq: int) -> tuple[int, int]:
+    """The incarnation a seq was written in: the last epoch starting at or before it."""
+    found = (0, 1)
+    for epoch, first in epochs:
+        if first <= seq:
+            found = (epoch, first)
+    return found
+
+
+def current_epoch(conn: Any) -> int:
+    return max(e for e, _ in log_epochs(conn))
+
+
+def declare_restore(store: Store, *, source: str = "", previous_epoch: int = 0,
+                    clock: Callable[[], float] = time.time) -> int:
+    """Call right after a backup has been restored into `store` (before the station runs):
+    starts a new epoch at the next seq and logs `station.restored` as its first event, in
+    one transaction. `previous_epoch`: the replaced database's `current_epoch`, when it
+    could still be read. The new epoch is above every one known and at least the wall
+    clock's seconds, so two restores of the same backup never reuse an epoch."""
+    with store.transaction() as tx:
+        epochs = log_epochs(tx.conn)
+        first_seq = store.last_seq + 1
+        kept = [(e, s) for e, s in epochs if s < first_seq]
+        known = max([e for e, _ in epochs] + [previous_epoch])
+        epoch = max(known + 1, int(clock()))
+        kept.append((epoch, first_seq))
+        tx.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)",
+                   (EPOCHS_KEY, json.dumps(kept)))
+        tx.emit(Event("station.restored", "station", "operator",
+                      {"epoch": epoch, "first_seq": first_seq,
+                       "restored_last_seq": first_seq - 1, "source": source[:200]}))
+    return epoch
 
 
 def set_nodelay(sock: Any) -> None:
@@ -90,6 +151,7 @@ class UpstreamForwarder:
         username: str | None = None,
         password: str | None = None,
         tls_context: ssl.SSLContext | None = None,
+        client_id: str | None = None,
         rng: random.Random | None = None,
     ) -> None:
         self._store = store
@@ -107,6 +169,7 @@ class UpstreamForwarder:
         self._username = username
         self._password = password
         self._tls_context = tls_context
+        self.client_id = client_id or f"ps-{station_id}-upstream"
         self._rng = rng or random.Random()
         self._wake = threading.Event()
         self._stopping = threading.Event()
@@ -117,9 +180,23 @@ class UpstreamForwarder:
         self.last_error = ""
 
     @classmethod
-    def from_config(cls, store: Store, config: StationConfig, **options: Any) -> UpstreamForwarder:
+    def from_config(cls, store: Store, config: StationConfig, secrets: Secrets,
+                    **options: Any) -> UpstreamForwarder:
+        """The `[upstream]` section with its own credentials and TLS (#14.5)."""
         up = config.upstream
-        return cls(store, config.station.id, up.host, up.port, up.topic, **options)
+        if not up.enabled or not up.host:
+            raise ValueError("upstream is not enabled")
+        if up.username and not secrets.upstream_password:
+            raise ValueError("upstream.username is set but the secrets have no upstream_password")
+        ctx = None
+        if up.tls:
+            ctx = ssl.create_default_context(cafile=up.ca_file)
+            ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+            if up.cert_file:
+                ctx.load_cert_chain(up.cert_file, up.key_file)
+        return cls(store, config.station.id, up.host, up.port, up.topic,
+                   username=up.username, password=secrets.upstream_password if up.username else None,
+                   tls_context=ctx, client_id=up.client_id, **options)
 
     # --- status ----------------------------------------------------------------------------
 
@@ -200,7 +277,7 @@ class UpstreamForwarder:
     def _connect(self) -> _Link | None:
         client = mqtt.Client(
             CallbackAPIVersion.VERSION2,
-            client_id=f"ps-{self._station_id}-upstream",
+            client_id=self.client_id,
             clean_session=True,
             reconnect_on_failure=False,  # reconnecting is ours, with a fresh client
         )
@@ -285,10 +362,10 @@ class UpstreamForwarder:
             if room > 0:
                 with self._store.reading() as conn:
                     batch = list(iter_events(conn, after_seq=next_seq - 1, limit=room))
+                    epochs = log_epochs(conn) if batch else []
                 for event in batch:
-                    info = link.client.publish(
-                        self.topic, event_payload(self._station_id, event), qos=1, retain=False
-                    )
+                    payload = event_payload(self._station_id, event, epoch_of(epochs, event.seq))
+                    info = link.client.publish(self.topic, payload, qos=1, retain=False)
                     if info.rc != mqtt.MQTT_ERR_SUCCESS:
                         link.lost.set()  # resend from the cursor on the next connection
                         self.last_error = f"publish: {mqtt.error_string(info.rc)}"

@@ -1,0 +1,145 @@
+"""Stations forward over a real Mosquitto into the real fleet (issue 15 items 2 and 7):
+acknowledgement after commit, an ingest SIGKILLed mid-burst, broker and database outages."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from fleet.ingest import Ingest
+from fleet.pg import PostgresProcess
+from fleet.store import fleet_alarms, verify_station
+from station.store.db import Store
+
+from .conftest import new_database
+from .support import IngestProc, append, count_rows, fleet_broker, forwarder, until, verified
+
+
+def _chain_ok(dsn: str, station: str, last: int) -> None:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        assert verify_station(conn, station) == (True, last, "")
+        assert fleet_alarms(conn, open_only=False) == []
+        dupes = conn.execute("SELECT count(*) - count(DISTINCT (station_id, seq)) FROM events").fetchone()[0]
+        assert dupes == 0
+    assert verified(dsn, station) == last
+
+
+def test_events_forwarded_by_a_station_land_in_postgres_in_one_chain(
+        tmp_path: Path, fleet_dsn: str) -> None:
+    with fleet_broker(tmp_path / "broker") as broker:
+        ingest = Ingest(fleet_dsn, broker.host, broker.port, client_id="fleet-t1").start()
+        assert ingest.subscribed.wait(10)
+        store = Store(tmp_path / "st.db").open()
+        fwd = forwarder(store, "st-one", broker)
+        fwd.start()
+        try:
+            last = append(store, 300)
+            assert fwd.wait_forwarded(last, 30)
+            until(lambda: verified(fleet_dsn, "st-one") == last, 30, "fleet holds the chain")
+            assert ingest.wait_idle(10)
+            assert ingest.stats.acked == ingest.stats.messages >= last
+        finally:
+            fwd.stop()
+            ingest.stop()
+            store.close()
+    _chain_ok(fleet_dsn, "st-one", last)
+
+
+def test_ingest_sigkilled_during_a_burst_loses_and_duplicates_nothing(
+        tmp_path: Path, fleet_dsn: str) -> None:
+    with fleet_broker(tmp_path / "broker") as broker:
+        ingest = IngestProc(tmp_path, fleet_dsn, broker).start()
+        stores = [Store(tmp_path / f"st{i}.db").open() for i in range(3)]
+        fwds = [forwarder(s, f"st-k{i}", broker) for i, s in enumerate(stores)]
+        for f in fwds:
+            f.start()
+        stop = threading.Event()
+
+        def burst(store: Store) -> None:
+            while not stop.is_set() and store.last_seq < 1500:
+                append(store, 10)
+
+        writers = [threading.Thread(target=burst, args=(s,)) for s in stores]
+        try:
+            for t in writers:
+                t.start()
+            until(lambda: count_rows(fleet_dsn) > 400, 60, "the burst reaches the fleet")
+            ingest.kill()  # mid-burst: batches in hand, messages unacknowledged
+            killed_at = count_rows(fleet_dsn)
+            time.sleep(0.5)  # the stations keep publishing into the broker meanwhile
+            ingest.start()
+            for t in writers:
+                t.join()
+            lasts = [s.last_seq for s in stores]
+            for f, last in zip(fwds, lasts):
+                assert f.wait_forwarded(last, 60)
+            until(lambda: count_rows(fleet_dsn) == sum(lasts), 90, "every event in the fleet")
+        finally:
+            stop.set()
+            for f in fwds:
+                f.stop()
+            ingest.stop()
+            for s in stores:
+                s.close()
+    assert killed_at < sum(lasts)
+    for i, last in enumerate(lasts):
+        _chain_ok(fleet_dsn, f"st-k{i}", last)
+
+
+def test_a_database_outage_holds_acks_and_the_fleet_catches_up(tmp_path: Path) -> None:
+    """PostgreSQL down: the station keeps working and forwarding, the ingest keeps its batch
+    and acknowledges nothing; an ingest SIGKILLed while the database is down loses nothing
+    either, because nothing it held was acknowledged."""
+    with PostgresProcess() as pg, fleet_broker(tmp_path / "broker") as broker:
+        dsn = new_database(pg)
+        ingest = IngestProc(tmp_path, dsn, broker).start()
+        store = Store(tmp_path / "st.db").open()
+        fwd = forwarder(store, "st-db", broker)
+        fwd.start()
+        try:
+            first = append(store, 100)
+            until(lambda: count_rows(dsn) == first, 30, "first events in the fleet")
+            pg.stop("immediate")
+            more = append(store, 400)  # the station does not notice
+            assert fwd.wait_forwarded(more, 30)  # the broker took them
+            time.sleep(1.0)  # the ingest has a batch in hand and cannot commit it
+            ingest.kill()
+            pg.start()
+            ingest.start()
+            until(lambda: count_rows(dsn) == more, 60, "the fleet catches up after the outage")
+        finally:
+            fwd.stop()
+            ingest.stop()
+            store.close()
+        _chain_ok(dsn, "st-db", more)
+
+
+@pytest.mark.parametrize("ingests", [2])
+def test_several_ingests_share_the_load_through_a_shared_subscription(
+        tmp_path: Path, fleet_dsn: str, ingests: int) -> None:
+    with fleet_broker(tmp_path / "broker") as broker:
+        procs = [Ingest(fleet_dsn, broker.host, broker.port, client_id=f"fleet-s{i}").start()
+                 for i in range(ingests)]
+        for p in procs:
+            assert p.subscribed.wait(10)
+        stores = [Store(tmp_path / f"st{i}.db").open() for i in range(4)]
+        fwds = [forwarder(s, f"st-s{i}", broker) for i, s in enumerate(stores)]
+        for f in fwds:
+            f.start()
+        try:
+            lasts = [append(s, 250) for s in stores]
+            until(lambda: count_rows(fleet_dsn) == sum(lasts), 60, "every event in the fleet")
+        finally:
+            for f in fwds:
+                f.stop()
+            for p in procs:
+                p.stop()
+            for s in stores:
+                s.close()
+    assert all(p.stats.inserted > 0 for p in procs), [p.stats.inserted for p in procs]
+    for i, last in enumerate(lasts):
+        _chain_ok(fleet_dsn, f"st-s{i}", last)
