@@ -4,7 +4,11 @@ Pure: the caller passes the failure times it has on record (from the store, so a
 forgets nothing). Per scope (a kiosk, a courier id): `free_failures` failures cost nothing,
 then each further failure doubles the wait, from `first_delay_s` up to `max_delay_s`.
 For the whole station: at most `daily_failure_cap` failures in any 24 hours; after that,
-typed entry is refused until the oldest failure is a day old and an operator is alarmed."""
+typed entry is refused until the oldest failure is a day old and an operator is alarmed.
+
+Every time here is on one steady timeline (the caller measures ages on the monotonic clock,
+station/clocks.py): a failure is never in the future, so no wait exceeds its bound.
+"""
 
 from __future__ import annotations
 
@@ -44,13 +48,28 @@ def check(
 ) -> LockoutVerdict:
     """scope_failures: times of this scope's failures since its last success;
     station_failures: times of every failure at the station (any scope)."""
-    recent = sorted(t for t in station_failures if now - t < DAY_S)
+    last = min((now - t for t in scope_failures), default=None)
+    return check_ages(policy, len(scope_failures), last, [now - t for t in station_failures])
+
+
+def check_ages(
+    policy: LockoutPolicy,
+    scope_count: int,
+    scope_last_age: float | None,
+    station_ages: Sequence[float],
+) -> LockoutVerdict:
+    """The verdict from ages (seconds since each failure): scope_count failures of this
+    scope since its last success, the youngest `scope_last_age` old; station_ages: the ages
+    of the station's failures (any scope; the youngest `daily_failure_cap` suffice).
+
+    A negative age (a failure "in the future") counts as age 0, so whatever a clock did,
+    the scope waits at most `max_delay_s` and the station at most a day."""
+    recent = sorted(max(a, 0.0) for a in station_ages if a < DAY_S)
     if len(recent) >= policy.daily_failure_cap:
-        wait = DAY_S - (now - recent[len(recent) - policy.daily_failure_cap])
+        wait = DAY_S - recent[policy.daily_failure_cap - 1]
         return LockoutVerdict(False, max(wait, 1.0), "daily_cap")
-    if scope_failures:
-        delay = scope_delay(policy, len(scope_failures))
-        wait = max(scope_failures) + delay - now
+    if scope_count and scope_last_age is not None:
+        wait = scope_delay(policy, scope_count) - max(scope_last_age, 0.0)
         if wait > 0:
             return LockoutVerdict(False, wait, "delay")
     return LockoutVerdict(True)

@@ -10,6 +10,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from station.clocks import Stamp, current_boot_id
 from station.config import Secrets, StationConfig
 from station.crypto import Sealer
 from station.domain.layout import Layout, ShelfSpec, SlotAddress
@@ -42,7 +43,12 @@ class Ctx:
     store: Store
     devices: DevicePort
     outbox: OutboxPort
+    # the wall clock: what people read and what the log's timestamps say; it may step
     clock: Callable[[], float] = time.time
+    # the steady clock every duration is measured on (lockouts, timeouts; ADR 0070), and the
+    # boot its readings belong to (they compare only within one boot of the machine)
+    mono: Callable[[], float] = time.monotonic
+    boot_id: str = ""
     layout: Layout = field(init=False)
     carriers: CarrierBook = field(init=False)
     sealer: Sealer = field(init=False)
@@ -53,9 +59,15 @@ class Ctx:
     log: logging.Logger = field(default_factory=lambda: logging.getLogger("station.flows"))
 
     def __post_init__(self) -> None:
+        if not self.boot_id:
+            self.boot_id = current_boot_id()
         self.sealer = Sealer(self.secrets.encryption_key, "recipient-contact")
         self.layout = layout_from_config(self.config)
         self.carriers = carriers_from_config(self.config)
+
+    def stamp(self) -> Stamp:
+        """Now on both clocks, for a moment whose age matters later."""
+        return Stamp(self.clock(), self.boot_id, self.mono())
 
     @property
     def station_id(self) -> str:

@@ -23,6 +23,8 @@ from .pins import PinSeal, exposed
 
 _ID = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
 _PIN = re.compile(r"^\d{4,8}$")
+# the owner of the hash an unknown courier id is checked against: not a valid courier id
+_NOBODY = "\0no-courier"
 
 
 @dataclass(frozen=True)
@@ -51,6 +53,9 @@ class Couriers:
         # the hash cost, is what limits online guessing
         self.hasher = hasher or PasswordHasher(time_cost=2, memory_cost=19456, parallelism=1)
         self.seal = PinSeal(ctx.secrets.encryption_key)
+        # what an unknown courier id is verified against: sealed like a real one and hashed
+        # with the same parameters (once, here, so that no request pays for hashing it)
+        self._dummy = self.seal.seal(_NOBODY, self.hasher.hash("no courier has this pin"))
 
     def add(self, courier_id: str, carrier: str, name: str, pin: str, *, actor: str = "operator",
             valid_from: float | None = None, valid_until: float | None = None) -> CourierView:
@@ -132,26 +137,34 @@ class Couriers:
         return c
 
     def check_pin(self, courier_id: str, pin: str, *, scope: str = "kiosk") -> CourierView:
-        """Wrong PINs are locked out like pickup codes (per courier id and station-wide)."""
-        now = self.ctx.clock()
+        """Wrong PINs are locked out like pickup codes (per courier id and station-wide).
+
+        The guess is admitted and counted before the PIN is tested; an unknown courier id
+        costs what a wrong PIN costs (one argon2 verify, against a hash of the same
+        parameters, and one counted failure), so the answer's timing does not say which
+        ids exist."""
         lock_scope = f"courier:{courier_id}"
-        guard.ensure_allowed(self.ctx, "pin", lock_scope, now)
+        attempt = guard.admit(self.ctx, "pin", lock_scope, scope, {"courier_id": courier_id})
         row = self.ctx.store.query_one("SELECT pin_hash FROM couriers WHERE id = ?", (courier_id,))
-        ok = False
-        if row is not None and isinstance(pin, str):
-            try:
-                ok = self.hasher.verify(self.seal.open(courier_id, row["pin_hash"]), pin)
-            except (VerificationError, InvalidHashError, DecryptError):
-                ok = False
+        if row is not None:
+            ok = self._verify(courier_id, row["pin_hash"], pin)
+        else:  # the same work as a wrong PIN, and the same answer
+            self._verify(_NOBODY, self._dummy, pin)
+            ok = False
         with self.ctx.lock, self.ctx.store.transaction() as tx:
             if not ok:
-                guard.record_failure(self.ctx, tx, "pin", lock_scope, scope, {"courier_id": courier_id})
+                guard.reject(self.ctx, tx, attempt, scope, {"courier_id": courier_id})
             else:
-                guard.record_success(tx, "pin", lock_scope, scope, {"courier_id": courier_id})
+                guard.accept(tx, attempt, scope, {"courier_id": courier_id})
         if not ok:
             raise AuthFailed("wrong courier id or PIN", code="wrong_pin")
-        return self.usable(courier_id, now)
+        return self.usable(courier_id, self.ctx.clock())
 
+    def _verify(self, owner: str, stored: str, pin: object) -> bool:
+        try:
+            return bool(self.hasher.verify(self.seal.open(owner, stored), pin if isinstance(pin, str) else ""))
+        except (VerificationError, InvalidHashError, DecryptError):
+            return False
 
 
 def _check_pin_format(pin: str) -> None:

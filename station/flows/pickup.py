@@ -10,6 +10,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from station.clocks import Stamp, age
 from station.domain.codes import PickupCode, code_digest, parse_qr_payload
 from station.domain.colours import PALETTE_HEX, allocate_colour, colour_name
 from station.domain.errors import InvalidPickupCode
@@ -74,42 +75,57 @@ class Pickup:
 
     def _enter_code(self, code: PickupCode, kiosk: str, method: str, check_lockout: bool = True) -> EntryResult:
         ctx = self.ctx
-        now = ctx.clock()
-        if check_lockout:
-            guard.ensure_allowed(ctx, "code", kiosk, now)
         digest = code_digest(code, ctx.secrets.hash_key)
-        row = ctx.store.query_one(
-            "SELECT recipient_hash FROM parcels WHERE code_digest = ? AND state = 'shelved'", (digest,))
+        if not check_lockout:
+            row = ctx.store.query_one(
+                "SELECT recipient_hash FROM parcels WHERE code_digest = ? AND state = 'shelved'", (digest,))
+            if row is None:
+                raise AuthFailed("No parcel is waiting for this code. Check the code and try again.",
+                                 code="wrong_code")
+            return self.open_for(row["recipient_hash"], kiosk, method, auth_kind="code")
+        # admitted and counted before the code is tested; tested and settled in one transaction
+        attempt = guard.admit(ctx, "code", kiosk, kiosk, {"method": method})
+        with ctx.lock, ctx.store.transaction() as tx:
+            row = tx.execute(
+                "SELECT recipient_hash FROM parcels WHERE code_digest = ? AND state = 'shelved'",
+                (digest,)).fetchone()
+            if row is None:
+                guard.reject(ctx, tx, attempt, kiosk, {"method": method})
+            else:
+                guard.accept(tx, attempt, kiosk, {"method": method})
         if row is None:
-            with ctx.lock, ctx.store.transaction() as tx:
-                guard.record_failure(ctx, tx, "code", kiosk, kiosk, {"method": method})
             raise AuthFailed("No parcel is waiting for this code. Check the code and try again.",
                              code="wrong_code")
-        return self.open_for(row["recipient_hash"], kiosk, method, auth_kind="code")
+        return self.open_for(row[0], kiosk, method, auth_kind=None)
 
     def request_otp(self, phone: str, kiosk: str = "kiosk") -> dict[str, Any]:
         """Send a one-time code only to a phone that has a parcel waiting; the answer is the
-        same either way so the kiosk cannot be used to learn who has parcels."""
+        same either way so the kiosk cannot be used to learn who has parcels.
+
+        The per-phone count is read and the new code recorded in one transaction under the
+        station lock: a burst of requests for one number sends at most the daily limit."""
         ctx = self.ctx
         normalised = normalise_phone(phone)
         recipient = phone_hash(normalised, ctx.secrets.hash_key)
-        now = ctx.clock()
         lk = ctx.config.lockout
-        guard.ensure_allowed(ctx, "otp", kiosk, now)
-        waiting = ctx.store.query_one(
-            "SELECT 1 FROM parcels WHERE recipient_hash = ? AND state = 'shelved'", (recipient,))
-        sent_today = ctx.store.query_one(
-            "SELECT COUNT(*) n FROM otps WHERE recipient_hash = ? AND created_at > ?",
-            (recipient, now - 86400))
         with ctx.lock, ctx.store.transaction() as tx:
-            if waiting and sent_today["n"] < lk.otp_per_phone_per_day:
+            guard.ensure_allowed(ctx, tx, "otp", kiosk)
+            now = ctx.stamp()
+            waiting = tx.execute(
+                "SELECT 1 FROM parcels WHERE recipient_hash = ? AND state = 'shelved' LIMIT 1",
+                (recipient,)).fetchone()
+            recent = tx.execute(
+                "SELECT created_at, boot, mono FROM otps WHERE recipient_hash = ?"
+                " ORDER BY rowid DESC LIMIT ?", (recipient, lk.otp_per_phone_per_day)).fetchall()
+            sent_today = sum(1 for r in recent if self._otp_age(r, now) < 86400)
+            if waiting and sent_today < lk.otp_per_phone_per_day:
                 otp = f"{ctx.rng.randrange(10**6):06d}"
                 otp_id = new_id("otp")
                 tx.execute(
                     "INSERT INTO otps(id, recipient_hash, digest, created_at, expires_at, tries_left,"
-                    " state) VALUES (?,?,?,?,?,?, 'live')",
-                    (otp_id, recipient, self._otp_digest(otp_id, otp), now, now + lk.otp_ttl_s,
-                     lk.otp_tries))
+                    " state, boot, mono) VALUES (?,?,?,?,?,?, 'live',?,?)",
+                    (otp_id, recipient, self._otp_digest(otp_id, otp), now.wall, now.wall + lk.otp_ttl_s,
+                     lk.otp_tries, now.boot, now.mono))
                 tx.emit(Event("auth.otp.issued", recipient[:16], kiosk, {
                     "otp_id": otp_id, "phone_masked": mask_phone(normalised), "scope": kiosk}))
                 ctx.outbox.enqueue(tx, "sms", otp_id, {
@@ -121,38 +137,51 @@ class Pickup:
         return {"sent": True, "phone_masked": mask_phone(normalised), "ttl_s": lk.otp_ttl_s,
                 "message": "If a parcel is waiting for this number, a code is on its way."}
 
+    @staticmethod
+    def _otp_age(row: Any, now: Stamp) -> float:
+        return age(Stamp(float(row[0]), row[1] or "", float(row[2] or 0.0)), now)
+
     def enter_with_otp(self, phone: str, otp: str, kiosk: str = "kiosk") -> EntryResult:
+        """A one-time code is tested and consumed in one transaction, after the guess was
+        admitted: `UPDATE ... WHERE state = 'live' AND tries_left > 0` is what accepts it,
+        so two requests with the right code cannot both use it, and a wrong guess costs a
+        try of every live code of that number."""
         ctx = self.ctx
         normalised = normalise_phone(phone)
         recipient = phone_hash(normalised, ctx.secrets.hash_key)
-        now = ctx.clock()
-        guard.ensure_allowed(ctx, "otp", kiosk, now)
-        rows = ctx.store.query(
-            "SELECT * FROM otps WHERE recipient_hash = ? AND state = 'live' AND expires_at > ?"
-            " ORDER BY created_at DESC", (recipient, now))
+        masked = {"phone_masked": mask_phone(normalised)}
+        attempt = guard.admit(ctx, "otp", kiosk, kiosk, masked)
+        ttl = ctx.config.lockout.otp_ttl_s
         ok = False
         with ctx.lock, ctx.store.transaction() as tx:
+            now = ctx.stamp()
+            rows = [r for r in tx.execute(
+                "SELECT id, digest, created_at, boot, mono FROM otps WHERE recipient_hash = ?"
+                " AND state = 'live' AND tries_left > 0 ORDER BY rowid DESC", (recipient,)).fetchall()
+                if self._otp_age(r[2:], now) < ttl]
             for r in rows:
-                if isinstance(otp, str) and hmac.compare_digest(r["digest"], self._otp_digest(r["id"], otp.strip())):
-                    tx.execute("UPDATE otps SET state = 'used' WHERE id = ?", (r["id"],))
-                    ok = True
+                if isinstance(otp, str) and hmac.compare_digest(r[1], self._otp_digest(r[0], otp.strip())):
+                    ok = tx.execute("UPDATE otps SET state = 'used' WHERE id = ? AND state = 'live'"
+                                    " AND tries_left > 0", (r[0],)).rowcount == 1
                     break
-            if not ok:
+            if ok:
+                guard.accept(tx, attempt, kiosk, masked)
+            else:
                 for r in rows:
-                    left = r["tries_left"] - 1
-                    tx.execute("UPDATE otps SET tries_left = ?, state = ? WHERE id = ?",
-                               (left, "live" if left > 0 else "spent", r["id"]))
-                guard.record_failure(ctx, tx, "otp", kiosk, kiosk, {"phone_masked": mask_phone(normalised)})
+                    tx.execute("UPDATE otps SET tries_left = tries_left - 1, state = CASE WHEN"
+                               " tries_left > 1 THEN 'live' ELSE 'spent' END WHERE id = ?"
+                               " AND state = 'live'", (r[0],))
+                guard.reject(ctx, tx, attempt, kiosk, masked)
         if not ok:
             raise AuthFailed("That one-time code is wrong or has expired.", code="wrong_otp")
-        return self.open_for(recipient, kiosk, "otp", auth_kind="otp")
+        return self.open_for(recipient, kiosk, "otp", auth_kind=None)
 
     def _otp_digest(self, otp_id: str, otp: str) -> str:
         return hmac.new(self.ctx.secrets.hash_key, f"otp/{otp_id}/{otp}".encode(), hashlib.sha256).hexdigest()
 
     # --- the session ------------------------------------------------------------------------
 
-    def open_for(self, recipient: str, kiosk: str, method: str, auth_kind: str = "code",
+    def open_for(self, recipient: str, kiosk: str, method: str, auth_kind: str | None = "code",
                  *, wait: bool = True) -> EntryResult:
         """Open (or reopen) the recipient's session, light their slots, unlock the door.
 
@@ -180,7 +209,8 @@ class Pickup:
                 store.wait_for_commit(seen, min(deadline - time.monotonic(), 0.5))
             held_s = time.monotonic() - start
 
-    def _open_for(self, recipient: str, kiosk: str, method: str, auth_kind: str, wait: bool) -> EntryResult:
+    def _open_for(self, recipient: str, kiosk: str, method: str, auth_kind: str | None,
+                  wait: bool) -> EntryResult:
         ctx = self.ctx
         door = ctx.config.doors.entry
         now = ctx.clock()
@@ -200,7 +230,8 @@ class Pickup:
                 "SELECT * FROM sessions WHERE kind = 'pickup' AND state = 'open' AND recipient_hash = ?",
                 (recipient,))
             with ctx.store.transaction() as tx:
-                guard.record_success(tx, auth_kind, kiosk, kiosk, {"method": method})
+                if auth_kind is not None:  # None: the guess that got here was settled already
+                    guard.record_success(tx, auth_kind, kiosk, kiosk, {"method": method})
                 if existing is not None:
                     session_id, colour = existing["id"], existing["colour"]
                     expires_at = now + ctx.config.station.pickup_session_timeout_s

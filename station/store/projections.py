@@ -260,8 +260,21 @@ def _auth_kind(event_type: str) -> str:
     return event_type.split(".")[1]
 
 
+@applies("auth.code.attempt", "auth.pin.attempt", "auth.otp.attempt")
+def _auth_attempt(conn: sqlite3.Connection, e: EventRecord, at: float) -> None:
+    """A guess admitted by the lockout counts as a failure from the moment it is admitted
+    (before its secret is tested); its success, if it is one, takes it back."""
+    d = e.data
+    conn.execute(
+        "INSERT INTO auth_failures(seq, at, kind, scope, boot, mono) VALUES (?,?,?,?,?,?)",
+        (e.seq, d.get("wall", at), _auth_kind(e.type), d.get("scope", ""), d.get("boot"), d.get("mono")),
+    )
+
+
 @applies("auth.code.rejected", "auth.pin.rejected", "auth.otp.rejected", "auth.qr.rejected")
 def _auth_rejected(conn: sqlite3.Connection, e: EventRecord, at: float) -> None:
+    if e.data.get("attempt") is not None:
+        return  # its attempt already counts
     conn.execute(
         "INSERT INTO auth_failures(seq, at, kind, scope) VALUES (?,?,?,?)",
         (e.seq, at, _auth_kind(e.type), e.data.get("scope", "")),
@@ -270,6 +283,8 @@ def _auth_rejected(conn: sqlite3.Connection, e: EventRecord, at: float) -> None:
 
 @applies("auth.code.accepted", "auth.pin.accepted", "auth.otp.accepted", "auth.qr.accepted")
 def _auth_accepted(conn: sqlite3.Connection, e: EventRecord, at: float) -> None:
+    if e.data.get("attempt") is not None:
+        conn.execute("DELETE FROM auth_failures WHERE seq = ?", (e.data["attempt"],))
     conn.execute(
         "UPDATE auth_failures SET cleared = 1 WHERE kind = ? AND scope = ?",
         (_auth_kind(e.type), e.data.get("scope", "")),

@@ -239,6 +239,16 @@ MIGRATIONS: list[str] = [
                        'door.emergency_reset', 'device.command_refused')
           AND json_type(data, '$.boot_id') = 'text' AND json_type(data, '$.evt_seq') = 'integer';
     """,
+    # 5: guesses are stamped on the steady clock (boot id + monotonic reading, ADR 0070) so a
+    # wall-clock step can neither lengthen nor shorten a lockout; the lockout reads the
+    # youngest failures of a kind, and a phone's one-time codes, newest first
+    """
+    ALTER TABLE auth_failures ADD COLUMN boot TEXT;
+    ALTER TABLE auth_failures ADD COLUMN mono REAL;
+    CREATE INDEX IF NOT EXISTS auth_failures_kind_seq ON auth_failures(kind, seq);
+    ALTER TABLE otps ADD COLUMN boot TEXT;
+    ALTER TABLE otps ADD COLUMN mono REAL;
+    """,
 ]
 
 

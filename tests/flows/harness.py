@@ -24,15 +24,26 @@ T0 = 1_767_225_600.0  # 2026-01-01T00:00:00Z
 
 
 class FakeClock:
+    """The wall clock (call it) and the steady clock (`mono`): `advance` moves both, as time
+    passing does; `step` moves the wall clock alone, as NTP or an operator does."""
+
     def __init__(self, t: float = T0) -> None:
         self.t = t
+        self.offset = 0.0
 
     def __call__(self) -> float:
+        return self.t + self.offset
+
+    def mono(self) -> float:
         return self.t
 
     def advance(self, seconds: float) -> float:
         self.t += seconds
-        return self.t
+        return self()
+
+    def step(self, seconds: float) -> float:
+        self.offset += seconds
+        return self()
 
 
 def config_for(tmp_path: Path, *, shelves: list[dict[str, Any]] | None = None,
@@ -123,7 +134,7 @@ def make_station(tmp_path: Path, secrets: Secrets, *, config: StationConfig | No
     clock = FakeClock()
     store = Store(config.station.database, clock=clock).open()
     devices, outbox = FakeDevices(), FakeOutbox()
-    ctx = Ctx(config, secrets, store, devices, outbox, clock=clock)
+    ctx = Ctx(config, secrets, store, devices, outbox, clock=clock, mono=clock.mono, boot_id="test-boot")
     ctx.rng = random.Random(seed)  # type: ignore[assignment]
     return Station(StationCore(ctx), ctx, store, devices, outbox, clock, config)
 

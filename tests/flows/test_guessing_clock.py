@@ -1,0 +1,142 @@
+"""Guessing limits on the steady clock, and a courier login that does not tell which ids exist
+(issues #14.12 and #22.3).
+
+Counts, not wall-clock times: an unknown courier id costs exactly one argon2 verify and one
+counted failure, as a wrong PIN does; a wall-clock step (injected through the station's
+clocks, tests/flows/harness.py FakeClock.step) neither lengthens a lockout past its
+configured bound nor shortens one.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from station.config import Secrets
+from station.domain.errors import LockedOut
+from station.flows.errors import AuthFailed
+
+from .harness import Station, make_station, phone, sf_waybill
+
+
+class SpyHasher:
+    """The couriers' argon2 hasher, counting verifies (and what they were verified against)."""
+
+    def __init__(self, real: Any) -> None:
+        self.real = real
+        self.verified: list[str] = []
+
+    def hash(self, pin: str) -> str:
+        return self.real.hash(pin)
+
+    def verify(self, pin_hash: str, pin: str) -> bool:
+        self.verified.append(pin_hash)
+        return self.real.verify(pin_hash, pin)
+
+
+def _failures(st: Station, scope: str) -> int:
+    return len(st.store.query("SELECT seq FROM auth_failures WHERE scope = ? AND cleared = 0", (scope,)))
+
+
+def test_an_unknown_courier_id_costs_one_argon2_verify_and_one_counted_failure_like_a_wrong_pin(
+        tmp_path: Path, secrets: Secrets) -> None:
+    st = make_station(tmp_path, secrets)
+    st.add_courier("c1", pin="2468")
+    couriers = st.core.couriers
+    spy = SpyHasher(couriers.hasher)
+    couriers.hasher = spy  # type: ignore[assignment]
+    stored = st.store.query_one("SELECT pin_hash FROM couriers WHERE id = 'c1'")["pin_hash"]
+    known = couriers.seal.open("c1", stored)
+
+    with pytest.raises(AuthFailed):
+        couriers.check_pin("c1", "1357")
+    with pytest.raises(AuthFailed):
+        couriers.check_pin("nobody", "1357")
+    assert len(spy.verified) == 2
+    assert spy.verified[0] == known
+    dummy = spy.verified[1]
+    assert dummy != known
+    # the same argon2 parameters (variant, version, memory, time, parallelism): the same cost
+    assert dummy.rsplit("$", 2)[0] == known.rsplit("$", 2)[0]
+    assert _failures(st, "courier:c1") == _failures(st, "courier:nobody") == 1
+    rejected = [e["subject"] for e in st.events("auth.pin.rejected")]
+    assert rejected == ["courier:c1", "courier:nobody"]
+
+    # and the unknown id is locked out after the same number of tries as a known one
+    for _ in range(st.config.lockout.free_failures):
+        with pytest.raises(AuthFailed):
+            couriers.check_pin("nobody", "1357")
+    with pytest.raises(LockedOut):
+        couriers.check_pin("nobody", "1357")
+    assert len(spy.verified) == 2 + st.config.lockout.free_failures
+    # a right PIN is one verify too
+    assert couriers.check_pin("c1", "2468").id == "c1"
+    assert len(spy.verified) == 3 + st.config.lockout.free_failures
+
+
+def _wrong(st: Station, n: int = 1) -> None:
+    for i in range(n):
+        with pytest.raises(AuthFailed):
+            st.core.pickup.enter_with_code(f"1-1-01-{i:08d}", "kiosk-1")
+
+
+def test_a_backward_clock_step_does_not_lock_a_kiosk_that_was_not_locked(tmp_path: Path, secrets: Secrets) -> None:
+    st = make_station(tmp_path, secrets)
+    st.add_courier()
+    st.shelve(sf_waybill(1), phone(1))
+    _wrong(st)
+    st.clock.step(-3600.0)  # NTP or an operator sets the clock back an hour
+    st.clock.advance(1.0)
+    _wrong(st)  # still a free failure: no wait at all
+    _wrong(st)
+
+
+def test_a_backward_clock_step_never_lengthens_a_wait_past_its_bound(tmp_path: Path, secrets: Secrets) -> None:
+    st = make_station(tmp_path, secrets)
+    lk = st.config.lockout
+    st.add_courier()
+    st.shelve(sf_waybill(1), phone(1))
+    _wrong(st, lk.free_failures + 1)  # the next guess waits first_delay_s
+    with pytest.raises(LockedOut) as exc:
+        st.core.pickup.enter_with_code("1-1-01-99999999", "kiosk-1")
+    assert exc.value.retry_after_s == pytest.approx(lk.first_delay_s)
+    st.clock.step(-3600.0)
+    with pytest.raises(LockedOut) as exc:
+        st.core.pickup.enter_with_code("1-1-01-99999999", "kiosk-1")
+    assert exc.value.retry_after_s == pytest.approx(lk.first_delay_s)
+    st.clock.advance(lk.first_delay_s)
+    _wrong(st)  # the wait was first_delay_s of steady time, step or not
+
+
+def test_a_forward_clock_step_does_not_shorten_a_wait(tmp_path: Path, secrets: Secrets) -> None:
+    st = make_station(tmp_path, secrets)
+    lk = st.config.lockout
+    st.add_courier()
+    st.shelve(sf_waybill(1), phone(1))
+    _wrong(st, lk.free_failures + 1)
+    st.clock.step(+86400.0)  # a day ahead: neither the delay nor the daily cap is over
+    with pytest.raises(LockedOut) as exc:
+        st.core.pickup.enter_with_code("1-1-01-99999999", "kiosk-1")
+    assert exc.value.retry_after_s == pytest.approx(lk.first_delay_s)
+
+
+def test_one_time_codes_expire_on_the_steady_clock(tmp_path: Path, secrets: Secrets) -> None:
+    st = make_station(tmp_path, secrets)
+    lk = st.config.lockout
+    st.add_courier()
+    st.shelve(sf_waybill(1), phone(1))
+    st.core.pickup.request_otp(phone(1))
+    otp = st.outbox.messages[-1]["otp"]
+    st.clock.step(-3600.0)  # would have given the code an extra hour of life
+    st.clock.advance(lk.otp_ttl_s + 1)
+    with pytest.raises(AuthFailed):
+        st.core.pickup.enter_with_otp(phone(1), otp)
+    # and a forward step does not end the per-phone day early
+    for _ in range(lk.otp_per_phone_per_day - 1):
+        st.core.pickup.request_otp(phone(1))
+    sent = len(st.outbox.messages)
+    st.clock.step(+2 * 86400.0)
+    st.core.pickup.request_otp(phone(1))
+    assert len(st.outbox.messages) == sent
