@@ -11,7 +11,7 @@ from fastapi.concurrency import run_in_threadpool
 from station.flows.errors import FlowError, Unavailable
 
 from .auth import Principal, make_token, require
-from .images import read_image
+from .images import MAX_IMAGE_BYTES, read_image
 from .models import CourierLogin, OpenShelving, Scan
 from .services import Services, services
 
@@ -63,7 +63,8 @@ def scan(session_id: str, body: Scan, who: Principal = Depends(courier_only),
     return asdict(svc.core.shelving.scan(session_id, body.waybill, body.phone, body.size, who.subject))
 
 
-@router.post("/sessions/{session_id}/scan-frame", summary="Decode waybills from a camera frame")
+@router.post("/sessions/{session_id}/scan-frame", summary="Decode waybills from a camera frame",
+             max_body_size=MAX_IMAGE_BYTES)
 async def scan_frame(session_id: str, request: Request, who: Principal = Depends(courier_only),
                      svc: Services = Depends(services)) -> dict[str, Any]:
     if svc.decode_codes is None:

@@ -65,6 +65,10 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 413:  # the edge's body cap (api/app.py, ADR 0083)
+            # close rather than drain whatever the client still sends
+            return JSONResponse(_body("body_too_large", "the request body is larger than this route takes"),
+                                413, headers={"Connection": "close"})
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
         return JSONResponse(_body(code, str(exc.detail)), exc.status_code)
 

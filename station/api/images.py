@@ -11,6 +11,8 @@ from fastapi import Request
 from station.flows.errors import FlowError
 
 MAX_IMAGE_BYTES = 8 * 1024 * 1024
+# a body of base64 frames (read_frames_json) holding at most MAX_IMAGE_BYTES of images
+MAX_FRAMES_BODY_BYTES = MAX_IMAGE_BYTES * 4 // 3 + 1024
 
 
 async def read_image(request: Request) -> bytes:
@@ -37,7 +39,7 @@ async def read_frames_json(request: Request) -> list[bytes]:
     raw = bytearray()
     async for chunk in request.stream():
         raw.extend(chunk)
-        if len(raw) > MAX_IMAGE_BYTES * 4 // 3 + 1024:
+        if len(raw) > MAX_FRAMES_BODY_BYTES:
             raise FlowError("the frames are larger than 8 MiB", code="image_too_large", status=413)
     try:
         body = json.loads(raw)

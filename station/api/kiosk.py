@@ -17,7 +17,7 @@ from station.flows.ports import outcome_of
 from station.store.eventlog import Event
 
 from .auth import Principal, require
-from .images import read_frames_json, read_image
+from .images import MAX_FRAMES_BODY_BYTES, MAX_IMAGE_BYTES, read_frames_json, read_image
 from .models import (
     CodeEntry,
     CourierPinEntry,
@@ -54,7 +54,8 @@ def enter_qr(body: QrEntry, who: Principal = Depends(kiosk_only),
     return _entered(svc, "qr", started, svc.core.pickup.enter_with_qr(body.payload, who.subject))
 
 
-@router.post("/qr-frame", summary="Enter with a QR held up to the kiosk camera (image body)")
+@router.post("/qr-frame", summary="Enter with a QR held up to the kiosk camera (image body)",
+             max_body_size=MAX_IMAGE_BYTES)
 async def enter_qr_frame(request: Request, who: Principal = Depends(kiosk_only),
                          svc: Services = Depends(services)) -> dict[str, Any]:
     if svc.decode_codes is None:
@@ -102,7 +103,8 @@ def courier_pin(body: CourierPinEntry, who: Principal = Depends(kiosk_only),
     return _unlock_for_courier(svc, courier.id, "pin", who.subject, None)
 
 
-@router.post("/courier/face", summary="Courier entry by face: frames from the entry camera")
+@router.post("/courier/face", summary="Courier entry by face: frames from the entry camera",
+             max_body_size=MAX_FRAMES_BODY_BYTES)
 async def courier_face(request: Request, who: Principal = Depends(kiosk_only),
                        svc: Services = Depends(services)) -> dict[str, Any]:
     if svc.verify_face is None:
@@ -160,7 +162,8 @@ def exit_waybills(body: ExitWaybills, who: Principal = Depends(kiosk_only),
     return asdict(svc.core.exit.check(body.waybills, camera=who.subject))
 
 
-@exit_router.post("/frame", summary="Exit check from a document-camera frame (image body)")
+@exit_router.post("/frame", summary="Exit check from a document-camera frame (image body)",
+                  max_body_size=MAX_IMAGE_BYTES)
 async def exit_frame(request: Request, who: Principal = Depends(kiosk_only),
                      svc: Services = Depends(services)) -> dict[str, Any]:
     if svc.decode_codes is None:

@@ -100,7 +100,7 @@ ERROR_RESPONSES: dict[int | str, dict[str, object]] = {
     403: _err("the token's role may not use this route"),
     404: _err("no such session, courier, parcel or snapshot"),
     409: _err("refused in the current state (duplicate waybill, session closed ...)"),
-    413: _err("an image larger than 8 MiB"),
+    413: _err("a body larger than the route takes (64 KiB of JSON; 8 MiB for an image)"),
     422: _err("the request is not valid"),
     429: _err("locked out after too many wrong attempts (retry_after_s)"),
     503: _err("a door or camera is offline or did not answer"),

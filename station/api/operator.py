@@ -25,7 +25,7 @@ from station.store.eventlog import Event, iter_events, verify_chain
 from station.store.replay import replay_into
 
 from .auth import Principal, require
-from .images import read_image
+from .images import MAX_IMAGE_BYTES, read_image
 from .models import NewCourier, NewPin, PlacementReport
 from .services import Services, services
 
@@ -161,7 +161,8 @@ def remove_courier(courier_id: str, who: Principal = Depends(operator_only),
     return {"courier_id": courier_id, "removed": True}
 
 
-@router.post("/couriers/{courier_id}/face", summary="Enrol a face image (image body; repeat for up to 5)")
+@router.post("/couriers/{courier_id}/face", summary="Enrol a face image (image body; repeat for up to 5)",
+             max_body_size=MAX_IMAGE_BYTES)
 async def enrol_face(courier_id: str, request: Request, who: Principal = Depends(operator_only),
                      svc: Services = Depends(services)) -> dict[str, Any]:
     if svc.enrol_face is None:
