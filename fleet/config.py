@@ -45,6 +45,9 @@ class IngestSection(_Strict):
     batch_max: int = Field(default=500, ge=1, le=20000)
     batch_wait_s: float = Field(default=0.02, ge=0, le=5)
     receive_maximum: int = Field(default=1000, ge=1, le=65535)
+    # a station the fleet misses events of for this long is asked to resend (ADR 0113)
+    resend_grace_s: float = Field(default=5.0, ge=0)
+    resend_every_s: float = Field(default=30.0, gt=0)
 
 
 class ServeSection(_Strict):

@@ -116,11 +116,43 @@ def parse_message(payload: bytes, topic_station: str | None = None) -> Incoming:
                     wire.actor, wire.subject, data_json, wire.snapshot, wire.prev_hash, wire.hash)
 
 
-def station_of_topic(topic: str) -> str | None:
-    """ps/v1/{station}/station/events -> station (None for another shape)."""
+def station_of_topic(topic: str, leaf: str = "events") -> str | None:
+    """ps/v1/{station}/station/{leaf} -> station (None for another shape)."""
     parts = topic.split("/")
-    if len(parts) == 5 and parts[0] == "ps" and parts[3] == "station" and parts[4] == "events":
+    if len(parts) == 5 and parts[0] == "ps" and parts[3] == "station" and parts[4] == leaf:
         return parts[2]
+    return None
+
+
+@dataclass(frozen=True)
+class Head:
+    """A station's word on how far its log goes (station/upstream.py `_publish_head`)."""
+
+    station_id: str
+    seq: int
+    epoch: int
+
+
+def parse_head(payload: bytes, topic_station: str) -> Head:
+    try:
+        raw = json.loads(payload.decode("utf-8"))
+        seq, epoch = raw["seq"], raw.get("epoch", 0)
+    except (UnicodeDecodeError, ValueError, TypeError, KeyError):
+        raise BadMessage("bad head") from None
+    if raw.get("station") != topic_station or not all(
+            isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 2**62 for v in (seq, epoch)):
+        raise BadMessage("bad head")
+    return Head(topic_station, seq, epoch)
+
+
+def resend_from(verified_seq: int, gap_from: int | None, reported_seq: int,
+                fork_seq: int | None) -> int | None:
+    """The seq to ask a station to send again from, or None when the fleet is not missing
+    anything it knows of. A fork is for an operator, not for a resend."""
+    if fork_seq is not None:
+        return None
+    if gap_from is not None or reported_seq > verified_seq:
+        return verified_seq + 1
     return None
 
 

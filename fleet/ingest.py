@@ -12,6 +12,7 @@ session) or to another member of the share group. Repeats are dropped by (statio
 
 from __future__ import annotations
 
+import json
 import logging
 import queue
 import random
@@ -27,10 +28,10 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from fleet.core import BadMessage, Incoming, parse_message, station_of_topic
+from fleet.core import BadMessage, Head, Incoming, parse_head, parse_message, station_of_topic
 from fleet.schema import create_schema
 from fleet.store import BatchResult, connect, ingest_batch
-from station.upstream import set_nodelay
+from station.upstream import resend_topic, set_nodelay
 
 log = logging.getLogger("fleet.ingest")
 
@@ -46,6 +47,7 @@ class IngestStats:
     restores: int = 0
     db_errors: int = 0
     acked: int = 0
+    resend_requests: int = 0
     last_error: str = ""
     alarms: list[str] = field(default_factory=list)
 
@@ -87,11 +89,17 @@ class Ingest:
         keepalive_s: int = 30,
         retry_min_s: float = 0.2,
         retry_max_s: float = 10.0,
+        resend_grace_s: float = 5.0,
+        resend_every_s: float = 30.0,
     ) -> None:
         self._dsn = dsn
         self._host, self._port = host, port
         self.client_id = client_id
         self.subscription = f"$share/{group}/{topic}"
+        self.head_subscription = f"$share/{group}/ps/v1/+/station/head"
+        self._resend_grace_s, self._resend_every_s = resend_grace_s, resend_every_s
+        self._behind_since: dict[str, float] = {}
+        self._asked_at: dict[str, float] = {}
         self._batch_max = batch_max
         self._batch_wait_s = batch_wait_s
         self._retry_min_s, self._retry_max_s = retry_min_s, retry_max_s
@@ -131,7 +139,8 @@ class Ingest:
                    client_id=b.client_id, group=b.group, topic=b.topic, username=b.username,
                    password=secrets.broker_password, tls_context=ctx, batch_max=i.batch_max,
                    batch_wait_s=i.batch_wait_s, receive_maximum=i.receive_maximum,
-                   session_expiry_s=b.session_expiry_s, keepalive_s=b.keepalive_s)
+                   session_expiry_s=b.session_expiry_s, keepalive_s=b.keepalive_s,
+                   resend_grace_s=i.resend_grace_s, resend_every_s=i.resend_every_s)
 
     # --- lifecycle ------------------------------------------------------------------------------
 
@@ -175,7 +184,7 @@ class Ingest:
             log.error("fleet broker refused the ingest: %s", reason)
             return
         set_nodelay(c.socket())
-        c.subscribe(self.subscription, qos=1)
+        c.subscribe([(self.subscription, 1), (self.head_subscription, 1)])
 
     def _on_message(self, c: mqtt.Client, u: Any, msg: mqtt.MQTTMessage) -> None:
         self._inbox.put(_Msg(msg.mid, msg.topic, msg.payload, time.monotonic()))
@@ -206,17 +215,36 @@ class Ingest:
             if not batch:
                 continue
             self._busy = True
-            events, rejects = _parse(batch)
-            self._commit(events, rejects)
-            if self._stopping.is_set():
+            events, rejects, heads = _parse(batch)
+            result = self._commit(events, rejects, heads)
+            if result is None:
                 return  # not committed: nothing acknowledged, the broker sends it again
             for m in batch:
                 if m.mid:
                     self.client.ack(m.mid, 1)
             self.stats.acked += len(batch)
             self.stats.messages += len(batch)
+            self._ask_resends(result.behind)
 
-    def _commit(self, events: list[Incoming], rejects: list[tuple[str, str, str]]) -> None:
+    def _ask_resends(self, behind: dict[str, int | None]) -> None:
+        """A station the fleet has been missing events of for a while (a gap that does not
+        fill, or a head beyond the chain: a broker that lost what it had acknowledged) is
+        asked to send again from the fleet's verified head (ADR 0113)."""
+        now = time.monotonic()
+        for sid, seq in behind.items():
+            if seq is None:
+                self._behind_since.pop(sid, None)
+                continue
+            since = self._behind_since.setdefault(sid, now)
+            if now - since < self._resend_grace_s or now - self._asked_at.get(sid, -1e9) < self._resend_every_s:
+                continue
+            self._asked_at[sid] = now
+            self.stats.resend_requests += 1
+            log.info("fleet misses %s from seq %d: asking for a resend", sid, seq)
+            self.client.publish(resend_topic(sid), json.dumps({"from_seq": seq}), qos=1)
+
+    def _commit(self, events: list[Incoming], rejects: list[tuple[str, str, str]],
+                heads: list[Head]) -> BatchResult | None:
         failures = 0
         while not self._stopping.is_set():
             try:
@@ -224,8 +252,9 @@ class Ingest:
                     self._conn = self._connect_db(wait=False)
                     if self._conn is None:
                         raise psycopg.OperationalError("database unreachable")
-                self.stats.add(ingest_batch(self._conn, events, rejects))
-                return
+                result = ingest_batch(self._conn, events, rejects, heads)
+                self.stats.add(result)
+                return result
             except psycopg.OperationalError as exc:
                 failures += 1
                 self.stats.db_errors += 1
@@ -240,10 +269,9 @@ class Ingest:
                     self._conn = None
                 delay = min(self._retry_max_s, self._retry_min_s * 2 ** min(failures, 10))
                 self._stopping.wait(delay * (0.5 + 0.5 * self._rng.random()))
-            except psycopg.errors.SerializationFailure:
+            except (psycopg.errors.SerializationFailure, psycopg.errors.DeadlockDetected):
                 continue
-            except psycopg.errors.DeadlockDetected:
-                continue
+        return None
 
     def _connect_db(self, wait: bool) -> psycopg.Connection | None:
         deadline = time.monotonic() + (60 if wait else 0)
@@ -258,16 +286,22 @@ class Ingest:
                 time.sleep(0.5)
 
 
-def _parse(batch: list[_Msg]) -> tuple[list[Incoming], list[tuple[str, str, str]]]:
+def _parse(batch: list[_Msg]) -> tuple[list[Incoming], list[tuple[str, str, str]], list[Head]]:
     events: list[Incoming] = []
     rejects: list[tuple[str, str, str]] = []
+    heads: list[Head] = []
     for m in batch:
         station = station_of_topic(m.topic)
-        if station is None:
+        head_of = station_of_topic(m.topic, "head") if station is None else None
+        if station is None and head_of is None:
             rejects.append(("?", "unexpected topic", m.topic[:200]))
             continue
         try:
-            events.append(parse_message(m.payload, station))
+            if head_of is not None:
+                heads.append(parse_head(m.payload, head_of))
+            else:
+                events.append(parse_message(m.payload, station))
         except BadMessage as exc:
-            rejects.append((station[:64], str(exc), m.payload[:300].decode("utf-8", "replace")))
-    return events, rejects
+            who = station or head_of or "?"
+            rejects.append((who[:64], str(exc), m.payload[:300].decode("utf-8", "replace")))
+    return events, rejects, heads

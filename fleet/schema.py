@@ -25,6 +25,7 @@ CREATE TABLE IF NOT EXISTS stations (
     verified_hash   bytea NOT NULL DEFAULT '\\x0000000000000000000000000000000000000000000000000000000000000000',
     max_seq         bigint NOT NULL DEFAULT 0,
     fork_seq        bigint,
+    reported_seq    bigint NOT NULL DEFAULT 0,  -- the station's own head (its head messages)
     gap_from        bigint,
     gap_to          bigint,
     events          bigint NOT NULL DEFAULT 0,

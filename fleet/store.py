@@ -19,6 +19,7 @@ import psycopg
 from fleet.core import (
     ON_SHELF,
     ChainRow,
+    Head,
     Held,
     Incoming,
     StationHead,
@@ -28,6 +29,7 @@ from fleet.core import (
     effects_of,
     event_keys,
     judge,
+    resend_from,
     trace_keys,
     walk_chain,
 )
@@ -53,6 +55,7 @@ class BatchResult:
     verified: int = 0
     stations: int = 0
     alarms: list[str] = field(default_factory=list)
+    behind: dict[str, int | None] = field(default_factory=dict)
 
 
 def _b(hex_: str) -> bytes:
@@ -70,9 +73,12 @@ def _row_to_incoming(station_id: str, r: tuple[Any, ...]) -> Incoming:
 
 
 def ingest_batch(conn: psycopg.Connection, events: list[Incoming],
-                 rejects: list[tuple[str, str, str]] = ()) -> BatchResult:  # type: ignore[assignment]
+                 rejects: list[tuple[str, str, str]] = (),  # type: ignore[assignment]
+                 heads: list[Head] = ()) -> BatchResult:  # type: ignore[assignment]
     """Write one batch in one transaction; see module doc. `rejects`: (station, reason,
-    sample) of messages that were not usable events, counted in the same commit."""
+    sample) of messages that were not usable events, counted in the same commit; `heads`:
+    the stations' own word on how far their logs go. `res.behind` says, per station of the
+    batch, from which seq the fleet misses events (a gap, or a head beyond its chain)."""
     res = BatchResult(rejected=len(rejects))
     with conn.transaction(), conn.cursor() as cur:
         for station_id, reason, sample in rejects:
@@ -80,7 +86,17 @@ def ingest_batch(conn: psycopg.Connection, events: list[Incoming],
                 "INSERT INTO rejected(station_id, reason, sample) VALUES (%s, %s, %s)"
                 " ON CONFLICT (station_id, reason) DO UPDATE SET count = rejected.count + 1,"
                 " last_at = now(), sample = EXCLUDED.sample", (station_id, reason, sample[:500]))
+        latest: dict[str, Head] = {h.station_id: h for h in heads}
+        if latest:
+            sids = sorted(latest)
+            cur.execute(
+                "INSERT INTO stations(station_id, reported_seq, last_seen)"
+                " SELECT s, r, now() FROM unnest(%s::text[], %s::bigint[]) AS u(s, r) ORDER BY s"
+                " ON CONFLICT (station_id) DO UPDATE SET reported_seq = EXCLUDED.reported_seq,"
+                " last_seen = now()", (sids, [latest[s].seq for s in sids]))
+        touched = sorted(set(latest) | {e.station_id for e in events})
         if not events:
+            _behind(cur, touched, res)
             return res
         by_station: dict[str, list[Incoming]] = defaultdict(list)
         for ev in events:
@@ -193,7 +209,18 @@ def ingest_batch(conn: psycopg.Connection, events: list[Incoming],
                 (walk.verified_seq, _b(walk.verified_hash), top,
                  walk.gap[0] if walk.gap else None, walk.gap[1] if walk.gap else None,
                  walk.fork_seq, len(mine), now, newest_ts, newest_ts, now, newest_ts, sid))
+        _behind(cur, touched, res)
     return res
+
+
+def _behind(cur: psycopg.Cursor[Any], sids: list[str], res: BatchResult) -> None:
+    if not sids:
+        return
+    cur.execute("SELECT station_id, verified_seq, gap_from, reported_seq, fork_seq FROM stations"
+                " WHERE station_id = ANY(%s)", (sids,))
+    for sid, vseq, gap_from, reported, fseq in cur.fetchall():
+        seq = resend_from(vseq, gap_from, reported, fseq)
+        res.behind[sid] = seq
 
 
 def _payload(e: Incoming) -> str:

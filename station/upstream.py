@@ -43,6 +43,16 @@ def default_topic(station_id: str) -> str:
     return f"ps/v1/{station_id}/station/events"
 
 
+def head_topic(station_id: str) -> str:
+    """Where the station says how far its log goes (ADR 0113), so the fleet sees a lost tail."""
+    return f"ps/v1/{station_id}/station/head"
+
+
+def resend_topic(station_id: str) -> str:
+    """Where the fleet asks the station to send again from a seq (ADR 0113)."""
+    return f"ps/v1/{station_id}/station/resend"
+
+
 def event_payload(station_id: str, event: EventRecord, epoch: tuple[int, int] = (0, 1)) -> bytes:
     """The upstream message: the log row as stored (seq, hash and all) plus the station and
     the incarnation it was written in (`epoch`, and `epoch_seq`, the epoch's first seq)."""
@@ -128,6 +138,7 @@ class _Link:
     connected: threading.Event = field(default_factory=threading.Event)
     lost: threading.Event = field(default_factory=threading.Event)
     refused: str = ""
+    resend_from: int | None = None  # the fleet asked for events from this seq on again
 
 
 class UpstreamForwarder:
@@ -152,6 +163,8 @@ class UpstreamForwarder:
         password: str | None = None,
         tls_context: ssl.SSLContext | None = None,
         client_id: str | None = None,
+        head_every_s: float = 30.0,
+        resend_min_interval_s: float = 2.0,
         rng: random.Random | None = None,
     ) -> None:
         self._store = store
@@ -170,6 +183,9 @@ class UpstreamForwarder:
         self._password = password
         self._tls_context = tls_context
         self.client_id = client_id or f"ps-{station_id}-upstream"
+        self._head_every_s = head_every_s
+        self._resend_min_interval_s = resend_min_interval_s
+        self.resends = 0  # resend requests followed (tests, metrics)
         self._rng = rng or random.Random()
         self._wake = threading.Event()
         self._stopping = threading.Event()
@@ -296,8 +312,21 @@ class UpstreamForwarder:
                 link.lost.set()
             else:
                 set_nodelay(c.socket())
+                c.subscribe(resend_topic(self._station_id), qos=1)
                 link.connected.set()
             self._wake.set()
+
+        def on_message(c: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+            """A resend request: {"from_seq": N}. Anything else is ignored (never a traceback)."""
+            try:
+                body = json.loads(msg.payload)
+                from_seq = body["from_seq"]
+            except (ValueError, TypeError, KeyError):
+                return
+            if isinstance(from_seq, int) and not isinstance(from_seq, bool) and from_seq >= 1:
+                current = link.resend_from
+                link.resend_from = from_seq if current is None else min(current, from_seq)
+                self._wake.set()
 
         def on_publish(c: mqtt.Client, userdata: Any, mid: int, reason: Any, props: Any) -> None:
             link.acks.put(mid)
@@ -311,6 +340,7 @@ class UpstreamForwarder:
         client.on_connect = on_connect
         client.on_publish = on_publish
         client.on_disconnect = on_disconnect
+        client.on_message = on_message
         try:
             client.connect(self._host, self._port, keepalive=self._keepalive_s)
         except (OSError, ValueError) as exc:
@@ -341,8 +371,22 @@ class UpstreamForwarder:
         inflight: dict[int, int] = {}  # mid -> seq
         sent: deque[int] = deque()  # seqs in publish order, not yet below the cursor
         acked: set[int] = set()
+        last_head = -1e9
+        last_resend = -1e9
         while not self._stopping.is_set() and not link.lost.is_set():
             self._wake.clear()
+            asked, link.resend_from = link.resend_from, None
+            now = time.monotonic()
+            if asked is not None and asked < next_seq and now - last_resend >= self._resend_min_interval_s:
+                # the fleet misses events the broker already acknowledged (a broker that lost
+                # them): send again from there; the cursor stays, nothing is counted twice
+                last_resend = now
+                self.resends += 1
+                log.info("upstream: the fleet asks for events from seq %d again", asked)
+                next_seq = asked
+            if now - last_head >= self._head_every_s:
+                last_head = now
+                self._publish_head(link)
             while True:
                 try:
                     mid = link.acks.get_nowait()
@@ -353,8 +397,9 @@ class UpstreamForwarder:
                     acked.add(seq)
             new_cursor = self._cursor
             while sent and sent[0] in acked:
-                new_cursor = sent.popleft()
-                acked.discard(new_cursor)
+                done = sent.popleft()
+                acked.discard(done)
+                new_cursor = max(new_cursor, done)  # a resent seq may sit below the cursor
             if new_cursor > self._cursor:
                 self._save_cursor(new_cursor)
             room = self._window - len(inflight)
@@ -376,6 +421,19 @@ class UpstreamForwarder:
                     published += 1
             if published == 0:
                 self._wake.wait(self._poll_s)
+
+    def _publish_head(self, link: _Link) -> None:
+        """How far the log goes (seq, hash, epoch): lets the fleet see that it is missing a
+        tail the broker lost, and that a quiet station is alive."""
+        with self._store.reading() as conn:
+            row = conn.execute("SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1").fetchone()
+            epochs = log_epochs(conn)
+        seq, digest = (int(row[0]), str(row[1])) if row else (0, "")
+        epoch, epoch_seq = epoch_of(epochs, seq)
+        body = {"station": self._station_id, "seq": seq, "hash": digest, "epoch": epoch,
+                "epoch_seq": epoch_seq}
+        link.client.publish(head_topic(self._station_id), canonical_json(body).encode(), qos=1,
+                            retain=False)
 
     # --- cursor ----------------------------------------------------------------------------
 

@@ -31,6 +31,7 @@ def fleet_broker(workdir: Path, extra: list[str] | None = None) -> MosquittoProc
 
 
 def forwarder(store: Store, station_id: str, broker: MosquittoProcess, **kw: Any) -> UpstreamForwarder:
+    kw.setdefault("head_every_s", 0.5)
     return UpstreamForwarder(store, station_id, broker.host, broker.port, reconnect_min_s=0.05,
                              reconnect_max_s=0.5, poll_s=0.2, window=100, **kw)
 
@@ -78,7 +79,8 @@ class IngestProc:
         self.config = tmp / f"fleet-{client_id}.toml"
         self.config.write_text(
             f'[database]\ndsn = "{dsn}"\n\n[broker]\nhost = "{broker.host}"\nport = {broker.port}\n'
-            f'client_id = "{client_id}"\n{extra_broker}\n[ingest]\nbatch_max = 200\n')
+            f'client_id = "{client_id}"\n{extra_broker}\n[ingest]\nbatch_max = 200\n'
+            'resend_grace_s = 0.5\nresend_every_s = 1.0\n')
         self.log_path = tmp / f"ingest-{client_id}.log"
         self.proc: subprocess.Popen[bytes] | None = None
         self.env = {**os.environ, "PYTHONUNBUFFERED": "1"}

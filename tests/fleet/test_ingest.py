@@ -118,6 +118,44 @@ def test_a_database_outage_holds_acks_and_the_fleet_catches_up(tmp_path: Path) -
         _chain_ok(dsn, "st-db", more)
 
 
+def test_a_broker_outage_the_stations_work_on_and_catch_up_from_their_cursor(
+        tmp_path: Path, fleet_dsn: str) -> None:
+    """The fleet broker restarts. Mosquitto 2.0.11 does not restore shared subscriptions
+    from its persistence file, so what the stations publish before the ingest re-subscribes
+    is acknowledged by the broker and dropped; the station's head shows the fleet what it
+    misses and the fleet asks for it again (ADR 0113). Here the ingest comes back last, so
+    the resend is the only way those events can arrive."""
+    def new_ingest() -> Ingest:
+        i = Ingest(fleet_dsn, broker.host, broker.port, client_id="fleet-t4",
+                   resend_grace_s=0.5, resend_every_s=1.0).start()
+        assert i.subscribed.wait(10)
+        return i
+
+    with fleet_broker(tmp_path / "broker") as broker:
+        ingest = new_ingest()
+        store = Store(tmp_path / "st.db").open()
+        fwd = forwarder(store, "st-br", broker)
+        fwd.start()
+        try:
+            first = append(store, 100)
+            until(lambda: count_rows(fleet_dsn) == first, 30, "first events")
+            ingest.stop()
+            broker.stop()
+            until(lambda: not fwd.connected, 15, "the forwarder sees the outage")
+            during = append(store, 300)  # the station works on alone
+            assert fwd.cursor == first
+            broker.start()
+            assert fwd.wait_forwarded(during, 60)  # the broker took them ... and dropped them
+            ingest = new_ingest()
+            until(lambda: count_rows(fleet_dsn) == during, 60, "the fleet catches up")
+        finally:
+            fwd.stop()
+            ingest.stop()
+            store.close()
+    assert fwd.resends >= 1 and ingest.stats.resend_requests >= 1
+    _chain_ok(fleet_dsn, "st-br", during)
+
+
 @pytest.mark.parametrize("ingests", [2])
 def test_several_ingests_share_the_load_through_a_shared_subscription(
         tmp_path: Path, fleet_dsn: str, ingests: int) -> None:
