@@ -25,12 +25,15 @@ from station.flows.core import StationCore, Ticker
 from station.flows.device_log import DeviceLogWriter
 from station.flows.shelf_audit import ShelfAudit
 from station.homeassistant import HomeAssistantBridge
+from station.flows.housekeeping import Housekeeper, HousekeepingThread
 from station.metrics import LatencyMetrics, StationCollector, StationMetrics
 from station.notify.messages import StationInfo
 from station.notify.outbox import Dispatcher, Outbox
 from station.notify.senders import build_senders
 from station.store.db import Store
 from station.store.eventlog import Event
+from station.store.retention import Retention
+from station.store.space import DiskBudget
 from station.upstream import UpstreamForwarder
 
 log = logging.getLogger("station")
@@ -206,6 +209,7 @@ class Station:
     homeassistant: HomeAssistantBridge | None = None
     started: bool = field(default=False)
     metrics_port: int | None = None
+    housekeeping: HousekeepingThread | None = None
 
     def start(self) -> Station:
         if self.device_log is not None:
@@ -223,6 +227,8 @@ class Station:
         self._serve_metrics()
         if self.homeassistant is not None:
             self.homeassistant.start()
+        if self.housekeeping is not None:
+            self.housekeeping.start()
         self.started = True
         return self
 
@@ -243,6 +249,8 @@ class Station:
             self.metrics.stop()
         if self.homeassistant is not None:
             self.homeassistant.stop()
+        if self.housekeeping is not None:
+            self.housekeeping.stop()
         self.ticker.stop()
         self.dispatcher.stop()
         if self.upstream is not None:
@@ -323,5 +331,20 @@ def build_station(config: StationConfig, secrets: Secrets, *, data_dir: Path | N
             shelves=[s.device for s in config.shelves], state=levels.summary, username=ha.username,
             password=secrets.ha_mqtt_password, tls=config.mqtt.tls, ca_file=config.mqtt.ca_file,
             refresh_s=ha.refresh_s)
+    budget = DiskBudget([db_dir, Path(config.retention.archive_dir), Path(config.station.snapshots_dir)],
+                        config.disk.alarm_free_mb, config.disk.refuse_free_mb)
+    store.space_guard = budget.refusal  # new shelving refused below the reserve (ADR 0102)
+    keeper = Housekeeper(config, store, vision.snapshots, budget,
+                         retention=_retention(config, store), clock=ctx.clock)
     return Station(config, secrets, store, link, core, outbox, dispatcher, Ticker(core), app,
-                   vision, upstream, device_log, metrics, bridge)
+                   vision, upstream, device_log, metrics, bridge,
+                   housekeeping=HousekeepingThread(keeper))
+
+
+def _retention(config: StationConfig, store: Store) -> Retention | None:
+    r = config.retention
+    if not r.enabled:
+        return None
+    # with [upstream] on, nothing the fleet has not acknowledged leaves the database
+    return Retention(store, r.archive_dir, keep_days=r.keep_days, segment_events=r.segment_events,
+                     batch_events=r.batch_events, upstream=config.upstream.enabled)

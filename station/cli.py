@@ -132,15 +132,40 @@ def cmd_token(args: argparse.Namespace) -> int:
 # --- log -----------------------------------------------------------------------------------
 
 
-def cmd_log_verify(args: argparse.Namespace) -> int:
-    from station.store.eventlog import verify_chain
+def _archive_dir(args: argparse.Namespace) -> Path | None:
+    """--archive, else the configured archive directory when retention has used one."""
+    if getattr(args, "archive", None):
+        path = Path(args.archive)
+        if not path.is_dir():
+            raise CliError(f"{path}: no such archive directory")
+        return path
+    try:
+        configured = Path(_config(args).retention.archive_dir)
+    except ConfigError:
+        return None
+    return configured if configured.is_dir() else None
 
-    result = verify_chain(_open_db(args))
+
+def cmd_log_verify(args: argparse.Namespace) -> int:
+    from station.store.archive import verify_log
+
+    conn = _open_db(args)
+    archive = _archive_dir(args)
+    result = verify_log(conn, archive)
+    for note in result.notes:
+        out.print(f"note: {note}", highlight=False)
     if result.ok:
-        out.print(f"[green]chain verified[/]: {result.checked} events")
+        where = ""
+        if result.checkpoint_seq:
+            where = (f" from the checkpoint at seq {result.checkpoint_seq}" if archive is None else
+                     f", and {result.archived_checked} archived events in {result.segments} segments "
+                     f"up to the checkpoint at seq {result.checkpoint_seq}")
+        out.print(f"[green]chain verified[/]: {result.checked} events{where}", highlight=False)
+        if result.checkpoint_seq and archive is None:
+            out.print(f"events 1..{result.checkpoint_seq} are archived: give --archive DIR to verify them too")
         return 0
     err.print(f"[red]chain broken at seq {result.first_bad_seq}[/]: {result.problem} "
-              f"({result.checked} events verified before it)")
+              f"({result.checked} events verified before it)", highlight=False)
     return 1
 
 
@@ -200,8 +225,12 @@ def cmd_log_replay(args: argparse.Namespace) -> int:
         else:
             until_time = args.until
     try:
-        last = replay_into(conn, args.out, until_seq=until_seq, until_time=until_time)
+        last = replay_into(conn, args.out, until_seq=until_seq, until_time=until_time,
+                           archive_dir=_archive_dir(args))
     except FileExistsError as exc:
+        raise CliError(str(exc)) from None
+    except FileNotFoundError as exc:
+        Path(args.out).unlink(missing_ok=True)
         raise CliError(str(exc)) from None
     except ValueError as exc:
         raise CliError(f"--until: not a sequence number or an ISO time: {exc}") from None
@@ -332,8 +361,9 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--db", help="database file (default: the configured one)")
         sp.add_argument("--config", default=os.environ.get("PS_CONFIG", DEFAULT_CONFIG))
 
-    v = log_sub.add_parser("verify", help="walk the hash chain")
+    v = log_sub.add_parser("verify", help="walk the hash chain (live, and the archive with --archive)")
     with_db(v)
+    v.add_argument("--archive", help="the archive directory (default: [retention] archive_dir)")
     v.set_defaults(fn=cmd_log_verify)
     t = log_sub.add_parser("tail", help="the last events")
     with_db(t)
@@ -352,6 +382,7 @@ def build_parser() -> argparse.ArgumentParser:
     with_db(r)
     r.add_argument("--until", help="a sequence number or an ISO time")
     r.add_argument("--out", required=True)
+    r.add_argument("--archive", help="the archive directory (default: [retention] archive_dir)")
     r.set_defaults(fn=cmd_log_replay)
 
     c = sub.add_parser("courier", help="the courier registry")

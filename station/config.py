@@ -216,6 +216,37 @@ class ApiSection(_Strict):
     cors_origins: list[str] = Field(default_factory=list)
 
 
+class RetentionSection(_Strict):
+    """How long events stay in the live database before they move to the archive
+    (docs/operations.md "Retention"; ADR 0101). Off by default: a station that nobody set up
+    for it keeps every event in the database, as before."""
+
+    enabled: bool = False
+    keep_days: int = Field(default=90, ge=1, le=3650)  # events younger than this stay live
+    archive_dir: str = "var/archive"
+    segment_events: int = Field(default=50_000, ge=10, le=1_000_000)  # events per archive file
+    batch_events: int = Field(default=2_000, ge=10, le=50_000)  # rows deleted per transaction
+    interval_s: float = Field(default=3600.0, ge=1, le=86400)  # how often retention runs
+    # below the disk's first threshold, delete archive segments oldest first (they are gone
+    # from the station then: copy them off with `station backup --archive` or rsync first)
+    prune_archives_when_low: bool = False
+
+
+class DiskSection(_Strict):
+    """The disk budget of the database, the archive and the snapshots (ADR 0102)."""
+
+    alarm_free_mb: int = Field(default=1024, ge=1)  # below: operator alarm, snapshots pruned
+    refuse_free_mb: int = Field(default=256, ge=1)  # below: new shelving refused
+    snapshots_max_mb: int = Field(default=4096, ge=1)  # the snapshot directory's own budget
+    check_interval_s: float = Field(default=60.0, ge=1, le=3600)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> DiskSection:
+        if self.refuse_free_mb >= self.alarm_free_mb:
+            raise ValueError("refuse_free_mb must be below alarm_free_mb (the alarm comes first)")
+        return self
+
+
 class StationConfig(_Strict):
     station: StationSection
     mqtt: MqttSection = MqttSection()
@@ -226,6 +257,8 @@ class StationConfig(_Strict):
     carriers: list[CarrierConfig] = Field(min_length=1)
     notify: NotifySection = NotifySection()
     lockout: LockoutSection = LockoutSection()
+    retention: RetentionSection = RetentionSection()
+    disk: DiskSection = DiskSection()
     upstream: UpstreamSection = UpstreamSection()
     metrics: MetricsSection = MetricsSection()
     home_assistant: HomeAssistantSection = HomeAssistantSection()

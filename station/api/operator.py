@@ -20,8 +20,9 @@ from fastapi.responses import FileResponse, Response, StreamingResponse
 from station.domain.phones import phone_hash
 from station.flows.errors import FlowError, NotFound, Unavailable
 from station.flows.shelfmap import room_state
+from station.store.archive import verify_log
 from station.store.db import Store, StoreError
-from station.store.eventlog import Event, iter_events, verify_chain
+from station.store.eventlog import Event, iter_events
 from station.store.replay import replay_into
 
 from .auth import Principal, require
@@ -89,10 +90,16 @@ def export(format: str = Query(default="jsonl", pattern="^(jsonl|csv)$"), since:
     return Response(buf.getvalue(), media_type="text/csv")
 
 
-@router.get("/verify", summary="Walk the hash chain")
-def verify(who: Principal = Depends(operator_only), svc: Services = Depends(services)) -> dict[str, Any]:
+def _archive(svc: Services) -> Path | None:
+    path = Path(svc.core.ctx.config.retention.archive_dir)
+    return path if path.is_dir() else None
+
+
+@router.get("/verify", summary="Walk the hash chain (from the retention checkpoint; with archive=true the archive too)")
+def verify(archive: bool = False, who: Principal = Depends(operator_only),
+           svc: Services = Depends(services)) -> dict[str, Any]:
     with svc.core.ctx.store.snapshot() as conn:
-        return asdict(verify_chain(conn))
+        return asdict(verify_log(conn, _archive(svc) if archive else None))
 
 
 @router.get("/replay", summary="The room as it was after event `seq` (or at time `at`)")
@@ -105,9 +112,11 @@ def replay(seq: int | None = Query(default=None, ge=0, le=MAX_SEQ), at: str | No
         out = Path(tmp) / "replay.db"
         try:
             with ctx.store.snapshot() as conn:
-                last = replay_into(conn, out, until_seq=seq, until_time=at)
+                last = replay_into(conn, out, until_seq=seq, until_time=at, archive_dir=_archive(svc))
         except ValueError as exc:
             raise FlowError(f"not a time: {exc}", code="invalid_request", status=422) from None
+        except FileNotFoundError as exc:
+            raise Unavailable(str(exc), code="archive_unavailable") from None
         past = Store(out).open()
         try:
             ts_row = past.query_one("SELECT ts FROM events WHERE seq = ?", (last,))
@@ -211,7 +220,10 @@ def snapshot(ref: str, who: Principal = Depends(operator_only), svc: Services = 
         raise NotFound("no such snapshot")
     path = svc.snapshot_path(ref)
     if path is None or not Path(path).is_file():
-        raise NotFound("no such snapshot")
+        # the event keeps its reference after the file is pruned (#14.13): say so
+        raise NotFound("snapshot pruned: no longer on disk (past snapshot_retention_days, or "
+                       "removed to keep the disk free); the event keeps its reference",
+                       code="snapshot_pruned")
     return FileResponse(path, media_type="image/jpeg")
 
 

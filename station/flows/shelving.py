@@ -160,6 +160,7 @@ class Shelving:
     def scan(self, session_id: str, waybill: str, phone: str, size: str,
              courier_id: str | None = None, *, wait_lights: bool = True) -> ScanResult:
         ctx = self.ctx
+        ctx.store.check_room()  # the disk budget's reserve: refuse before anything is lit
         waybill = (waybill or "").strip() if isinstance(waybill, str) else ""
         if size not in SIZE_ORDER:
             raise FlowError(f"size class is one of {', '.join(SIZE_ORDER)}", code="invalid_size", status=422)

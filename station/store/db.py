@@ -39,6 +39,10 @@ class StoreFull(StoreError):
     pass
 
 
+class StoreLow(StoreFull):
+    """The disk budget's reserve is reached: new work is refused before it starts."""
+
+
 # The WAL grows without bound while a reader holds an old snapshot (it cannot be reset past
 # it) and SQLite never shrinks the file by itself: with this limit the first reset after the
 # reader is gone truncates it back (#22.9; 3.4 MB -> 37.6 MB -> 37.6 MB before). Above the
@@ -95,6 +99,9 @@ class Store:
         # worker threads that come and go (anyio retires idle ones) leave no file open
         self._reader_conns: weakref.WeakSet[_Reader] = weakref.WeakSet()
         self._committed = threading.Condition()  # notified after every commit (long polls)
+        # the disk budget (store/space.py), set by bootstrap: a sentence when new work must
+        # be refused, None while there is room
+        self.space_guard: Callable[[], str | None] | None = None
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -107,7 +114,7 @@ class Store:
                 except (sqlite3.DatabaseError, RuntimeError) as exc:
                     raise StoreError(f"{self.path}: cannot open the database: {exc}") from None
                 self._conn = conn
-                row = conn.execute("SELECT seq, hash, ts FROM events ORDER BY seq DESC LIMIT 1").fetchone()
+                row = _tip(conn)
                 if row:
                     self._last_seq, self._last_hash, self._last_ts = row
         return self
@@ -163,8 +170,7 @@ class Store:
                 conn.execute("BEGIN IMMEDIATE")
                 # another process (the CLI beside a running station) may have appended:
                 # the chain continues from what is on disk, read under the write lock
-                row = conn.execute(
-                    "SELECT seq, hash, ts FROM events ORDER BY seq DESC LIMIT 1").fetchone()
+                row = _tip(conn)
                 if row:
                     self._last_seq, self._last_hash, self._last_ts = row
             except sqlite3.OperationalError as exc:
@@ -197,6 +203,15 @@ class Store:
                     listener(tx.events)
                 except Exception:  # a broken listener must not undo a committed fact
                     pass
+
+    def check_room(self) -> None:
+        """Refuse new work (a shelving session, a scan) while the disk is below its reserve,
+        before any transaction starts, instead of a commit failing half way (ADR 0102)."""
+        guard = self.space_guard
+        if guard is not None:
+            why = guard()
+            if why:
+                raise StoreLow(why)
 
     def wait_for_commit(self, after_seq: int, timeout: float) -> bool:
         """Block until an event past `after_seq` is committed (True) or `timeout` passes:
@@ -323,6 +338,15 @@ class _Reader:
             if self._conn is not None:
                 self._conn.close()
                 self._conn = None
+
+
+def _tip(conn: sqlite3.Connection) -> tuple[int, str, str] | None:
+    """The chain's last link: the newest live event or, when retention has moved every
+    event to the archive, the checkpoint (the next event continues from it, never from 1)."""
+    row = conn.execute("SELECT seq, hash, ts FROM events ORDER BY seq DESC LIMIT 1").fetchone()
+    if row is None:
+        row = conn.execute("SELECT seq, hash, ts FROM log_checkpoint WHERE id = 1").fetchone()
+    return row
 
 
 class _Row(dict):  # type: ignore[type-arg]

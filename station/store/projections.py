@@ -308,6 +308,29 @@ def _alarm_ack(conn: sqlite3.Connection, e: EventRecord, at: float) -> None:
     )
 
 
+# --- retention (#16, ADR 0101) ------------------------------------------------------------
+
+# parcel states a parcel never leaves: its row can go once it is older than the cut
+FINISHED_PARCELS = ("picked_up", "returned", "collected")
+
+
+@applies("retention.applied")
+def _retention_applied(conn: sqlite3.Connection, e: EventRecord, at: float) -> None:
+    """Drop the projection rows of what is over and older than the retention's cut: done by
+    this applier, at this point of the log, so that replay deletes exactly the same rows.
+    Nothing of a parcel still in the room, an open session or an open alarm goes."""
+    before = parse_utc(e.data["before"])
+    marks = ",".join("?" * len(FINISHED_PARCELS))
+    conn.execute(f"DELETE FROM parcels WHERE state IN ({marks}) AND updated_at < ?",
+                 (*FINISHED_PARCELS, before))
+    conn.execute("DELETE FROM session_slots WHERE session_id IN (SELECT id FROM sessions"
+                 " WHERE state != 'open' AND closed_at < ?)", (before,))
+    conn.execute("DELETE FROM sessions WHERE state != 'open' AND closed_at < ?", (before,))
+    conn.execute("DELETE FROM pending_placements WHERE state != 'waiting' AND created_at < ?",
+                 (before,))
+    conn.execute("DELETE FROM alarms WHERE acknowledged_at IS NOT NULL AND raised_at < ?", (before,))
+
+
 def known_types() -> list[str]:
     return sorted(APPLIERS)
 

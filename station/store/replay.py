@@ -1,12 +1,17 @@
-"""Rebuild projections from the event log into a new database (`station log replay`)."""
+"""Rebuild projections from the event log into a new database (`station log replay`).
+
+After retention the log is the archive's segments followed by the live events above the
+checkpoint; replay reads both, so the rebuilt projections are those on disk (the
+`retention.applied` events delete, at their place in the log, what retention deleted)."""
 
 from __future__ import annotations
 
 import sqlite3
 from pathlib import Path
 
+from .archive import iter_all_events
 from .db import connect
-from .eventlog import EVENT_COLUMNS, iter_events, parse_utc
+from .eventlog import EVENT_COLUMNS, parse_utc
 from .projections import apply_event
 from .schema import migrate
 
@@ -17,6 +22,7 @@ def replay_into(
     *,
     until_seq: int | None = None,
     until_time: str | None = None,
+    archive_dir: str | Path | None = None,
 ) -> int:
     """Copy events (unchanged, so the chain still verifies) up to a point and apply each;
     returns the last seq replayed."""
@@ -32,7 +38,8 @@ def replay_into(
         if until_time is not None:
             # compare as epoch: accepts any ISO form the operator types
             limit_ts = parse_utc(until_time)
-        for n, event in enumerate(iter_events(source, until_seq=until_seq), 1):
+        archive = Path(archive_dir) if archive_dir is not None else None
+        for n, event in enumerate(iter_all_events(source, archive, until_seq=until_seq), 1):
             if limit_ts is not None and parse_utc(event.ts) > limit_ts:
                 break
             dest.execute(

@@ -23,7 +23,8 @@ PROJECTION_TABLES = (
     "slot_lifts",
     "device_events",
 )
-SIDE_TABLES = ("face_templates", "outbox", "otps", "upstream_cursor", "recipient_contacts")
+SIDE_TABLES = ("face_templates", "outbox", "otps", "upstream_cursor", "recipient_contacts",
+               "log_checkpoint", "archive_segments")
 
 MIGRATIONS: list[str] = [
     # 1: event log and projections
@@ -248,6 +249,34 @@ MIGRATIONS: list[str] = [
     CREATE INDEX IF NOT EXISTS auth_failures_kind_seq ON auth_failures(kind, seq);
     ALTER TABLE otps ADD COLUMN boot TEXT;
     ALTER TABLE otps ADD COLUMN mono REAL;
+    """,
+    # 6: retention (#16, ADR 0101): the checkpoint (seq and hash of the last event moved to
+    # the archive) and the archive's segments with their hashes. Events may be deleted only
+    # at or below the checkpoint, which moves only after their segment is on disk.
+    """
+    CREATE TABLE IF NOT EXISTS log_checkpoint (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        seq INTEGER NOT NULL,
+        hash TEXT NOT NULL,
+        ts TEXT NOT NULL
+    );
+    CREATE TABLE IF NOT EXISTS archive_segments (
+        first_seq INTEGER PRIMARY KEY,
+        last_seq INTEGER NOT NULL,
+        first_prev_hash TEXT NOT NULL,
+        last_hash TEXT NOT NULL,
+        first_ts TEXT NOT NULL,
+        last_ts TEXT NOT NULL,
+        file TEXT NOT NULL,
+        sha256 TEXT NOT NULL,
+        bytes INTEGER NOT NULL,
+        created_at REAL NOT NULL,
+        deleted_at REAL
+    );
+    DROP TRIGGER IF EXISTS events_no_delete;
+    CREATE TRIGGER events_no_delete BEFORE DELETE ON events
+        WHEN OLD.seq > COALESCE((SELECT seq FROM log_checkpoint WHERE id = 1), 0)
+        BEGIN SELECT RAISE(ABORT, 'the event log is append-only above its archive checkpoint'); END;
     """,
 ]
 

@@ -81,6 +81,49 @@ class SnapshotStore:
     def load(self, ref: str) -> bytes:
         return self.path(ref).read_bytes()
 
+    def _files(self) -> list[tuple[float, int, Path]]:
+        """Every snapshot as (mtime, bytes, path), oldest first."""
+        out: list[tuple[float, int, Path]] = []
+        if not self.directory.is_dir():
+            return out
+        for sub in self.directory.iterdir():
+            if not sub.is_dir():
+                continue
+            for file in sub.iterdir():
+                if file.suffix != ".jpg" or not _REF.match(file.stem):
+                    continue
+                try:
+                    st = file.stat()
+                except FileNotFoundError:
+                    continue
+                out.append((st.st_mtime, st.st_size, file))
+        out.sort(key=lambda f: (f[0], f[2].name))
+        return out
+
+    def usage(self) -> tuple[int, int]:
+        """(snapshots, bytes) on disk."""
+        files = self._files()
+        return len(files), sum(size for _, size, _ in files)
+
+    def prune_to(self, max_bytes: int) -> tuple[int, int]:
+        """Delete the oldest snapshots until at most `max_bytes` remain (the disk budget,
+        #14.13); returns (removed, bytes freed). The events that referenced them keep the
+        reference: the console shows such a snapshot as pruned."""
+        files = self._files()
+        total = sum(size for _, size, _ in files)
+        removed = freed = 0
+        for _, size, file in files:
+            if total <= max_bytes:
+                break
+            try:
+                file.unlink()
+            except FileNotFoundError:
+                pass
+            total -= size
+            freed += size
+            removed += 1
+        return removed, freed
+
     def prune(self, retention_days: float, now: float | None = None) -> int:
         """Delete snapshots older than the retention (by file time); returns how many.
 

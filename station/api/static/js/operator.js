@@ -262,7 +262,12 @@
 
   async function showSnapshot(ref) {
     const r = await api(token, "GET", `/api/operator/snapshots/${encodeURIComponent(ref)}`, null, { raw: true });
-    if (!r.ok) { showError({ status: r.status, body: { error: "snapshot", message: "not available" } }); return; }
+    if (!r.ok) {
+      // a pruned snapshot: the event keeps its reference, the file is gone (#14.13)
+      const msg = r.status === 404 ? "快照已清理 snapshot pruned (past its retention, or removed to keep the disk free)" : "not available";
+      showError({ status: r.status, body: { error: r.status === 404 ? "snapshot_pruned" : "snapshot", message: msg } });
+      return;
+    }
     const img = $("#snapshot-img");
     if (img.src.startsWith("blob:")) URL.revokeObjectURL(img.src);
     img.src = URL.createObjectURL(r.body);
