@@ -23,9 +23,9 @@ from station.domain.lights import LightSpec
 from station.flows.context import Ctx
 from station.flows.core import StationCore, Ticker
 from station.flows.device_log import DeviceLogWriter
+from station.flows.housekeeping import Housekeeper, HousekeepingThread
 from station.flows.shelf_audit import ShelfAudit
 from station.homeassistant import HomeAssistantBridge
-from station.flows.housekeeping import Housekeeper, HousekeepingThread
 from station.metrics import LatencyMetrics, StationCollector, StationMetrics
 from station.notify.messages import StationInfo
 from station.notify.outbox import Dispatcher, Outbox
