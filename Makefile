@@ -3,6 +3,7 @@ PY      ?= python3
 VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
+DEMO_DIR ?= var/demo
 SUDO    := $(shell [ "$$(id -u)" = "0" ] || echo sudo)
 
 .PHONY: demo test lint bench deps system-deps testdata clean
@@ -38,7 +39,7 @@ testdata: $(STAMP)
 	$(BIN)/python -m tests.data.gather
 
 demo: $(STAMP) system-deps
-	$(BIN)/station demo --config examples/station.toml
+	$(BIN)/shelf-sim demo --config examples/station.toml --dir $(DEMO_DIR)
 
 # The suite includes a quick run of every benchmark (tests/test_bench_smoke.py).
 test: $(STAMP) system-deps testdata

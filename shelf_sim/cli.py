@@ -50,6 +50,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--no-frames", action="store_true", help="exit by waybill text only")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
     run.add_argument("--json", action="store_true", help="print the report JSON to stdout")
+    demo = sub.add_parser("demo", help="`make demo`: broker, station, simulated room, people and the "
+                          "hands-on room page, until Ctrl-C / SIGTERM")
+    demo.add_argument("--config", default="examples/station.toml", help="station TOML")
+    demo.add_argument("--secrets", help="secrets TOML (default: DIR/secrets.toml, made on first run)")
+    demo.add_argument("--dir", type=Path, default=Path("var/demo"), help="where the demo keeps its files")
+    demo.add_argument("--port", type=int, default=8080, help="HTTP port (a free one if taken)")
+    demo.add_argument("--speed", type=float, default=10.0, help="the virtual people's time compression")
+    demo.add_argument("--no-people", action="store_true", help="the room and the station only")
     return parser
 
 
@@ -59,6 +67,18 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     from station.config import ConfigError, load_config
 
+    if args.command == "demo":
+        from .demo import run_demo
+
+        if not args.speed > 0:
+            print("shelf-sim: error: --speed must be above 0", file=sys.stderr)
+            return 2
+        try:
+            return run_demo(args.config, base=args.dir, port=args.port, speed=args.speed,
+                            people=not args.no_people, secrets_path=args.secrets)
+        except ConfigError as exc:
+            print(f"shelf-sim: error: {exc}", file=sys.stderr)
+            return 2
     try:
         scenario = load_scenario(args.scenario, speed=args.speed, seed=args.seed)
         config = load_config(args.config)

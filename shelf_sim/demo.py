@@ -1,15 +1,21 @@
-"""Virtual people for `make demo`: a gentle, endless stream of couriers and customers, so a
-newcomer watching the operator page sees slots light, parcels arrive and leave, doors open.
+"""`make demo` (`shelf-sim demo`): a broker, the station, the simulated room and virtual
+people on embedded defaults, and the hands-on room page (shelf_sim/handson.py) where a
+newcomer is one of the people.
 
-`station demo` (station/demo.py) calls `start_demo_people(...)` after starting the broker, the
-devices and the station, and `.stop()`s the result on exit. No faults are injected here; the
-people make an occasional mistake so the alarms panel has something to show."""
+Virtual people: a gentle, endless stream of couriers and customers, so a newcomer watching
+the operator page sees slots light, parcels arrive and leave, doors open. No faults are
+injected; the people make an occasional mistake so the alarms panel has something to show.
+
+Everything lives under --dir (var/demo: database, secrets, device NV stores); run it twice
+and it carries on where it stopped. SIGINT or SIGTERM stops the people, the station, the
+devices and the broker, and leaves no process behind (tests/sim/test_demo.py)."""
 
 from __future__ import annotations
 
 import logging
 import random
 import threading
+from pathlib import Path
 from typing import Any
 
 from .kpi import Metrics
@@ -81,6 +87,8 @@ class DemoPeople:
             try:
                 report = Simulation(scenario, plan, env).run()
             except Exception:
+                if self._stop.is_set():  # the station went away first on the way out
+                    break
                 log.exception("demo round failed")
                 self._stop.wait(5.0)
                 continue
@@ -99,22 +107,143 @@ class DemoPeople:
         self.sms.stop()
 
 
-def start_demo_people(config: Any, secrets: Any, broker_url: str, base_url: str, kiosk_token: str,
-                      operator_token: str, *, speed: float = 10.0, station: Any = None,
-                      devices: list[Any] | None = None) -> DemoPeople:
-    """Start the demo's people against the station at `base_url`, using the shelves of
-    `devices` (the firmware objects station/demo.py started). Codes reach the people through
-    an SMS inbox that is added next to the station's own sender when `station` is given."""
+def attach_sms_inbox(config: Any, station: Any) -> SmsInbox:
+    """An SMS inbox beside the station's own first sender: the virtual people and the
+    hands-on page read the codes there."""
     from station.notify.messages import StationInfo
     from station.notify.senders import WebhookSender
 
     sms = SmsInbox()
-    if station is not None:
-        dispatcher = station.dispatcher
-        info = StationInfo(config.station.name, config.station.address, config.station.timezone)
-        senders = dispatcher._senders
-        senders[0] = _TeeSender(senders[0], WebhookSender(sms.url, info, name="sim-sms"))
+    info = StationInfo(config.station.name, config.station.address, config.station.timezone)
+    senders = station.dispatcher._senders
+    senders[0] = _TeeSender(senders[0], WebhookSender(sms.url, info, name="sim-sms"))
+    return sms
+
+
+def shelf_hals(devices: list[Any]) -> dict[str, Any]:
+    return {d.device_id: d.hal for d in devices if getattr(d, "kind", "") == "shelf"}
+
+
+def start_demo_people(config: Any, base_url: str, kiosk_token: str, operator_token: str, *,
+                      sms: SmsInbox, devices: list[Any], speed: float = 10.0) -> DemoPeople:
+    """Start the demo's people against the station at `base_url`, using the shelves of
+    `devices` (the firmware objects started beside the station)."""
+    return DemoPeople(config, base_url, kiosk_token, operator_token, speed, shelf_hals(devices), sms).start()
+
+
+DEMO_COURIER = "c-demo"
+
+
+def demo_courier(station: Any, config: Any, rng: random.Random) -> tuple[str, str]:
+    """A courier a newcomer can log in as: a fresh PIN every start, printed with the URLs."""
+    pin = f"{rng.randrange(10**6):06d}"
+    couriers = station.core.couriers
+    if any(c.id == DEMO_COURIER for c in couriers.all()):
+        couriers.change_pin(DEMO_COURIER, pin, actor="demo")
     else:
-        log.warning("no station object: point its webhook sender at %s for codes to arrive", sms.url)
-    hals = {d.device_id: d.hal for d in (devices or []) if getattr(d, "kind", "") == "shelf"}
-    return DemoPeople(config, base_url, kiosk_token, operator_token, speed, hals, sms).start()
+        couriers.add(DEMO_COURIER, config.carriers[0].name, "Demo Courier", pin, actor="demo")
+    return DEMO_COURIER, pin
+
+
+def _port_free(port: int) -> bool:
+    import socket
+
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def _stop_on_term(signum: int, frame: Any) -> None:
+    raise SystemExit(128 + signum)
+
+
+def run_demo(config_path: str, *, base: Path, port: int = 8080, speed: float = 10.0,
+             people: bool = True, secrets_path: str | None = None) -> int:
+    """Everything `make demo` runs, until SIGINT or SIGTERM; then everything stops."""
+    import signal
+
+    import uvicorn
+    from rich.console import Console
+
+    from station.api.auth import make_token
+    from station.bootstrap import build_station
+    from station.config import load_config, load_secrets, write_new_secrets
+    from station.demo import demo_notify, start_devices
+    from station.mosquitto import MosquittoProcess, free_port
+
+    from . import handson
+
+    console = Console(soft_wrap=True)
+    # until uvicorn takes the signals over (and after it gives them back), SIGTERM unwinds
+    # through the `finally` below like Ctrl-C does, so the broker never outlives the demo
+    signal.signal(signal.SIGTERM, _stop_on_term)
+    base.mkdir(parents=True, exist_ok=True)
+    own_secrets = base / "secrets.toml"
+    if not own_secrets.exists():
+        write_new_secrets(own_secrets)
+    secrets = load_secrets(secrets_path or own_secrets)
+    config = load_config(config_path)
+    stoppers: list[Any] = []
+    try:
+        broker = MosquittoProcess(workdir=base / "mosquitto").start()
+        stoppers.append(broker.stop)
+        config = config.model_copy(update={
+            "station": config.station.model_copy(update={
+                "database": str(base / "station.db"), "snapshots_dir": str(base / "snapshots")}),
+            "mqtt": config.mqtt.model_copy(update={"port": broker.port}),
+            "notify": demo_notify(config.notify),
+            # the demo shows itself to a Home Assistant pointed at its broker (read-only)
+            "home_assistant": config.home_assistant.model_copy(update={"enabled": True}),
+            "metrics": config.metrics.model_copy(update={
+                "port": config.metrics.port if _port_free(config.metrics.port) else free_port()}),
+        })
+        devices = start_devices(config, secrets, broker.url, base)
+        stoppers.extend(d.stop for d in devices)
+        station = build_station(config, secrets)
+        station.start()
+        stoppers.append(station.stop)
+        sms = attach_sms_inbox(config, station)
+        stoppers.append(sms.stop)
+        port = port if port and _port_free(port) else free_port()
+        key = secrets.token_key
+        op = make_token(key, "operator", "demo-operator", 7 * 86400)
+        kiosk = make_token(key, "kiosk", "kiosk-1", 7 * 86400)
+        exit_kiosk = make_token(key, "kiosk", "exit-1", 7 * 86400)
+        store = station.core.ctx.store
+
+        def parcels_in(slot: str) -> list[str]:
+            rows = store.query("SELECT waybill FROM parcels WHERE slot = ? AND state = 'shelved'"
+                               " ORDER BY created_at", (slot,))
+            return [r["waybill"] for r in rows]
+
+        handson.install(station.app, handson.HandsOnRoom(config, shelf_hals(devices), sms, exit_kiosk,
+                                                         parcels_in))
+        courier_id, pin = demo_courier(station, config, random.Random())
+        url = f"http://127.0.0.1:{port}"
+        console.print(f"\n[bold green]Parcel station demo[/] ({config.station.name})")
+        console.print(f"  API        {url}/docs")
+        console.print(f"  operator   {url}/operator?token={op}")
+        console.print(f"  kiosk      {url}/kiosk?token={kiosk}")
+        console.print(f"  courier    {url}/courier   id [bold]{courier_id}[/]  PIN [bold]{pin}[/]")
+        console.print(f"  room       {url}/demo/room   (put and take parcels, the SMS inbox, the exit)")
+        console.print(f"  metrics    http://127.0.0.1:{station.metrics_port}/metrics" if station.metrics_port
+                      else "  metrics    (port taken: off)")
+        console.print(f"  broker     {broker.url}   database {config.station.database}\n")
+        if people:
+            demo = start_demo_people(config, url, kiosk, op, sms=sms, devices=devices, speed=speed)
+            stoppers.append(demo.stop)
+        uvicorn.run(station.app, host="127.0.0.1", port=port, log_level="warning")
+    except KeyboardInterrupt:
+        pass
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # the last steps are not interrupted
+        for stop in reversed(stoppers):
+            try:
+                stop()
+            except Exception:  # noqa: BLE001 - stop the rest whatever one of them says
+                log.exception("demo: stopping %r failed", stop)
+        console.print("demo stopped", style="dim")
+    return 0

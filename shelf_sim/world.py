@@ -112,8 +112,11 @@ class SmsInbox:
     """The SMS gateway stand-in (the station's webhook sender posts here): customers learn
     their pickup codes and one-time codes only from these messages."""
 
+    KEEP = 200  # messages kept in arrival order for the inbox page
+
     def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
         self._messages: dict[tuple[str, str], list[dict[str, Any]]] = {}
+        self._order: list[dict[str, Any]] = []
         self._ids: set[Any] = set()
         self._cond = threading.Condition()
         inbox = self
@@ -154,7 +157,14 @@ class SmsInbox:
             self._ids.add(msg.get("id"))
             key = (str(msg.get("to")), str(msg.get("kind")))
             self._messages.setdefault(key, []).append(msg)
+            self._order.append(msg)
+            del self._order[:-self.KEEP]
             self._cond.notify_all()
+
+    def all_messages(self) -> list[dict[str, Any]]:
+        """The last KEEP messages, oldest first (the demo's inbox page)."""
+        with self._cond:
+            return list(self._order)
 
     def messages_for(self, phone: str, kind: str) -> list[dict[str, Any]]:
         with self._cond:

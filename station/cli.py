@@ -73,7 +73,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     demo_only = demo_only_settings(config)
     if demo_only:  # ADR 0081: a code in the service log opens the door
         raise CliError(f"{args.config}: {', '.join(demo_only)} = true writes pickup and one-time "
-                       "codes into the log; it is for `station demo` only, remove it to run the station")
+                       "codes into the log; it is for the demo (`make demo`) only, remove it to run the station")
     secrets = _secrets(args)
     if args.mqtt_port:
         config = config.model_copy(update={"mqtt": config.mqtt.model_copy(update={"port": args.mqtt_port})})
@@ -311,12 +311,6 @@ def cmd_courier(args: argparse.Namespace) -> int:
 # --- demo ----------------------------------------------------------------------------------
 
 
-def cmd_demo(args: argparse.Namespace) -> int:
-    from station.demo import run_demo
-
-    return run_demo(args)
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="station", description="Parcel station edge controller")
     sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
@@ -333,13 +327,6 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--mqtt-port", type=int, help="override [mqtt].port")
     run.add_argument("--log-json", action="store_true", help="log as JSON lines")
     run.set_defaults(fn=cmd_run)
-
-    demo = sub.add_parser("demo", help="broker + station + simulator on embedded defaults")
-    with_config(demo)
-    demo.add_argument("--port", type=int, default=8080)
-    demo.add_argument("--no-sim", action="store_true")
-    demo.add_argument("--speed", type=float, default=10.0)
-    demo.set_defaults(fn=cmd_demo)
 
     sec = sub.add_parser("init-secrets", help="write a new secrets file")
     sec.add_argument("path")

@@ -121,7 +121,7 @@ class SenderConfig(_Strict):
     url: str | None = None  # webhook
     topic: str | None = None  # mqtt
     # console: write pickup and one-time codes into the log. Demo only (ADR 0081): `station
-    # run` refuses a configuration that sets it, `station demo` sets it itself.
+    # run` refuses a configuration that sets it, `shelf-sim demo` (make demo) sets it itself.
     show_codes: bool = False
 
     @model_validator(mode="after")

@@ -35,8 +35,9 @@ def setup(tmp_path: Path) -> tuple[Path, Path]:
 
 def test_help_lists_every_subcommand() -> None:
     out = run("--help").stdout
-    for name in ("run", "demo", "init-secrets", "token", "log", "courier"):
+    for name in ("run", "init-secrets", "token", "log", "courier"):
         assert re.search(rf"^\s+{name}\b", out, re.M), out
+    assert not re.search(r"^\s+demo\b", out, re.M), "the demo is the simulator's (shelf-sim demo)"
 
 
 def test_courier_registry_from_the_command_line(setup: tuple[Path, Path]) -> None:

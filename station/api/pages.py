@@ -45,7 +45,7 @@ INDEX = """<!doctype html>
 <li><a href="/docs">API</a></li>
 </ul>
 <p class="hint">Kiosk and operator pages need a token link (<code>station token create</code>,
-or the links <code>station demo</code> prints).</p>
+or the links <code>make demo</code> prints).</p>
 </main></body></html>
 """
 

@@ -79,7 +79,7 @@ def test_station_run_refuses_a_config_that_shows_codes(tmp_path: Path) -> None:
                           "--secrets", str(tmp_path / "no-secrets.toml")],
                          capture_output=True, text=True, cwd=ROOT, timeout=60)
     assert res.returncode == 2, res.stdout + res.stderr
-    assert "notify.senders[0].show_codes" in res.stderr and "station demo" in res.stderr, res.stderr
+    assert "notify.senders[0].show_codes" in res.stderr and "make demo" in res.stderr, res.stderr
     assert "Traceback" not in res.stderr
 
 
