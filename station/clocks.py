@@ -92,6 +92,17 @@ class SteadyDeadlines:
             self._seen[key] = seen
         return now.mono >= seen[1]
 
+    def until(self, key: str, wall_deadline: float, now: Stamp) -> float:
+        """The deadline as a wall-clock time from `now`: where the steady clock says it is
+        once it has been seen, as written before that."""
+        seen = self._seen.get(key)
+        if seen is None or seen[0] != wall_deadline:
+            return wall_deadline
+        return now.wall + (seen[1] - now.mono)
+
+    def forget(self, key: str) -> None:
+        self._seen.pop(key, None)
+
     def left(self, key: str, now: Stamp) -> float | None:
         seen = self._seen.get(key)
         return None if seen is None else max(0.0, seen[1] - now.mono)

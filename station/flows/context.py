@@ -7,10 +7,11 @@ import secrets as pysecrets
 import threading
 import time
 import uuid
+from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from station.clocks import Stamp, current_boot_id
+from station.clocks import Stamp, SteadyDeadlines, current_boot_id
 from station.config import Secrets, StationConfig
 from station.crypto import Sealer
 from station.domain.layout import Layout, ShelfSpec, SlotAddress
@@ -49,6 +50,10 @@ class Ctx:
     # boot its readings belong to (they compare only within one boot of the machine)
     mono: Callable[[], float] = time.monotonic
     boot_id: str = ""
+    # the timeouts of open sessions, waiting placements and slot alarms on the steady clock,
+    # by kind ("pickup", "placement", "run", "alarm"): the tick ends them by these, and the
+    # lights show a claim for as long as these say it lasts
+    timeouts: dict[str, SteadyDeadlines] = field(default_factory=lambda: defaultdict(SteadyDeadlines))
     layout: Layout = field(init=False)
     carriers: CarrierBook = field(init=False)
     sealer: Sealer = field(init=False)

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from station.clocks import Stamp
 from station.domain.errors import InvalidSlotAddress
 from station.domain.layout import SlotAddress
 from station.store.db import StoreError
@@ -24,11 +25,15 @@ from .exit import ExitCheck
 from .holdings import held_in
 from .lights import LightSync
 from .pickup import Pickup
-from .returns import Returns
+from .returns import RUN_TTL_S, Returns
 from .shelf_audit import ShelfAudit
 from .shelving import Placement, Shelving
 
 log = logging.getLogger("station.core")
+
+# the longest a slot blinks red for one cause (flows set 10-15 s): what a wall-clock step back
+# can never stretch an alarm beyond
+SLOT_ALARM_MAX_S = 60.0
 
 # device event kinds that are alarms in their own right
 ALARM_KINDS = {"door.forced_open", "door.held_open", "door.emergency_release"}
@@ -57,7 +62,7 @@ class StationCore:
         self.placement_listeners: list[Callable[[PlacementOutcome], None]] = []
         # the shelves' signed counts against the records (shelf_audit.py); bootstrap sets it
         self.audit: ShelfAudit | None = None
-        self._last_refresh = 0.0
+        self._last_refresh = float("-inf")  # steady clock
 
     # --- device input -------------------------------------------------------------------------
 
@@ -219,15 +224,23 @@ class StationCore:
         self._close_stale_runs(now)
         if self.audit is not None:
             self.audit.maybe_run()
-        force = now - self._last_refresh > 60.0
+        steady = self.ctx.mono()
+        force = steady - self._last_refresh > 60.0
         if any(done.values()) or force:
             self.lights.refresh(force=force)
             if force:
-                self._last_refresh = now
+                self._last_refresh = steady
         return done
 
+    def _stamp(self, now: float) -> Stamp:
+        return Stamp(now, self.ctx.boot_id, self.ctx.mono())
+
     def _clear_slot_alarms(self, now: float) -> int:
-        rows = self.ctx.store.query("SELECT slot FROM slot_alarms WHERE until <= ?", (now,))
+        at = self._stamp(now)
+        alarms = self.ctx.store.query("SELECT slot, until FROM slot_alarms")
+        ends = self.ctx.timeouts["alarm"]  # on the steady clock (ADR 0070)
+        rows = [r for r in alarms if ends.due(r["slot"], r["until"], at, SLOT_ALARM_MAX_S)]
+        ends.forget_missing({r["slot"] for r in alarms})
         if rows:
             with self.ctx.lock, self.ctx.store.transaction() as tx:
                 for r in rows:
@@ -235,9 +248,13 @@ class StationCore:
         return len(rows)
 
     def _close_stale_runs(self, now: float) -> None:
-        rows = self.ctx.store.query(
-            "SELECT id, kind FROM sessions WHERE state = 'open' AND kind IN ('return','dropoff')"
-            " AND expires_at <= ?", (now,))
+        at = self._stamp(now)
+        runs = self.ctx.store.query(
+            "SELECT id, kind, expires_at FROM sessions WHERE state = 'open' AND kind IN ('return','dropoff')")
+        bound = max(RUN_TTL_S, self.ctx.config.station.placement_timeout_s)
+        timeouts = self.ctx.timeouts["run"]  # on the steady clock (ADR 0070)
+        rows = [r for r in runs if timeouts.due(r["id"], r["expires_at"], at, bound)]
+        timeouts.forget_missing({r["id"] for r in runs})
         if rows:
             with self.ctx.lock, self.ctx.store.transaction() as tx:
                 for r in rows:

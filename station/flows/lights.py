@@ -6,6 +6,7 @@ import json
 import threading
 from collections.abc import Iterable
 
+from station.clocks import Stamp
 from station.domain.layout import SlotAddress
 from station.domain.lights import LightSpec, SlotClaim, compose
 
@@ -74,20 +75,27 @@ class LightSync:
         return open_sessions + sorted(self.colours_maybe_shown() - set(open_sessions))
 
     def claims(self, now: float) -> list[SlotClaim]:
+        """Who should go where, until when: an open session's or a waiting placement's end as
+        the steady clock has it (ADR 0070), so a wall-clock step neither darkens a slot
+        somebody is walking to nor keeps one lit."""
         store = self.ctx.store
+        at = Stamp(now, self.ctx.boot_id, self.ctx.mono())
+        timeouts = self.ctx.timeouts
         claims: list[SlotClaim] = []
         for row in store.query(
-            "SELECT ss.slot, s.colour, s.expires_at FROM session_slots ss"
+            "SELECT ss.slot, s.id, s.colour, s.expires_at FROM session_slots ss"
             " JOIN sessions s ON s.id = ss.session_id"
             " WHERE s.state = 'open' AND s.kind = 'pickup' AND ss.remaining > 0"
         ):
-            claims.append(SlotClaim(SlotAddress.parse(row["slot"]), row["colour"], row["expires_at"]))
+            until = timeouts["pickup"].until(row["id"], row["expires_at"], at)
+            claims.append(SlotClaim(SlotAddress.parse(row["slot"]), row["colour"], until))
         for row in store.query(
-            "SELECT p.target_slot, s.colour, p.deadline FROM pending_placements p"
+            "SELECT p.target_slot, p.id, s.colour, p.deadline FROM pending_placements p"
             " JOIN sessions s ON s.id = p.session_id"
             " WHERE p.state = 'waiting' AND p.target_slot IS NOT NULL AND s.state = 'open'"
         ):
-            claims.append(SlotClaim(SlotAddress.parse(row["target_slot"]), row["colour"], row["deadline"]))
+            until = timeouts["placement"].until(row["id"], row["deadline"], at)
+            claims.append(SlotClaim(SlotAddress.parse(row["target_slot"]), row["colour"], until))
         for row in store.query(
             "SELECT id, colour, expires_at, parcels FROM sessions"
             " WHERE state = 'open' AND kind IN ('return', 'dropoff')"
@@ -95,24 +103,27 @@ class LightSync:
             ids = json.loads(row["parcels"])
             if not ids:
                 continue
+            until = timeouts["run"].until(row["id"], row["expires_at"], at)
             marks = ",".join("?" * len(ids))
             for p in store.query(
                 f"SELECT slot FROM parcels WHERE id IN ({marks})"
                 " AND state IN ('expired', 'recalled', 'dropped_off')",
                 ids,
             ):
-                claims.append(SlotClaim(SlotAddress.parse(p["slot"]), row["colour"], row["expires_at"]))
+                claims.append(SlotClaim(SlotAddress.parse(p["slot"]), row["colour"], until))
         return claims
 
-    def alarms(self) -> list[tuple[SlotAddress, float]]:
+    def alarms(self, now: float | None = None) -> list[tuple[SlotAddress, float]]:
+        at = self.ctx.stamp() if now is None else Stamp(now, self.ctx.boot_id, self.ctx.mono())
+        ends = self.ctx.timeouts["alarm"]
         return [
-            (SlotAddress.parse(r["slot"]), r["until"])
+            (SlotAddress.parse(r["slot"]), ends.until(r["slot"], r["until"], at))
             for r in self.ctx.store.query("SELECT slot, until FROM slot_alarms")
         ]
 
     def desired(self, now: float | None = None) -> dict[str, dict[Key, LightSpec]]:
         now = self.ctx.clock() if now is None else now
-        lights = compose(self.claims(now), self.alarms(), now, self.ctx.config.mqtt.light_ttl_s)
+        lights = compose(self.claims(now), self.alarms(now), now, self.ctx.config.mqtt.light_ttl_s)
         per_device: dict[str, dict[Key, LightSpec]] = {
             shelf.device: {} for shelf in self.ctx.layout.shelves
         }

@@ -330,8 +330,15 @@ class Pickup:
             " ORDER BY s.closed_at", (str(slot), since))
 
     def expire_sessions(self, now: float) -> int:
-        rows = self.ctx.store.query(
-            "SELECT id FROM sessions WHERE kind = 'pickup' AND state = 'open' AND expires_at <= ?", (now,))
+        """Close the sessions whose time is up, measured on the steady clock: a wall-clock
+        step neither cuts a customer's session short nor keeps it open past its timeout."""
+        at = Stamp(now, self.ctx.boot_id, self.ctx.mono())
+        open_ = self.ctx.store.query(
+            "SELECT id, expires_at FROM sessions WHERE kind = 'pickup' AND state = 'open'")
+        bound = self.ctx.config.station.pickup_session_timeout_s
+        timeouts = self.ctx.timeouts["pickup"]
+        rows = [r for r in open_ if timeouts.due(r["id"], r["expires_at"], at, bound)]
+        timeouts.forget_missing({r["id"] for r in open_})
         if rows:
             with self.ctx.lock, self.ctx.store.transaction() as tx:
                 for r in rows:

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from station.clocks import Stamp
 from station.domain.assignment import choose_slot, fits
 from station.domain.codes import code_digest, new_code, qr_payload
 from station.domain.colours import COURIER_WHITE
@@ -358,8 +359,14 @@ class Shelving:
     # --- timeouts ---------------------------------------------------------------------------
 
     def expire_placements(self, now: float) -> int:
-        rows = self.ctx.store.query(
-            "SELECT id, waybill FROM pending_placements WHERE state = 'waiting' AND deadline <= ?", (now,))
+        """Fail the placements whose time is up, measured on the steady clock (ADR 0070)."""
+        at = Stamp(now, self.ctx.boot_id, self.ctx.mono())
+        waiting = self.ctx.store.query(
+            "SELECT id, waybill, deadline FROM pending_placements WHERE state = 'waiting'")
+        bound = self.ctx.config.station.placement_timeout_s
+        timeouts = self.ctx.timeouts["placement"]
+        rows = [r for r in waiting if timeouts.due(r["id"], r["deadline"], at, bound)]
+        timeouts.forget_missing({r["id"] for r in waiting})
         if not rows:
             return 0
         with self.ctx.lock, self.ctx.store.transaction() as tx:

@@ -22,6 +22,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from station.clocks import Stamp, SteadyDeadlines
 from station.crypto import DecryptError, Sealer
 from station.store.db import Store, Tx
 from station.store.eventlog import Event, EventRecord, utc_iso
@@ -220,6 +221,12 @@ class Dispatcher:
     its consecutive failures: during a gateway outage one probe per interval goes out instead
     of one per waiting row, which keeps the event log from filling with `notify.failed`.
     A message refused on its own (a 4xx about that number) only backs off that row.
+
+    Back-off is measured on the steady clock (`mono`, ADR 0070): a row's `next_at` is written
+    as a wall-clock time (shown to operators, kept across restarts) but the wait it stands
+    for is fixed on the monotonic clock when the dispatcher first sees it, and never longer
+    than `retry_max_s`; a paused sender is paused on the monotonic clock. So a wall-clock
+    step, in either direction, neither holds messages back nor sends them early.
     """
 
     def __init__(
@@ -230,6 +237,7 @@ class Dispatcher:
         retry_initial_s: float = 1.0,
         retry_max_s: float = 300.0,
         clock: Callable[[], float] = time.time,
+        mono: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
         batch: int = 100,
         idle_poll_s: float = 5.0,
@@ -241,10 +249,12 @@ class Dispatcher:
         self._retry_initial_s = retry_initial_s
         self._retry_max_s = max(retry_max_s, retry_initial_s)
         self._clock = clock
+        self._mono = mono
         self._rng = rng or random.Random()
         self._batch = batch
         self._idle_poll_s = idle_poll_s
-        self._paused_until: dict[str, float] = {}
+        self._due = SteadyDeadlines()  # rows' back-off, on the steady clock
+        self._paused_until: dict[str, float] = {}  # sender -> steady time
         self._failures: dict[str, int] = {}
         self._wake = threading.Event()
         self._stopping = threading.Event()
@@ -264,22 +274,33 @@ class Dispatcher:
 
     # --- one pass --------------------------------------------------------------------------
 
-    def run_once(self, now: float | None = None) -> DispatchReport:
+    def _stamp(self, now: float | None, steady: float | None) -> Stamp:
+        """Now on both clocks. A caller driving time (tests) passes `now`, and `steady` too
+        when the two clocks are to differ; `now` alone stands for both."""
+        if now is None:
+            return Stamp(self._clock(), "", self._mono())
+        return Stamp(now, "", now if steady is None else steady)
+
+    def _row_due(self, row: OutboxRow, at: Stamp) -> bool:
+        return self._due.due(row.id, row.next_at, at, self._retry_max_s)
+
+    def run_once(self, now: float | None = None, *, steady: float | None = None) -> DispatchReport:
         """Send every row due at `now` (up to the batch size); tests drive time through it."""
-        now = self._clock() if now is None else now
+        at = self._stamp(now, steady)
+        now = at.wall
         report = DispatchReport()
         while report.attempted < self._batch:
             progressed = False
             for row in self._outbox.heads():
                 if report.attempted >= self._batch or self._stopping.is_set():
                     break
-                if row.next_at > now:
+                if not self._row_due(row, at):
                     continue
                 sender = self.resolve(row.channel)
-                if self._paused_until.get(sender.name, 0.0) > now:
+                if self._paused_until.get(sender.name, float("-inf")) > at.mono:
                     continue
                 report.attempted += 1
-                if self._attempt(row, sender, now):
+                if self._attempt(row, sender, at):
                     report.sent += 1
                     report.sent_ids.append(row.id)
                     progressed = True
@@ -289,7 +310,8 @@ class Dispatcher:
                 break
         return report
 
-    def _attempt(self, row: OutboxRow, sender: Sender, now: float) -> bool:
+    def _attempt(self, row: OutboxRow, sender: Sender, at: Stamp) -> bool:
+        now = at.wall
         full = self._outbox.get(row.id)
         if full is None or full.state != PENDING:
             return False
@@ -299,43 +321,49 @@ class Dispatcher:
             sender.send(row.id, notification)
         except PayloadError as exc:
             log.error("outbox row %s: %s", row.id, exc)
-            self._fail(full, None, sender, "payload: cannot open", now, pause=False)
+            self._fail(full, None, sender, "payload: cannot open", at, pause=False)
             return False
         except SendError as exc:
-            self._fail(full, notification, sender, str(exc), now, pause=exc.channel_down)
+            self._fail(full, notification, sender, str(exc), at, pause=exc.channel_down)
             return False
         except Exception as exc:  # a sender bug must not stop the other rows
             log.exception("sender %s raised unexpectedly", sender.name)
             self._fail(full, notification, sender, f"{sender.name}: {type(exc).__name__}",
-                       now, pause=True)
+                       at, pause=True)
             return False
         assert notification is not None
         self._failures.pop(sender.name, None)
         self._paused_until.pop(sender.name, None)
+        self._due.forget(row.id)
         return self._outbox.mark_sent(full, notification, sender.name, now)
 
     def _fail(self, row: OutboxRow, notification: Notification | None, sender: Sender,
-              error: str, now: float, *, pause: bool) -> None:
-        retry_at = now + backoff_delay(
-            row.attempts + 1, self._retry_initial_s, self._retry_max_s, self._rng
-        )
+              error: str, at: Stamp, *, pause: bool) -> None:
+        delay = backoff_delay(row.attempts + 1, self._retry_initial_s, self._retry_max_s, self._rng)
+        retry_at = at.wall + delay
         self._outbox.mark_failed(row, notification, sender.name, error, retry_at)
+        # the wait starts now on the steady clock, whatever the wall clock does next
+        self._due.due(row.id, retry_at, at, self._retry_max_s)
         log.warning("outbox row %s via %s failed (attempt %d): %s", row.id, sender.name,
                     row.attempts + 1, error)
         if pause:
             count = self._failures.get(sender.name, 0) + 1
             self._failures[sender.name] = count
-            self._paused_until[sender.name] = now + backoff_delay(
+            self._paused_until[sender.name] = at.mono + backoff_delay(
                 count, self._retry_initial_s, self._retry_max_s, self._rng
             )
 
-    def next_wake(self, now: float) -> float | None:
-        """When the next row becomes sendable, given row backoff and paused senders."""
+    def next_wake(self, now: float, *, steady: float | None = None) -> float | None:
+        """When (wall clock) the next row becomes sendable, given row backoff and paused
+        senders; measured on the steady clock and given as a time from `now`."""
+        at = self._stamp(now, steady)
         earliest: float | None = None
         for row in self._outbox.heads():
-            at = max(row.next_at, self._paused_until.get(self.resolve(row.channel).name, 0.0))
-            earliest = at if earliest is None else min(earliest, at)
-        return earliest
+            self._row_due(row, at)
+            left = max(self._due.left(row.id, at) or 0.0,
+                       self._paused_until.get(self.resolve(row.channel).name, at.mono) - at.mono)
+            earliest = left if earliest is None else min(earliest, left)
+        return None if earliest is None else now + max(earliest, 0.0)
 
     # --- thread ----------------------------------------------------------------------------
 
@@ -371,8 +399,8 @@ class Dispatcher:
                 report = self.run_once()
                 if report.attempted >= self._batch:
                     continue
-                now = self._clock()
-                due = self.next_wake(now)
+                now, steady = self._clock(), self._mono()
+                due = self.next_wake(now, steady=steady)
                 wait = self._idle_poll_s if due is None else min(self._idle_poll_s, due - now)
             except Exception:  # the database may be briefly unavailable; never die silently
                 log.exception("notification dispatcher pass failed")

@@ -140,3 +140,49 @@ def test_one_time_codes_expire_on_the_steady_clock(tmp_path: Path, secrets: Secr
     st.clock.step(+2 * 86400.0)
     st.core.pickup.request_otp(phone(1))
     assert len(st.outbox.messages) == sent
+
+
+# --- timeouts (issue #22.3): sessions and placements end on the steady clock ---------------
+
+
+@pytest.mark.parametrize("step", [-3600.0, -120.0, +120.0, +3600.0, +86400.0])
+def test_a_pickup_session_ends_after_its_timeout_whatever_the_wall_clock_did(
+        tmp_path: Path, secrets: Secrets, step: float) -> None:
+    st = make_station(tmp_path, secrets)
+    st.add_courier()
+    slot, code = st.shelve(sf_waybill(1), phone(1))
+    st.core.pickup.enter_with_code(code)
+    assert st.tick(0.5)["sessions_timed_out"] == 0  # the service's tick sees the session
+    st.clock.step(step)
+    timeout = st.config.station.pickup_session_timeout_s
+    assert st.tick(timeout - 1.5)["sessions_timed_out"] == 0  # a forward step cuts nothing short
+    assert st.light(slot) is not None
+    assert st.tick(2)["sessions_timed_out"] == 1  # a backward step stretches nothing
+
+
+@pytest.mark.parametrize("step", [-3600.0, +3600.0])
+def test_a_placement_times_out_after_its_timeout_whatever_the_wall_clock_did(
+        tmp_path: Path, secrets: Secrets, step: float) -> None:
+    st = make_station(tmp_path, secrets)
+    st.add_courier()
+    sid = st.core.shelving.open_session("c1", "guided")["session_id"]
+    st.core.shelving.scan(sid, sf_waybill(1), phone(1), "S")
+    assert st.tick(0.5)["placements_failed"] == 0
+    st.clock.step(step)
+    timeout = st.config.station.placement_timeout_s
+    assert st.tick(timeout - 1.5)["placements_failed"] == 0
+    assert st.tick(2)["placements_failed"] == 1
+
+
+def test_after_a_restart_a_deadline_written_on_a_fast_clock_waits_no_longer_than_its_timeout(
+        tmp_path: Path, secrets: Secrets) -> None:
+    st = make_station(tmp_path, secrets)
+    st.add_courier()
+    slot, code = st.shelve(sf_waybill(1), phone(1))
+    st.clock.step(+3600.0)  # the clock ran an hour fast when the customer came in
+    st.core.pickup.enter_with_code(code)
+    st.clock.step(-3600.0)  # and was put right while the station was down
+    st.ctx.timeouts.clear()  # what a restart remembers of the steady clock: nothing
+    timeout = st.config.station.pickup_session_timeout_s
+    assert st.tick(0.5)["sessions_timed_out"] == 0
+    assert st.tick(timeout)["sessions_timed_out"] == 1
