@@ -107,6 +107,9 @@ def test_doors_and_lights_work_after_the_station_clock_steps(cfg, secrets, fleet
     wait_until(lambda: abs(shelf.now() - clock.wall()) < 2, 5, "shelf took the stepped time")
     assert_door_and_lights_work(link, hal, 4)
     assert set(shelf.hal.lit()) == {(1, 1), (1, 2), (1, 3), (1, 4)}
+    # the desired lights keep their ttl on the monotonic clock: a forward step does not drop
+    # them (nothing to reconcile to), a backward one does not keep them for a day
+    assert set(link.desired_lights("shelf-1")) == {(1, 1), (1, 2), (1, 3), (1, 4)}
 
 
 @pytest.mark.parametrize("step", BOTH_WAYS, ids=step_id)
@@ -144,6 +147,26 @@ def test_a_device_whose_timer_leaps_forward_resyncs_and_runs_the_command(
     refused = [e for e in events.events[mark:] if e.kind == "device.command_refused"
                and e.data["cmd_id"] == handle.cmd_id]
     assert [e.data["reason"] for e in refused] == ["expired"]
+    assert hal.unlocks == 1
+
+
+def test_a_late_answer_to_a_challenge_is_tightened_at_once(cfg, secrets, fleet, make_link):
+    """A sync that answers an old challenge gives a loose anchor (the device's bound on the
+    station's clock is as high as the challenge is old): the device asks again at once."""
+    hal = fleet.hals["door-entry"] = RecordingDoorHal()
+    door_clock = DeviceClock()
+    door = fleet.door("door-entry", clock=door_clock)
+    wait_until(lambda: door.connected.is_set(), 5, "door up, its challenge open")
+    door_clock.leap(20)  # nobody answered for 20 s (within the 30 s window)
+    link = make_link(cfg, secrets)
+    trusted(link, "door-entry")
+
+    def overestimate() -> float:
+        anchor = door._anchor
+        return anchor.station_now(door_clock.monotonic()) - time.monotonic() if anchor else 1e9
+
+    wait_until(lambda: overestimate() < 1.0, 5, "a tight anchor")
+    assert link.unlock("door-entry", pulse_s=0.1).wait(5).ok
     assert hal.unlocks == 1
 
 
