@@ -30,6 +30,7 @@ from station.metrics import LatencyMetrics, StationCollector, StationMetrics
 from station.notify.messages import StationInfo
 from station.notify.outbox import Dispatcher, Outbox
 from station.notify.senders import build_senders
+from station.store.backup import BackupError, RunLock
 from station.store.db import Store
 from station.store.eventlog import Event
 from station.store.retention import Retention
@@ -210,8 +211,18 @@ class Station:
     started: bool = field(default=False)
     metrics_port: int | None = None
     housekeeping: HousekeepingThread | None = None
+    run_lock: RunLock | None = None
+
+    def _lock_database(self) -> None:
+        """`station restore` refuses while this lock is held (ADR 0103). A second station on
+        the same file is a mistake the log says, not a reason to keep the doors shut."""
+        try:
+            self.run_lock = RunLock(self.config.station.database).acquire()
+        except (BackupError, OSError) as exc:
+            log.warning("run lock not taken: %s", exc)
 
     def start(self) -> Station:
+        self._lock_database()
         if self.device_log is not None:
             self.device_log.start()
         self.link.start()
@@ -260,6 +271,9 @@ class Station:
             self.device_log.stop()
         self.vision.stop()
         self.store.close()
+        if self.run_lock is not None:
+            self.run_lock.release()
+            self.run_lock = None
         self.started = False
 
 

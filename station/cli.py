@@ -133,12 +133,15 @@ def cmd_token(args: argparse.Namespace) -> int:
 
 
 def _archive_dir(args: argparse.Namespace) -> Path | None:
-    """--archive, else the configured archive directory when retention has used one."""
+    """--archive, else (for the configured database, not one named by --db) the configured
+    archive directory when retention has used one."""
     if getattr(args, "archive", None):
         path = Path(args.archive)
         if not path.is_dir():
             raise CliError(f"{path}: no such archive directory")
         return path
+    if getattr(args, "db", None):
+        return None
     try:
         configured = Path(_config(args).retention.archive_dir)
     except ConfigError:
@@ -235,6 +238,90 @@ def cmd_log_replay(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise CliError(f"--until: not a sequence number or an ISO time: {exc}") from None
     out.print(f"replayed events 1..{last} into {args.out}")
+    return 0
+
+
+def cmd_log_prune(args: argparse.Namespace) -> int:
+    """Run retention now (the station does it every `[retention] interval_s` by itself)."""
+    from station.store.db import Store
+    from station.store.retention import Retention
+
+    config = _config(args)
+    r = config.retention
+    if not r.enabled:
+        raise CliError(f"{args.config}: [retention] enabled = false: nothing is pruned")
+    store = Store(_db_path(args)).open()
+    try:
+        run = Retention(store, r.archive_dir, keep_days=r.keep_days, segment_events=r.segment_events,
+                        batch_events=r.batch_events, upstream=config.upstream.enabled).run(time.time())
+    finally:
+        store.close()
+    held = " (held back by what the fleet has acknowledged)" if run.held_by_upstream else ""
+    out.print(f"archived {run.archived} events in {run.segments} segments to {r.archive_dir}; "
+              f"the live log starts after seq {run.through_seq}{held}", highlight=False)
+    return 0
+
+
+# --- backup and restore ----------------------------------------------------------------------
+
+
+def cmd_backup(args: argparse.Namespace) -> int:
+    from station.store.backup import BackupError, take_backup
+
+    db = _db_path(args)
+    station_id, archive = "", None
+    try:
+        config = _config(args)
+        station_id = config.station.id
+        if args.archive:
+            archive = Path(config.retention.archive_dir)
+    except ConfigError:
+        if args.archive:
+            raise
+    try:
+        info = take_backup(db, Path(args.dir), archive_dir=archive, station_id=station_id)
+    except BackupError as exc:
+        raise CliError(str(exc)) from None
+    out.print(f"backup of {db} in {info.directory}: events up to seq {info.last_seq}, "
+              f"{info.files} files, {info.bytes / 1e6:.1f} MB; manifest.json holds their hashes",
+              highlight=False)
+    return 0
+
+
+def cmd_restore(args: argparse.Namespace) -> int:
+    from station.store.backup import BackupError, restore_backup
+    from station.store.db import Store
+    from station.upstream import current_epoch, declare_restore
+
+    if args.db:
+        db = Path(args.db)
+        archive = None
+    else:
+        config = _config(args)
+        db = Path(config.station.database)
+        archive = Path(config.retention.archive_dir)
+    previous_epoch = 0
+    if db.exists():
+        try:
+            old = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+            try:
+                previous_epoch = current_epoch(old)
+            finally:
+                old.close()
+        except sqlite3.DatabaseError:
+            previous_epoch = 0
+    try:
+        info = restore_backup(Path(args.dir), db, archive_dir=archive)
+    except BackupError as exc:
+        raise CliError(str(exc)) from None
+    store = Store(db).open()
+    try:
+        epoch = declare_restore(store, source=str(args.dir), previous_epoch=previous_epoch)
+    finally:
+        store.close()
+    aside = f"; the database it replaced is {info.kept_aside}" if info.kept_aside else ""
+    out.print(f"restored {args.dir} into {db} (events up to seq {info.last_seq}, upstream epoch "
+              f"{epoch}){aside}", highlight=False)
     return 0
 
 
@@ -371,6 +458,20 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--out", required=True)
     r.add_argument("--archive", help="the archive directory (default: [retention] archive_dir)")
     r.set_defaults(fn=cmd_log_replay)
+
+    pr = log_sub.add_parser("prune", help="move events older than [retention] keep_days to the archive now")
+    with_db(pr)
+    pr.set_defaults(fn=cmd_log_prune)
+
+    bk = sub.add_parser("backup", help="an online, consistent copy of the database, .devseq and a manifest")
+    with_db(bk)
+    bk.add_argument("dir", help="a new (or empty) directory")
+    bk.add_argument("--archive", action="store_true", help="copy the archive segments too")
+    bk.set_defaults(fn=cmd_backup)
+    rs = sub.add_parser("restore", help="check a backup and install it (the station must be stopped)")
+    with_db(rs)
+    rs.add_argument("dir", help="a directory written by `station backup`")
+    rs.set_defaults(fn=cmd_restore)
 
     c = sub.add_parser("courier", help="the courier registry")
     c_sub = c.add_subparsers(dest="courier_cmd", required=True)

@@ -283,3 +283,28 @@ def _refused(fn: Any) -> bool:
     except DomainError:
         return True
     return False
+
+
+def test_cli_verify_and_replay_over_the_archive_name_a_changed_segment(tmp_path: Path) -> None:
+    from .test_eventlog import run_cli
+
+    store, clock = history(tmp_path / "s.db")
+    archive = tmp_path / "archive"
+    Retention(store, archive, keep_days=3, segment_events=100).run(T0 + 10 * DAY)
+    store.close()
+    db = str(tmp_path / "s.db")
+    live = run_cli("log", "verify", "--db", db)
+    assert live.returncode == 0 and "from the checkpoint at seq 700" in live.stdout, live.stdout
+    full = run_cli("log", "verify", "--db", db, "--archive", str(archive))
+    assert full.returncode == 0 and "700 archived events in 7 segments" in full.stdout, full.stdout
+    replay = run_cli("log", "replay", "--db", db, "--archive", str(archive), "--until", "650",
+                     "--out", str(tmp_path / "then.db"))
+    assert replay.returncode == 0 and "1..650" in replay.stdout, replay.stderr
+    no_archive = run_cli("log", "replay", "--db", db, "--out", str(tmp_path / "x.db"))
+    assert no_archive.returncode == 2 and "archive" in no_archive.stderr
+    target = archive / "events-000000000501-000000000600.jsonl.gz"
+    data = bytearray(target.read_bytes())
+    data[40] ^= 0x10
+    target.write_bytes(bytes(data))
+    broken = run_cli("log", "verify", "--db", db, "--archive", str(archive))
+    assert broken.returncode == 1 and target.name in broken.stderr and "seq 501" in broken.stderr, broken.stderr
