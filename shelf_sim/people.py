@@ -21,6 +21,9 @@ from .scenario import CourierPlan, CustomerPlan, ParcelPlan, StrangerPlan
 from .world import Room, SmsInbox
 
 SIZE_ORDER = ("S", "M", "L", "XL")
+# a courier's hand that misses the lit slot lands in one beside it (the station's
+# station.domain.assignment.HAND_RADIUS assumes the same)
+HAND_RADIUS = 1
 
 
 @dataclass(frozen=True)
@@ -277,6 +280,42 @@ class Courier:
             return None
         return options[min(len(options) - 1, int(u * len(options)))]
 
+    def _beside(self, p: ParcelPlan, target: str, u: float) -> str | None:
+        """Where a hand aimed at `target` lands when it misses: a slot beside it that the
+        parcel fits, lit or not (a miss does not look at the lights)."""
+        env = self.env
+        t = env.slots[target]
+        shelf = target.split("-")[0]
+        options = [a for a, s in sorted(env.slots.items())
+                   if a != target and a.split("-")[0] == shelf and s.device == t.device
+                   and abs(s.row - t.row) <= HAND_RADIUS and abs(s.col - t.col) <= HAND_RADIUS
+                   and not s.outbound and fits(s, p.size) and env.room.count(a) < s.capacity]
+        if not options:
+            return None
+        return options[min(len(options) - 1, int(u * len(options)))]
+
+    def _answer(self, http: httpx.Client, scan: dict[str, Any], item: dict[str, Any] | None,
+                waybill: str) -> dict[str, Any] | None:
+        """The handheld asks "is this parcel in slot X?" (a put the station could not
+        attribute): the courier looks and answers truthfully, yes only if it lies there."""
+        env, m = self.env, self.env.metrics
+        if item is None or item.get("state") != "unverified":
+            return item
+        asked = item.get("confirm_slot")
+        here = env.room.parcels[waybill].slot
+        yes = asked is not None and asked == here
+        self._pause(2.0)                                 # read the question, look, tap
+        res = http.post(f"/api/courier/sessions/{self.session['session_id']}/items/"
+                        f"{scan['pending_id']}/confirm", json={"slot": asked if yes else None},
+                        headers=self.auth)
+        m.inc("courier_slot_confirmations" if yes else "courier_slot_disowned",
+              example=f"{waybill} asked {asked} ({item.get('reason')}), lies in {here}")
+        if res.status_code != 200:
+            m.inc(f"courier_confirm_refused:{_err(res)}", example=waybill)
+            return None
+        answer: dict[str, Any] = res.json()
+        return answer
+
     def _place(self, http: httpx.Client, p: ParcelPlan) -> _Placing | None:
         """Scan, find the slot, put the parcel down; the handheld is looked at later."""
         env, m = self.env, self.env.metrics
@@ -292,7 +331,7 @@ class Courier:
         if target:
             slot = target
             if p.wrong_slot:
-                other = self._free_slot(p, {target}, p.slot_u)
+                other = self._beside(p, target, p.slot_u) or self._free_slot(p, {target}, p.slot_u)
                 if other is not None:
                     slot = other
                     m.inc("courier_wrong_slot_puts")
@@ -329,6 +368,8 @@ class Courier:
                 t0 = time.monotonic()
                 env.put(p.waybill, slot)
                 item, seen_at = self._wait_bound(http, scan["pending_id"]), time.monotonic()
+            if item is not None and item.get("state") == "unverified":
+                item, seen_at = self._answer(http, scan, item, p.waybill), time.monotonic()
             if item is not None and item.get("parcel_id"):
                 m.sample("put_to_shelved", seen_at - t0)
                 m.inc("parcels_shelved")
@@ -337,7 +378,7 @@ class Courier:
                 return True
             m.inc("courier_placement_retries", example=f"{p.waybill} at {slot}")
             env.take(p.waybill, self.plan.courier_id)
-            late = self._wait_bound(http, scan["pending_id"], 0.0)
+            late = self._answer(http, scan, self._wait_bound(http, scan["pending_id"], 0.0), p.waybill)
             if late is not None and late.get("parcel_id"):
                 # the handheld says "shelved" after all: it belongs where it was, put it back
                 env.put(p.waybill, late.get("slot") or slot)
@@ -361,7 +402,7 @@ class Courier:
         that slot later, and the courier carries on in a new one (the handheld's "abort")."""
         env, m = self.env, self.env.metrics
         if scan is not None:
-            late = self._wait_bound(http, scan["pending_id"], 5.0)
+            late = self._answer(http, scan, self._wait_bound(http, scan["pending_id"], 5.0), p.waybill)
             if late is not None and late.get("parcel_id"):
                 env.put(p.waybill, late.get("slot") or home or "")
                 m.inc("courier_late_confirmations", example=f"{p.waybill} at {late.get('slot')}")

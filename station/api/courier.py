@@ -12,7 +12,7 @@ from station.flows.errors import FlowError, Unavailable
 
 from .auth import Principal, make_token, require
 from .images import MAX_IMAGE_BYTES, read_image
-from .models import CourierLogin, OpenShelving, Scan
+from .models import ConfirmSlot, CourierLogin, OpenShelving, Scan
 from .services import Services, services
 
 router = APIRouter(prefix="/api/courier", tags=["courier"])
@@ -48,13 +48,29 @@ def get_session(session_id: str, who: Principal = Depends(courier_only),
 
 
 @router.get("/sessions/{session_id}/items/{pending_id}",
-            summary="One scanned parcel; with wait_s, answers when it is shelved or failed")
+            summary="One scanned parcel; with wait_s, answers when it is shelved, failed or "
+                    "waits for the courier to confirm its slot")
 def get_item(session_id: str, pending_id: str,
              wait_s: float = Query(0.0, ge=0.0, le=MAX_WAIT_S,
                                    description="wait up to this many seconds for the parcel to "
                                                "leave the waiting state (long poll)"),
              who: Principal = Depends(courier_only), svc: Services = Depends(services)) -> dict[str, Any]:
     return svc.core.shelving.item(session_id, pending_id, who.subject, wait_s)
+
+
+@router.post("/sessions/{session_id}/items/{pending_id}/confirm",
+             summary="Answer the handheld's question: is this parcel in the slot it names?",
+             responses={409: {"description": "nothing waits for a confirmation (already "
+                                             "placed, taken out again, timed out)"},
+                        422: {"description": "not the slot the handheld asked about"}})
+def confirm_item(session_id: str, pending_id: str, body: ConfirmSlot,
+                 who: Principal = Depends(courier_only),
+                 svc: Services = Depends(services)) -> dict[str, Any]:
+    """A put the station could not attribute for certain (another courier's slot lit beside
+    it, a put beside the lit slot, a sensor that disagreed with the records) is held as
+    `unverified`: no parcel, no pickup code, until the courier says yes (`slot`) or no
+    (null: the scan waits again and the put becomes an alarm). docs/adr/0095."""
+    return svc.core.shelving.confirm(session_id, pending_id, body.slot, who.subject)
 
 
 @router.post("/sessions/{session_id}/scans", summary="Scan (or type) a waybill")

@@ -30,6 +30,12 @@ class Scan(_Body):
     size: Literal["S", "M", "L", "XL"] = "S"
 
 
+class ConfirmSlot(_Body):
+    """The courier's answer to "is this parcel in slot X?": X (yes) or null (no, it is not)."""
+
+    slot: str | None = Field(max_length=16)
+
+
 class CodeEntry(_Body):
     code: str = Field(min_length=1, max_length=64)
 

@@ -4,21 +4,46 @@ Rules, in order: the slot must take the parcel's size (same class, or the next l
 when none of the same class is free) and have room; a slot lit for one waiting scan is lit
 for no other (a sensed put names a slot, not a parcel: with two scans aimed at one slot the
 station could not tell which parcel went in); one recipient's parcels go together
-when they can (fewer slots to walk to, one light); otherwise spread the load: prefer the
-emptiest slot, then the emptier shelf (people and light commands spread over the shelves
+when they can (fewer slots to walk to, one light); otherwise spread the load: among the
+slots of the smallest size class that fits, prefer one out of a hand's reach of another
+courier's lit slot (`crowded`: a put there could be either courier's, and the station would
+have to ask, docs/adr/0095), then the emptiest slot, then the emptier shelf (people and light commands spread over the shelves
 instead of crowding the first), then the lower-numbered shelf and row for a stable,
 explainable choice."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Iterable, Mapping
 
 from .errors import StationFull
 from .layout import SIZE_ORDER, Layout, Slot, SlotAddress
 
+# a hand that misses its slot lands in one beside it (left, right, above, below or
+# diagonal), never two away: the radius within which a sensed put could be another
+# slot's parcel (docs/adr/0095)
+HAND_RADIUS = 1
+
 
 def fits(slot: Slot, size: str) -> bool:
     return SIZE_ORDER[slot.size] >= SIZE_ORDER[size]
+
+
+def within_reach(a: SlotAddress, b: SlotAddress, radius: int = HAND_RADIUS) -> bool:
+    """Could a hand aimed at `a` land in `b`? Same shelf, at most `radius` rows and columns
+    apart (`a` itself included)."""
+    return a.shelf == b.shelf and abs(a.row - b.row) <= radius and abs(a.col - b.col) <= radius
+
+
+def reach_of(slots: Iterable[SlotAddress], radius: int = HAND_RADIUS) -> set[SlotAddress]:
+    """Every address within a hand's reach of any of `slots` (the layout filters them)."""
+    out: set[SlotAddress] = set()
+    for a in slots:
+        for dr in range(-radius, radius + 1):
+            for dc in range(-radius, radius + 1):
+                row, col = a.row + dr, a.col + dc
+                if 1 <= row <= 9 and 1 <= col <= 99:
+                    out.add(SlotAddress(a.shelf, row, col))
+    return out
 
 
 def choose_slot(
@@ -29,12 +54,15 @@ def choose_slot(
     *,
     outbound: bool = False,
     reserved: Mapping[SlotAddress, int] | None = None,
+    crowded: Collection[SlotAddress] = (),
 ) -> SlotAddress:
     """Pick a slot for one parcel.
 
     occupancy: parcels currently in (or bound to) each slot; reserved: parcels on their way to
     a slot (lit, not yet placed): such a slot takes no second scan until the first is placed
-    or given up; recipient_slots: where this recipient already has parcels waiting."""
+    or given up; recipient_slots: where this recipient already has parcels waiting; crowded:
+    slots within a hand's reach of another courier's lit slot, used only when no slot of the
+    same size class is clear of them."""
     if size not in SIZE_ORDER:
         raise ValueError(f"unknown size class {size!r}")
     reserved = reserved or {}
@@ -58,6 +86,6 @@ def choose_slot(
         shelf_load[slot.address.shelf] = shelf_load.get(slot.address.shelf, 0) + load(slot)
     return min(
         candidates,
-        key=lambda s: (SIZE_ORDER[s.size] - SIZE_ORDER[size], load(s) / s.capacity,
-                       shelf_load[s.address.shelf], s.address),
+        key=lambda s: (SIZE_ORDER[s.size] - SIZE_ORDER[size], s.address in crowded,
+                       load(s) / s.capacity, shelf_load[s.address.shelf], s.address),
     ).address

@@ -31,7 +31,8 @@ def phone_of(sealer: Sealer, tx: Tx, recipient_hash: str) -> str | None:
 def forget_if_done(tx: Tx, recipient_hash: str) -> None:
     left = tx.execute(
         "SELECT 1 FROM parcels WHERE recipient_hash = ? AND state IN ('shelved','expired','recalled')"
-        " UNION SELECT 1 FROM pending_placements WHERE recipient_hash = ? AND state = 'waiting'",
+        " UNION SELECT 1 FROM pending_placements WHERE recipient_hash = ?"
+        " AND state IN ('waiting', 'unverified')",
         (recipient_hash, recipient_hash),
     ).fetchone()
     if left is None:

@@ -43,7 +43,8 @@ ALARM_KINDS = {"door.forced_open", "door.held_open", "door.emergency_release"}
 class PlacementOutcome:
     slot: str
     action: str
-    result: str  # bound | rejected | pickup_take | return_take | dropoff | unexpected
+    # bound | unverified | rejected | pickup_take | return_take | unverified_take | dropoff | unexpected
+    result: str
     placement: Placement | None = None
 
 
@@ -124,13 +125,13 @@ class StationCore:
                 return None
             # what was sensed and what it caused commit together: a crash between them would
             # leave the event marked as seen and its binding lost when the broker redelivers
-            n = self._items_moved(slot, str(action), data.get("count"))
+            n, before = self._items_moved(slot, str(action), data.get("count"))
             with self.ctx.store.transaction() as tx:
                 tx.emit(Event("slot.sensed", str(slot), device, {
                     "slot": str(slot), "action": action, "count": data.get("count"), "evt": evt,
                     "items": n}))
                 for _ in range(n):
-                    outcome = self._route(slot, str(action), data.get("count"))
+                    outcome = self._route(slot, str(action), data.get("count"), items=n, before=before)
         # outside the station lock: LightSync orders its own sends, and the lock is what
         # every request and the device link's thread queue for
         self.lights.refresh(self.lights.devices_of([slot]))
@@ -141,18 +142,21 @@ class StationCore:
                 log.exception("placement listener failed")
         return outcome
 
-    def _items_moved(self, slot: SlotAddress, action: str, count: Any) -> int:
-        """How many parcels one debounced sensor change stands for: two parcels lifted
-        together arrive as one event whose count fell by two."""
+    def _items_moved(self, slot: SlotAddress, action: str, count: Any) -> tuple[int, int | None]:
+        """How many parcels one debounced sensor change stands for (two parcels lifted
+        together arrive as one event whose count fell by two), and the sensed count before
+        it (None when the device sends no count or the slot was never sensed)."""
         if not isinstance(count, int) or isinstance(count, bool):
-            return 1
+            return 1, None
         row = self.ctx.store.query_one("SELECT count FROM slot_counts WHERE slot = ?", (str(slot),))
         # never sensed since the database began: what the records say is there
         before = row["count"] if row is not None else held_in(self.ctx.store, slot)
         delta = count - before if action == "put" else before - count
-        return max(1, min(delta, self.ctx.layout.slot(slot).capacity))
+        return max(1, min(delta, self.ctx.layout.slot(slot).capacity)), \
+            (row["count"] if row is not None else None)
 
-    def _route(self, slot: SlotAddress, action: str, count: Any = None) -> PlacementOutcome:
+    def _route(self, slot: SlotAddress, action: str, count: Any = None, *, items: int = 1,
+               before: int | None = None) -> PlacementOutcome:
         if action == "put":
             if self._lifted(slot) and not self._above_record(slot, count):
                 # a parcel lifted from a slot nobody should touch and put back: the sensor
@@ -166,10 +170,12 @@ class StationCore:
                 parcel = self.returns.on_outbound_put(slot)
                 if parcel:
                     return PlacementOutcome(str(slot), action, "dropoff")
-            pending = self.shelving.candidate_for_put(slot)
-            if pending is not None:
-                placed = self.shelving.on_put(slot, pending)
-                return PlacementOutcome(str(slot), action, "bound" if placed else "rejected", placed)
+            found = self.shelving.attribute_put(slot, items, before)
+            if found.pending is not None:
+                placed = self.shelving.on_put(slot, found.pending, found.doubt)
+                result = "bound" if placed else "unverified" if found.doubt and \
+                    self.shelving.awaits_confirmation(found.pending["id"]) else "rejected"
+                return PlacementOutcome(str(slot), action, result, placed)
             self._unexpected(slot, "unexpected_put")
             return PlacementOutcome(str(slot), action, "unexpected")
         if action == "take":
@@ -177,6 +183,8 @@ class StationCore:
                 return PlacementOutcome(str(slot), action, "pickup_take")
             if self.returns.on_take(slot):
                 return PlacementOutcome(str(slot), action, "return_take")
+            if self.shelving.on_take_of_unverified(slot):
+                return PlacementOutcome(str(slot), action, "unverified_take")
             self._unexpected(slot, "unexpected_take", count)
             return PlacementOutcome(str(slot), action, "unexpected")
         self._log_device(self.ctx.device_of(slot), "placement.invalid", {"slot": str(slot), "action": action})

@@ -28,8 +28,10 @@ def held_by_slot(store: Store, *, keep_missing: bool = False) -> dict[str, int]:
 
 
 def reserved_in(store: Store, slot: SlotAddress | str) -> int:
-    """Guided scans waiting to be put into `slot` (lit, not yet placed)."""
+    """Guided scans waiting to be put into `slot` (lit, not yet placed), and puts sensed in
+    `slot` that wait for their courier's confirmation (the parcel is there, unbound)."""
     row = store.query_one(
-        "SELECT COUNT(*) n FROM pending_placements WHERE state = 'waiting' AND target_slot = ?",
-        (str(slot),))
+        "SELECT (SELECT COUNT(*) FROM pending_placements WHERE state = 'waiting' AND target_slot = ?)"
+        " + (SELECT COUNT(*) FROM pending_placements WHERE state = 'unverified' AND put_slot = ?) n",
+        (str(slot), str(slot)))
     return int(row["n"])

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from station.clocks import Stamp
-from station.domain.assignment import choose_slot, fits
+from station.domain.assignment import choose_slot, fits, reach_of, within_reach
 from station.domain.codes import code_digest, new_code, qr_payload
 from station.domain.colours import COURIER_WHITE
 from station.domain.errors import DomainError
@@ -20,7 +20,7 @@ from station.domain.phones import mask_phone, normalise_phone, phone_hash
 from station.store.db import Tx
 from station.store.eventlog import Event, EventRecord, utc_iso
 
-from . import contacts
+from . import contacts, guard
 from .context import Ctx, new_id
 from .errors import FlowError, NotFound
 from .holdings import held_by_slot, held_in, reserved_in
@@ -30,6 +30,28 @@ from .ports import outcome_of
 # a put this soon after a take from the same slot is taken for a put-back, not a courier's
 # parcel placed beside its lit slot
 PUT_BACK_WINDOW_S = 60.0
+
+# a scan whose parcel is on its way or sensed but not yet confirmed: where it may land is
+# not settled, so a put within a hand's reach could be its parcel
+UNSETTLED = "('waiting', 'unverified')"
+
+# why a sensed put was held instead of bound: the station cannot know whose parcel it is,
+# so it asks the courier to confirm the slot on the handheld (docs/adr/0095)
+DOUBTS = {
+    "neighbour_lit": "another courier's slot within a hand's reach was lit too",
+    "beside_lit_slot": "the parcel was sensed beside its lit slot",
+    "away_from_lit_slot": "the parcel was sensed away from its lit slot",
+    "sensor_disagrees": "the slot's sensor and the records disagreed before this put",
+    "several_items": "one sensor change counted more than one parcel",
+}
+
+
+@dataclass
+class Attribution:
+    """Which waiting scan a sensed put may belong to, and why it is not certain (if not)."""
+
+    pending: dict[str, Any] | None
+    doubt: str | None = None
 
 
 @dataclass
@@ -147,11 +169,13 @@ class Shelving:
             row = tx.execute("SELECT state FROM sessions WHERE id = ?", (session_id,)).fetchone()
             if row[0] != "open":
                 return
-            for (pid,) in tx.execute(
-                "SELECT id FROM pending_placements WHERE session_id = ? AND state = 'waiting'",
-                (session_id,)).fetchall():
+            for pid, put in tx.execute(
+                "SELECT id, put_slot FROM pending_placements WHERE session_id = ?"
+                f" AND state IN {UNSETTLED}", (session_id,)).fetchall():
                 tx.emit(Event("parcel.placement.failed", pid, "station",
                               {"pending_id": pid, "reason": "session_closed"}))
+                if put:
+                    self._unconfirmed_alarm(tx, SlotAddress.parse(put))
             tx.emit(Event("shelving.closed", session_id, courier_id or "station",
                           {"session_id": session_id, "reason": reason}))
         self.lights.refresh()
@@ -183,7 +207,8 @@ class Shelving:
             if ctx.store.query_one("SELECT 1 FROM parcels WHERE waybill = ?", (waybill,)):
                 raise FlowError(f"waybill {waybill} is already at this station", code="duplicate_waybill")
             same = ctx.store.query_one(
-                "SELECT * FROM pending_placements WHERE waybill = ? AND state = 'waiting'", (waybill,))
+                f"SELECT * FROM pending_placements WHERE waybill = ? AND state IN {UNSETTLED}",
+                (waybill,))
             if same is not None:
                 if same["session_id"] == session_id:
                     return ScanResult(same["id"], waybill, carrier.name, session["mode"],
@@ -198,7 +223,7 @@ class Shelving:
                 raise FlowError("Another courier is placing a parcel in free mode; wait a few "
                                 "seconds or switch to guided mode.", code="free_mode_busy")
             if session["mode"] == "guided":
-                target = str(self._choose(size, recipient))
+                target = str(self._choose(size, recipient, session_id=session_id))
             deadline = now + ctx.config.station.placement_timeout_s
             pending_id = new_id("pnd")
             with ctx.store.transaction() as tx:
@@ -216,16 +241,34 @@ class Shelving:
             result.lights_acked = all(o.status == "acked" for o in outcomes)
         return result
 
-    def _choose(self, size: str, recipient: str, outbound: bool = False) -> SlotAddress:
+    def _choose(self, size: str, recipient: str, outbound: bool = False,
+                session_id: str | None = None) -> SlotAddress:
         occupancy, reserved, mine = self._occupancy(recipient)
-        return choose_slot(self.ctx.layout, occupancy, size, mine, outbound=outbound, reserved=reserved)
+        # slots beside another courier's lit slot only when nothing else fits: a put there
+        # could be either courier's, and the station would have to ask (docs/adr/0095)
+        crowded = reach_of(self._unsettled_slots(exclude_session=session_id)) if session_id else set()
+        return choose_slot(self.ctx.layout, occupancy, size, mine, outbound=outbound,
+                           reserved=reserved, crowded=crowded)
+
+    def _unsettled_slots(self, exclude_session: str | None = None) -> list[SlotAddress]:
+        """Where other sessions' parcels may land: the lit slot of each waiting scan, and the
+        lit and the sensed slot of each put awaiting its courier's confirmation."""
+        out: list[SlotAddress] = []
+        for r in self.ctx.store.query(
+                "SELECT p.target_slot, p.put_slot, p.session_id FROM pending_placements p"
+                f" WHERE p.state IN {UNSETTLED}"):
+            if r["session_id"] == exclude_session:
+                continue
+            out += [SlotAddress.parse(x) for x in (r["target_slot"], r["put_slot"]) if x]
+        return out
 
     def _occupancy(self, recipient: str | None = None) -> tuple[dict[SlotAddress, int], dict[SlotAddress, int], dict[SlotAddress, int]]:
         store = self.ctx.store
         occupancy = {SlotAddress.parse(s): n for s, n in held_by_slot(store, keep_missing=True).items()}
-        reserved = {SlotAddress.parse(r["target_slot"]): r["n"] for r in store.query(
-            "SELECT target_slot, COUNT(*) n FROM pending_placements WHERE state = 'waiting'"
-            " AND target_slot IS NOT NULL GROUP BY target_slot")}
+        reserved = {SlotAddress.parse(r["slot"]): r["n"] for r in store.query(
+            "SELECT CASE state WHEN 'waiting' THEN target_slot ELSE put_slot END AS slot,"
+            f" COUNT(*) n FROM pending_placements WHERE state IN {UNSETTLED}"
+            " AND COALESCE(put_slot, target_slot) IS NOT NULL GROUP BY 1")}
         mine: dict[SlotAddress, int] = {}
         if recipient:
             mine = {SlotAddress.parse(r["slot"]): r["n"] for r in store.query(
@@ -242,8 +285,11 @@ class Shelving:
         others = reserved_in(self.ctx.store, slot)
         if exclude_pending:
             row = self.ctx.store.query_one(
-                "SELECT target_slot FROM pending_placements WHERE id = ?", (exclude_pending,))
-            if row and row["target_slot"] == str(slot):
+                "SELECT state, target_slot, put_slot FROM pending_placements WHERE id = ?",
+                (exclude_pending,))
+            held_here = row and (row["put_slot"] if row["state"] == "unverified" else
+                                 row["target_slot"] if row["state"] == "waiting" else None)
+            if held_here == str(slot):
                 others -= 1
         return spec.capacity - held - max(others, 0)
 
@@ -253,29 +299,66 @@ class Shelving:
             " WHERE p.state = 'waiting' AND s.state = 'open' AND s.mode = 'free'"
             " AND s.kind = 'shelving' AND p.session_id != ?", (session_id,)) is not None
 
-    def candidate_for_put(self, slot: SlotAddress) -> dict[str, Any] | None:
-        """Which waiting scan a put at `slot` belongs to: a guided scan aimed at it first,
-        then the oldest scan of a free-mode session, then the oldest guided scan (mismatch)."""
+    def attribute_put(self, slot: SlotAddress, items: int = 1,
+                      before: int | None = None) -> Attribution:
+        """Which waiting scan a put at `slot` belongs to, and whether that is certain.
+
+        A sensor names a slot, never a courier. The put is bound at once only when one lit
+        slot explains it and nothing else could: no other courier's lit (or unconfirmed)
+        slot within a hand's reach, one parcel sensed, and the slot's sensor agreeing with
+        the records before the put. Otherwise the scan is held `unverified` and its courier
+        confirms the slot on the handheld (docs/adr/0095). `items` is how many parcels the
+        sensor change stands for; `before` the sensed count before it."""
         q = self.ctx.store.query
         base = ("SELECT p.*, s.mode, s.actor AS courier_id FROM pending_placements p"
                 " JOIN sessions s ON s.id = p.session_id WHERE p.state = 'waiting' AND s.state = 'open'")
         rows = q(base + " AND p.target_slot = ? ORDER BY p.created_at LIMIT 1", (str(slot),))
         if rows:
-            return rows[0]
+            return Attribution(rows[0], self._doubt(slot, rows[0], items, before))
         if self.ctx.layout.slot(slot).outbound:
-            return None
+            return Attribution(None)
         rows = q(base + " AND s.mode = 'free' ORDER BY p.created_at LIMIT 1")
         if rows:
-            return rows[0]
-        # a put beside the lit slot belongs to a guided scan only when exactly one is waiting
-        # (with two couriers the station cannot tell whose parcel it is), and not when a hand
-        # took something out of that slot a moment ago: then it is far likelier a parcel put
-        # back (a customer who lifted the wrong one) than the courier's; the courier sees red
-        # and puts theirs in the lit slot
-        rows = q(base + " AND s.mode = 'guided' ORDER BY p.created_at LIMIT 2")
-        if len(rows) != 1 or self._taken_from_lately(slot):
-            return None
-        return rows[0]
+            return Attribution(rows[0], self._doubt(slot, rows[0], items, before))
+        # a put beside the lit slot is never bound at once: it may be the courier's parcel,
+        # or a customer's put-back, or another courier's. Not even asked when a hand took
+        # something out of that slot a moment ago: then it is far likelier a parcel put back
+        # (a customer who lifted the wrong one); the courier sees red and uses the lit slot
+        if self._taken_from_lately(slot):
+            return Attribution(None)
+        waiting = q(base + " AND s.mode = 'guided' AND p.target_slot IS NOT NULL"
+                    " ORDER BY p.created_at LIMIT 64")
+        near = [r for r in waiting if within_reach(SlotAddress.parse(r["target_slot"]), slot)]
+        if len(near) == 1:
+            others = [a for a in self._unsettled_slots(exclude_session=near[0]["session_id"])
+                      if within_reach(a, slot)]
+            return Attribution(None if others else near[0], "beside_lit_slot")
+        if not near and len(waiting) == 1:
+            # one courier at work: the put is likelier theirs than nobody's, but asked
+            return Attribution(waiting[0], "away_from_lit_slot")
+        return Attribution(None)
+
+    def _doubt(self, slot: SlotAddress, pending: dict[str, Any], items: int,
+               before: int | None) -> str | None:
+        """Why a put in the slot lit for `pending` (or any put, for a free-mode scan) might
+        not be its parcel; None when nothing else could explain it."""
+        if items > 1:
+            return "several_items"
+        if any(within_reach(a, slot) for a in self._unsettled_slots(exclude_session=pending["session_id"])):
+            return "neighbour_lit"
+        if before is not None:
+            expected = held_in(self.ctx.store, slot) + self._held_unverified(slot)
+            if before != expected:
+                # something the records cannot explain is (or is not) in the slot: a stuck
+                # sensor catching up, a parcel lifted and not yet shown at the exit
+                return "sensor_disagrees"
+        return None
+
+    def _held_unverified(self, slot: SlotAddress) -> int:
+        row = self.ctx.store.query_one(
+            "SELECT COUNT(*) n FROM pending_placements WHERE state = 'unverified' AND put_slot = ?",
+            (str(slot),))
+        return int(row["n"])
 
     def _taken_from_lately(self, slot: SlotAddress) -> bool:
         since = utc_iso(self.ctx.clock() - PUT_BACK_WINDOW_S)
@@ -288,8 +371,11 @@ class Shelving:
                 return True
         return False
 
-    def on_put(self, slot: SlotAddress, pending: dict[str, Any]) -> Placement | None:
-        """Bind `pending` to `slot` if the slot may take it; else blink red and tell why."""
+    def on_put(self, slot: SlotAddress, pending: dict[str, Any],
+               doubt: str | None = None) -> Placement | None:
+        """Bind `pending` to `slot` if the slot may take it and nothing else could explain the
+        put; hold it for the courier's confirmation when something could (`doubt`); else
+        blink red and tell why."""
         ctx = self.ctx
         spec = ctx.layout.slot(slot)
         mismatch = pending["target_slot"] is not None and pending["target_slot"] != str(slot)
@@ -309,6 +395,13 @@ class Shelving:
                     "target_slot": pending["target_slot"]}))
                 self._alarm_light(tx, slot, problem)
             return None
+        if doubt is not None:
+            with ctx.store.transaction() as tx:
+                # no parcel, no code: the handheld asks "is it in this slot?" (docs/adr/0095)
+                tx.emit(Event("parcel.placement.unverified", pending["waybill"], "station", {
+                    "pending_id": pending["id"], "slot": str(slot),
+                    "target_slot": pending["target_slot"], "reason": doubt}))
+            return None
         with ctx.store.transaction() as tx:
             if mismatch:
                 tx.emit(Event("parcel.placement.mismatch", pending["waybill"], "station", {
@@ -316,6 +409,72 @@ class Shelving:
                     "target_slot": pending["target_slot"], "resolution": "accepted"}))
             placed = self._bind(tx, slot, pending)
         return placed
+
+    def confirm(self, session_id: str, pending_id: str, slot: str | None,
+                courier_id: str | None = None) -> dict[str, Any]:
+        """The courier's answer to "is the parcel in this slot?": `slot` names the slot the
+        handheld asked about (yes: bound there, the code goes out), None says no (the sensed
+        put is nobody's: red for the room, an alarm for the operator; the scan waits again
+        and the courier puts the parcel in the lit slot)."""
+        ctx = self.ctx
+        self._item(session_id, pending_id, courier_id)
+        with ctx.lock:
+            row = ctx.store.query_one(
+                "SELECT p.*, s.actor AS courier_id, s.state AS session_state FROM pending_placements p"
+                " JOIN sessions s ON s.id = p.session_id WHERE p.id = ?", (pending_id,))
+            if row["state"] == "placed":
+                return self._item(session_id, pending_id, courier_id)  # answered twice
+            if row["state"] != "unverified" or row["session_state"] != "open":
+                raise FlowError("this parcel is not waiting for a confirmation",
+                                code="nothing_to_confirm")
+            put = SlotAddress.parse(row["put_slot"])
+            if slot is not None and slot != row["put_slot"]:
+                raise FlowError(f"the handheld asked about slot {row['put_slot']}, not {slot}",
+                                code="wrong_slot_confirmed", status=422)
+            with ctx.store.transaction() as tx:
+                if slot is None:
+                    self._release(tx, row, "courier_disowned")
+                    self._alarm_light(tx, put, "unexpected_put", 15.0)
+                    guard.raise_alarm(tx, "slot.unexpected_put", str(put),
+                                      f"slot {put}: a put nobody confirmed")
+                elif self.room_in(put, exclude_pending=pending_id) <= 0:
+                    raise FlowError(f"slot {put} is full", code="slot_full")
+                else:
+                    tx.emit(Event("parcel.placement.confirmed", row["waybill"], row["courier_id"], {
+                        "pending_id": pending_id, "slot": str(put),
+                        "target_slot": row["target_slot"], "reason": row["reason"]}))
+                    if row["target_slot"] not in (None, str(put)):
+                        tx.emit(Event("parcel.placement.mismatch", row["waybill"], "station", {
+                            "pending_id": pending_id, "slot": str(put),
+                            "target_slot": row["target_slot"], "resolution": "confirmed"}))
+                    self._bind(tx, put, row)
+        self.lights.refresh(self.lights.devices_of([put] + (
+            [SlotAddress.parse(row["target_slot"])] if row["target_slot"] else [])))
+        return self._item(session_id, pending_id, courier_id)
+
+    def _release(self, tx: Tx, row: dict[str, Any], reason: str) -> None:
+        """An unconfirmed put is not this scan's after all: the scan waits again, with the
+        full placement time ahead of it."""
+        tx.emit(Event("parcel.placement.released", row["waybill"], "station", {
+            "pending_id": row["id"], "slot": row["put_slot"], "reason": reason,
+            "deadline": tx.now + self.ctx.config.station.placement_timeout_s}))
+
+    def awaits_confirmation(self, pending_id: str) -> bool:
+        return self.ctx.store.query_one(
+            "SELECT 1 FROM pending_placements WHERE id = ? AND state = 'unverified'",
+            (pending_id,)) is not None
+
+    def on_take_of_unverified(self, slot: SlotAddress) -> bool:
+        """A take where a put waits for its courier's confirmation: the parcel went out again
+        (the courier moving it, most likely), so there is nothing left to confirm there."""
+        row = self.ctx.store.query_one(
+            "SELECT * FROM pending_placements WHERE state = 'unverified' AND put_slot = ?"
+            " ORDER BY created_at LIMIT 1", (str(slot),))
+        if row is None:
+            return False
+        with self.ctx.store.transaction() as tx:
+            self._release(tx, row, "taken_out")
+        return True
 
     def _alarm_light(self, tx: Tx, slot: SlotAddress, reason: str, seconds: float = 10.0) -> None:
         tx.emit(Event("slot.alarm", str(slot), "station",
@@ -359,10 +518,12 @@ class Shelving:
     # --- timeouts ---------------------------------------------------------------------------
 
     def expire_placements(self, now: float) -> int:
-        """Fail the placements whose time is up, measured on the steady clock (ADR 0070)."""
+        """Fail the placements whose time is up, measured on the steady clock (ADR 0070): a
+        scan waiting for its put, or a put waiting for its courier's confirmation."""
         at = Stamp(now, self.ctx.boot_id, self.ctx.mono())
         waiting = self.ctx.store.query(
-            "SELECT id, waybill, deadline FROM pending_placements WHERE state = 'waiting'")
+            "SELECT id, waybill, deadline, put_slot FROM pending_placements"
+            f" WHERE state IN {UNSETTLED}")
         bound = self.ctx.config.station.placement_timeout_s
         timeouts = self.ctx.timeouts["placement"]
         rows = [r for r in waiting if timeouts.due(r["id"], r["deadline"], at, bound)]
@@ -373,13 +534,22 @@ class Shelving:
             for r in rows:
                 tx.emit(Event("parcel.placement.failed", r["waybill"], "station", {
                     "pending_id": r["id"], "reason": "timeout",
-                    "message": "no placement was sensed in time; the parcel is not shelved"}))
+                    "message": "no placement was sensed in time; the parcel is not shelved"
+                    if not r["put_slot"] else
+                    "the courier did not confirm the slot in time; the parcel is not shelved"}))
+                if r["put_slot"]:
+                    self._unconfirmed_alarm(tx, SlotAddress.parse(r["put_slot"]))
         return len(rows)
+
+    def _unconfirmed_alarm(self, tx: Tx, slot: SlotAddress) -> None:
+        """A parcel lies in `slot` that nobody confirmed: the operator checks it."""
+        guard.raise_alarm(tx, "slot.unconfirmed_put", str(slot),
+                          f"slot {slot}: a parcel was sensed but its courier never confirmed it")
 
 
 # a scan as the handheld shows it: where it goes, or where it went once shelved
 _ITEM_KEYS = ("id", "waybill", "carrier", "size", "target_slot", "state", "reason", "parcel_id",
-              "deadline")
+              "deadline", "put_slot")
 _ITEMS = ("SELECT " + ", ".join(f"p.{k}" for k in _ITEM_KEYS) + ", s.actor, b.slot AS bound_slot"
           " FROM pending_placements p JOIN sessions s ON s.id = p.session_id"
           " LEFT JOIN parcels b ON b.id = p.parcel_id")
@@ -388,6 +558,11 @@ _ITEMS = ("SELECT " + ", ".join(f"p.{k}" for k in _ITEM_KEYS) + ", s.actor, b.sl
 def _item_of(row: dict[str, Any]) -> dict[str, Any]:
     item = {k: row[k] for k in _ITEM_KEYS}
     item["slot"] = row["bound_slot"] or row["target_slot"]
+    if row["state"] == "unverified":
+        # the handheld asks: "is the parcel in <confirm_slot>?" (docs/adr/0095)
+        item["confirm_slot"] = row["put_slot"]
+        item["message"] = (f"Is this parcel in slot {row['put_slot']}? Confirm on the handheld; "
+                           f"no pickup code is sent until you do ({DOUBTS.get(row['reason'], row['reason'])}).")
     return item
 
 

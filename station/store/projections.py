@@ -194,6 +194,23 @@ def _placement_failed(conn: sqlite3.Connection, e: EventRecord, at: float) -> No
     )
 
 
+@applies("parcel.placement.unverified")
+def _placement_unverified(conn: sqlite3.Connection, e: EventRecord, at: float) -> None:
+    conn.execute(
+        "UPDATE pending_placements SET state = 'unverified', put_slot = ?, reason = ? WHERE id = ?",
+        (e.data["slot"], e.data["reason"], e.data["pending_id"]),
+    )
+
+
+@applies("parcel.placement.released")
+def _placement_released(conn: sqlite3.Connection, e: EventRecord, at: float) -> None:
+    conn.execute(
+        "UPDATE pending_placements SET state = 'waiting', put_slot = NULL, reason = NULL,"
+        " deadline = ? WHERE id = ?",
+        (e.data["deadline"], e.data["pending_id"]),
+    )
+
+
 @applies("parcel.placement.retargeted")
 def _placement_retargeted(conn: sqlite3.Connection, e: EventRecord, at: float) -> None:
     conn.execute(

@@ -278,6 +278,11 @@ MIGRATIONS: list[str] = [
         WHEN OLD.seq > COALESCE((SELECT seq FROM log_checkpoint WHERE id = 1), 0)
         BEGIN SELECT RAISE(ABORT, 'the event log is append-only above its archive checkpoint'); END;
     """,
+    # 7: where a put the station could not attribute for certain was sensed, while the
+    # courier is asked to confirm it (docs/adr/0095)
+    """
+    ALTER TABLE pending_placements ADD COLUMN put_slot TEXT;
+    """,
 ]
 
 

@@ -93,6 +93,30 @@ def test_the_handheld_long_polls_one_scan_until_it_is_shelved(live: LiveStation)
     assert res.status_code == 404
 
 
+def test_the_handheld_asks_where_a_put_it_cannot_attribute_went(live: LiveStation) -> None:
+    """A put beside the lit slot is held (`unverified`, no code) until the courier confirms
+    the slot the handheld names (#22.10, docs/adr/0095)."""
+    with courier(live) as c:
+        sid = c.post("/api/courier/sessions", json={"mode": "guided"}).json()["session_id"]
+        scan = c.post(f"/api/courier/sessions/{sid}/scans",
+                      json={"waybill": "SF1000000000010", "phone": PHONE, "size": "S"}).json()
+        other = "1-1-02" if scan["slot"] != "1-1-02" else "1-1-03"
+        url = f"/api/courier/sessions/{sid}/items/{scan['pending_id']}"
+        threading.Timer(0.2, live.put, args=(other,)).start()
+        asked = c.get(url, params={"wait_s": 10}).json()
+        assert asked["state"] == "unverified" and asked["confirm_slot"] == other, asked
+        assert other in asked["message"]
+        assert live.codes_for(PHONE) == [], "a code went out before the courier confirmed"
+        assert c.post(url + "/confirm", json={"slot": scan["slot"]}).json()["error"] == "wrong_slot_confirmed"
+        assert c.post(url + "/confirm", json={}).status_code == 422
+        assert c.post(url + "/confirm", json={"slot": "x" * 100}).status_code == 422
+        done = c.post(url + "/confirm", json={"slot": other})
+        assert done.status_code == 200, done.text
+        assert done.json()["state"] == "placed" and done.json()["slot"] == other
+        assert c.post(url + "/confirm", json={"slot": other}).json()["state"] == "placed"
+    assert live.wait_code_for(PHONE).startswith(other + "-")
+
+
 @pytest.mark.parametrize("body,status,code", [
     ({"waybill": "SF1000000000002", "phone": "12345", "size": "S"}, 422, "invalid_phone"),
     ({"waybill": "XX99", "phone": PHONE, "size": "S"}, 422, "unknown_carrier"),

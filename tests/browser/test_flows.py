@@ -95,6 +95,39 @@ def test_courier_shelves_a_parcel_in_the_courier_page(tmp_path: Path, page: Any)
         shot(page, "courier-3-free-mode")
 
 
+def test_courier_confirms_a_put_the_station_could_not_attribute(tmp_path: Path, page: Any) -> None:
+    """A put beside the lit slot: the page asks "is it in 1-x-yy?" and the code goes out only
+    after the courier's "yes" (#22.10, docs/adr/0095)."""
+    expect = _expect()
+    with LiveStation(tmp_path, http=True) as ls:
+        ls.core.couriers.add("c1", "SF", "Li", "1234")
+        page.set_viewport_size({"width": 390, "height": 844})
+        page.goto(ls.base_url + "/courier")
+        page.fill("#courier-id", "c1")
+        page.fill("#pin", "1234")
+        page.click("#login-btn")
+        page.select_option("#mode", "guided")
+        page.click("#open-btn")
+        page.fill("#waybill", WAYBILL)
+        page.fill("#phone", PHONE)
+        page.click("#scan-btn")
+        target = page.locator("#target")
+        expect(target).to_have_attribute("data-state", "waiting")
+        slot = target.get_attribute("data-slot")
+        other = "1-1-02" if slot != "1-1-02" else "1-1-03"
+        ls.put(other)                                            # beside the lit slot
+        expect(target).to_have_attribute("data-state", "unverified")
+        expect(target).to_contain_text(other)
+        row = page.locator(f'#items tr[data-waybill="{WAYBILL}"]')
+        expect(row).to_have_attribute("data-state", "unverified")
+        assert ls.codes_for(PHONE) == [], "a code went out before the courier confirmed"
+        shot(page, "courier-4-confirm-slot")
+        page.click("#confirm-yes")
+        expect(target).to_have_attribute("data-state", "placed")
+        expect(row.locator(".slot-cell")).to_have_text(other)
+        assert ls.wait_code_for(PHONE).startswith(other + "-")
+
+
 def test_customer_enters_the_code_in_the_kiosk_page(tmp_path: Path, page: Any) -> None:
     expect = _expect()
     with LiveStation(tmp_path, http=True) as ls:

@@ -63,12 +63,20 @@ def test_guided_scan_lights_the_target_in_the_session_colour(station: Station) -
 
 
 def test_wrong_slot_in_guided_mode_is_accepted_where_it_really_is(tmp_path: Path, secrets: Secrets) -> None:
+    """A put away from the lit slot may be the courier's parcel or anybody's: the handheld
+    asks, and only the courier's "yes, it is in 1-2-07" binds it there (docs/adr/0095)."""
     st = make_station(tmp_path, secrets, guided_mismatch="accept")
     st.add_courier()
     sid = st.core.shelving.open_session("c1", "guided")["session_id"]
     r = st.core.shelving.scan(sid, sf_waybill(1), phone(1), "S")
     other = "1-2-07" if r.slot != "1-2-07" else "1-2-08"
     st.put(other)
+    assert st.store.query_one("SELECT 1 FROM parcels WHERE waybill = ?", (sf_waybill(1),)) is None
+    assert st.outbox.messages == [], "a code went out before the courier confirmed the slot"
+    item = st.core.shelving.item(sid, r.pending_id)
+    assert item["state"] == "unverified" and item["confirm_slot"] == other
+    assert st.light(other) is not None and st.light(other).colours == (COURIER_WHITE,)
+    st.core.shelving.confirm(sid, r.pending_id, other)
     parcel = st.store.query_one("SELECT * FROM parcels WHERE waybill = ?", (sf_waybill(1),))
     assert parcel is not None and parcel["slot"] == other
     assert st.outbox.messages[-1]["code"].startswith(other + "-"), "the code must name the real slot"
@@ -226,6 +234,9 @@ def test_two_couriers_are_never_guided_to_one_slot(tmp_path: Path, secrets: Secr
     rb = st.core.shelving.scan(sb, sf_waybill(4), phone(4), "M")
     assert rb.slot == "1-1-02", "B was guided to the slot lit for A"
     st.put(rb.slot)
+    # the two lit slots are side by side: the put could be A's, so B is asked first
+    assert st.core.shelving.item(sb, rb.pending_id)["state"] == "unverified"
+    st.core.shelving.confirm(sb, rb.pending_id, rb.slot)
     bound = st.store.query_one("SELECT slot FROM parcels WHERE waybill = ?", (sf_waybill(4),))
     assert bound is not None and bound["slot"] == rb.slot
     assert st.store.query_one("SELECT 1 FROM parcels WHERE waybill = ?", (sf_waybill(3),)) is None

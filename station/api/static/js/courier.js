@@ -1,13 +1,17 @@
 /* Courier handheld: log in with id + PIN, open a session, scan or type each waybill, and
  * watch where it should go (guided) or where the sensor saw it land (free). The session is
- * polled every 500 ms: placements come from shelf sensors, not from this page. */
+ * polled every 500 ms: placements come from shelf sensors, not from this page. When the station
+ * cannot tell whose parcel a sensed put is (another courier's slot lit beside it, a put
+ * beside the lit slot, a sensor that disagreed), the parcel is "unverified": no pickup code
+ * is sent until the courier answers here whether it is in the slot named (docs/adr/0095). */
 "use strict";
 
 (() => {
   const { $, el, api } = PS;
   const PAGE = "courier";
   const SESSION_KEY = "ps.courier.session";
-  const STATE_TEXT = { waiting: "等待放入 waiting", placed: "已放入 placed", failed: "失败 failed" };
+  const STATE_TEXT = { waiting: "等待放入 waiting", placed: "已放入 placed", failed: "失败 failed",
+                       unverified: "请确认格口 confirm the slot" };
   let token = PS.getToken(PAGE);
   let session = null;      // {session_id, mode, colour}
   let lastPending = null;  // pending id of the newest scan, to follow on the target panel
@@ -112,6 +116,16 @@
     if (item.state === "placed") {
       t.replaceChildren(`✓ ${item.slot}`, el("small", {}, `已放入 ${item.slot} · placed in ${item.slot} (${item.waybill})`));
       t.style.background = "#e6f4ea";
+    } else if (item.state === "unverified") {
+      const slot = item.confirm_slot;
+      const yes = el("button", { class: "primary", id: "confirm-yes", type: "button" }, `是，在 ${slot} · Yes, it is in ${slot}`);
+      const no = el("button", { class: "danger", id: "confirm-no", type: "button" }, `不在 · No, it is not there`);
+      yes.addEventListener("click", () => confirmSlot(item.id, slot));
+      no.addEventListener("click", () => confirmSlot(item.id, null));
+      t.replaceChildren(`? ${slot}`,
+        el("small", {}, `包裹在 ${slot} 吗？确认前不发取件码 · Is this parcel in slot ${slot}? No pickup code is sent until you confirm (${item.waybill})`),
+        el("div", { class: "row" }, yes, no));
+      t.style.background = "#fff4d6";
     } else if (item.state === "failed") {
       t.replaceChildren(`✗ ${item.slot || ""}`, el("small", {}, `失败 failed: ${item.reason || ""} (${item.waybill})`));
       t.style.background = "#fdecec";
@@ -122,6 +136,18 @@
       t.replaceChildren("→ ?", el("small", {}, `放入任意空格口，传感器会识别 · put it in any free slot; the sensor will tell (${item.waybill})`));
       t.style.background = "#fff4d6";
     }
+  }
+
+  /** The courier's answer: `slot` = "yes, it is in this slot", null = "no" (then put it in the lit slot). */
+  async function confirmSlot(pendingId, slot) {
+    clearError();
+    const r = await api(token, "POST",
+      `/api/courier/sessions/${encodeURIComponent(session.session_id)}/items/${encodeURIComponent(pendingId)}/confirm`, { slot });
+    if (authLost(r)) return;
+    if (!r.ok) { showError(r); return; }
+    lastPending = pendingId;
+    showTarget(r.body);
+    poll();
   }
 
   async function poll() {
@@ -135,12 +161,14 @@
     const items = r.body.items || [];
     $("#items").replaceChildren(...items.map(it => el("tr", { dataset: { pending: it.id, state: it.state, waybill: it.waybill } },
       el("td", {}, it.waybill), el("td", {}, it.size || ""),
-      el("td", { class: "slot-cell" }, it.slot || "—"),
+      el("td", { class: "slot-cell" }, it.state === "unverified" ? `${it.confirm_slot}?` : (it.slot || "—")),
       el("td", {}, el("span", { class: "state state-" + it.state }, STATE_TEXT[it.state] || it.state)),
       el("td", { class: "reason" }, it.reason || ""))));
     const n = s => items.filter(i => i.state === s).length;
-    $("#counts").textContent = `${n("placed")} placed · ${n("waiting")} waiting · ${n("failed")} failed`;
-    const newest = items.find(i => i.id === lastPending);
+    $("#counts").textContent = `${n("placed")} placed · ${n("waiting")} waiting · ${n("unverified")} to confirm · ${n("failed")} failed`;
+    // a parcel to confirm comes first, whichever scan is newest: its code waits for the answer
+    const ask = items.find(i => i.state === "unverified");
+    const newest = ask || items.find(i => i.id === lastPending);
     if (newest) showTarget(newest);
     if (r.body.state !== "open") {
       clearInterval(pollTimer);
