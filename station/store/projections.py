@@ -343,7 +343,8 @@ def _retention_applied(conn: sqlite3.Connection, e: EventRecord, at: float) -> N
     conn.execute("DELETE FROM session_slots WHERE session_id IN (SELECT id FROM sessions"
                  " WHERE state != 'open' AND closed_at < ?)", (before,))
     conn.execute("DELETE FROM sessions WHERE state != 'open' AND closed_at < ?", (before,))
-    conn.execute("DELETE FROM pending_placements WHERE state != 'waiting' AND created_at < ?",
+    conn.execute("DELETE FROM pending_placements WHERE state NOT IN ('waiting', 'unverified')"
+                 " AND created_at < ?",
                  (before,))
     conn.execute("DELETE FROM alarms WHERE acknowledged_at IS NOT NULL AND raised_at < ?", (before,))
 
