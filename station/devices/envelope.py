@@ -133,8 +133,10 @@ def new_id() -> str:
 @functools.cache
 def host_clock_epoch() -> str:
     """Names this machine's monotonic clock: it starts again at every kernel boot, so a reading
-    means something only with the boot it belongs to (docs/adr/0090). A platform without a
-    boot id gets one per process, which only costs a time.sync after a restart."""
+    means something only with the boot it belongs to (docs/adr/0090). The same id as
+    `station.clocks.current_boot_id`, read here because the firmware imports nothing else from
+    `station/`. A platform without a boot id gets one per process, which only costs a
+    time.sync after a restart."""
     try:
         text = Path("/proc/sys/kernel/random/boot_id").read_text("ascii").strip()
     except (OSError, UnicodeDecodeError):

@@ -33,12 +33,12 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 from pydantic import ValidationError
 
+from station.clocks import StationClock
 from station.config import Secrets, StationConfig
 
 from . import envelope as env
 from .envelope import EnvelopeError
 from .messages import AckMsg, DoorState, ShelfState, parse_event, parse_state
-from .timebase import LinkClock, SystemClock
 
 log = logging.getLogger("station.devices")
 
@@ -267,10 +267,11 @@ class DeviceLink:
         seq_path: Path | str | None = None,
         retry_s: float = 0.5,
         tick_s: float = 0.02,
-        clock: LinkClock | None = None,
+        clock: StationClock | None = None,
     ) -> None:
         self.config = config
-        self._clock: LinkClock = clock or SystemClock()
+        # durations on `mono`, stamps on `wall`; `boot` names the monotonic clock (ADR 0090)
+        self._clock = clock or StationClock()
         self.station_id = config.station.id
         self._secrets = secrets
         self._on_event = on_event
@@ -383,7 +384,7 @@ class DeviceLink:
 
     def desired_lights(self, device: str) -> dict[Slot, Light]:
         """The lights this shelf should show now (expired ones are gone)."""
-        now = self._clock.monotonic()
+        now = self._clock.mono()
         with self._lock:
             return {rc: light for rc, (light, exp) in self._shelf(device).desired.items() if exp > now}
 
@@ -417,7 +418,7 @@ class DeviceLink:
     def set_lights(self, device: str, lights: Mapping[Slot, Light | None]) -> CommandHandle:
         """Merge into the shelf's desired lights (None = off) and send just that change."""
         dev = self._shelf(device)
-        now = self._clock.monotonic()
+        now = self._clock.mono()
         slots = []
         for rc in lights:
             self._check_slot(dev, rc)
@@ -441,7 +442,7 @@ class DeviceLink:
     def replace_lights(self, device: str, lights: Mapping[Slot, Light]) -> CommandHandle:
         """The shelf's desired lights become exactly `lights`; every other slot goes dark."""
         dev = self._shelf(device)
-        now = self._clock.monotonic()
+        now = self._clock.mono()
         for rc in lights:
             self._check_slot(dev, rc)
         with self._lock:
@@ -491,7 +492,7 @@ class DeviceLink:
             raise ValueError(f"{dev.id} has no slot {rc}")
 
     def _replace_args(self, dev: _Device) -> dict[str, Any]:
-        now = self._clock.monotonic()
+        now = self._clock.mono()
         slots = [_light_args(rc, light, exp - now)
                  for rc, (light, exp) in sorted(dev.desired.items()) if exp - now > 0.001]
         return {"slots": slots, "replace": True}
@@ -501,7 +502,7 @@ class DeviceLink:
     def _submit(self, dev: _Device, op: str, args: dict[str, Any]) -> CommandHandle:
         ttl = self.config.mqtt.command_ttl_s
         cmd_id = env.new_id()
-        deadline = self._clock.monotonic() + ttl
+        deadline = self._clock.mono() + ttl
         riders: list[CommandHandle] = []
         if op in LIGHT_OPS and any(p.op in LIGHT_OPS for p in dev.queue):
             # `dev.desired` already holds every queued change: one replace carries them all,
@@ -512,7 +513,7 @@ class DeviceLink:
                 deadline = min(deadline, p.deadline)
             op, args = "lights.set", self._replace_args(dev)
         handle = CommandHandle(cmd_id, dev.id, op,
-                               self._clock.wall() + deadline - self._clock.monotonic())
+                               self._clock.wall() + deadline - self._clock.mono())
         dev.queue.append(_Pending(cmd_id, op, args, deadline, handle, riders=riders))
         self._pump(dev)
         return handle
@@ -521,7 +522,7 @@ class DeviceLink:
         """Send the next queued command if none is in flight (one at a time per device)."""
         while dev.inflight is None and dev.queue:
             pending = dev.queue.popleft()
-            mono, wall = self._clock.monotonic(), self._clock.wall()
+            mono, wall = self._clock.mono(), self._clock.wall()
             if mono >= pending.deadline:
                 self._resolve(dev, pending, "expired", None)
                 continue
@@ -534,11 +535,11 @@ class DeviceLink:
     def _transmit(self, dev: _Device, pending: _Pending) -> None:
         """(Re)send: same cmd_id, seq and expiry every time, a new msg_id."""
         pending.tries += 1
-        pending.next_retry = self._clock.monotonic() + self.retry_s
+        pending.next_retry = self._clock.mono() + self.retry_s
         cmd = env.build_command(
             key=self._keys[dev.id], device=dev.id, seq=pending.seq, op=pending.op,
             args=pending.args, ttl_s=0, cmd_id=pending.cmd_id, issued_at=pending.issued_at,
-            expires_at=pending.expires_at, epoch=self._clock.epoch,
+            expires_at=pending.expires_at, epoch=self._clock.boot,
             mono_issued=pending.mono_issued, mono_expires=pending.deadline,
         )
         self._publish(dev.id, cmd)
@@ -557,12 +558,12 @@ class DeviceLink:
         """Answer the device's time challenge (outside the command queue: docs/adr/0011)."""
         if dev.nonce is None:
             return
-        mono = dev.nonce_answered = self._clock.monotonic()
+        mono = dev.nonce_answered = self._clock.mono()
         ttl = self.config.mqtt.command_ttl_s
         cmd = env.build_command(
             key=self._keys[dev.id], device=dev.id, seq=self._seq.next(), op="time.sync",
             args={"nonce": dev.nonce}, ttl_s=ttl, issued_at=self._clock.wall(),
-            epoch=self._clock.epoch, mono_issued=mono, mono_expires=mono + ttl,
+            epoch=self._clock.boot, mono_issued=mono, mono_expires=mono + ttl,
         )
         dev.sync_cmd_id = cmd["cmd_id"]
         self._publish(dev.id, cmd)
@@ -594,7 +595,7 @@ class DeviceLink:
                 log.exception("device link timer failed")
 
     def _tick(self) -> None:
-        mono = self._clock.monotonic()
+        mono = self._clock.mono()
         for dev in self._devices.values():
             pending = dev.inflight
             if pending is not None:
@@ -757,7 +758,7 @@ class DeviceLink:
             self._resolve(dev, pending, "acked", None, ack.result)
         elif ack.reason in TRANSIENT_REASONS or self._resync_expired(pending, ack.reason):
             # the device opens a new time challenge; we answer it (from its state) and retry
-            if self._clock.monotonic() - dev.nonce_answered > self.retry_s / 2:
+            if self._clock.mono() - dev.nonce_answered > self.retry_s / 2:
                 self._send_time_sync(dev)
         elif ack.reason == "replayed" and self._bump_past(dev, pending, ack):
             return
@@ -789,7 +790,7 @@ class DeviceLink:
         if reason != "expired" or pending.resynced:
             return False
         pending.resynced = True
-        return self._clock.monotonic() < pending.deadline - self.retry_s
+        return self._clock.mono() < pending.deadline - self.retry_s
 
     def _on_evt(self, dev: _Device, evt: Any) -> None:
         key = (dev.id, evt.boot_id, evt.evt_seq)

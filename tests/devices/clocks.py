@@ -7,24 +7,24 @@ import threading
 import time
 
 from firmware_stubs.hal import Clock
+from station.clocks import StationClock
 from station.devices.envelope import host_clock_epoch
 
 
-class StationClock:
-    """A `LinkClock` whose wall clock an operator or NTP steps. `epoch`/`mono_offset` play a
-    station that booted again (its monotonic clock started over, under a new name)."""
+class SteppedStationClock:
+    """The station's clocks (`.clock`, a `station.clocks.StationClock`) with a wall clock an
+    operator or NTP steps. `boot`/`mono_offset` play a station that booted again (its monotonic
+    clock started over, under a new boot id)."""
 
-    def __init__(self, epoch: str | None = None, mono_offset: float = 0.0) -> None:
-        self.epoch = epoch or host_clock_epoch()
+    def __init__(self, boot: str | None = None, mono_offset: float = 0.0) -> None:
         self._wall_offset = 0.0
-        self._mono_offset = mono_offset
         self._lock = threading.Lock()
+        self.clock = StationClock(wall=lambda: time.time() + self._wall_offset,
+                                  mono=lambda: time.monotonic() + mono_offset,
+                                  boot=boot or host_clock_epoch())
 
     def wall(self) -> float:
-        return time.time() + self._wall_offset
-
-    def monotonic(self) -> float:
-        return time.monotonic() + self._mono_offset
+        return self.clock.wall()
 
     def step(self, seconds: float) -> None:
         with self._lock:

@@ -19,7 +19,7 @@ import pytest
 
 from station.devices.link import Light
 
-from .clocks import DeviceClock, StationClock
+from .clocks import DeviceClock, SteppedStationClock
 from .conftest import Fleet, link_config, mosquitto_pub, wait_until
 from .test_door_security import RecordingDoorHal, cmd_topic
 
@@ -90,11 +90,11 @@ def assert_door_and_lights_work(link: Any, hal: RecordingDoorHal, col: int) -> N
 def test_doors_and_lights_work_after_the_station_clock_steps(cfg, secrets, fleet, make_link, step):
     """Production devices (time from the station's challenge). Before: a backward step larger
     than the ttl made every command `expired` until the hourly re-sync."""
-    clock = StationClock()
+    clock = SteppedStationClock()
     hal = fleet.hals["door-entry"] = RecordingDoorHal()
     door = fleet.door("door-entry")
     shelf = fleet.shelf("shelf-1")
-    link = make_link(cfg, secrets, clock=clock)
+    link = make_link(cfg, secrets, clock=clock.clock)
     trusted(link, "door-entry", "shelf-1")
     assert_door_and_lights_work(link, hal, 1)
 
@@ -175,11 +175,11 @@ def test_a_command_in_flight_keeps_its_ttl_whatever_the_station_clock_does(
         cfg, secrets, fleet, make_link, step):
     """Before: a forward step expired the command in flight at once; a backward step kept it
     alive (and retried) for a day."""
-    clock = StationClock()
+    clock = SteppedStationClock()
     gate = Gate()
     hal = fleet.hals["door-entry"] = RecordingDoorHal()
     fleet.door("door-entry", net=gate)
-    link = make_link(cfg, secrets, clock=clock)
+    link = make_link(cfg, secrets, clock=clock.clock)
     trusted(link, "door-entry")
     gate.closed = True
     handle = link.unlock("door-entry", pulse_s=0.1)
@@ -206,13 +206,13 @@ def test_an_unlock_given_up_while_the_link_was_down_never_runs(
     returns, paho must not send it, and the door must not run it even though its own clock
     (behind the stepped station) would call it fresh."""
     cfg = link_config(config, own_broker)
-    clock = StationClock()
+    clock = SteppedStationClock()
     gate = Gate()
     fleet = Fleet(cfg, secrets, own_broker.url, tmp_path / "nv")
     hal = fleet.hals["door-entry"] = RecordingDoorHal()
     try:
         door = fleet.door("door-entry", net=gate)
-        link = make_link(cfg, secrets, clock=clock)
+        link = make_link(cfg, secrets, clock=clock.clock)
         trusted(link, "door-entry")
         clock.step(step)  # after the door took its time: its clock is `step` behind
 
@@ -241,11 +241,11 @@ def test_a_command_that_arrives_after_the_station_gave_up_is_refused(
     """Held on the way (a slow network, someone on the path) past its expiry, then delivered:
     the door refuses it on the station's monotonic clock, although by its own wall clock
     (behind the stepped station) the command would still look fresh."""
-    clock = StationClock()
+    clock = SteppedStationClock()
     gate = Gate()
     hal = fleet.hals["door-entry"] = RecordingDoorHal()
     fleet.door("door-entry", net=gate)
-    link = make_link(cfg, secrets, clock=clock)
+    link = make_link(cfg, secrets, clock=clock.clock)
     trusted(link, "door-entry")
     clock.step(step)
     gate.closed = True
@@ -268,11 +268,11 @@ def test_a_captured_unlock_replayed_after_a_clock_step_never_opens_the_door(
     """Security: the station's wall clock steps back and the door takes the stepped time; a
     captured unlock (one the door never heard, so its seq is still unused, and one it ran)
     is published again. Before: the never-heard one looked fresh again and opened the door."""
-    clock = StationClock()
+    clock = SteppedStationClock()
     gate = Gate()
     hal = fleet.hals["door-entry"] = RecordingDoorHal()
     door = fleet.door("door-entry", net=gate, resync_s=0.5)  # re-syncs without a command
-    link = make_link(cfg, secrets, clock=clock)
+    link = make_link(cfg, secrets, clock=clock.clock)
     trusted(link, "door-entry")
     ran = link.unlock("door-entry", pulse_s=0.1)
     assert ran.wait(5).ok
@@ -306,11 +306,11 @@ def test_after_the_station_reboots_its_devices_take_its_new_clock(
     hal = fleet.hals["door-entry"] = RecordingDoorHal()
     fleet.door("door-entry")
     fleet.shelf("shelf-1")
-    first = make_link(cfg, secrets, clock=StationClock(epoch="boot-a", mono_offset=50_000),
+    first = make_link(cfg, secrets, clock=SteppedStationClock("boot-a", 50_000).clock,
                       seq_path=tmp_path / "seq")
     trusted(first, "door-entry", "shelf-1")
     assert_door_and_lights_work(first, hal, 1)
     first.stop()
-    rebooted = StationClock(epoch="boot-b", mono_offset=5.0 - time.monotonic())  # up 5 s
-    second = make_link(cfg, secrets, clock=rebooted, seq_path=tmp_path / "seq")
+    rebooted = SteppedStationClock("boot-b", 5.0 - time.monotonic())  # up for 5 s
+    second = make_link(cfg, secrets, clock=rebooted.clock, seq_path=tmp_path / "seq")
     assert_door_and_lights_work(second, hal, 2)
