@@ -37,12 +37,14 @@ COMPROMISED = "shelf-out"  # the outbound shelf: no pickup in these tests lights
 WATCH_USER = "ps-watch"  # a read-only observer of every topic (test only, not in the example)
 
 
-def _example_conf(pw: Path, acl: Path, store: Path) -> list[str]:
-    """examples/mosquitto-acl/mosquitto.conf as it ships, with this test's files and port."""
-    own = ("listener", "password_file", "acl_file", "persistence_location")
+def _example_conf(pw: Path, acl: Path) -> list[str]:
+    """examples/mosquitto-acl/mosquitto.conf as it ships, with this test's files and port
+    (persistence as MosquittoProcess sets it: on, in the broker's own directory)."""
+    own = ("listener", "password_file", "acl_file", "persistence", "persistence_location",
+           "autosave_interval")
     lines = [line for line in (ACL_DIR / "mosquitto.conf").read_text().splitlines()
              if line.strip() and not line.startswith("#") and line.split()[0] not in own]
-    return [*lines, f"password_file {pw}", f"acl_file {acl}", f"persistence_location {store}/"]
+    return [*lines, f"password_file {pw}", f"acl_file {acl}"]
 
 
 def _broker(tmp: Path, passwords: dict[str, str], station_id: str) -> MosquittoProcess:
@@ -55,9 +57,7 @@ def _broker(tmp: Path, passwords: dict[str, str], station_id: str) -> MosquittoP
                    + f"\nuser {WATCH_USER}\ntopic read ps/v1/#\n")
     pw.chmod(0o644)
     acl.chmod(0o644)
-    store = tmp / "mosquitto-store"
-    store.mkdir()
-    conf = _example_conf(pw, acl, store)
+    conf = _example_conf(pw, acl)
     assert "use_username_as_clientid true" in conf and "allow_anonymous false" in conf
     return MosquittoProcess(workdir=tmp / "mosquitto", extra_conf=conf).start()
 
