@@ -23,52 +23,78 @@
     el.classList.toggle("hidden", !text);
   }
 
+  const buttons = new Map();   // slot -> its button: built once, updated in place (a click
+                               // never lands on a button that a refresh just replaced)
+
   function slotButton(s) {
     const b = document.createElement("button");
     b.className = "slot-btn";
     b.type = "button";
     b.dataset.slot = s.slot;
-    b.dataset.count = String(s.count);
-    b.dataset.lit = String(s.colours.length > 0);
-    b.dataset.colours = s.colours.join(",");
-    const colour = s.colours[0] || "";
-    if (colour) { b.style.background = colour; b.style.color = "#000"; }
-    b.setAttribute("aria-label", `slot ${s.slot}, ${s.count} parcel(s)` + (colour ? `, lit ${s.colours.join(" ")}` : ""));
-    b.textContent = s.slot;
+    b.appendChild(document.createTextNode(s.slot));
     const c = document.createElement("span");
     c.className = "count";
-    c.textContent = s.count ? "📦".repeat(Math.min(s.count, 4)) : "·";
     b.appendChild(c);
     b.addEventListener("click", () => hand(s.slot));
     return b;
   }
 
+  function updateButton(b, s) {
+    b.dataset.count = String(s.count);
+    b.dataset.lit = String(s.colours.length > 0);
+    b.dataset.colours = s.colours.join(",");
+    const colour = s.colours[0] || "";
+    b.style.background = colour || "";
+    b.style.color = colour ? "#000" : "";
+    b.setAttribute("aria-label", `slot ${s.slot}, ${s.count} parcel(s)` + (colour ? `, lit ${s.colours.join(" ")}` : ""));
+    b.querySelector(".count").textContent = s.count ? "■".repeat(Math.min(s.count, 4)) : "·";
+  }
+
   function renderRoom(room) {
     const root = $("shelves");
-    root.replaceChildren();
+    if (!buttons.size) {
+      for (const shelf of room.shelves) {
+        const box = document.createElement("div");
+        box.className = "shelf";
+        const h = document.createElement("h3");
+        h.textContent = `货架 ${shelf.number} ${shelf.outbound ? "寄件 outbound" : ""} (${shelf.device})`;
+        const grid = document.createElement("div");
+        grid.className = "shelf-grid";
+        grid.style.gridTemplateColumns = `repeat(${shelf.columns}, minmax(2.6rem, 1fr))`;
+        for (const s of shelf.slots) {
+          const b = slotButton(s);
+          buttons.set(s.slot, b);
+          grid.appendChild(b);
+        }
+        box.append(h, grid);
+        root.appendChild(box);
+      }
+    }
     for (const shelf of room.shelves) {
-      const box = document.createElement("div");
-      box.className = "shelf";
-      const h = document.createElement("h3");
-      h.textContent = `货架 ${shelf.number} ${shelf.outbound ? "寄件 outbound" : ""} (${shelf.device})`;
-      const grid = document.createElement("div");
-      grid.className = "shelf-grid";
-      grid.style.gridTemplateColumns = `repeat(${shelf.columns}, minmax(2.6rem, 1fr))`;
-      for (const s of shelf.slots) grid.appendChild(slotButton(s));
-      box.append(h, grid);
-      root.appendChild(box);
+      for (const s of shelf.slots) {
+        const b = buttons.get(s.slot);
+        if (b) updateButton(b, s);
+      }
     }
     const held = $("held");
-    held.replaceChildren(...room.held.map((w) => {
-      const li = document.createElement("li");
-      li.textContent = w;
-      li.dataset.waybill = w;
-      return li;
-    }));
+    const shown = Array.from(held.children).map((li) => li.dataset.waybill).join(",");
+    if (shown !== room.held.join(",")) {
+      held.replaceChildren(...room.held.map((w) => {
+        const li = document.createElement("li");
+        li.textContent = w;
+        li.dataset.waybill = w;
+        return li;
+      }));
+    }
     $("exit-btn").disabled = room.held.length === 0;
   }
 
+  let smsShown = "";
+
   function renderSms(messages) {
+    const key = JSON.stringify(messages);
+    if (key === smsShown) return;
+    smsShown = key;
     $("sms").replaceChildren(...messages.map((m) => {
       const li = document.createElement("li");
       li.dataset.kind = m.kind;
@@ -82,9 +108,13 @@
         code.textContent = m.code;
         li.appendChild(code);
       }
-      const text = document.createElement("div");
-      text.className = "muted";
-      text.textContent = m.text || "";
+      const text = document.createElement("details");
+      const summary = document.createElement("summary");
+      summary.textContent = "全文 Full text";
+      const body = document.createElement("div");
+      body.className = "muted";
+      body.textContent = m.text || "";
+      text.append(summary, body);
       li.appendChild(text);
       return li;
     }));
