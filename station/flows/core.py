@@ -249,11 +249,15 @@ class StationCore:
         ends = self.ctx.timeouts["alarm"]  # on the steady clock (ADR 0070)
         rows = [r for r in alarms if ends.due(r["slot"], r["until"], at, SLOT_ALARM_MAX_S)]
         ends.forget_missing({r["slot"] for r in alarms})
+        cleared = 0
         if rows:
             with self.ctx.lock, self.ctx.store.transaction() as tx:
-                for r in rows:
-                    tx.emit(Event("slot.alarm.cleared", r["slot"], "station", {"slot": r["slot"]}))
-        return len(rows)
+                for r in rows:  # unless put back or raised again since the read
+                    if tx.execute("SELECT 1 FROM slot_alarms WHERE slot = ? AND until = ?",
+                                  (r["slot"], r["until"])).fetchone():
+                        tx.emit(Event("slot.alarm.cleared", r["slot"], "station", {"slot": r["slot"]}))
+                        cleared += 1
+        return cleared
 
     def _close_stale_runs(self, now: float) -> None:
         at = self._stamp(now)
@@ -265,9 +269,11 @@ class StationCore:
         timeouts.forget_missing({r["id"] for r in runs})
         if rows:
             with self.ctx.lock, self.ctx.store.transaction() as tx:
-                for r in rows:
-                    tx.emit(Event(f"{r['kind']}.closed", r["id"], "station",
-                                  {"session_id": r["id"], "reason": "timeout"}))
+                for r in rows:  # unless the courier closed it since the read
+                    if tx.execute("SELECT 1 FROM sessions WHERE id = ? AND state = 'open'",
+                                  (r["id"],)).fetchone():
+                        tx.emit(Event(f"{r['kind']}.closed", r["id"], "station",
+                                      {"session_id": r["id"], "reason": "timeout"}))
 
 
 class Ticker:

@@ -339,8 +339,14 @@ class Pickup:
         timeouts = self.ctx.timeouts["pickup"]
         rows = [r for r in open_ if timeouts.due(r["id"], r["expires_at"], at, bound)]
         timeouts.forget_missing({r["id"] for r in open_})
+        closed = 0
         if rows:
             with self.ctx.lock, self.ctx.store.transaction() as tx:
                 for r in rows:
-                    self._close(tx, r["id"], "timeout")
-        return len(rows)
+                    # decided on a read before the lock: a session the customer ended at the
+                    # exit in the meantime is not closed again as timed out
+                    if tx.execute("SELECT 1 FROM sessions WHERE id = ? AND state = 'open'",
+                                  (r["id"],)).fetchone():
+                        self._close(tx, r["id"], "timeout")
+                        closed += 1
+        return closed

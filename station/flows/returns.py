@@ -29,13 +29,19 @@ class Returns:
     def expire_due(self, now: float) -> int:
         rows = self.ctx.store.query(
             "SELECT id, recipient_hash FROM parcels WHERE state = 'shelved' AND deadline <= ?", (now,))
+        expired = 0
         if rows:
             with self.ctx.lock, self.ctx.store.transaction() as tx:
                 for r in rows:
+                    # decided on a read before the lock: a parcel picked up since stays so
+                    if not tx.execute("SELECT 1 FROM parcels WHERE id = ? AND state = 'shelved'",
+                                      (r["id"],)).fetchone():
+                        continue
                     transition(r["id"], "shelved", "expire")
                     tx.emit(Event("parcel.expired", r["id"], "station", {"parcel_id": r["id"]}))
+                    expired += 1
             self.lights.refresh()
-        return len(rows)
+        return expired
 
     def recall(self, parcel_id: str, actor: str = "operator") -> None:
         with self.ctx.lock, self.ctx.store.transaction() as tx:

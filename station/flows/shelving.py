@@ -530,8 +530,13 @@ class Shelving:
         timeouts.forget_missing({r["id"] for r in waiting})
         if not rows:
             return 0
+        failed = 0
         with self.ctx.lock, self.ctx.store.transaction() as tx:
             for r in rows:
+                # decided on a read before the lock: a put that bound it since wins
+                if not tx.execute(f"SELECT 1 FROM pending_placements WHERE id = ? AND state IN {UNSETTLED}",
+                                  (r["id"],)).fetchone():
+                    continue
                 tx.emit(Event("parcel.placement.failed", r["waybill"], "station", {
                     "pending_id": r["id"], "reason": "timeout",
                     "message": "no placement was sensed in time; the parcel is not shelved"
@@ -539,7 +544,8 @@ class Shelving:
                     "the courier did not confirm the slot in time; the parcel is not shelved"}))
                 if r["put_slot"]:
                     self._unconfirmed_alarm(tx, SlotAddress.parse(r["put_slot"]))
-        return len(rows)
+                failed += 1
+        return failed
 
     def _unconfirmed_alarm(self, tx: Tx, slot: SlotAddress) -> None:
         """A parcel lies in `slot` that nobody confirmed: the operator checks it."""

@@ -186,3 +186,55 @@ def test_after_a_restart_a_deadline_written_on_a_fast_clock_waits_no_longer_than
     timeout = st.config.station.pickup_session_timeout_s
     assert st.tick(0.5)["sessions_timed_out"] == 0
     assert st.tick(timeout)["sessions_timed_out"] == 1
+
+
+# --- read-decide-write in the tick: what happened between the read and the lock wins -------
+
+
+class LockWithAnEntrance:
+    """The station lock, running `before` once just before it is next taken: the moment
+    between the tick's read of what is due and its transaction."""
+
+    def __init__(self, lock: Any) -> None:
+        self.lock = lock
+        self.before: Any = None
+
+    def __enter__(self) -> Any:
+        hook, self.before = self.before, None
+        if hook is not None:
+            hook()
+        return self.lock.__enter__()
+
+    def __exit__(self, *exc: object) -> Any:
+        return self.lock.__exit__(*exc)
+
+
+def test_a_put_sensed_while_the_tick_times_its_placement_out_is_not_failed(
+        tmp_path: Path, secrets: Secrets) -> None:
+    st = make_station(tmp_path, secrets)
+    st.add_courier()
+    sid = st.core.shelving.open_session("c1", "guided")["session_id"]
+    r = st.core.shelving.scan(sid, sf_waybill(1), phone(1), "S")
+    st.clock.advance(st.config.station.placement_timeout_s + 1)
+    lock = LockWithAnEntrance(st.ctx.lock)
+    st.ctx.lock = lock  # type: ignore[assignment]
+    lock.before = lambda: st.put(r.slot)  # the courier's put lands just then
+    assert st.core.tick(st.clock())["placements_failed"] == 0
+    assert st.events("parcel.placement.failed") == []
+    assert st.store.query_one("SELECT state FROM parcels WHERE waybill = ?", (sf_waybill(1),))["state"] == "shelved"
+
+
+def test_a_session_ended_at_the_exit_while_the_tick_times_it_out_is_not_closed_twice(
+        tmp_path: Path, secrets: Secrets) -> None:
+    st = make_station(tmp_path, secrets)
+    st.add_courier()
+    slot, code = st.shelve(sf_waybill(1), phone(1))
+    st.core.pickup.enter_with_code(code)
+    st.take(slot)
+    st.clock.advance(st.config.station.pickup_session_timeout_s + 1)
+    lock = LockWithAnEntrance(st.ctx.lock)
+    st.ctx.lock = lock  # type: ignore[assignment]
+    lock.before = lambda: st.core.exit.check([sf_waybill(1)])  # the customer leaves just then
+    assert st.core.tick(st.clock())["sessions_timed_out"] == 0
+    closed = [e["data"] for e in st.events("pickup.closed")]
+    assert len(closed) == 1 and '"completed"' in closed[0], closed
