@@ -314,3 +314,24 @@ def test_after_the_station_reboots_its_devices_take_its_new_clock(
     rebooted = SteppedStationClock("boot-b", 5.0 - time.monotonic())  # up for 5 s
     second = make_link(cfg, secrets, clock=rebooted.clock, seq_path=tmp_path / "seq")
     assert_door_and_lights_work(second, hal, 2)
+
+
+def test_firmware_processes_keep_working_through_day_steps_of_the_station(
+        cfg, secrets, broker, spawn, make_link, events):
+    """The same with the firmware as real processes (`python -m firmware_stubs.door|shelf`,
+    time from the station's challenge): a day back, then two days forward."""
+    spawn("door", "door-entry", broker.url)
+    spawn("shelf", "shelf-1", broker.url)
+    clock = SteppedStationClock()
+    link = make_link(cfg, secrets, clock=clock.clock)
+    trusted(link, "door-entry", "shelf-1")
+    for col, step in enumerate((0, -86400, 2 * 86400), start=1):
+        clock.step(step)
+        mark = events.mark()
+        out = link.unlock("door-entry", pulse_s=0.1).wait(5)
+        assert out.status == "acked", out
+        events.wait("door.unlocked", "door-entry", after=mark)
+        out = link.set_lights("shelf-1", {(2, col): GREEN}).wait(5)
+        assert out.status == "acked", out
+    assert link.wait_reported("shelf-1", lambda s: {(x["row"], x["col"]) for x in s["lights"]}
+                              == {(2, 1), (2, 2), (2, 3)})
