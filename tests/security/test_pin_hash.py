@@ -154,3 +154,30 @@ def test_a_log_from_before_sealing_still_works_and_shows_which_pins_to_change(tm
     else:
         raise AssertionError("a sealed PIN hash opened on another courier's row")
     st.store.close()
+
+
+def test_the_command_line_changes_a_pin_and_lists_pins_as_sealed(tmp_path: Path) -> None:
+    """`station courier pin` is the operator's remedy for an exposed PIN (ADR 0082)."""
+    from tests.test_cli import EXAMPLE, run
+
+    config = tmp_path / "station.toml"
+    config.write_text(EXAMPLE.replace('database = "var/station.db"', f'database = "{tmp_path / "st.db"}"'))
+    secrets_path = tmp_path / "secrets.toml"
+    from station.config import load_secrets, write_new_secrets
+
+    write_new_secrets(secrets_path)
+    added = run("courier", "add", "c-1", "--carrier", "SF", "--name", "Li", "--config", str(config),
+                env_secrets=secrets_path)
+    assert added.returncode == 0, added.stderr
+    changed = run("courier", "pin", "c-1", "--pin", NEW_PIN, "--config", str(config), env_secrets=secrets_path)
+    assert changed.returncode == 0 and "new PIN" in changed.stdout, changed.stderr
+    missing = run("courier", "pin", "nobody", "--pin", NEW_PIN, "--config", str(config), env_secrets=secrets_path)
+    assert missing.returncode == 2 and "no courier nobody" in missing.stderr and "Traceback" not in missing.stderr
+    listed = run("courier", "list", "--config", str(config), env_secrets=secrets_path)
+    assert "sealed" in listed.stdout and "EXPOSED" not in listed.stdout, listed.stdout
+    log = run("log", "export", "--config", str(config), "--type", "courier.*")
+    assert [json.loads(line)["type"] for line in log.stdout.splitlines()] == ["courier.added", "courier.pin.changed"]
+    assert "$argon2" not in log.stdout and NEW_PIN not in log.stdout
+    secrets = load_secrets(secrets_path, env={})
+    sealed = json.loads(log.stdout.splitlines()[1])["data"]["pin_sealed"]
+    assert PasswordHasher().verify(PinSeal(secrets.encryption_key).open("c-1", sealed), NEW_PIN)
