@@ -11,7 +11,10 @@ station's chain to forward, to reorder and to rewrite.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import random
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -20,7 +23,7 @@ from typing import Any
 import psycopg
 
 from fleet.core import ON_SHELF, Incoming, effects_of, event_keys
-from station.store.eventlog import GENESIS, EventRecord, canonical_json, row_hash, utc_iso
+from station.store.eventlog import GENESIS, EventRecord, canonical_json
 
 CARRIERS = ("SF", "YTO", "ZTO", "JD", "EMS")
 
@@ -39,9 +42,9 @@ class ChainWriter:
     def append(self, type_: str, subject: str, actor: str, data: dict[str, Any], at: float,
                snapshot: str | None = None) -> EventRecord:
         self.seq += 1
-        ts = utc_iso(at)
-        data_json = canonical_json(data)
-        h = row_hash(self.seq, ts, type_, actor, subject, data_json, snapshot, self.prev)
+        ts = _fast_iso(at)
+        data_json = _fast_json(data)
+        h = _fast_hash(self.seq, ts, type_, actor, subject, data_json, snapshot, self.prev)
         rec = EventRecord(self.seq, ts, type_, actor, subject, data, snapshot, self.prev, h)
         self.prev = h
         self.records.append(rec)
@@ -65,6 +68,51 @@ class ChainWriter:
         e, es = (self.epoch, self.epoch_seq) if rec.seq >= self.epoch_seq else (0, 1)
         return Incoming(self.station_id, rec.seq, e, es, rec.ts, rec.type, rec.actor, rec.subject,
                         canonical_json(rec.data), rec.snapshot, rec.prev_hash, rec.hash)
+
+
+# The station's canonical forms (station.store.eventlog: canonical_json, row_hash, utc_iso),
+# written out for the few value types synth uses, because generating ten million events is
+# bound by them. tests/fleet/test_synth.py checks them against the station's own functions.
+
+_enc = json.encoder.encode_basestring  # what json.dumps(ensure_ascii=False) uses for str
+_iso_cache: dict[int, str] = {}
+
+
+def _fast_iso(at: float) -> str:
+    sec = int(at)
+    micro = int(round((at - sec) * 1e6))
+    if micro >= 1_000_000:
+        sec, micro = sec + 1, micro - 1_000_000
+    head = _iso_cache.get(sec)
+    if head is None:
+        if len(_iso_cache) > 4096:
+            _iso_cache.clear()
+        head = _iso_cache[sec] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec))
+    return f"{head}.{micro:06d}Z"
+
+
+def _fast_value(v: Any) -> str:
+    if isinstance(v, str):
+        return _enc(v)
+    if isinstance(v, bool) or v is None:
+        return json.dumps(v)
+    if isinstance(v, (int, float)):
+        return repr(v) if isinstance(v, float) else str(v)
+    if isinstance(v, list):
+        return "[" + ",".join(_fast_value(x) for x in v) + "]"
+    return canonical_json(v)
+
+
+def _fast_json(data: dict[str, Any]) -> str:
+    return "{" + ",".join(f"{_enc(k)}:{_fast_value(data[k])}" for k in sorted(data)) + "}"
+
+
+def _fast_hash(seq: int, ts: str, type_: str, actor: str, subject: str, data_json: str,
+               snapshot: str | None, prev_hash: str) -> str:
+    snap = "null" if snapshot is None else _enc(snapshot)
+    text = (f"[{seq},{_enc(ts)},{_enc(type_)},{_enc(actor)},{_enc(subject)},{_enc(data_json)},"
+            f"{snap},{_enc(prev_hash)}]")
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 class StationDay:
@@ -171,13 +219,15 @@ def station_stream(station_id: str, days: float, events_per_day: int, seed: int,
 
 
 def bulk_load(conn: psycopg.Connection, stations: int, days: float, events_per_day: int = 2000,
-              seed: int = 1, prefix: str = "st", progress: Any = None) -> int:
+              seed: int = 1, prefix: str = "st", progress: Any = None, *, first: int = 0,
+              last_station: int | None = None) -> int:
     """Write whole streams with COPY, projections included, as the ingest would leave them.
     Returns the number of events written."""
     from fleet.store import _b
 
     total = 0
     chunk: list[str] = []
+    last_station = stations if last_station is None else last_station
 
     def flush() -> None:
         nonlocal total
@@ -190,8 +240,8 @@ def bulk_load(conn: psycopg.Connection, stations: int, days: float, events_per_d
             incoming: list[Incoming] = []
             for rec in station_stream(sid, days, events_per_day, seed):
                 ev = Incoming(sid, rec.seq, 0, 1, rec.ts, rec.type, rec.actor, rec.subject,
-                              canonical_json(rec.data), rec.snapshot, rec.prev_hash, rec.hash)
-                at = ev.at
+                              _fast_json(rec.data), rec.snapshot, rec.prev_hash, rec.hash)
+                at = _at(rec.ts)
                 ev_rows.append((sid, ev.seq, 0, at, ev.type, ev.actor, ev.subject, ev.data_json,
                                 ev.snapshot, _b(ev.prev_hash), _b(ev.hash)))
                 for k in event_keys(ev):
@@ -199,6 +249,7 @@ def bulk_load(conn: psycopg.Connection, stations: int, days: float, events_per_d
                 if ev.type.startswith("parcel."):
                     incoming.append(ev)
                 last = rec
+            occupied = 0
             for p in effects_of(incoming).parcels:
                 row = parcels.get((sid, p.parcel_id))
                 if row is None:
@@ -207,10 +258,9 @@ def bulk_load(conn: psycopg.Connection, stations: int, days: float, events_per_d
                                                    p.at if p.state == "shelved" else None, p.at, p.seq]
                 else:
                     row[4], row[9], row[10] = p.state, p.at, p.seq
+            occupied = sum(1 for (s_, _), r in parcels.items() if s_ == sid and r[4] in ON_SHELF)
             if last is not None:
-                occ = sum(1 for (s, _), r in parcels.items() if s == sid and r[4] in ON_SHELF)
-                heads.append((sid, last.seq, _b(last.hash), last.seq, last.seq,
-                              datetime.fromisoformat(last.ts.replace("Z", "+00:00")), occ))
+                heads.append((sid, last.seq, _b(last.hash), last.seq, last.seq, _at(last.ts), occupied))
         with conn.transaction(), conn.cursor() as cur:
             with cur.copy("COPY events (station_id, seq, epoch, ts, type, actor, subject, data,"
                           " snapshot, prev_hash, hash) FROM STDIN") as cp:
@@ -230,15 +280,42 @@ def bulk_load(conn: psycopg.Connection, stations: int, days: float, events_per_d
         total += len(ev_rows)
         chunk.clear()
 
-    for i in range(stations):
+    for i in range(first, stations):
         chunk.append(f"{prefix}{i:05d}")
         if len(chunk) >= 20:
             flush()
             if progress:
                 progress(i + 1, total)
+        if i + 1 >= last_station:
+            break
     if chunk:
         flush()
     return total
+
+
+def _at(ts: str) -> datetime:
+    return datetime.strptime(ts, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
+
+
+def _load_part(args: tuple[str, int, int, int, float, int, int, str]) -> int:
+    dsn, first, last, stations, days, per_day, seed, prefix = args
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        return bulk_load(conn, stations, days, per_day, seed, prefix, first=first, last_station=last)
+
+
+def bulk_load_parallel(dsn: str, stations: int, days: float, events_per_day: int = 2000,
+                       seed: int = 1, prefix: str = "st", workers: int = 2) -> int:
+    """`bulk_load` split by station over `workers` processes, each with its own COPY."""
+    import multiprocessing
+
+    if workers <= 1:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            return bulk_load(conn, stations, days, events_per_day, seed, prefix)
+    bounds = [stations * k // workers for k in range(workers + 1)]
+    parts = [(dsn, bounds[k], bounds[k + 1], stations, days, events_per_day, seed, prefix)
+             for k in range(workers) if bounds[k] < bounds[k + 1]]
+    with multiprocessing.get_context("fork").Pool(len(parts)) as pool:
+        return sum(pool.map(_load_part, parts))
 
 
 def sample_keys(conn: psycopg.Connection, n: int, seed: int = 3) -> list[str]:
