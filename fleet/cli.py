@@ -162,9 +162,16 @@ def cmd_stations(args: argparse.Namespace) -> int:
 
 
 def cmd_alarms(args: argparse.Namespace) -> int:
-    from fleet.store import fleet_alarms
+    from fleet.store import close_alarm, fleet_alarms
 
     with _connect(args) as conn:
+        if args.close:
+            if not args.station:
+                raise CliError("--close needs --station")
+            if not close_alarm(conn, args.station, args.close, args.by):
+                raise CliError(f"no open {args.close} alarm for {args.station}")
+            print(f"closed the {args.close} alarm of {args.station}")
+            return 0
         rows = fleet_alarms(conn, args.station, open_only=not args.all)
     for a in rows:
         print(f"{a['opened_at']}  {a['station']:<14} {a['kind']:<8} seq {a['first_seq']}-{a['last_seq']}"
@@ -261,6 +268,8 @@ def build_parser() -> argparse.ArgumentParser:
     al = common(sub.add_parser("alarms", help="the fleet's chain alarms (fork, restore)"))
     al.add_argument("--station")
     al.add_argument("--all", action="store_true")
+    al.add_argument("--close", choices=("fork", "restore"), help="close a station's open alarm")
+    al.add_argument("--by", default="operator", help="who closes it")
     al.set_defaults(func=cmd_alarms)
     ve = common(sub.add_parser("verify", help="re-walk a station's stored chain"))
     ve.add_argument("station")

@@ -185,8 +185,15 @@ def ingest_batch(conn: psycopg.Connection, events: list[Incoming],
         now = datetime.now(UTC)
         for sid in stations:
             mine = new_rows[sid]
-            if not mine and sid not in restored:
-                _touch(cur, sid, now)
+            if (not mine or fork_seq[sid] is not None) and sid not in restored:
+                # nothing new, or a chain stuck at a fork (an operator's matter): no walk,
+                # so a forked station's growing tail is never re-read batch after batch
+                if mine:
+                    cur.execute("UPDATE stations SET max_seq = greatest(max_seq, %s),"
+                                " events = events + %s, last_seen = %s WHERE station_id = %s",
+                                (max(mine), len(mine), now, sid))
+                else:
+                    _touch(cur, sid, now)
                 continue
             walk, advanced = _walk(cur, sid, heads[sid], mine, max_seq[sid])
             res.verified += len(advanced)
@@ -410,6 +417,15 @@ def fleet_alarms(conn: psycopg.Connection, station_id: str | None = None,
     return [{"station": r[0], "kind": r[1], "first_seq": r[2], "last_seq": r[3], "count": r[4],
              "message": r[5], "opened_at": _iso(r[6]), "closed_at": _iso(r[7]) if r[7] else None}
             for r in conn.execute(sql, args).fetchall()]  # type: ignore[arg-type]
+
+
+def close_alarm(conn: psycopg.Connection, station_id: str, kind: str, by: str) -> bool:
+    """An operator has looked at a fork or a restore. Closing a fork does not unstick the
+    station's chain: the fleet keeps both versions and waits for a decision it cannot make."""
+    cur = conn.execute("UPDATE fleet_alarms SET closed_at = now(), closed_by = %s"
+                       " WHERE station_id = %s AND kind = %s AND closed_at IS NULL",
+                       (by, station_id, kind))
+    return cur.rowcount > 0
 
 
 def verify_station(conn: psycopg.Connection, station_id: str,

@@ -9,7 +9,7 @@ import psycopg
 import pytest
 
 from fleet.core import BadMessage, parse_message
-from fleet.store import fleet_alarms, ingest_batch, stations, trace, verify_station
+from fleet.store import close_alarm, fleet_alarms, ingest_batch, stations, trace, verify_station
 from fleet.synth import ChainWriter, StationDay
 
 
@@ -89,6 +89,13 @@ def test_a_rewritten_tail_forwarded_again_is_a_fork_naming_the_first_differing_s
     assert verify_station(db, "st-d", upto=held) == (True, held, "")
     assert db.execute("SELECT min(seq) FROM conflicts WHERE station_id = 'st-d'").fetchone()[0] == 12
     assert _head(db, "st-d")["verified_seq"] == held
+    # the forger goes on: still one alarm, still the first differing seq, nothing verified
+    more = StationDay(forged, random.Random(98), 1_790_000_900.0)
+    more.courier(3)
+    _ingest(db, forged, forged.records[-12:])
+    assert [(a["kind"], a["first_seq"]) for a in fleet_alarms(db, "st-d")] == [("fork", 12)]
+    assert _head(db, "st-d")["verified_seq"] == held
+    assert close_alarm(db, "st-d", "fork", "op-1") and fleet_alarms(db, "st-d") == []
 
 
 def test_a_chain_that_does_not_continue_the_fleets_is_a_fork(db: psycopg.Connection) -> None:

@@ -66,3 +66,24 @@ def test_the_api_needs_an_operator_token(fleet_dsn: str) -> None:
     assert client.get("/api/trace", params={"phone": "13800000000"}, headers=auth).status_code == 400
     assert client.get("/api/trace", params={"q": "y" * 500}, headers=auth).status_code == 422
     assert client.get("/api/health").json() == {"ok": True}
+
+
+def test_a_phone_is_searched_by_its_keyed_hash(db: psycopg.Connection, fleet_dsn: str) -> None:
+    from fleet.core import parse_message
+    from fleet.store import ingest_batch
+    from fleet.synth import ChainWriter
+    from station.domain.phones import normalise_phone, phone_hash
+
+    key = b"h" * 32
+    recipient = phone_hash(normalise_phone("13912345678"), key)
+    w = ChainWriter("st-ph")
+    w.append("parcel.shelved", "pcl_1", "c0001", {"parcel_id": "pcl_1", "waybill": "SF1", "carrier": "SF",
+                                                   "recipient_hash": recipient, "courier_id": "c0001"},
+             1_790_000_000.0)
+    ingest_batch(db, [parse_message(w.payload(r)) for r in w.records])
+    secrets = FleetSecrets(token_key=b"k" * 32, hash_key=key)
+    client = TestClient(create_app(fleet_dsn, secrets))
+    auth = {"Authorization": "Bearer " + make_token(secrets.token_key, "op-1", 600)}
+    found = client.get("/api/trace", params={"phone": "139 1234 5678"}, headers=auth).json()["events"]
+    assert [e["type"] for e in found] == ["parcel.shelved"]
+    assert "13912345678" not in str(found)
