@@ -244,20 +244,22 @@ class Shelving:
     def _choose(self, size: str, recipient: str, outbound: bool = False,
                 session_id: str | None = None) -> SlotAddress:
         occupancy, reserved, mine = self._occupancy(recipient)
-        # slots beside another courier's lit slot only when nothing else fits: a put there
-        # could be either courier's, and the station would have to ask (docs/adr/0095)
-        crowded = reach_of(self._unsettled_slots(exclude_session=session_id)) if session_id else set()
+        # slots beside another lit slot (another courier's, or this courier's previous
+        # parcel) only when nothing else fits: a put there could be either parcel, and the
+        # station would have to ask (docs/adr/0095)
+        crowded = reach_of(self._unsettled_slots()) if session_id else set()
         return choose_slot(self.ctx.layout, occupancy, size, mine, outbound=outbound,
                            reserved=reserved, crowded=crowded)
 
-    def _unsettled_slots(self, exclude_session: str | None = None) -> list[SlotAddress]:
-        """Where other sessions' parcels may land: the lit slot of each waiting scan, and the
-        lit and the sensed slot of each put awaiting its courier's confirmation."""
+    def _unsettled_slots(self, exclude_pending: str | None = None) -> list[SlotAddress]:
+        """Where parcels on their way may land: the lit slot of each waiting scan, and the
+        lit and the sensed slot of each put awaiting its courier's confirmation. A courier
+        with two parcels lit side by side can swap them as easily as two couriers can."""
         out: list[SlotAddress] = []
         for r in self.ctx.store.query(
-                "SELECT p.target_slot, p.put_slot, p.session_id FROM pending_placements p"
+                "SELECT p.id, p.target_slot, p.put_slot FROM pending_placements p"
                 f" WHERE p.state IN {UNSETTLED}"):
-            if r["session_id"] == exclude_session:
+            if r["id"] == exclude_pending:
                 continue
             out += [SlotAddress.parse(x) for x in (r["target_slot"], r["put_slot"]) if x]
         return out
@@ -304,9 +306,9 @@ class Shelving:
         """Which waiting scan a put at `slot` belongs to, and whether that is certain.
 
         A sensor names a slot, never a courier. The put is bound at once only when one lit
-        slot explains it and nothing else could: no other courier's lit (or unconfirmed)
-        slot within a hand's reach, one parcel sensed, and the slot's sensor agreeing with
-        the records before the put. Otherwise the scan is held `unverified` and its courier
+        slot explains it and nothing else could: no other lit (or unconfirmed) slot, this
+        courier's or another's, within a hand's reach, one parcel sensed, and the slot's
+        sensor agreeing with the records before the put. Otherwise the scan is held `unverified` and its courier
         confirms the slot on the handheld (docs/adr/0095). `items` is how many parcels the
         sensor change stands for; `before` the sensed count before it."""
         q = self.ctx.store.query
@@ -330,7 +332,7 @@ class Shelving:
                     " ORDER BY p.created_at LIMIT 64")
         near = [r for r in waiting if within_reach(SlotAddress.parse(r["target_slot"]), slot)]
         if len(near) == 1:
-            others = [a for a in self._unsettled_slots(exclude_session=near[0]["session_id"])
+            others = [a for a in self._unsettled_slots(exclude_pending=near[0]["id"])
                       if within_reach(a, slot)]
             return Attribution(None if others else near[0], "beside_lit_slot")
         if not near and len(waiting) == 1:
@@ -344,7 +346,7 @@ class Shelving:
         not be its parcel; None when nothing else could explain it."""
         if items > 1:
             return "several_items"
-        if any(within_reach(a, slot) for a in self._unsettled_slots(exclude_session=pending["session_id"])):
+        if any(within_reach(a, slot) for a in self._unsettled_slots(exclude_pending=pending["id"])):
             return "neighbour_lit"
         if before is not None:
             expected = held_in(self.ctx.store, slot) + self._held_unverified(slot)

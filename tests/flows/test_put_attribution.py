@@ -209,3 +209,32 @@ def test_an_unconfirmed_put_times_out_unshelved_with_an_alarm(tmp_path: Path, se
     assert item["state"] == "failed" and "did not confirm" in st.events("parcel.placement.failed")[0]["data"]
     assert st.store.query_one("SELECT 1 FROM alarms WHERE subject = ?", (other,)) is not None
     assert st.outbox.messages == []
+
+
+def test_one_couriers_two_lit_slots_side_by_side_are_asked_too(tmp_path: Path, secrets: Secrets) -> None:
+    """Found by examples/crowded.toml (seed 7): a courier whose previous parcel's slot was
+    lit beside the next one's missed twice; the second parcel landed in the first one's lit
+    slot and was bound as the first. One courier's two parcels swap as easily as two
+    couriers' do."""
+    cfg = config_for(tmp_path, shelves=[shelf(1, 1, 2, ["S"], capacity=2)])
+    st = make_station(tmp_path, secrets, config=cfg)
+    st.add_courier()
+    sid = st.core.shelving.open_session("c1", "guided")["session_id"]
+    first = st.core.shelving.scan(sid, sf_waybill(1), phone(1), "S")
+    second = st.core.shelving.scan(sid, sf_waybill(2), phone(2), "S")
+    assert {first.slot, second.slot} == {"1-1-01", "1-1-02"}
+    sense(st, first.slot, "put", 1)             # the second parcel, in the first one's slot
+    assert shelved(st, sf_waybill(1)) is None, "the first waybill was bound to the second parcel"
+    item = st.core.shelving.item(sid, first.pending_id)
+    assert (item["state"], item["reason"]) == ("unverified", "neighbour_lit")
+
+
+def test_the_station_keeps_one_couriers_next_slot_out_of_reach_of_the_last(
+        tmp_path: Path, secrets: Secrets) -> None:
+    st = make_station(tmp_path, secrets)
+    st.add_courier()
+    sid = st.core.shelving.open_session("c1", "guided")["session_id"]
+    first = st.core.shelving.scan(sid, sf_waybill(1), phone(1), "S")
+    second = st.core.shelving.scan(sid, sf_waybill(2), phone(2), "S")
+    a, b = SlotAddress.parse(first.slot), SlotAddress.parse(second.slot)
+    assert a.shelf != b.shelf or max(abs(a.row - b.row), abs(a.col - b.col)) > 1
