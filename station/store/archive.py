@@ -240,13 +240,14 @@ def _verify_archive(conn: sqlite3.Connection, archive_dir: Path, cp_seq: int, cp
                      "one recorded when it was written)", name)
             return False
         try:
-            prev, expected, n, ok = _walk(read_segment(path), prev, expected, out, name)
+            prev, walked_to, n, ok = _walk(read_segment(path), prev, expected, out, name)
         except (OSError, EOFError, ValueError, KeyError, TypeError) as exc:
             out.fail(seg["first_seq"], f"archive segment {name} cannot be decoded: {exc}", name)
             return False
         if not ok:
             out.problem = f"archive segment {name}: {out.problem}"
             return False
+        expected = walked_to if walked_to is not None else expected
         if expected != seg["last_seq"] + 1 or prev != seg["last_hash"]:
             out.fail(seg["last_seq"], f"archive segment {name} ends before its recorded last event", name)
             return False

@@ -347,6 +347,8 @@ def _retention_applied(conn: sqlite3.Connection, e: EventRecord, at: float) -> N
                  " AND created_at < ?",
                  (before,))
     conn.execute("DELETE FROM alarms WHERE acknowledged_at IS NOT NULL AND raised_at < ?", (before,))
+    # cleared guesses count for no lockout any more; uncleared ones are left to the lockout
+    conn.execute("DELETE FROM auth_failures WHERE cleared = 1 AND at < ?", (before,))
 
 
 def known_types() -> list[str]:

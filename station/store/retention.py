@@ -137,14 +137,13 @@ class Retention:
         deleted = 0
         while True:
             with self.store.transaction() as tx:
-                cur = tx.execute(
-                    "DELETE FROM events WHERE seq IN (SELECT seq FROM events WHERE seq <="
-                    " (SELECT seq FROM log_checkpoint WHERE id = 1) ORDER BY seq LIMIT ?)",
-                    (self.batch_events,))
-                n = cur.rowcount
-            deleted += max(0, n)
-            if n < self.batch_events:
-                return deleted
+                row = tx.execute("SELECT seq FROM log_checkpoint WHERE id = 1").fetchone()
+                low = tx.execute("SELECT MIN(seq) FROM events").fetchone()[0]
+                if row is None or low is None or low > row[0]:
+                    return deleted
+                high = min(int(row[0]), int(low) + self.batch_events - 1)
+                cur = tx.execute("DELETE FROM events WHERE seq BETWEEN ? AND ?", (low, high))
+                deleted += max(0, cur.rowcount)
 
     def prune_archives(self, free_bytes: int) -> tuple[int, int]:
         """Delete archive segments, oldest first, until `free_bytes` are freed (the disk
