@@ -88,6 +88,14 @@ def test_a_burst_of_wrong_codes_from_one_kiosk_tests_only_the_free_failures_and_
         assert _count(ps, "auth.code.rejected") == allowed
         assert ps.controller("door-entry").hal.locked
         assert ps.verify_log().returncode == 0
+        # the guesses were recorded before they were tested: a kill -9 and a restart forget
+        # none, and the wait left is measured on the monotonic clock (ADR 0070)
+        ps.kill()
+        ps.start()
+        res = ps.api("post", "/api/kiosk/code", "kiosk", "kiosk-1", json={"code": code})
+        assert res.status_code == 429, res.text
+        assert 0 < float(res.json()["retry_after_s"]) <= ps.config.lockout.first_delay_s
+        assert _count(ps, "auth.code.attempt") == allowed
 
 
 def test_bursts_of_wrong_codes_never_get_more_tested_than_the_daily_cap(tmp_path: Path) -> None:
