@@ -169,3 +169,47 @@ def test_on_a_real_small_disk_snapshots_go_first_and_shelving_stops_before_the_d
     with st.store.snapshot() as conn:
         assert verify_log(conn).ok
     st.store.close()
+
+
+def test_archives_go_oldest_first_only_when_configured_and_verify_still_knows_them(
+        tmp_path: Path, secrets: Secrets) -> None:
+    from station.store.archive import verify_log
+    from station.store.eventlog import Event
+    from station.store.retention import Retention
+
+    for allowed in (False, True):
+        base = tmp_path / str(allowed)
+        config = config_for(base)
+        config = config.model_copy(update={"retention": config.retention.model_copy(update={
+            "enabled": True, "archive_dir": str(base / "archive"), "prune_archives_when_low": allowed})})
+        st = make_station(base, secrets, config=config)
+        for _day in range(6):
+            with st.store.transaction() as tx:
+                for i in range(200):
+                    tx.emit(Event("note.test", f"s{i}", "t", {"pad": os.urandom(200).hex()}))
+            st.clock.advance(DAY)
+        retention = Retention(st.store, base / "archive", keep_days=1, segment_events=200)
+        retention.run(st.clock())
+        segments = sorted((base / "archive").iterdir())
+        assert len(segments) >= 4
+        first_size = segments[0].stat().st_size
+        snaps = SnapshotStore(base / "snaps")
+        alarm = config.disk.alarm_free_mb * MB
+
+        def probe(_: Path, segs: list[Path] = segments, short: int = alarm - first_size) -> int:
+            gone = sum(s.stat().st_size for s in segs if not s.exists())  # short by one segment
+            return short + gone
+
+        budget = DiskBudget([base], config.disk.alarm_free_mb, config.disk.refuse_free_mb, probe=probe)
+        keeper = Housekeeper(config, st.store, snaps, budget, retention=retention, clock=st.clock)
+        keeper.check_disk()
+        left = sorted((base / "archive").iterdir())
+        if not allowed:
+            assert left == segments  # never without the operator's say-so
+        else:
+            assert left == segments[1:]  # the oldest, and only as much as needed
+            assert st.store.query("SELECT 1 FROM events WHERE type = 'log.archive_deleted'")
+            with st.store.snapshot() as conn:
+                result = verify_log(conn, base / "archive")
+            assert result.ok and any("deleted to free disk" in n for n in result.notes), result
+        st.store.close()
