@@ -6,8 +6,8 @@ the hash only sealed with the station's encryption key (ADR 0082), which replay 
 the couriers table as it is, so the projections still rebuild exactly.
 
 Against `station run`: enrol couriers, change a PIN, log in with old and new PINs, then search
-every event row, the operator's JSON and CSV exports (HTTP and `station log export`), the
-upstream payload of every event and every API answer for `$argon2` and for the station's keys
+every event row, the operator's JSON and CSV exports (HTTP and `station log export`), every
+message the station forwarded to a (password-protected) fleet broker and every API answer for `$argon2` and for the station's keys
 in any usual encoding. The sealed value opens with the station's key to a hash that verifies
 the PIN (so the rebuild has what it needs), and a replayed database equals the live one.
 """
@@ -16,19 +16,24 @@ from __future__ import annotations
 
 import base64
 import json
+import secrets as pysecrets
 import sqlite3
 import subprocess
+import threading
 from pathlib import Path
 
+import paho.mqtt.client as mqtt
 from argon2 import PasswordHasher
+from paho.mqtt.enums import CallbackAPIVersion
 
-from station.config import Secrets
+from station.config import Secrets, UpstreamSection, dump_config_toml
 from station.flows.pins import PREFIX, PinSeal
+from station.mosquitto import MosquittoProcess
 from station.store.eventlog import Event
 from station.store.projections import dump_projections
 from station.upstream import event_payload
 from tests.flows.harness import make_station
-from tests.reliability.harness import PY, ROOT, ProcStation
+from tests.reliability.harness import PY, ROOT, ProcStation, until
 
 OLD_PIN, NEW_PIN, OTHER_PIN = "4821", "7306", "55512340"
 
@@ -45,9 +50,49 @@ def _key_needles(secrets: Secrets) -> dict[str, bytes]:
     return out
 
 
+class FleetBroker:
+    """The fleet's broker, with its own users, and a reader of everything the station
+    forwards: the upstream messages exactly as they leave the station."""
+
+    def __init__(self, tmp: Path) -> None:
+        pw = tmp / "fleet-passwd"
+        self.users = {"fleet-st": pysecrets.token_hex(12), "fleet-reader": pysecrets.token_hex(12)}
+        for n, (user, password) in enumerate(self.users.items()):
+            subprocess.run(["mosquitto_passwd", "-b", *(["-c"] if n == 0 else []), str(pw), user, password],
+                           check=True, capture_output=True)
+        pw.chmod(0o644)
+        self.broker = MosquittoProcess(workdir=tmp / "fleet", extra_conf=[
+            "allow_anonymous false", f"password_file {pw}"]).start()
+        self.got: list[bytes] = []
+        subscribed = threading.Event()
+        self.reader = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="fleet-reader")
+        self.reader.username_pw_set("fleet-reader", self.users["fleet-reader"])
+        self.reader.on_connect = lambda c, *a: c.subscribe("ps/v1/+/station/events", qos=1)
+        self.reader.on_subscribe = lambda *a: subscribed.set()
+        self.reader.on_message = lambda c, u, msg: self.got.append(bytes(msg.payload))
+        self.reader.connect(self.broker.host, self.broker.port)
+        self.reader.loop_start()
+        assert subscribed.wait(5)
+
+    def route(self, ps: ProcStation) -> None:
+        """Point the station's [upstream] here, with its own user (before `ps.start()`)."""
+        cfg = ps.config.model_copy(update={"upstream": UpstreamSection(
+            enabled=True, host=self.broker.host, port=self.broker.port, username="fleet-st", tls=False)})
+        ps.config_path.write_text(dump_config_toml(cfg))
+        with open(ps.secrets_path, "a") as fh:
+            fh.write(f'upstream_password = "{self.users["fleet-st"]}"\n')
+
+    def stop(self) -> None:
+        self.reader.loop_stop()
+        self.reader.disconnect()
+        self.broker.stop()
+
+
 def test_no_pin_hash_or_key_in_events_exports_upstream_or_answers(tmp_path: Path) -> None:
     answers: list[str] = []
+    fleet = FleetBroker(tmp_path)
     with ProcStation(tmp_path / "st") as ps:
+        fleet.route(ps)
         ps.start()
 
         def call(method: str, path: str, role: str | None = None, **kw):  # type: ignore[no-untyped-def]
@@ -79,6 +124,9 @@ def test_no_pin_hash_or_key_in_events_exports_upstream_or_answers(tmp_path: Path
                    for fmt in ("jsonl", "csv")}
         rows = ps.query("SELECT seq, type, data FROM events ORDER BY seq")
         couriers_row = [tuple(r) for r in ps.query("SELECT id, pin_hash FROM couriers ORDER BY id")]
+        until(lambda: {json.loads(m)["seq"] for m in fleet.got} >= {r["seq"] for r in rows}, 20,
+              "every event forwarded upstream")
+    fleet.stop()
     # stopped: the log is complete, the WAL folded in
     out = tmp_path / "out"
     out.mkdir()
@@ -91,7 +139,9 @@ def test_no_pin_hash_or_key_in_events_exports_upstream_or_answers(tmp_path: Path
     from station.store.eventlog import iter_events
 
     live = sqlite3.connect(db)
-    upstream = b"\n".join(event_payload(ps.config.station.id, e) for e in iter_events(live))
+    upstream = b"\n".join(fleet.got)
+    # the forwarder sends the payload event_payload builds: the same check covers any epoch
+    assert all(b"$argon2" not in event_payload(ps.config.station.id, e) for e in iter_events(live))
 
     # the event says what happened to the PIN, and carries its hash only sealed
     changes = [json.loads(r["data"]) for r in rows if r["type"] in ("courier.added", "courier.pin.changed")]
