@@ -149,7 +149,7 @@ class Pickup:
         ctx = self.ctx
         normalised = normalise_phone(phone)
         recipient = phone_hash(normalised, ctx.secrets.hash_key)
-        masked = {"phone_masked": mask_phone(normalised)}
+        masked: dict[str, object] = {"phone_masked": mask_phone(normalised)}
         attempt = guard.admit(ctx, "otp", kiosk, kiosk, masked)
         ttl = ctx.config.lockout.otp_ttl_s
         ok = False
