@@ -30,7 +30,7 @@ class Snapshots(Protocol):
 
 
 class Retention(Protocol):
-    def run(self, now: float) -> Any: ...
+    def run(self, now: float, *, stop: Callable[[], bool] | None = None) -> Any: ...
     def prune_archives(self, free_bytes: int) -> tuple[int, int]: ...
 
 
@@ -108,10 +108,10 @@ class Housekeeper:
                             free_mb=round(seen.free_mb, 1))
         self.level = status.level
 
-    def run_retention(self) -> Any:
+    def run_retention(self, stop: Callable[[], bool] | None = None) -> Any:
         if self.retention is None:
             return None
-        return self.retention.run(self.clock())
+        return self.retention.run(self.clock(), stop=stop)
 
 
 class HousekeepingThread:
@@ -135,7 +135,7 @@ class HousekeepingThread:
                 self.keeper.check_disk()
                 if self.keeper.retention is not None and time.monotonic() >= next_retention:
                     next_retention = time.monotonic() + cfg.retention.interval_s
-                    self.keeper.run_retention()
+                    self.keeper.run_retention(stop=self._stop.is_set)
             except Exception:
                 log.exception("housekeeping failed")
             if self._stop.wait(cfg.disk.check_interval_s):

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -73,12 +74,15 @@ class Retention:
                     return acked_seq, True
         return limit, False
 
-    def run(self, now: float, *, max_segments: int | None = None) -> RetentionRun:
+    def run(self, now: float, *, max_segments: int | None = None,
+            stop: Callable[[], bool] | None = None) -> RetentionRun:
+        """Archive and delete what is due; `stop` is asked between segments (a station
+        shutting down does not wait for a first run over years of history)."""
         out = RetentionRun()
         limit, out.held_by_upstream = self.limit_seq(now)
         out.deleted += self._delete_pending()
         cut_ts = utc_iso(now - self.keep_days * 86400.0)
-        while max_segments is None or out.segments < max_segments:
+        while (max_segments is None or out.segments < max_segments) and not (stop and stop()):
             cp_seq = self.checkpoint_seq()
             first = cp_seq + 1
             last = min(cp_seq + self.segment_events, limit)

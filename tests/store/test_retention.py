@@ -360,3 +360,19 @@ def test_retention_runs_beside_a_live_station_that_keeps_committing(tmp_path: Pa
             result = verify_log(conn, archive)
         assert result.ok and result.checkpoint_seq == run.through_seq, result
         assert result.archived_checked + result.checked == store.last_seq
+
+
+def test_a_run_stops_between_segments_when_asked(tmp_path: Path) -> None:
+    """A station shutting down does not wait for a first run over years of history."""
+    store, clock = history(tmp_path / "s.db")
+    asked: list[int] = []
+
+    def stop() -> bool:
+        asked.append(1)
+        return len(asked) > 2
+
+    run = Retention(store, tmp_path / "a", keep_days=3, segment_events=100).run(T0 + 10 * DAY, stop=stop)
+    assert run.segments == 2 and run.through_seq == 200
+    with store.snapshot() as conn:
+        assert verify_log(conn, tmp_path / "a").ok
+    store.close()
