@@ -333,9 +333,9 @@ def effects_of(events: Iterable[Incoming]) -> Effects:
             fx.alarms_raised.append((aid, _s(d.get("kind")) or "", (_s(d.get("message")) or "")[:300],
                                      ev.at, ev.seq))
         elif ev.type in ("alarm.acknowledged", "alarm.cleared", "alarm.resolved"):
-            aid = _s(ev.data.get("alarm_id"))
-            if aid:
-                fx.alarms_cleared.append(aid)
+            cleared = _s(ev.data.get("alarm_id"))
+            if cleared:
+                fx.alarms_cleared.append(cleared)
     return fx
 
 

@@ -115,7 +115,7 @@ class Ingest:
         client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
                              protocol=mqtt.MQTTv5)
         client.manual_ack_set(True)
-        client.reconnect_delay_set(0.2, 5)
+        client.reconnect_delay_set(1, 5)
         if username:
             client.username_pw_set(username, password)
         if tls_context is not None:
@@ -145,8 +145,10 @@ class Ingest:
     # --- lifecycle ------------------------------------------------------------------------------
 
     def start(self) -> Ingest:
-        self._conn = self._connect_db(wait=True)
-        create_schema(self._conn)
+        conn = self._connect_db(wait=True)
+        assert conn is not None  # wait=True raises instead
+        create_schema(conn)
+        self._conn = conn
         self._thread = threading.Thread(target=self._run, name="fleet-ingest", daemon=True)
         self._thread.start()
         self.client.connect_async(self._host, self._port, keepalive=self._keepalive_s,
@@ -187,7 +189,7 @@ class Ingest:
         c.subscribe([(self.subscription, 1), (self.head_subscription, 1)])
 
     def _on_message(self, c: mqtt.Client, u: Any, msg: mqtt.MQTTMessage) -> None:
-        self._inbox.put(_Msg(msg.mid, msg.topic, msg.payload, time.monotonic()))
+        self._inbox.put(_Msg(msg.mid, msg.topic, bytes(msg.payload), time.monotonic()))
 
     # --- worker --------------------------------------------------------------------------------
 

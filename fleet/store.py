@@ -110,19 +110,19 @@ def ingest_batch(conn: psycopg.Connection, events: list[Incoming],
             " ON CONFLICT (station_id) DO UPDATE SET last_seen = now()"
             " RETURNING station_id, epoch, epoch_seq, verified_seq, verified_hash, max_seq, fork_seq",
             (stations,))
-        heads: dict[str, StationHead] = {}
+        heads_: dict[str, StationHead] = {}
         max_seq: dict[str, int] = {}
         fork_seq: dict[str, int | None] = {}
         for sid, epoch, epoch_seq, vseq, vhash, mseq, fseq in cur.fetchall():
-            heads[sid] = StationHead(epoch, epoch_seq, vseq, bytes(vhash).hex())
+            heads_[sid] = StationHead(epoch, epoch_seq, vseq, bytes(vhash).hex())
             max_seq[sid], fork_seq[sid] = mseq, fseq
 
         restored: set[str] = set()
         for sid in stations:  # a newer epoch: the station declared a restore
             newest = max(by_station[sid], key=lambda e: e.epoch)
-            if declares_restore(heads[sid], newest):
+            if declares_restore(heads_[sid], newest):
                 restored.add(sid)
-                heads[sid] = _declare_restore(cur, sid, heads[sid], newest.epoch, newest.epoch_seq, res)
+                heads_[sid] = _declare_restore(cur, sid, heads_[sid], newest.epoch, newest.epoch_seq, res)
                 max_seq[sid] = min(max_seq[sid], newest.epoch_seq - 1)
                 fork_seq[sid] = None
 
@@ -137,10 +137,11 @@ def ingest_batch(conn: psycopg.Connection, events: list[Incoming],
         stale: list[Incoming] = []
         forks: dict[str, list[Incoming]] = defaultdict(list)
         for sid in stations:
-            head = heads[sid]
+            head = heads_[sid]
             for ev in sorted(by_station[sid], key=lambda e: e.seq):
-                mine = new_rows[sid].get(ev.seq)
-                h = held.get((sid, ev.seq)) or (Held(mine.seq, mine.epoch, mine.hash) if mine else None)
+                earlier = new_rows[sid].get(ev.seq)
+                h = held.get((sid, ev.seq)) or (Held(earlier.seq, earlier.epoch, earlier.hash)
+                                                if earlier else None)
                 verdict = judge(ev, h, head)
                 if verdict is Verdict.NEW:
                     new_rows[sid][ev.seq] = ev
@@ -195,7 +196,7 @@ def ingest_batch(conn: psycopg.Connection, events: list[Incoming],
                 else:
                     _touch(cur, sid, now)
                 continue
-            walk, advanced = _walk(cur, sid, heads[sid], mine, max_seq[sid])
+            walk, advanced = _walk(cur, sid, heads_[sid], mine, max_seq[sid])
             res.verified += len(advanced)
             if walk.fork_seq is not None and walk.fork_seq != fork_seq[sid]:
                 _raise_alarm(cur, sid, "fork", walk.fork_seq, walk.fork_seq,

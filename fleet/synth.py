@@ -271,8 +271,8 @@ def bulk_load(conn: psycopg.Connection, stations: int, days: float, events_per_d
                     cp.write_row(r)
             with cur.copy("COPY parcels (station_id, parcel_id, waybill, carrier, state, slot,"
                           " courier_id, recipient_hash, shelved_at, updated_at, last_seq) FROM STDIN") as cp:
-                for r in parcels.values():
-                    cp.write_row(r)
+                for prow in parcels.values():
+                    cp.write_row(prow)
             cur.executemany(
                 "INSERT INTO stations(station_id, verified_seq, verified_hash, max_seq, events,"
                 " last_event_ts, last_seen, occupancy) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)"
