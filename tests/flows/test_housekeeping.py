@@ -213,3 +213,18 @@ def test_archives_go_oldest_first_only_when_configured_and_verify_still_knows_th
                 result = verify_log(conn, base / "archive")
             assert result.ok and any("deleted to free disk" in n for n in result.notes), result
         st.store.close()
+
+
+def test_a_disk_budget_with_the_thresholds_the_wrong_way_round_is_refused(tmp_path: Path) -> None:
+    import tomllib
+
+    from station.config import ConfigError, parse_config
+
+    data = tomllib.loads((Path(__file__).resolve().parents[2] / "examples" / "station.toml").read_text())
+    data["disk"] = {"alarm_free_mb": 100, "refuse_free_mb": 200}
+    with pytest.raises(ConfigError, match="disk.*refuse_free_mb must be below alarm_free_mb"):
+        parse_config(data, "station.toml")
+    data["disk"] = {"alarm_free_mb": 100, "refuse_free_mb": 20}
+    data["retention"] = {"enabled": True, "keep_days": 0}
+    with pytest.raises(ConfigError, match="retention.keep_days"):
+        parse_config(data, "station.toml")
