@@ -331,7 +331,8 @@ class Courier:
         if target:
             slot = target
             if p.wrong_slot:
-                other = self._beside(p, target, p.slot_u) or self._free_slot(p, {target}, p.slot_u)
+                # a miss lands beside the lit slot; with no room beside it, the hand cannot miss
+                other = self._beside(p, target, p.slot_u)
                 if other is not None:
                     slot = other
                     m.inc("courier_wrong_slot_puts")
@@ -355,8 +356,9 @@ class Courier:
             time.monotonic()
 
     def _confirm(self, http: httpx.Client, placing: _Placing) -> bool:
-        """Shelved, or (a red slot, a rebooting shelf, a stuck sensor) take it out again, put
-        it where the handheld says twice, then try other slots; give up after five puts."""
+        """Shelved, or (a red slot, a rebooting shelf, a stuck sensor) take it out again and
+        put it where the handheld says (free mode: twice, then other slots); give up after
+        five puts. A question on the handheld ("is it in slot X?") is answered first."""
         env, m = self.env, self.env.metrics
         p, scan, slot, home = placing.parcel, placing.scan, placing.slot, placing.home
         item, seen_at = placing.answer.result()
@@ -388,7 +390,10 @@ class Courier:
             if item is not None and item.get("state") == "failed":
                 break
             self._pause(1.0)
-            next_slot = home if attempt < 2 and home is not None else \
+            # guided: always the lit slot, as the handheld says (a slot of one's own choice
+            # may be the one the station lit for another courier a moment ago, before its
+            # light came on); free mode: twice where it was, then other slots
+            next_slot = home if home is not None and (self.plan.mode == "guided" or attempt < 2) else \
                 self._free_slot(p, tried, (p.slot_u + 0.37 * (attempt + 1)) % 1.0)
             if next_slot is None:
                 break
