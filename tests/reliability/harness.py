@@ -37,7 +37,8 @@ PY = sys.executable
 
 
 def write_config(path: Path, tmp: Path, webhook_url: str | None, mqtt: dict[str, Any] | None = None,
-                 lockout: dict[str, Any] | None = None, **station: Any) -> Path:
+                 lockout: dict[str, Any] | None = None, disk: dict[str, Any] | None = None,
+                 **station: Any) -> Path:
     """The example config with files under `tmp`, the webhook sender and fast retries.
 
     `station` overrides replace keys of the [station] table; `mqtt` and `lockout` replace
@@ -48,6 +49,7 @@ def write_config(path: Path, tmp: Path, webhook_url: str | None, mqtt: dict[str,
                                                   "snapshots_dir": str(tmp / "snapshots"), **station}),
         "mqtt": cfg.mqtt.model_copy(update=mqtt or {}),
         "lockout": cfg.lockout.model_copy(update=lockout or {}),
+        "disk": cfg.disk.model_copy(update=disk or {}),
         "metrics": cfg.metrics.model_copy(update={"port": 0}),
     }
     if webhook_url:
@@ -63,7 +65,7 @@ class ProcStation:
     def __init__(self, tmp: Path, *, broker: MosquittoProcess | None = None,
                  webhook: bool = True, devices: bool = True, env: dict[str, str] | None = None,
                  mqtt: dict[str, Any] | None = None, lockout: dict[str, Any] | None = None,
-                 **station: Any) -> None:
+                 disk: dict[str, Any] | None = None, **station: Any) -> None:
         self.tmp = tmp
         tmp.mkdir(parents=True, exist_ok=True)
         self._own_broker = broker is None
@@ -71,7 +73,7 @@ class ProcStation:
         self.webhook = WebhookReceiver() if webhook else None
         self.config_path = write_config(tmp / "station.toml", tmp,
                                         self.webhook.url if self.webhook else None,
-                                        mqtt=mqtt, lockout=lockout, **station)
+                                        mqtt=mqtt, lockout=lockout, disk=disk, **station)
         self.config = load_config(self.config_path)
         self.secrets_path = tmp / "secrets.toml"
         if not self.secrets_path.exists():

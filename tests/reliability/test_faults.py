@@ -252,8 +252,11 @@ def test_a_really_full_filesystem_under_station_run(tmp_path: Path) -> None:
                  capture_output=True, text=True)
     assert res.returncode == 0, f"as root, a 4 MB tmpfs must mount: {res.stderr.strip()}"
     try:
+        # the disk budget's reserve below what this test fills: the real full disk is the
+        # point here (the budget's own refusal: tests/flows/test_housekeeping.py)
         with ProcStation(tmp_path / "st", database=str(disk / "station.db"),
-                         snapshots_dir=str(disk / "snapshots")) as ps:
+                         snapshots_dir=str(disk / "snapshots"),
+                         disk={"alarm_free_mb": 2, "refuse_free_mb": 1}) as ps:
             ps.start()
             parcels = shelve(ps, [("SF0000000000001", PHONE_A)])
             entry = UnlockRecorder(ps.controller("door-entry"))
