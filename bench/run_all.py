@@ -34,7 +34,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 
 # (section name, module in bench/) for benchmarks that need nothing from another section
-PLAIN_SECTIONS: tuple[tuple[str, str], ...] = (("fleet", "bench_fleet"), ("retention", "bench_retention"))
+PLAIN_SECTIONS: tuple[tuple[str, str], ...] = (("fleet", "bench_fleet"), ("retention", "bench_retention"),
+                                               ("cpu", "bench_cpu"))
 
 
 def machine() -> dict[str, Any]:

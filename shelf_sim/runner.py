@@ -250,10 +250,13 @@ class StationProcess(_Room):
     the same config, written to `station.toml` in the workdir; its output goes to
     `station.log` there."""
 
-    def __init__(self, config: Any, workdir: Path, seed: int, scenario: Scenario, metrics: Metrics) -> None:
+    def __init__(self, config: Any, workdir: Path, seed: int, scenario: Scenario, metrics: Metrics,
+                 cpus: set[int] | None = None) -> None:
         # the child runs with its own cwd semantics: every path it is given must be absolute
         super().__init__(config, workdir.resolve(), seed, scenario, metrics)
         self.proc: subprocess.Popen[bytes] | None = None
+        self.cpus = cpus  # the CPUs the station may run on (None: any), like `taskset -c`
+        self.cpu_at_ready = 0.0
         self.config_path = self.workdir / "station.toml"
         self.log_path = self.workdir / "station.log"
 
@@ -269,9 +272,12 @@ class StationProcess(_Room):
         # WARNING like the simulator's own logging: the INFO lines of 100,000 pickups cost a core
         env = {"PS_LOG_LEVEL": "WARNING", **os.environ, "PYTHONUNBUFFERED": "1"}
         with open(self.log_path, "ab") as log_file:
+            cpus = self.cpus
             self.proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL, env=env)
+                                         stdin=subprocess.DEVNULL, env=env,
+                                         preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None)
         self._wait_ready(START_TIMEOUT_S)
+        self.cpu_at_ready = self.cpu_seconds() or 0.0  # start-up (imports, models) is not the run's
 
     def _wait_ready(self, timeout: float) -> None:
         """Ready means the API answers and the station sees every device online: the first
@@ -290,6 +296,16 @@ class StationProcess(_Room):
         raise RuntimeError(f"the station process was not ready within {timeout:.0f} s "
                            f"(devices not online: {sorted(missing) or 'API not answering'}); "
                            f"{self.log_path}:\n{self.log_tail()}")
+
+    def cpu_seconds(self) -> float | None:
+        """User + system CPU time the station process has used so far (Linux /proc)."""
+        if self.proc is None:
+            return None
+        try:
+            fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return None
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def _devices_not_online(self, http: httpx.Client) -> set[str]:
         wanted = set(self.config.device_ids)
@@ -588,16 +604,17 @@ class Simulation:
 def run_embedded(config: Any, scenario: Scenario, *, workdir: Path | None = None,
                  frames: bool = True, progress: Callable[[str, int], None] | None = None,
                  on_plan: Callable[[Plan], None] | None = None,
-                 station_process: bool = False) -> dict[str, Any]:
+                 station_process: bool = False, station_cpus: set[int] | None = None) -> dict[str, Any]:
     """Broker, devices and people in this process, and the station too unless
-    `station_process` (then it is a child process: a core of its own); returns the report."""
+    `station_process` (then it is a child process: a core of its own, or the `station_cpus`
+    it is pinned to); returns the report, with the station process's CPU time."""
     metrics = Metrics()
     tmp = None
     if workdir is None:
         tmp = tempfile.TemporaryDirectory(prefix="shelf-sim-")
         workdir = Path(tmp.name)
-    room: type[_Room] = StationProcess if station_process else EmbeddedStation
-    stack = room(config, workdir, scenario.seed, scenario, metrics)
+    stack: _Room = (StationProcess(config, workdir, scenario.seed, scenario, metrics, cpus=station_cpus)
+                    if station_process else EmbeddedStation(config, workdir, scenario.seed, scenario, metrics))
     try:
         stack.start()
         cfg = stack.config
@@ -613,7 +630,12 @@ def run_embedded(config: Any, scenario: Scenario, *, workdir: Path | None = None
         sim = Simulation(scenario, plan, env, devices=stack.devices, restart_broker=stack.restart_broker,
                          db_parcels=stack.db_parcels, entry_door=stack.devices.door_hals[cfg.doors.entry],
                          progress=progress)
-        return sim.run()
+        report = sim.run()
+        if isinstance(stack, StationProcess):
+            used = stack.cpu_seconds()
+            report["station_process"] = {"cpu_s": None if used is None else used - stack.cpu_at_ready,
+                                         "cpus": sorted(station_cpus) if station_cpus else None}
+        return report
     finally:
         stack.stop()
         if tmp is not None:

@@ -1,0 +1,96 @@
+"""CPU per parcel and the edge-box profile (issue 18): a fixed slice of the week scenario
+(examples/week.toml, seed 7) run by the simulator with the station as its own process.
+
+What is measured, in the same run:
+  station CPU per parcel:  user + system CPU seconds of the `station run` process over the
+                           slice, per parcel shelved and picked up (baseline: wall seconds per
+                           parcel, so the ratio is the station's share of one core);
+  one core:                the same slice again with the station pinned to one CPU
+                           (sched_setaffinity, as `taskset -c N` does): entry p99, scan -> lit
+                           p99 and parcels/s, each beside the same figure unpinned.
+The slice keeps the week's per-message network faults and mistakes; its counted faults
+(reboots, broker restarts, stuck sensors, dead LEDs) are scaled to the slice's size.
+Faces on one core are bench_faces' figures (that benchmark always pins itself to one core).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+WEEK = ROOT / "examples" / "week.toml"
+WEEK_PARCELS = 100_000
+
+
+def slice_of_week(parcels: int, seed: int = 7) -> Any:
+    from shelf_sim.scenario import load_scenario
+
+    week = load_scenario(WEEK, seed=seed)
+    share = parcels / WEEK_PARCELS
+    f = week.faults
+    faults = dataclasses.replace(f, reboots=round(f.reboots * share), broker_restarts=round(f.broker_restarts * share),
+                                 stuck_sensors=round(f.stuck_sensors * share), dead_leds=round(f.dead_leds * share))
+    return dataclasses.replace(week, parcels=parcels, faults=faults, name=f"week slice {parcels}")
+
+
+def _run(parcels: int, cpus: set[int] | None) -> dict[str, Any]:
+    import logging
+
+    from shelf_sim.runner import run_embedded
+    from station.config import load_config
+
+    logging.getLogger().setLevel(logging.WARNING)
+    config = load_config(ROOT / "examples" / "station.toml")
+    t0 = time.perf_counter()
+    report = run_embedded(config, slice_of_week(parcels), frames=False, station_process=True,
+                          station_cpus=cpus)
+    wall = time.perf_counter() - t0
+    out = report["outcome"]
+    done = min(out["parcels_shelved"], out["parcels_picked_up"])
+    if not done:
+        raise RuntimeError(f"the slice shelved and picked up nothing: {out}")
+    lat = report["timing"]["latency"]
+    return {"wall_s": wall, "parcels": done, "cpu_s": report["station_process"]["cpu_s"],
+            "entry_p99_ms": lat["entry"]["p99_ms"], "scan_to_lit_p99_ms": lat["scan_to_lit"]["p99_ms"],
+            "ok": report["ok"], "invariants": {k: v for k, v in report["invariants"].items() if v}}
+
+
+def run(quick: bool = False) -> dict[str, Any]:
+    parcels = 150 if quick else 5_000
+    both = _run(parcels, None)
+    one_cpu = max(os.sched_getaffinity(0))
+    one = _run(parcels, {one_cpu})
+    per = lambda r: 1000.0 * r["cpu_s"] / r["parcels"]  # noqa: E731 - ms of CPU per parcel
+    wall_per = lambda r: 1000.0 * r["wall_s"] / r["parcels"]  # noqa: E731
+    rate = lambda r: r["parcels"] / r["wall_s"]  # noqa: E731
+    label = f"week slice ({parcels:,} parcels, seed 7)"
+    rows = [
+        {"figure": f"CPU: station process CPU per parcel shelved + picked up, {label} "
+                   "(baseline: wall time per parcel)",
+         "ours": per(both), "baseline": wall_per(both), "unit": "ms", "target": None},
+        {"figure": f"one core: station CPU per parcel, {label} (baseline: unpinned)",
+         "ours": per(one), "baseline": per(both), "unit": "ms", "target": None},
+        {"figure": f"one core: entry p99, {label} (baseline: unpinned)",
+         "ours": one["entry_p99_ms"], "baseline": both["entry_p99_ms"], "unit": "ms",
+         "target": "p99 < 150 ms", "target_ms": 150},
+        {"figure": f"one core: shelving scan -> lit p99, {label} (baseline: unpinned)",
+         "ours": one["scan_to_lit_p99_ms"], "baseline": both["scan_to_lit_p99_ms"], "unit": "ms",
+         "target": "p99 < 50 ms", "target_ms": 50},
+        {"figure": f"one core: parcels/s through the station, {label} (baseline: unpinned)",
+         "ours": rate(one), "baseline": rate(both), "unit": "parcels/s", "target": None},
+    ]
+    return {"rows": rows, "unpinned": both, "one_core": {**one, "cpu": one_cpu},
+            "week_minutes_at_this_rate": WEEK_PARCELS / rate(both) / 60}
+
+
+if __name__ == "__main__":
+    res = run("--quick" in sys.argv)
+    for r in res["rows"]:
+        print(f"{r['figure']:<110} {r['ours']:10.2f} {r['unit']:<9} baseline {r['baseline']:10.2f}")
+    print(f"unpinned: {res['unpinned']}\none core: {res['one_core']}")
+    print(f"the week at this rate: {res['week_minutes_at_this_rate']:.0f} min")
