@@ -14,6 +14,7 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
 from station.crypto import DecryptError
+from station.store.db import Tx
 from station.store.eventlog import Event
 
 from . import guard
@@ -96,24 +97,24 @@ class Couriers:
         return [_view(r) for r in self.ctx.store.query("SELECT * FROM couriers ORDER BY id")]
 
     def set_active(self, courier_id: str, active: bool, *, actor: str = "operator") -> CourierView:
-        self.get(courier_id)
         with self.ctx.lock, self.ctx.store.transaction() as tx:
+            _must_exist(tx, courier_id)
             kind = "courier.enabled" if active else "courier.disabled"
             tx.emit(Event(kind, courier_id, actor, {"courier_id": courier_id}))
         return self.get(courier_id)
 
     def remove(self, courier_id: str, *, actor: str = "operator") -> None:
         """Removing a courier deletes their face templates in the same transaction."""
-        self.get(courier_id)
         with self.ctx.lock, self.ctx.store.transaction() as tx:
+            _must_exist(tx, courier_id)  # checked where it is acted on: removed once
             n = tx.execute("DELETE FROM face_templates WHERE courier_id = ?", (courier_id,)).rowcount
             tx.emit(Event("courier.removed", courier_id, actor,
                           {"courier_id": courier_id, "face_templates_deleted": n}))
 
     def store_templates(self, courier_id: str, blobs: Sequence[bytes], *, actor: str = "operator",
                         distances: Sequence[float] = ()) -> None:
-        self.get(courier_id)
         with self.ctx.lock, self.ctx.store.transaction() as tx:
+            _must_exist(tx, courier_id)  # not templates for a courier removed a moment ago
             tx.execute("DELETE FROM face_templates WHERE courier_id = ?", (courier_id,))
             for idx, blob in enumerate(blobs):
                 tx.execute("INSERT INTO face_templates(courier_id, idx, blob) VALUES (?,?,?)",
@@ -165,6 +166,11 @@ class Couriers:
             return bool(self.hasher.verify(self.seal.open(owner, stored), pin if isinstance(pin, str) else ""))
         except (VerificationError, InvalidHashError, DecryptError):
             return False
+
+
+def _must_exist(tx: Tx, courier_id: str) -> None:
+    if not tx.execute("SELECT 1 FROM couriers WHERE id = ?", (courier_id,)).fetchone():
+        raise NotFound(f"no courier {courier_id}")
 
 
 def _check_pin_format(pin: str) -> None:

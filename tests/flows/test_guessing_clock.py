@@ -238,3 +238,22 @@ def test_a_session_ended_at_the_exit_while_the_tick_times_it_out_is_not_closed_t
     assert st.core.tick(st.clock())["sessions_timed_out"] == 0
     closed = [e["data"] for e in st.events("pickup.closed")]
     assert len(closed) == 1 and '"completed"' in closed[0], closed
+
+
+def test_a_courier_removed_while_their_face_is_enrolled_gets_no_templates_and_is_removed_once(
+        tmp_path: Path, secrets: Secrets) -> None:
+    from station.flows.errors import NotFound
+
+    st = make_station(tmp_path, secrets)
+    st.add_courier("c1")
+    lock = LockWithAnEntrance(st.ctx.lock)
+    st.ctx.lock = lock  # type: ignore[assignment]
+    lock.before = lambda: st.core.couriers.remove("c1")  # another operator, just then
+    with pytest.raises(NotFound):
+        st.core.couriers.store_templates("c1", [b"template"])
+    assert st.store.query("SELECT courier_id FROM face_templates") == []
+    st.add_courier("c2")
+    lock.before = lambda: st.core.couriers.remove("c2")
+    with pytest.raises(NotFound):
+        st.core.couriers.remove("c2")
+    assert [e["subject"] for e in st.events("courier.removed")] == ["c1", "c2"]
