@@ -31,6 +31,11 @@ from .ports import outcome_of
 # parcel placed beside its lit slot
 PUT_BACK_WINDOW_S = 60.0
 
+# a sensed placement arrives at least this long after the hand moved (the shelf firmware's
+# debounce, firmware_stubs/shelf.py): a put sensed sooner than this after the handheld named
+# the slot was made before the courier knew where to put the parcel
+SENSOR_SETTLE_S = 0.05
+
 # a scan whose parcel is on its way or sensed but not yet confirmed: where it may land is
 # not settled, so a put within a hand's reach could be its parcel
 UNSETTLED = "('waiting', 'unverified')"
@@ -43,6 +48,7 @@ DOUBTS = {
     "away_from_lit_slot": "the parcel was sensed away from its lit slot",
     "sensor_disagrees": "the slot's sensor and the records disagreed before this put",
     "several_items": "one sensor change counted more than one parcel",
+    "before_guided": "the parcel was put before the handheld had named the slot",
 }
 
 
@@ -88,6 +94,10 @@ class Shelving:
         # long polls of one scan, woken by a commit that names it (not by every commit)
         self._watch_lock = threading.Lock()
         self._watchers: dict[str, list[threading.Event]] = {}
+        # when each scan's answer (the slot to use) left the station, on the steady clock: a
+        # put made before that cannot be the courier following it (memory only: after a
+        # restart every scan is old enough)
+        self._answered: dict[str, float] = {}
         ctx.store.subscribe(self._on_commit)
 
     def _on_commit(self, events: Sequence[EventRecord]) -> None:
@@ -239,6 +249,11 @@ class Shelving:
         if wait_lights and handles:
             outcomes = [outcome_of(h, ctx.command_timeout) for h in handles]
             result.lights_acked = all(o.status == "acked" for o in outcomes)
+        with self._watch_lock:
+            self._answered[pending_id] = ctx.mono()
+            if len(self._answered) > 4096:       # bounded: the oldest are long settled
+                for old in list(self._answered)[:2048]:
+                    del self._answered[old]
         return result
 
     def _choose(self, size: str, recipient: str, outbound: bool = False,
@@ -346,6 +361,12 @@ class Shelving:
         not be its parcel; None when nothing else could explain it."""
         if items > 1:
             return "several_items"
+        with self._watch_lock:
+            answered = self._answered.get(pending["id"])
+        if answered is not None and self.ctx.mono() - SENSOR_SETTLE_S < answered:
+            # the hand moved before the handheld named this slot: somebody else's parcel, or
+            # a courier who chose the slot before its light came on (docs/adr/0095)
+            return "before_guided"
         if any(within_reach(a, slot) for a in self._unsettled_slots(exclude_pending=pending["id"])):
             return "neighbour_lit"
         if before is not None:

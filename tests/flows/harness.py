@@ -79,6 +79,8 @@ class Station:
         return self.ctx.device_of(SlotAddress.parse(slot))
 
     def put(self, slot: str) -> None:
+        # a hand takes longer than the sensor's debounce after the handheld named the slot
+        self.clock.advance(0.1)
         a = SlotAddress.parse(slot)
         self.core.on_device_event(self.device_of(slot), "placement",
                                   {"row": a.row, "col": a.col, "action": "put"})

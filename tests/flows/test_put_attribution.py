@@ -24,6 +24,7 @@ from .harness import Station, config_for, make_station, phone, sf_waybill, shelf
 def sense(st: Station, slot: str, action: str, count: int) -> None:
     """A debounced sensor change as the shelf firmware reports it (with the slot's count)."""
     a = SlotAddress.parse(slot)
+    st.clock.advance(0.1)                     # a hand is slower than the sensor's debounce
     st.core.on_device_event(st.device_of(slot), "placement",
                             {"row": a.row, "col": a.col, "action": action, "count": count,
                              "occupied": count > 0})
@@ -238,3 +239,20 @@ def test_the_station_keeps_one_couriers_next_slot_out_of_reach_of_the_last(
     second = st.core.shelving.scan(sid, sf_waybill(2), phone(2), "S")
     a, b = SlotAddress.parse(first.slot), SlotAddress.parse(second.slot)
     assert a.shelf != b.shelf or max(abs(a.row - b.row), abs(a.col - b.col)) > 1
+
+
+def test_a_put_sensed_before_the_handheld_named_the_slot_is_asked(
+        tmp_path: Path, secrets: Secrets) -> None:
+    """The week's 30 ms: a courier chose a dark slot that the station lit for another courier
+    a moment later. A put sensed sooner after a scan's answer than the sensor's debounce was
+    made before that courier knew the slot: it is not bound as theirs."""
+    st = make_station(tmp_path, secrets)
+    st.add_courier()
+    sid = st.core.shelving.open_session("c1", "guided")["session_id"]
+    r = st.core.shelving.scan(sid, sf_waybill(1), phone(1), "S")
+    a = SlotAddress.parse(r.slot)
+    st.clock.advance(0.03)
+    st.core.on_device_event(st.device_of(r.slot), "placement",
+                            {"row": a.row, "col": a.col, "action": "put", "count": 1})
+    assert shelved(st, sf_waybill(1)) is None
+    assert st.core.shelving.item(sid, r.pending_id)["reason"] == "before_guided"
