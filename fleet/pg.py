@@ -110,7 +110,7 @@ class PostgresProcess:
             for key, value in conf.items():
                 fh.write(f"{key} = {value}\n")
 
-    def start(self, timeout: float = 60.0) -> PostgresProcess:
+    def start(self, timeout: float = 180.0) -> PostgresProcess:
         self.init()
         if self.running:
             return self

@@ -184,6 +184,8 @@ def ingest_batch(conn: psycopg.Connection, events: list[Incoming],
             res.alarms.append(f"fork {sid} {first}")
 
         now = datetime.now(UTC)
+        updates: list[tuple[Any, ...]] = []
+        parcel_rows: list[tuple[Any, ...]] = []
         for sid in stations:
             mine = new_rows[sid]
             if (not mine or fork_seq[sid] is not None) and sid not in restored:
@@ -203,20 +205,28 @@ def ingest_batch(conn: psycopg.Connection, events: list[Incoming],
                              f"fork: seq {walk.fork_seq} does not continue the chain the fleet holds"
                              f" (its prev_hash is not the hash of seq {walk.fork_seq - 1})")
                 res.alarms.append(f"fork {sid} {walk.fork_seq}")
-            _apply(cur, sid, advanced)
+            parcel_rows.extend(_apply(cur, sid, advanced))
             top = max(mine) if mine else 0
             newest_ts = max((e.at for e in mine.values()), default=None)
-            cur.execute(
+            updates.append((walk.verified_seq, _b(walk.verified_hash), top,
+                            walk.gap[0] if walk.gap else None, walk.gap[1] if walk.gap else None,
+                            walk.fork_seq, len(mine), now, newest_ts, newest_ts, now, newest_ts, sid))
+        # one pipelined round trip each, not one per station of the batch
+        if parcel_rows:
+            cur.executemany(PARCEL_UPSERT, parcel_rows)
+            cur.execute("UPDATE stations s SET occupancy = (SELECT count(*) FROM parcels p"
+                        " WHERE p.station_id = s.station_id AND p.state = ANY(%s))"
+                        " WHERE s.station_id = ANY(%s)",
+                        (sorted(ON_SHELF), sorted({r[0] for r in parcel_rows})))
+        if updates:
+            cur.executemany(
                 "UPDATE stations SET verified_seq = %s, verified_hash = %s,"
                 " max_seq = greatest(max_seq, %s), gap_from = %s, gap_to = %s,"
                 " fork_seq = coalesce(%s, fork_seq), events = events + %s, last_seen = %s,"
                 " last_event_ts = greatest(last_event_ts, %s),"
                 " lag_s = CASE WHEN %s::timestamptz IS NULL THEN lag_s"
                 "         ELSE extract(epoch FROM %s - %s::timestamptz) END"
-                " WHERE station_id = %s",
-                (walk.verified_seq, _b(walk.verified_hash), top,
-                 walk.gap[0] if walk.gap else None, walk.gap[1] if walk.gap else None,
-                 walk.fork_seq, len(mine), now, newest_ts, newest_ts, now, newest_ts, sid))
+                " WHERE station_id = %s", updates)
         _behind(cur, touched, res)
     return res
 
@@ -270,28 +280,28 @@ def _walk(cur: psycopg.Cursor[Any], sid: str, head: StationHead, mine: dict[int,
             return walk, advanced
 
 
-def _apply(cur: psycopg.Cursor[Any], sid: str, advanced: list[Incoming]) -> None:
+PARCEL_UPSERT = (
+    "INSERT INTO parcels(station_id, parcel_id, waybill, carrier, state, slot, courier_id,"
+    " recipient_hash, shelved_at, updated_at, last_seq)"
+    " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, CASE WHEN %s = 'shelved' THEN %s::timestamptz END, %s, %s)"
+    " ON CONFLICT (station_id, parcel_id) DO UPDATE SET state = EXCLUDED.state,"
+    " waybill = coalesce(EXCLUDED.waybill, parcels.waybill),"
+    " carrier = coalesce(EXCLUDED.carrier, parcels.carrier),"
+    " slot = coalesce(EXCLUDED.slot, parcels.slot),"
+    " courier_id = coalesce(EXCLUDED.courier_id, parcels.courier_id),"
+    " recipient_hash = coalesce(EXCLUDED.recipient_hash, parcels.recipient_hash),"
+    " shelved_at = coalesce(EXCLUDED.shelved_at, parcels.shelved_at),"
+    " updated_at = EXCLUDED.updated_at, last_seq = EXCLUDED.last_seq")
+
+
+def _apply(cur: psycopg.Cursor[Any], sid: str, advanced: list[Incoming]) -> list[tuple[Any, ...]]:
+    """Applies the station's own alarms; returns the parcel rows for the batch's one upsert
+    (in seq order, so a parcel's last change wins)."""
     if not advanced:
-        return
+        return []
     fx = effects_of(advanced)
-    if fx.parcels:
-        cur.executemany(
-            "INSERT INTO parcels(station_id, parcel_id, waybill, carrier, state, slot, courier_id,"
-            " recipient_hash, shelved_at, updated_at, last_seq)"
-            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, CASE WHEN %s = 'shelved' THEN %s END, %s, %s)"
-            " ON CONFLICT (station_id, parcel_id) DO UPDATE SET state = EXCLUDED.state,"
-            " waybill = coalesce(EXCLUDED.waybill, parcels.waybill),"
-            " carrier = coalesce(EXCLUDED.carrier, parcels.carrier),"
-            " slot = coalesce(EXCLUDED.slot, parcels.slot),"
-            " courier_id = coalesce(EXCLUDED.courier_id, parcels.courier_id),"
-            " recipient_hash = coalesce(EXCLUDED.recipient_hash, parcels.recipient_hash),"
-            " shelved_at = coalesce(EXCLUDED.shelved_at, parcels.shelved_at),"
-            " updated_at = EXCLUDED.updated_at, last_seq = EXCLUDED.last_seq",
-            [(sid, p.parcel_id, p.waybill, p.carrier, p.state, p.slot, p.courier_id,
-              p.recipient_hash, p.state, p.at, p.at, p.seq) for p in fx.parcels])
-        cur.execute("UPDATE stations SET occupancy = (SELECT count(*) FROM parcels"
-                    " WHERE station_id = %s AND state = ANY(%s)) WHERE station_id = %s",
-                    (sid, sorted(ON_SHELF), sid))
+    rows = [(sid, p.parcel_id, p.waybill, p.carrier, p.state, p.slot, p.courier_id,
+             p.recipient_hash, p.state, p.at, p.at, p.seq) for p in fx.parcels]
     if fx.alarms_raised or fx.alarms_cleared:
         cur.executemany(
             "INSERT INTO station_alarms(station_id, alarm_id, kind, message, raised_at, raised_seq)"
@@ -302,6 +312,7 @@ def _apply(cur: psycopg.Cursor[Any], sid: str, advanced: list[Incoming]) -> None
                         " AND alarm_id = ANY(%s)", (sid, fx.alarms_cleared))
         cur.execute("UPDATE stations SET open_alarms = (SELECT count(*) FROM station_alarms"
                     " WHERE station_id = %s AND NOT cleared) WHERE station_id = %s", (sid, sid))
+    return rows
 
 
 def _raise_alarm(cur: psycopg.Cursor[Any], sid: str, kind: str, first: int, last: int,

@@ -294,7 +294,7 @@ def bulk_load(conn: psycopg.Connection, stations: int, days: float, events_per_d
 
 
 def _at(ts: str) -> datetime:
-    return datetime.strptime(ts, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
+    return datetime.fromisoformat(ts)
 
 
 def _load_part(args: tuple[str, int, int, int, float, int, int, str]) -> int:
