@@ -105,3 +105,45 @@ def test_two_restores_of_the_same_backup_get_different_epochs(tmp_path: Path) ->
         with Store(live).open() as store:
             epochs.append(declare_restore(store, previous_epoch=previous, clock=lambda c=clock: c))
     assert epochs == [1_800_000_000, 1_800_000_001, 1_800_000_050]
+
+
+def test_station_backup_and_restore_commands_declare_the_restore_upstream(
+        tmp_path: Path, fleet_dsn: str) -> None:
+    """The operator's own commands (`station backup`, `station restore`), end to end."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[2]
+
+    def station(*args: str) -> None:
+        done = subprocess.run([sys.executable, "-m", "station.cli", *args], cwd=root, capture_output=True,
+                              text=True, timeout=120, check=False)
+        assert done.returncode == 0, done.stdout + done.stderr
+
+    live = tmp_path / "station.db"
+    with fleet_broker(tmp_path / "broker") as broker:
+        ingest = Ingest(fleet_dsn, broker.host, broker.port, client_id="fleet-rc").start()
+        assert ingest.subscribed.wait(10)
+        try:
+            store = Store(live).open()
+            append(store, 40)
+            _forward_all(store, "st-rc", broker, fleet_dsn)
+            store.close()
+            station("backup", "--db", str(live), str(tmp_path / "bk"))
+            store = Store(live).open()
+            append(store, 30, "after.backup")
+            _forward_all(store, "st-rc", broker, fleet_dsn)
+            store.close()
+            until(lambda: verified(fleet_dsn, "st-rc") == 70, 30, "fleet holds 70")
+            station("restore", "--db", str(live), str(tmp_path / "bk"))
+            store = Store(live).open()
+            append(store, 20, "after.restore")
+            _forward_all(store, "st-rc", broker, fleet_dsn)
+            last = store.last_seq
+            store.close()
+            until(lambda: verified(fleet_dsn, "st-rc") == last, 30, "fleet follows the restore")
+        finally:
+            ingest.stop()
+    with psycopg.connect(fleet_dsn, autocommit=True) as conn:
+        assert [(a["kind"], a["first_seq"]) for a in fleet_alarms(conn, "st-rc")] == [("restore", 41)]
+        assert verify_station(conn, "st-rc") == (True, last, "")
