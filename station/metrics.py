@@ -10,7 +10,6 @@ but they describe the room (who is inside, which door is open) and stay off the 
 
 from __future__ import annotations
 
-import shutil
 import threading
 import time
 from collections import OrderedDict
@@ -23,6 +22,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from station.store.db import Store
+from station.store.space import free_bytes
 
 # states in which a parcel occupies a place on a shelf
 ON_SHELF = ("shelved", "expired", "recalled", "dropped_off")
@@ -138,7 +138,7 @@ class StationCollector(Collector):
         for what, path in self.disk_paths.items():
             probe = path if path.exists() else path.parent
             try:
-                free.add_metric([what], shutil.disk_usage(probe).free)
+                free.add_metric([what], free_bytes(probe))
             except OSError:
                 continue
         yield free
