@@ -230,3 +230,37 @@ def test_cursor_moves_only_on_puback_across_a_half_open_link(
         proxy.close()
     assert_complete_chain(topic_fleet.messages, last)
     store.close()
+
+
+def test_a_resend_request_sends_again_without_moving_the_cursor_and_junk_is_ignored(
+        tmp_path: Path, broker: MosquittoProcess) -> None:
+    """ADR 0113: the fleet asks for events from a seq again; malformed requests change nothing."""
+    from station.upstream import resend_topic
+
+    fleet = FleetSubscriber(broker)
+    store = Store(tmp_path / "station.db").open()
+    forwarder = _forwarder(store, broker, resend_min_interval_s=0.0)
+    forwarder.start()
+    pub = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="fleet-resender")
+    pub.connect(broker.host, broker.port)
+    pub.loop_start()
+    try:
+        last = _append(store, 30)
+        assert forwarder.wait_forwarded(last, 15) and fleet.wait_for_seqs(last)
+        for junk in (b"", b"\xff", b"[]", b'{"from_seq": "1"}', b'{"from_seq": 0}', b'{"from_seq": true}'):
+            pub.publish(resend_topic(STATION), junk, qos=1).wait_for_publish(5)
+        time.sleep(0.5)
+        assert forwarder.resends == 0 and len(fleet.messages) == last
+        pub.publish(resend_topic(STATION), b'{"from_seq": 21}', qos=1).wait_for_publish(5)
+        deadline = time.monotonic() + 10
+        while len(fleet.messages) < last + 10 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert forwarder.resends == 1
+        assert sorted(m["seq"] for m in fleet.messages[last:]) == list(range(21, 31))
+        assert forwarder.cursor == last
+    finally:
+        pub.loop_stop()
+        forwarder.stop()
+        fleet.close()
+    assert_complete_chain(fleet.messages, last)
+    store.close()
