@@ -104,6 +104,11 @@ class CarrierConfig(_Strict):
     name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,32}$")]
     pattern: str
     send_code_pattern: str | None = None
+    # customer care (#19, docs/customer-care.md): the sender that tells this carrier about its
+    # parcels going back (a sender name such as "webhook-2"; None = the default sender), and
+    # whether its recipients get a message when their parcels leave through the exit
+    notify_sender: str | None = None
+    pickup_confirmation: bool = True
 
     @field_validator("pattern", "send_code_pattern")
     @classmethod
@@ -144,6 +149,28 @@ class NotifySection(_Strict):
     senders: list[SenderConfig] = Field(default_factory=lambda: [SenderConfig(kind="console")])
     retry_initial_s: float = Field(default=1.0, gt=0)
     retry_max_s: float = Field(default=300.0, gt=0)
+
+
+class CareSection(_Strict):
+    """Reminders and notices to customers (#19, docs/customer-care.md).
+
+    Offsets are in seconds: `remind_after_s` counts from the moment a parcel was shelved,
+    `remind_before_s` back from its deadline. Each reminder goes once per parcel (once per
+    deadline for the ones before it, so an extended deadline re-arms them)."""
+
+    remind_after_s: list[Annotated[float, Field(gt=0)]] = Field(default_factory=lambda: [172800.0])
+    remind_before_s: list[Annotated[float, Field(gt=0)]] = Field(default_factory=lambda: [43200.0])
+    expiry_notice: bool = True
+    carrier_expiry_notice: bool = True
+
+    @field_validator("remind_after_s", "remind_before_s")
+    @classmethod
+    def _distinct(cls, value: list[float]) -> list[float]:
+        if len(set(value)) != len(value):
+            raise ValueError("each reminder offset once")
+        if len(value) > 8:
+            raise ValueError("at most 8 reminders of a kind")
+        return value
 
 
 class LockoutSection(_Strict):
@@ -256,6 +283,7 @@ class StationConfig(_Strict):
     cameras: list[CameraConfig] = Field(default_factory=list)
     carriers: list[CarrierConfig] = Field(min_length=1)
     notify: NotifySection = NotifySection()
+    care: CareSection = CareSection()
     lockout: LockoutSection = LockoutSection()
     retention: RetentionSection = RetentionSection()
     disk: DiskSection = DiskSection()

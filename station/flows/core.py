@@ -230,6 +230,7 @@ class StationCore:
             "alarms_cleared": self._clear_slot_alarms(now),
         }
         self._close_stale_runs(now)
+        reminded = self.returns.care.send_reminders(now)
         if self.audit is not None:
             self.audit.maybe_run()
         steady = self.ctx.mono()
@@ -238,6 +239,7 @@ class StationCore:
             self.lights.refresh(force=force)
             if force:
                 self._last_refresh = steady
+        done["reminders_queued"] = reminded
         return done
 
     def _stamp(self, now: float) -> Stamp:

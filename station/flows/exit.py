@@ -15,6 +15,7 @@ from typing import Any
 from station.store.eventlog import Event
 
 from . import contacts, guard
+from .care import Care
 from .context import Ctx
 from .errors import FlowError, Unavailable
 from .lights import LightSync
@@ -37,6 +38,7 @@ class ExitCheck:
     def __init__(self, ctx: Ctx, lights: LightSync) -> None:
         self.ctx = ctx
         self.lights = lights
+        self.care = Care(ctx)
 
     def _sessions_inside(self, now: float) -> dict[str, dict[str, Any]]:
         # two indexed questions, not one OR the planner answers with a scan of every session
@@ -101,6 +103,7 @@ class ExitCheck:
                     tx.emit(Event("pickup.closed", session["id"], "customer", {
                         "session_id": session["id"],
                         "reason": "completed" if left == 0 else "partial"}))
+                self.care.on_picked_up(tx, session, picked)
                 contacts.forget_if_done(tx, session["recipient_hash"])
                 tx.emit(Event("exit.passed", camera, "customer", {
                     "session_id": session["id"], "picked_up": picked, "left_waiting": left}, snapshot))

@@ -10,6 +10,7 @@ from station.domain.layout import SlotAddress
 from station.domain.parcels import transition
 from station.store.eventlog import Event
 
+from .care import Care
 from .context import Ctx, new_id
 from .errors import FlowError
 from .lights import LightSync
@@ -25,6 +26,7 @@ class Returns:
         self.lights = lights
         self.shelving = shelving
         self.couriers = couriers
+        self.care = Care(ctx)
 
     def expire_due(self, now: float) -> int:
         rows = self.ctx.store.query(
@@ -39,6 +41,7 @@ class Returns:
                         continue
                     transition(r["id"], "shelved", "expire")
                     tx.emit(Event("parcel.expired", r["id"], "station", {"parcel_id": r["id"]}))
+                    self.care.on_expired(tx, r["id"])
                     expired += 1
             self.lights.refresh()
         return expired

@@ -20,13 +20,17 @@ from station.domain.errors import InvalidPhone
 from station.domain.phones import mask_phone, normalise_phone
 from station.store.eventlog import parse_utc
 
-Kind = Literal["pickup_code", "otp", "alert"]
+Kind = Literal["pickup_code", "otp", "alert", "reminder", "expired", "carrier_return", "picked_up"]
 
 # Fields each kind must carry; anything else stays None so an OTP never drags a code along.
 _REQUIRED: dict[str, tuple[str, ...]] = {
     "pickup_code": ("phone", "code", "qr", "station_name", "deadline_iso"),
     "otp": ("phone", "otp", "ttl_s"),
     "alert": ("text",),
+    "reminder": ("phone", "station_name", "deadline_iso"),
+    "expired": ("phone", "station_name"),
+    "carrier_return": ("carrier", "waybill", "station_name"),
+    "picked_up": ("phone", "station_name", "count", "at_iso"),
 }
 _ALLOWED: dict[str, frozenset[str]] = {
     "pickup_code": frozenset(
@@ -34,6 +38,11 @@ _ALLOWED: dict[str, frozenset[str]] = {
     ),
     "otp": frozenset({"phone", "otp", "ttl_s"}),
     "alert": frozenset({"text"}),
+    # customer care (#19): none of these carries a code, the station keeps only its digest
+    "reminder": frozenset({"phone", "station_name", "address", "deadline_iso", "waybill_tail"}),
+    "expired": frozenset({"phone", "station_name", "address", "waybill_tail"}),
+    "carrier_return": frozenset({"carrier", "waybill", "station_name", "address", "at_iso"}),
+    "picked_up": frozenset({"phone", "station_name", "count", "at_iso"}),
 }
 _FIELDS = frozenset().union(*_ALLOWED.values())
 
@@ -62,6 +71,12 @@ class Notification(BaseModel):
     ttl_s: int | None = Field(default=None, gt=0, le=86400)
     # alert
     text: str | None = None
+    # carrier_return: the carrier is told the whole waybill (its own record, nothing personal)
+    carrier: str | None = None
+    waybill: str | None = None
+    # picked_up
+    count: int | None = Field(default=None, gt=0, le=1000)
+    at_iso: str | None = None
 
     @field_validator("phone")
     @classmethod
@@ -80,7 +95,7 @@ class Notification(BaseModel):
             raise ValueError("a one-time code is 6 digits")
         return value
 
-    @field_validator("deadline_iso")
+    @field_validator("deadline_iso", "at_iso")
     @classmethod
     def _deadline(cls, value: str | None) -> str | None:
         if value is not None:
@@ -173,6 +188,38 @@ def render_text(n: Notification, station: StationInfo) -> str:
             f"Your parcel{tail_en} is at {where_en}. Pickup code {n.code}; "
             f"collect by {deadline}. QR: {n.qr}"
         )
+    if n.kind == "reminder":
+        name = n.station_name or station.name
+        deadline = local_deadline(n.deadline_iso or "", station)
+        tail_cn = f"(运单尾号{n.waybill_tail})" if n.waybill_tail else ""
+        tail_en = f" (waybill ...{n.waybill_tail})" if n.waybill_tail else ""
+        return (
+            f"【{name}】提醒：您的包裹{tail_cn}仍在{name}，请于 {deadline} 前取件，逾期将退回快递公司。"
+            f"取件码丢失可在自助机用手机验证码取件。 / Reminder: your parcel{tail_en} is waiting at "
+            f"{name}; collect it by {deadline} or it goes back to the carrier. Lost the code? "
+            f"Use a one-time code at the kiosk."
+        )
+    if n.kind == "expired":
+        name = n.station_name or station.name
+        tail_cn = f"(运单尾号{n.waybill_tail})" if n.waybill_tail else ""
+        tail_en = f" (waybill ...{n.waybill_tail})" if n.waybill_tail else ""
+        return (
+            f"【{name}】您的包裹{tail_cn}已超过取件期限，将退回快递公司。 / Your parcel{tail_en} "
+            f"was not collected in time and goes back to the carrier."
+        )
+    if n.kind == "carrier_return":
+        name = n.station_name or station.name
+        return (
+            f"【{name}】退件：{n.carrier} 运单 {n.waybill} 逾期未取，请取回。 / Return: {n.carrier} "
+            f"waybill {n.waybill} was not collected at {name}; please take it back."
+        )
+    if n.kind == "picked_up":
+        name = n.station_name or station.name
+        at = local_deadline(n.at_iso or "", station)
+        return (
+            f"【{name}】您的{n.count}件包裹已于 {at} 取走。如非本人操作，请联系站点。 / "
+            f"{n.count} parcel(s) of yours left {name} at {at}. If that was not you, contact the station."
+        )
     if n.kind == "otp":
         minutes = max(1, round((n.ttl_s or 0) / 60))
         return (
@@ -203,6 +250,12 @@ def gateway_body(outbox_id: str, n: Notification, station: StationInfo) -> dict[
         body.update(code=n.code, qr=n.qr, deadline=n.deadline_iso)
     elif n.kind == "otp":
         body.update(code=n.otp, ttl_s=n.ttl_s)
+    elif n.kind == "reminder":
+        body.update(deadline=n.deadline_iso)
+    elif n.kind == "carrier_return":
+        body.update(carrier=n.carrier, waybill=n.waybill)
+    elif n.kind == "picked_up":
+        body.update(count=n.count, at=n.at_iso)
     return body
 
 
@@ -224,4 +277,9 @@ def summary_line(outbox_id: str, n: Notification, station: StationInfo, *,
     if n.kind == "otp":
         return (f"notify {outbox_id} otp to {n.phone_masked}: {n.otp if show_codes else WITHHELD}"
                 f" valid {n.ttl_s} s")
-    return f"notify {outbox_id} alert: {n.text}"
+    if n.kind == "alert":
+        return f"notify {outbox_id} alert: {n.text}"
+    if n.kind == "carrier_return":
+        return f"notify {outbox_id} carrier_return to {n.carrier}: waybill {n.waybill}"
+    extra = f" count {n.count}" if n.count else ""
+    return f"notify {outbox_id} {n.kind} to {n.phone_masked}{extra}"

@@ -239,6 +239,16 @@ def _parcel_placed(conn: sqlite3.Connection, e: EventRecord, at: float) -> None:
         )
 
 
+@applies("parcel.notice.queued")
+def _parcel_notice(conn: sqlite3.Connection, e: EventRecord, at: float) -> None:
+    """A plain INSERT: a second decision about the same notice fails its transaction."""
+    d = e.data
+    conn.execute(
+        "INSERT INTO parcel_notices(parcel_id, notice, outbox_id, at) VALUES (?,?,?,?)",
+        (d["parcel_id"], d["notice"], d.get("outbox_id"), at),
+    )
+
+
 _STATE_OF_EVENT = {
     "parcel.picked_up": "picked_up",
     "parcel.expired": "expired",
@@ -340,6 +350,7 @@ def _retention_applied(conn: sqlite3.Connection, e: EventRecord, at: float) -> N
     marks = ",".join("?" * len(FINISHED_PARCELS))
     conn.execute(f"DELETE FROM parcels WHERE state IN ({marks}) AND updated_at < ?",
                  (*FINISHED_PARCELS, before))
+    conn.execute("DELETE FROM parcel_notices WHERE parcel_id NOT IN (SELECT id FROM parcels)")
     conn.execute("DELETE FROM session_slots WHERE session_id IN (SELECT id FROM sessions"
                  " WHERE state != 'open' AND closed_at < ?)", (before,))
     conn.execute("DELETE FROM sessions WHERE state != 'open' AND closed_at < ?", (before,))

@@ -22,6 +22,7 @@ PROJECTION_TABLES = (
     "slot_counts",
     "slot_lifts",
     "device_events",
+    "parcel_notices",
 )
 SIDE_TABLES = ("face_templates", "outbox", "otps", "upstream_cursor", "recipient_contacts",
                "log_checkpoint", "archive_segments")
@@ -282,6 +283,18 @@ MIGRATIONS: list[str] = [
     # courier is asked to confirm it (docs/adr/0095)
     """
     ALTER TABLE pending_placements ADD COLUMN put_slot TEXT;
+    """,
+    # 8: customer care (#19, ADR 0150): each reminder or notice about a parcel, once. The key
+    # is what makes "never twice" hold across a crash: the notice's event, this row and its
+    # outbox row commit together, and a second decision about the same notice cannot insert.
+    """
+    CREATE TABLE IF NOT EXISTS parcel_notices (
+        parcel_id TEXT NOT NULL,
+        notice TEXT NOT NULL,
+        outbox_id TEXT,
+        at REAL NOT NULL,
+        PRIMARY KEY (parcel_id, notice)
+    );
     """,
 ]
 

@@ -1,0 +1,182 @@
+"""Customer care (#19, ADR 0150): reminders before a parcel's deadline, the notice when it
+expires and goes back (to the recipient and to the carrier), and the pickup confirmation.
+
+Every message is decided in the transaction that records it: the `parcel.notice.queued`
+event, its `parcel_notices` row (primary key parcel + notice) and the outbox row commit
+together or not at all. A crash before the commit leaves nothing and the next tick decides
+again; a crash after it leaves a pending outbox row the dispatcher sends (at least once, the
+gateway de-duplicates on the row id) and a key no later decision can insert again.
+
+Deadlines are wall-clock times people read (days away, shown in the message), so reminders
+are due on the wall clock like the expiry itself; nothing here measures a duration."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from station.store.db import Tx
+from station.store.eventlog import Event, utc_iso
+
+from . import contacts
+from .context import Ctx
+
+# the outbox channel hint for messages to people (the first configured sender, as pickup codes)
+SMS = "sms"
+
+
+def after_key(offset_s: float) -> str:
+    return f"after:{int(offset_s)}"
+
+
+def before_key(offset_s: float, deadline: float) -> str:
+    """A reminder before the deadline is keyed by the deadline too: an extension re-arms it."""
+    return f"before:{int(offset_s)}@{int(deadline)}"
+
+
+def _record(tx: Tx, parcel_id: str, notice: str, outbox_id: str | None,
+            **data: Any) -> None:
+    tx.emit(Event("parcel.notice.queued", parcel_id, "station",
+                  {"parcel_id": parcel_id, "notice": notice, "outbox_id": outbox_id, **data}))
+
+
+def _sent_before(tx: Tx, parcel_id: str, notice: str) -> bool:
+    return tx.execute("SELECT 1 FROM parcel_notices WHERE parcel_id = ? AND notice = ?",
+                      (parcel_id, notice)).fetchone() is not None
+
+
+class Care:
+    def __init__(self, ctx: Ctx) -> None:
+        self.ctx = ctx
+
+    # --- reminders ----------------------------------------------------------------------------
+
+    def _due(self, now: float) -> list[tuple[dict[str, Any], str, float]]:
+        """(parcel, notice key, when it was due) for every reminder due at `now` and not sent.
+
+        A reminder whose moment came before the parcel was shelved (an offset longer than the
+        retention) is never due: the pickup code itself has just told them the deadline."""
+        care = self.ctx.config.care
+        due: list[tuple[dict[str, Any], str, float]] = []
+        cols = "p.id, p.recipient_hash, p.waybill, p.deadline, p.created_at"
+        for off in care.remind_after_s:
+            key = after_key(off)
+            for r in self.ctx.store.query(
+                    f"SELECT {cols} FROM parcels p WHERE p.state = 'shelved' AND p.deadline > ?"
+                    " AND p.created_at + ? <= ? AND p.created_at + ? < p.deadline"
+                    " AND NOT EXISTS (SELECT 1 FROM parcel_notices n WHERE n.parcel_id = p.id"
+                    " AND n.notice = ?)", (now, off, now, off, key)):
+                due.append((r, key, r["created_at"] + off))
+        for off in care.remind_before_s:
+            prefix = f"before:{int(off)}@"
+            for r in self.ctx.store.query(
+                    f"SELECT {cols} FROM parcels p WHERE p.state = 'shelved' AND p.deadline > ?"
+                    " AND p.deadline - ? <= ? AND p.deadline - ? > p.created_at"
+                    " AND NOT EXISTS (SELECT 1 FROM parcel_notices n WHERE n.parcel_id = p.id"
+                    " AND n.notice = ? || CAST(CAST(p.deadline AS INTEGER) AS TEXT))",
+                    (now, off, now, off, prefix)):
+                due.append((r, before_key(off, r["deadline"]), r["deadline"] - off))
+        return due
+
+    def send_reminders(self, now: float) -> int:
+        """Queue every reminder due at `now`; returns how many were queued."""
+        due = self._due(now)
+        if not due:
+            return 0
+        ctx = self.ctx
+        station = ctx.config.station
+        sent = 0
+        with ctx.lock, ctx.store.transaction() as tx:
+            for r, key, _when in due:
+                # decided on a read before the lock: a parcel picked up (or extended, or
+                # reminded by another tick) since is left alone
+                row = tx.execute("SELECT state, deadline FROM parcels WHERE id = ?",
+                                 (r["id"],)).fetchone()
+                if row is None or row[0] != "shelved" or row[1] != r["deadline"]:
+                    continue
+                if _sent_before(tx, r["id"], key):
+                    continue
+                phone = contacts.phone_of(ctx.sealer, tx, r["recipient_hash"])
+                if phone is None:
+                    continue
+                outbox_id = ctx.outbox.enqueue(tx, SMS, r["id"], {
+                    "kind": "reminder", "phone": phone, "station_name": station.name,
+                    "address": station.address, "deadline_iso": utc_iso(r["deadline"]),
+                    "waybill_tail": r["waybill"][-4:]})
+                _record(tx, r["id"], key, outbox_id, deadline=r["deadline"])
+                sent += 1
+        return sent
+
+    # --- expiry -------------------------------------------------------------------------------
+
+    def on_expired(self, tx: Tx, parcel_id: str) -> None:
+        """In the transaction that expires the parcel: tell the recipient and the carrier."""
+        ctx = self.ctx
+        care = ctx.config.care
+        station = ctx.config.station
+        row = tx.execute("SELECT recipient_hash, waybill, carrier FROM parcels WHERE id = ?",
+                         (parcel_id,)).fetchone()
+        if row is None:
+            return
+        recipient, waybill, carrier = row
+        self.withdraw_reminders(tx, parcel_id, "expired")
+        if care.expiry_notice and not _sent_before(tx, parcel_id, "expired"):
+            phone = contacts.phone_of(ctx.sealer, tx, recipient) if recipient else None
+            if phone is not None:
+                oid = ctx.outbox.enqueue(tx, SMS, parcel_id, {
+                    "kind": "expired", "phone": phone, "station_name": station.name,
+                    "address": station.address, "waybill_tail": waybill[-4:]})
+                _record(tx, parcel_id, "expired", oid)
+        if care.carrier_expiry_notice and not _sent_before(tx, parcel_id, "carrier_return"):
+            cfg = next((c for c in ctx.config.carriers if c.name == carrier), None)
+            if cfg is not None:
+                oid = ctx.outbox.enqueue(tx, cfg.notify_sender or "default", f"carrier:{carrier}", {
+                    "kind": "carrier_return", "carrier": carrier, "waybill": waybill,
+                    "station_name": station.name, "address": station.address,
+                    "at_iso": utc_iso(tx.now)})
+                _record(tx, parcel_id, "carrier_return", oid)
+
+    # --- pickup -------------------------------------------------------------------------------
+
+    def withdraw_reminders(self, tx: Tx, parcel_id: str, reason: str) -> int:
+        """Reminders of `parcel_id` still waiting in the outbox are withdrawn (state
+        `withdrawn`, payload wiped) in the caller's transaction: a parcel that left, or went
+        back, is never reminded of. A row the dispatcher is sending at this very moment may
+        still arrive (delivery is at least once; it cannot be called back from a gateway)."""
+        ids = [r[0] for r in tx.execute(
+            "SELECT outbox_id FROM parcel_notices WHERE parcel_id = ? AND outbox_id IS NOT NULL"
+            " AND (notice LIKE 'after:%' OR notice LIKE 'before:%')", (parcel_id,))]
+        withdrawn = 0
+        for oid in ids:
+            cur = tx.execute("UPDATE outbox SET state = 'withdrawn', payload = X''"
+                             " WHERE id = ? AND state = 'pending'", (oid,))
+            if cur.rowcount == 1:
+                tx.emit(Event("notify.withdrawn", parcel_id, "station",
+                              {"outbox_id": oid, "reason": reason}))
+                withdrawn += 1
+        return withdrawn
+
+    def on_picked_up(self, tx: Tx, session: dict[str, Any], picked: Sequence[str]) -> None:
+        """In the exit's transaction: reminders withdrawn, and one confirmation to the
+        recipient counting the parcels of carriers that want it sent."""
+        if not picked:
+            return
+        ctx = self.ctx
+        for pid in picked:
+            self.withdraw_reminders(tx, pid, "picked_up")
+        wanted = {c.name for c in ctx.config.carriers if c.pickup_confirmation}
+        marks = ",".join("?" * len(picked))
+        carriers = [r[0] for r in tx.execute(
+            f"SELECT carrier FROM parcels WHERE id IN ({marks})", tuple(picked))]
+        count = sum(1 for c in carriers if c in wanted)
+        if count == 0:
+            return
+        phone = contacts.phone_of(ctx.sealer, tx, session["recipient_hash"])
+        if phone is None:
+            return
+        oid = ctx.outbox.enqueue(tx, SMS, session["id"], {
+            "kind": "picked_up", "phone": phone, "station_name": ctx.config.station.name,
+            "count": count, "at_iso": utc_iso(tx.now)})
+        tx.emit(Event("pickup.confirmation.queued", session["id"], "station",
+                      {"session_id": session["id"], "outbox_id": oid, "count": count,
+                       "parcels": list(picked)}))
