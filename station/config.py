@@ -65,6 +65,9 @@ class MqttSection(_Strict):
     light_ttl_s: float = Field(default=600.0, gt=0, le=86400)
     # how often the shelves' signed counts are checked against the records (#22.4)
     shelf_audit_s: float = Field(default=30.0, ge=1, le=3600)
+    # an unsigned "offline" is believed only after this long without a signed word from the
+    # device (#14.6); further availability claims meanwhile are absorbed (#14.10)
+    offline_confirm_s: float = Field(default=3.0, ge=0.1, le=300)
 
 
 class ShelfConfig(_Strict):

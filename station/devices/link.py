@@ -252,6 +252,16 @@ class _Device:
     bad_budget: float = 20.0
     bad_refill: float = 0.0
     bad_suppressed: int = 0
+    # availability (docs/adr/0087): an unsigned `avail` is a claim, believed only as the
+    # device's own signed messages bear it out
+    claim: bool | None = None  # what the pending claim says (True online, False offline)
+    claim_at: float = 0.0  # monotonic time it arrived
+    alive_at: float = -math.inf  # monotonic time of the last fresh signed word from it
+    uptime: float | None = None  # the highest uptime_s its states reported in this boot
+    evt_high: int = 0  # the highest evt_seq seen in this boot
+    probe_cmd_id: str | None = None  # our last `ping`: its ack is proof of life
+    probes: int = 0  # sent for the pending claim
+    echo_at: float | None = None  # when our echo beside the last probe came back
 
 
 class DeviceLink:
@@ -606,6 +616,7 @@ class DeviceLink:
                     self._transmit(dev, pending)
             if dev.nonce is not None and mono - dev.nonce_answered > max(1.0, 4 * self.retry_s):
                 self._send_time_sync(dev)  # our answer was lost: its state still asks
+            self._judge_claim(dev, mono)
             if dev.reconcile and dev.online:
                 dev.reconcile = False
                 self._reconcile(dev)
@@ -634,6 +645,7 @@ class DeviceLink:
                 pass
         subs = [(env.topic(self.station_id, d, ch), 1)
                 for d in self._devices for ch in ("ack", "state", "evt", "avail")]
+        subs.append((self._echo_topic, 1))
         client.subscribe(subs)
         client.publish(env.topic(self.station_id, "station", "avail"), env.ONLINE, qos=1, retain=True)
         with self._lock:
@@ -679,7 +691,18 @@ class DeviceLink:
         if current and client is not None and token.qos > 0:
             client.ack(token.mid, token.qos)
 
+    @property
+    def _echo_topic(self) -> str:
+        """Where the station sends itself a word beside each probe (docs/adr/0087)."""
+        return f"{env.TOPIC_ROOT}/{self.station_id}/station/echo"
+
     def _handle(self, topic_name: str, payload: bytes) -> None:
+        if topic_name == self._echo_topic:
+            token = payload[:64].decode("ascii", "replace")
+            for dev in self._devices.values():
+                if dev.probe_cmd_id == token and dev.echo_at is None:
+                    dev.echo_at = self._clock.mono()
+            return
         parsed = env.parse_topic(topic_name)
         if parsed is None or parsed[0] != self.station_id or parsed[1] not in self._devices:
             return
@@ -690,7 +713,7 @@ class DeviceLink:
             if text not in (env.ONLINE, env.OFFLINE):
                 self._bad(dev, channel, "malformed", "avail must be online or offline", payload)
                 return
-            self._set_online(dev, text == env.ONLINE)
+            self._claim(dev, text == env.ONLINE)
             return
         try:
             obj = env.decode(payload)
@@ -733,6 +756,89 @@ class DeviceLink:
             "suppressed": suppressed,
         })
 
+    def _claim(self, dev: _Device, online: bool) -> None:
+        """An `avail` message: anyone who can publish (or take over the device's client id)
+        can send it, and the broker's last will says "offline" for a device whose session
+        was stolen. So it is a claim to check. "offline" holds for `offline_confirm_s`,
+        absorbing every further claim; halfway through, the device is probed, and the claim
+        is believed only if the device said nothing signed in the second half (a device
+        that stops answers for a moment after its own "offline", then is silent). "online"
+        for a device believed offline
+        waits for fresh signed word from it (a returning device sends its state at once).
+        Only the first word about a device, at start, is taken as it is (#14.6, #14.10)."""
+        if dev.claim is not None or dev.online is online:
+            return  # one claim at a time; nothing new
+        if dev.online is None and online:
+            self._set_online(dev, True)
+            return
+        dev.claim, dev.claim_at = online, self._clock.mono()
+        dev.probes = 0
+
+    def _send_probe(self, dev: _Device) -> None:
+        """A `ping` outside the command queue (it does nothing, so it needs no seq and no
+        trusted time on the device): its signed ack, carrying this fresh cmd_id, is proof
+        that the device is there now."""
+        mono = self._clock.mono()
+        ttl = self.config.mqtt.command_ttl_s
+        cmd = env.build_command(
+            key=self._keys[dev.id], device=dev.id, seq=self._seq.next(), op="ping", args={},
+            ttl_s=ttl, issued_at=self._clock.wall(), epoch=self._clock.boot,
+            mono_issued=mono, mono_expires=mono + ttl,
+        )
+        dev.probe_cmd_id, dev.probes, dev.echo_at = cmd["cmd_id"], dev.probes + 1, None
+        client = self._client
+        if client is not None and self.connected.is_set():
+            # first a word to ourselves: when it is back, whatever the broker had queued for
+            # us before it (a flood, say) has been read, and the probe's ack is right behind
+            client.publish(self._echo_topic, cmd["cmd_id"].encode(), qos=1, retain=False)
+        self._publish(dev.id, cmd)
+
+    def _alive(self, dev: _Device) -> None:
+        """Fresh signed word from the device: it is there, whatever `avail` said."""
+        dev.alive_at = self._clock.mono()
+        if dev.claim is False:
+            return  # judged at its deadline, so a flood of claims costs one probe per window
+        dev.claim = None
+        self._set_online(dev, True)
+
+    def _judge_claim(self, dev: _Device, mono: float) -> None:
+        if dev.claim is None:
+            return
+        window = self.config.mqtt.offline_confirm_s
+        half = dev.claim_at + window / 2
+        if mono < dev.claim_at + window:
+            if dev.claim is False and dev.probes == 0 and mono >= half:
+                self._send_probe(dev)
+            return
+        if dev.claim is False and dev.alive_at < half and mono < dev.claim_at + window + \
+                self.config.mqtt.command_ttl_s and (dev.echo_at is None or mono < dev.echo_at + window / 2):
+            return  # our inbox is behind (the probe's echo is not back, or only just): wait
+        claim, dev.claim = dev.claim, None
+        if claim is True:
+            return  # nothing signed came: still not online
+        if dev.alive_at >= half:
+            self._emit(dev.id, "device.offline_disputed", {
+                "alive_after_s": round(dev.alive_at - dev.claim_at, 3)})
+            self._set_online(dev, True)
+        else:
+            self._set_online(dev, False)
+
+    def _fresh_state(self, dev: _Device, state: ShelfState | DoorState) -> bool:
+        """A state newer than any seen: a new boot, or more uptime in this one. A retained
+        copy seen again, or an old state replayed, is not."""
+        if dev.boot_id is None:
+            dev.uptime = state.uptime_s
+            return False  # the first one (retained, maybe old) is where we start
+        if state.boot_id != dev.boot_id:
+            if _boot_counter(state.boot_id) < _boot_counter(dev.boot_id):
+                return False
+            dev.uptime, dev.evt_high = state.uptime_s, 0
+            return True
+        if dev.uptime is None or state.uptime_s > dev.uptime:
+            dev.uptime = state.uptime_s
+            return True
+        return False
+
     def _set_online(self, dev: _Device, online: bool) -> None:
         if dev.online == online:
             return
@@ -747,6 +853,9 @@ class DeviceLink:
 
     def _on_ack(self, dev: _Device, ack: AckMsg) -> None:
         pending = dev.inflight
+        if ack.cmd_id and ack.cmd_id in (dev.sync_cmd_id, dev.probe_cmd_id,
+                                          pending.cmd_id if pending else None):
+            self._alive(dev)  # it answered what we sent just now: nobody can replay that
         if ack.cmd_id and ack.cmd_id == dev.sync_cmd_id:
             if ack.ok and pending is not None:  # the device has our time now: retry at once
                 pending.next_retry = -math.inf
@@ -805,6 +914,9 @@ class DeviceLink:
         self._seen_evts[key] = self._inbound
         while len(self._seen_evts) > 8192:
             self._seen_evts.popitem(last=False)
+        if evt.boot_id == dev.boot_id and evt.evt_seq > dev.evt_high:
+            dev.evt_high = evt.evt_seq
+            self._alive(dev)
         kind = "device.command_refused" if evt.kind == "command.refused" else evt.kind
         self._emit(dev.id, kind, {**evt.data, "boot_id": evt.boot_id, "evt_seq": evt.evt_seq,
                                   "device_ts": evt.ts})
@@ -814,6 +926,7 @@ class DeviceLink:
             self._bad(dev, "state", "malformed", f"{dev.id} is a {dev.kind}", b"")
             return
         previous = dev.boot_id
+        fresh = self._fresh_state(dev, state)
         dev.reported = {k: v for k, v in obj.items() if k != "sig"}
         if previous is not None and state.boot_id != previous:
             dev.boot_id = state.boot_id
@@ -830,6 +943,11 @@ class DeviceLink:
         if state.time.trusted and not dev.trusted and dev.inflight is not None:
             dev.inflight.next_retry = 0.0  # it may have been refused for want of time
         dev.trusted = state.time.trusted
+        if fresh and previous is not None and state.boot_id != previous and dev.claim is False:
+            dev.claim = None  # a new boot proves the "offline": it was down, and is back
+            self._set_online(dev, False)
+        if fresh:
+            self._alive(dev)
 
     # --- internals: events ----------------------------------------------------------------
 
@@ -895,3 +1013,9 @@ def _printable(text: str) -> str:
     """A device's words as they may enter the log: what UTF-8 cannot carry (a lone surrogate
     from a JSON escape) written as its escape, so the store never refuses the report."""
     return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _boot_counter(boot_id: str) -> int:
+    """The NV boot counter a boot id starts with ("17-9f3a..."), or -1."""
+    head = boot_id.split("-", 1)[0]
+    return int(head) if head.isdigit() and len(head) < 19 else -1

@@ -17,7 +17,7 @@ from station.domain.layout import SlotAddress
 from station.store.db import StoreError
 from station.store.eventlog import Event
 
-from . import guard
+from . import alarms, guard
 from .context import Ctx
 from .couriers import Couriers
 from .device_log import already_logged, is_trace
@@ -36,6 +36,7 @@ log = logging.getLogger("station.core")
 SLOT_ALARM_MAX_S = 60.0
 
 # device event kinds that are alarms in their own right
+# (one open alarm per kind and device: a flood of them is one alarm, each still an event)
 ALARM_KINDS = {"door.forced_open", "door.held_open", "door.emergency_release"}
 
 
@@ -95,13 +96,13 @@ class StationCore:
                 return  # taken before (a restart since): once, and its alarm once
             tx.emit(event)
             if kind in ALARM_KINDS:
-                guard.raise_alarm(tx, kind, device, f"{device}: {kind.split('.', 1)[1].replace('_', ' ')}")
+                alarms.raise_once(tx, kind, device, f"{device}: {kind.split('.', 1)[1].replace('_', ' ')}")
 
     def _on_availability(self, device: str, kind: str, data: dict[str, Any]) -> None:
         with self.ctx.store.transaction() as tx:
             tx.emit(Event(f"device.{kind}", device, device, {"device": device, **_safe(data)}))
             if kind == "offline" and device in (self.ctx.config.doors.entry, self.ctx.config.doors.exit):
-                guard.raise_alarm(tx, "device.offline", device, f"{device} went offline")
+                alarms.raise_once(tx, "device.offline", device, f"{device} went offline")
         if kind == "online" and device in self.ctx.config.shelf_devices:
             self.lights.refresh([device], force=True)
 

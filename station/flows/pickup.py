@@ -19,7 +19,7 @@ from station.domain.phones import mask_phone, normalise_phone, phone_hash
 from station.store.db import Tx
 from station.store.eventlog import Event
 
-from . import contacts, guard
+from . import alarms, contacts, guard
 from .context import Ctx, new_id
 from .errors import AuthFailed, FlowError, Unavailable
 from .lights import LightSync
@@ -223,7 +223,8 @@ class Pickup:
             if not ctx.devices.is_online(door):
                 with ctx.store.transaction() as tx:
                     tx.emit(Event("entry.refused", door, kiosk, {"reason": "door_offline", "method": method}))
-                    guard.raise_alarm(tx, "door.offline", door, "entry door offline while a customer waits")
+                    # one open alarm, not one per customer turned away (#14.10)
+                    alarms.raise_once(tx, "door.offline", door, "entry door offline while a customer waits")
                 raise Unavailable("The entry door is out of order. Staff have been alerted.",
                                   code="door_offline")
             existing = ctx.store.query_one(

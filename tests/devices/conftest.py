@@ -79,7 +79,7 @@ def link_config(config: StationConfig, broker: MosquittoProcess, **mqtt: Any) ->
     station = config.station.model_copy(update={"id": f"t-{pysecrets.token_hex(4)}"})
     mq = config.mqtt.model_copy(update={"host": broker.host, "port": broker.port,
                                         "command_ttl_s": 2.0, "light_ttl_s": 60.0,
-                                        "keepalive_s": 5, **mqtt})
+                                        "keepalive_s": 5, "offline_confirm_s": 1.0, **mqtt})
     doors = config.doors.model_copy(update={"unlock_pulse_s": 0.3, "held_open_alarm_s": 0.4})
     return config.model_copy(update={"station": station, "mqtt": mq, "doors": doors})
 

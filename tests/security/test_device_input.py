@@ -8,8 +8,10 @@ reaches the station from the device side of the broker stays within its budgets.
 from __future__ import annotations
 
 import json
+import math
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +19,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from station.devices import envelope as env
-from tests.reliability.harness import ProcStation, until
+from tests.reliability.harness import ProcStation, shelve, until
 
 # the link's budget for unusable messages (station/devices/link.py `_bad`): a burst of 20,
 # then 2 a second, per device
@@ -170,3 +172,125 @@ def test_a_captured_device_event_replayed_after_a_restart_is_taken_once(tmp_path
         assert _count(ps, alarm_sql, (door,)) == 1
         assert _count(ps, opened_sql, (door,)) == 1
         assert ps.verify_log().returncode == 0
+
+
+CONFIRM_S = 1.0  # mqtt.offline_confirm_s for these tests: an "offline" is judged after it
+
+
+def _events_of(ps: ProcStation, kinds: tuple[str, ...], subject: str, after_seq: int) -> list[str]:
+    marks = ",".join("?" * len(kinds))
+    return [r["type"] for r in ps.query(
+        f"SELECT type FROM events WHERE type IN ({marks}) AND subject = ? AND seq > ? ORDER BY seq",
+        (*kinds, subject, after_seq))]
+
+
+def _open_alarms(ps: ProcStation, subject: str) -> list[str]:
+    return [r["kind"] for r in ps.query(
+        "SELECT kind FROM alarms WHERE subject = ? AND acknowledged_at IS NULL ORDER BY raised_at",
+        (subject,))]
+
+
+def _flood(ps: ProcStation, device: str, n: int, retain: bool = False) -> float:
+    """Publish `n` availability messages, alternating offline/online, as fast as the broker
+    takes them; then a marker, and wait until the station has read it. Returns how long
+    it took from the first message to the station's reading of the last."""
+    topic = env.topic(ps.config.station.id, device, "avail")
+    pub = Publisher(ps.broker.port)
+    mark = _head(ps)
+    started = time.monotonic()
+    infos = [pub.client.publish(topic, b"offline" if i % 2 == 0 else b"online", qos=1, retain=retain)
+             for i in range(n)]
+    for info in infos:
+        info.wait_for_publish(30)
+    pub.publish(topic, b"marker")  # a bad avail: logged (budget), and behind every other one
+    until(lambda: _bad_messages(ps, device, mark), 30, "the flood read to its end")
+    took = time.monotonic() - started
+    pub.publish(topic, b"online", retain=True)  # leave the retained topic as a device would
+    pub.close()
+    return took
+
+
+AVAIL = ("device.online", "device.offline", "device.offline_disputed")
+
+
+def test_an_availability_flood_at_a_live_door_writes_a_bounded_trace_and_no_alarm(tmp_path: Path) -> None:
+    with ProcStation(tmp_path, mqtt={"offline_confirm_s": CONFIRM_S}) as ps:
+        ps.start()
+        door = ps.config.doors.entry
+        mark = _head(ps)
+        took = _flood(ps, door, 1001)
+        until(lambda: _events_of(ps, AVAIL, door, mark), 30, "the claims judged")
+        time.sleep(CONFIRM_S + 0.5)  # a claim opened by the last messages: its window
+        seen = _events_of(ps, AVAIL, door, mark)
+        # the door never stopped talking (each claim was answered by its signed ping ack):
+        # no availability change at all, and one dispute per window at most
+        assert "device.offline" not in seen and "device.online" not in seen, seen
+        assert 1 <= len(seen) <= 1 + math.floor(took / CONFIRM_S), (len(seen), took)
+        assert _open_alarms(ps, door) == []
+        assert door in ps.online_devices()
+        assert "Traceback" not in ps.log_tail(2_000_000)
+
+
+def test_an_availability_flood_at_a_dead_door_changes_nothing_and_alarms_once(tmp_path: Path) -> None:
+    with ProcStation(tmp_path, mqtt={"offline_confirm_s": CONFIRM_S}) as ps:
+        ps.start()
+        parcels = shelve(ps, [("SF0000000000001", "13900000001")])
+        door = ps.config.doors.entry
+        mark = _head(ps)
+        ps.controller(door).stop()  # really gone: says "offline" and then nothing
+        until(lambda: door not in ps.online_devices(), 10, "the door seen offline")
+        _flood(ps, door, 1001)
+        time.sleep(CONFIRM_S + 0.5)  # the last claim's window
+        # customers turned away meanwhile: each refused, one alarm for all of them
+        for _ in range(5):
+            res = ps.api("post", "/api/kiosk/code", "kiosk", json={"code": parcels["SF0000000000001"]["code"]})
+            assert res.status_code == 503 and res.json()["error"] == "door_offline", res.text
+        assert _events_of(ps, AVAIL, door, mark) == ["device.offline"]  # exactly the real one
+        assert sorted(_open_alarms(ps, door)) == ["device.offline", "door.offline"]
+        assert door not in ps.online_devices()
+
+
+def test_a_forged_offline_for_a_talking_door_refuses_no_customer(tmp_path: Path) -> None:
+    with ProcStation(tmp_path, mqtt={"offline_confirm_s": CONFIRM_S}) as ps:
+        ps.start()
+        parcels = shelve(ps, [(f"SF{n:013d}", f"1390000{n:04d}") for n in range(1, 5)])
+        codes = [p["code"] for p in parcels.values()]
+        door, sid = ps.config.doors.entry, ps.config.station.id
+        mark = _head(ps)
+        stop = threading.Event()
+
+        def forge() -> int:  # what a stolen client id makes the broker say, again and again
+            pub, n = Publisher(ps.broker.port, "forger"), 0
+            while not stop.is_set():
+                pub.publish(env.topic(sid, door, "avail"), b"offline", retain=True)
+                n += 1
+                time.sleep(0.05)
+            pub.close()
+            return n
+
+        def enter(i: int) -> tuple[int, str]:
+            res = ps.api("post", "/api/kiosk/code", "kiosk", json={"code": codes[i % len(codes)]})
+            return res.status_code, res.json().get("error") or res.json().get("door")
+
+        with ThreadPoolExecutor(8) as pool:
+            forger = pool.submit(forge)
+            until(lambda: forger.running(), 5)
+            deadline = time.monotonic() + 4 * CONFIRM_S
+            answers: list[tuple[int, str]] = []
+            while time.monotonic() < deadline:
+                answers += list(pool.map(enter, range(len(answers), len(answers) + 4)))
+            stop.set()
+            forged = forger.result(30)
+        assert forged >= 20 and len(answers) >= 8
+        assert all(a == (200, "unlocked") for a in answers), [a for a in answers if a != (200, "unlocked")]
+        seen = _events_of(ps, AVAIL, door, mark)
+        assert "device.offline" not in seen, seen
+        assert "device.offline_disputed" in seen
+        assert "door.offline" not in _open_alarms(ps, door)
+        assert not ps.query("SELECT 1 FROM events WHERE type = 'entry.refused' AND seq > ?", (mark,))
+
+        # the same retained "offline", and now the door really is silent: believed in time
+        ps.controller(door).crash()  # no goodbye of its own; the forged word is all there is
+        until(lambda: door not in ps.online_devices(), 15 * CONFIRM_S + 15, "the silent door offline")
+        res = ps.api("post", "/api/kiosk/code", "kiosk", json={"code": codes[0]})
+        assert res.status_code == 503 and res.json()["error"] == "door_offline", res.text
