@@ -286,6 +286,12 @@ class Shelving:
             "SELECT CASE state WHEN 'waiting' THEN target_slot ELSE put_slot END AS slot,"
             f" COUNT(*) n FROM pending_placements WHERE state IN {UNSETTLED}"
             " AND COALESCE(put_slot, target_slot) IS NOT NULL GROUP BY 1")}
+        # a slot a hand took a recorded parcel from, not yet put back, is no place for a
+        # courier: its next put counts as that put-back, so a courier's parcel there would
+        # never be bound (the week's 88 aborted sessions; docs/simulator.md, finding 11)
+        for r in store.query("SELECT slot FROM slot_lifts WHERE n > 0"):
+            lifted = SlotAddress.parse(r["slot"])
+            reserved[lifted] = reserved.get(lifted, 0) + 1
         mine: dict[SlotAddress, int] = {}
         if recipient:
             mine = {SlotAddress.parse(r["slot"]): r["n"] for r in store.query(

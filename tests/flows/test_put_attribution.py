@@ -256,3 +256,25 @@ def test_a_put_sensed_before_the_handheld_named_the_slot_is_asked(
                             {"row": a.row, "col": a.col, "action": "put", "count": 1})
     assert shelved(st, sf_waybill(1)) is None
     assert st.core.shelving.item(sid, r.pending_id)["reason"] == "before_guided"
+
+
+def test_a_slot_waiting_for_a_put_back_is_not_offered_to_a_courier(
+        tmp_path: Path, secrets: Secrets) -> None:
+    """Found in examples/crowded.toml (seed 8, before the fix): a recorded parcel lifted out
+    by a stranger left the slot waiting for its put-back; the station lit that slot for a
+    courier, whose every put there was taken for the put-back, and after five puts the courier
+    gave the parcel up. Such a slot is not chosen while the lift is open."""
+    cfg = config_for(tmp_path, shelves=[shelf(1, 1, 2, ["S"], capacity=2)])
+    st = make_station(tmp_path, secrets, config=cfg)
+    st.add_courier()
+    slot, _ = st.shelve(sf_waybill(1), phone(1))
+    other, _ = st.shelve(sf_waybill(3), phone(3))
+    assert (slot, other) == ("1-1-01", "1-1-02")     # one parcel each: equally loaded
+    sense(st, slot, "put", 1)
+    sense(st, slot, "take", 0)                       # nobody's take: a lift
+    assert st.events("slot.lifted")
+    sid = st.core.shelving.open_session("c1", "guided")["session_id"]
+    r = st.core.shelving.scan(sid, sf_waybill(2), phone(2), "S")
+    assert r.slot == other, "the courier was sent to a slot whose next put is a put-back"
+    sense(st, r.slot, "put", 2)
+    assert shelved(st, sf_waybill(2)) == r.slot
