@@ -255,7 +255,7 @@ class RetentionSection(_Strict):
     keep_days: int = Field(default=90, ge=1, le=3650)  # events younger than this stay live
     archive_dir: str = "var/archive"
     segment_events: int = Field(default=50_000, ge=10, le=1_000_000)  # events per archive file
-    batch_events: int = Field(default=2_000, ge=10, le=50_000)  # rows deleted per transaction
+    batch_events: int = Field(default=500, ge=10, le=50_000)  # rows deleted per transaction (the lock held)
     interval_s: float = Field(default=3600.0, ge=1, le=86400)  # how often retention runs
     # below the disk's first threshold, delete archive segments oldest first (they are gone
     # from the station then: copy them off with `station backup --archive` or rsync first)

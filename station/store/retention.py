@@ -46,7 +46,7 @@ class RetentionRun:
 
 class Retention:
     def __init__(self, store: Store, archive_dir: Path | str, *, keep_days: float,
-                 segment_events: int = 50_000, batch_events: int = 2_000,
+                 segment_events: int = 50_000, batch_events: int = 500,
                  upstream: bool = False) -> None:
         self.store = store
         self.archive_dir = Path(archive_dir)
