@@ -165,6 +165,10 @@ class CareSection(_Strict):
     remind_before_s: list[Annotated[float, Field(gt=0)]] = Field(default_factory=lambda: [43200.0])
     expiry_notice: bool = True
     carrier_expiry_notice: bool = True
+    # a customer may extend a parcel's deadline once, by this much (0: not at all), unless
+    # fewer than `extension_min_free_ratio` of the inbound slots are free (#19.3)
+    extension_s: float = Field(default=172800.0, ge=0, le=30 * 86400)
+    extension_min_free_ratio: float = Field(default=0.2, ge=0, le=1)
 
     @field_validator("remind_after_s", "remind_before_s")
     @classmethod

@@ -10,7 +10,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request
 from fastapi.concurrency import run_in_threadpool
 
-from station.domain.codes import QR_PREFIX
+from station.domain.codes import QR_PREFIX, PickupCode, parse_qr_payload
 from station.flows.errors import AuthFailed, FlowError, Unavailable
 from station.flows.pickup import EntryResult
 from station.flows.ports import outcome_of
@@ -24,6 +24,7 @@ from .models import (
     DropOff,
     ExitLeave,
     ExitWaybills,
+    ExtendEntry,
     OtpEntry,
     OtpRequest,
     QrEntry,
@@ -87,6 +88,15 @@ def otp_verify(body: OtpEntry, who: Principal = Depends(kiosk_only),
 def session(session_id: str, who: Principal = Depends(kiosk_only),
             svc: Services = Depends(services)) -> dict[str, Any]:
     return svc.core.pickup.session_view(session_id)
+
+
+@router.post("/extend", summary="Extend a waiting parcel's deadline once, with its code or QR")
+def extend(body: ExtendEntry, who: Principal = Depends(kiosk_only),
+           svc: Services = Depends(services)) -> dict[str, Any]:
+    if body.payload:
+        code = parse_qr_payload(body.payload, svc.core.ctx.station_id, svc.core.ctx.secrets.hash_key)
+        return svc.core.extensions.by_customer(code, who.subject, checked=True)
+    return svc.core.extensions.by_customer(PickupCode.parse(body.code or ""), who.subject)
 
 
 @router.post("/dropoff", summary="Drop off a parcel for sending with a carrier's send code")

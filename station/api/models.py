@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class _Body(BaseModel):
@@ -42,6 +42,23 @@ class CodeEntry(_Body):
 
 class QrEntry(_Body):
     payload: str = Field(min_length=1, max_length=512)
+
+
+class ExtendEntry(_Body):
+    """A typed pickup code or a QR payload read by the kiosk: one of the two."""
+
+    code: str | None = Field(default=None, min_length=1, max_length=64)
+    payload: str | None = Field(default=None, min_length=1, max_length=512)
+
+    @model_validator(mode="after")
+    def _one(self) -> ExtendEntry:
+        if (self.code is None) == (self.payload is None):
+            raise ValueError("give either code or payload")
+        return self
+
+
+class ExtendBy(_Body):
+    seconds: float = Field(gt=0, le=30 * 86400)
 
 
 class OtpRequest(_Body):

@@ -27,7 +27,7 @@ from station.store.replay import replay_into
 
 from .auth import Principal, require
 from .images import MAX_IMAGE_BYTES, read_image
-from .models import NewCourier, NewPin, PlacementReport
+from .models import ExtendBy, NewCourier, NewPin, PlacementReport
 from .services import Services, services
 
 router = APIRouter(prefix="/api/operator", tags=["operator"])
@@ -185,6 +185,12 @@ def recall(parcel_id: str, who: Principal = Depends(operator_only),
            svc: Services = Depends(services)) -> dict[str, Any]:
     svc.core.returns.recall(parcel_id, actor=who.subject)
     return {"parcel_id": parcel_id, "state": "recalled"}
+
+
+@router.post("/parcels/{parcel_id}/extend", summary="Move a waiting parcel's deadline on")
+def extend(parcel_id: str, body: ExtendBy, who: Principal = Depends(operator_only),
+           svc: Services = Depends(services)) -> dict[str, Any]:
+    return svc.core.extensions.by_operator(parcel_id, body.seconds, who.subject)
 
 
 @router.get("/parcels")

@@ -15,11 +15,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from station.domain.codes import PickupCode, code_digest
 from station.store.db import Tx
 from station.store.eventlog import Event, utc_iso
 
-from . import contacts
+from . import contacts, guard
 from .context import Ctx
+from .errors import AuthFailed, FlowError
 
 # the outbox channel hint for messages to people (the first configured sender, as pickup codes)
 SMS = "sms"
@@ -180,3 +182,83 @@ class Care:
         tx.emit(Event("pickup.confirmation.queued", session["id"], "station",
                       {"session_id": session["id"], "outbox_id": oid, "count": count,
                        "parcels": list(picked)}))
+
+
+class Extensions:
+    """A deadline moved on (#19.3): once by the customer at the kiosk, by the configured
+    period and only while the station is not short of space; by an operator, any shelved
+    parcel, any period. Reminders before the deadline are keyed by it, so they move with it;
+    those already waiting in the outbox (which name the old deadline) are withdrawn."""
+
+    def __init__(self, ctx: Ctx, care: Care) -> None:
+        self.ctx = ctx
+        self.care = care
+
+    def free_ratio(self) -> float:
+        inbound = [s.address for s in self.ctx.layout if not s.outbound]
+        if not inbound:
+            return 0.0
+        taken = {r["slot"] for r in self.ctx.store.query(
+            "SELECT DISTINCT slot FROM parcels WHERE state IN ('shelved','expired','recalled')")}
+        taken |= {r["slot"] for r in self.ctx.store.query(
+            "SELECT DISTINCT target_slot AS slot FROM pending_placements WHERE state = 'waiting'")}
+        free = sum(1 for a in inbound if str(a) not in taken)
+        return free / len(inbound)
+
+    def by_customer(self, code: PickupCode, kiosk: str, *, checked: bool = False) -> dict[str, Any]:
+        """`checked`: the code came from a QR whose tag was verified (no guess to count)."""
+        ctx = self.ctx
+        care = ctx.config.care
+        if care.extension_s <= 0:
+            raise FlowError("Extending is not offered at this station.", code="extension_off",
+                            status=409)
+        digest = code_digest(code, ctx.secrets.hash_key)
+        attempt = None if checked else guard.admit(ctx, "code", kiosk, kiosk, {"method": "extend"})
+        with ctx.lock, ctx.store.transaction() as tx:
+            row = tx.execute("SELECT id, deadline, extensions, waybill FROM parcels"
+                             " WHERE code_digest = ? AND state = 'shelved'", (digest,)).fetchone()
+            if attempt is not None:
+                if row is None:
+                    guard.reject(ctx, tx, attempt, kiosk, {"method": "extend"})
+                else:
+                    guard.accept(tx, attempt, kiosk, {"method": "extend"})
+        if row is None:
+            raise AuthFailed("No parcel is waiting for this code. Check the code and try again.",
+                             code="wrong_code")
+        parcel_id, _, extensions, waybill = row
+        if extensions >= 1:
+            raise FlowError("This parcel's deadline was extended once already.",
+                            code="already_extended", status=409)
+        if self.free_ratio() < care.extension_min_free_ratio:
+            raise FlowError("The station is short of space: the deadline cannot be extended today.",
+                            code="short_of_space", status=409)
+        return self._extend(parcel_id, care.extension_s, "customer", kiosk, once=True)
+
+    def by_operator(self, parcel_id: str, seconds: float, actor: str) -> dict[str, Any]:
+        if not 0 < seconds <= 30 * 86400:
+            raise FlowError("An extension is between 1 second and 30 days.", code="bad_extension",
+                            status=422)
+        return self._extend(parcel_id, seconds, "operator", actor, once=False)
+
+    def _extend(self, parcel_id: str, seconds: float, by: str, actor: str, *,
+                once: bool) -> dict[str, Any]:
+        ctx = self.ctx
+        with ctx.lock, ctx.store.transaction() as tx:
+            row = tx.execute("SELECT state, deadline, extensions, waybill FROM parcels WHERE id = ?",
+                             (parcel_id,)).fetchone()
+            if row is None:
+                raise FlowError(f"no parcel {parcel_id}", code="not_found", status=404)
+            state, old, extensions, waybill = row
+            if state != "shelved":
+                raise FlowError(f"parcel {parcel_id} is {state}: only a waiting parcel is extended",
+                                code="not_shelved", status=409)
+            if once and extensions >= 1:  # checked again under the lock: two kiosks at once
+                raise FlowError("This parcel's deadline was extended once already.",
+                                code="already_extended", status=409)
+            deadline = float(old) + seconds
+            tx.emit(Event("parcel.extended", parcel_id, actor, {
+                "parcel_id": parcel_id, "by": by, "old_deadline": old, "deadline": deadline,
+                "extension_s": seconds}))
+            self.care.withdraw_reminders(tx, parcel_id, "extended")
+        return {"parcel_id": parcel_id, "deadline": deadline, "deadline_iso": utc_iso(deadline),
+                "waybill_tail": waybill[-4:], "by": by}

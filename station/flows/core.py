@@ -18,6 +18,7 @@ from station.store.db import StoreError
 from station.store.eventlog import Event
 
 from . import alarms, guard
+from .care import Extensions
 from .context import Ctx
 from .couriers import Couriers
 from .device_log import already_logged, is_trace
@@ -61,6 +62,7 @@ class StationCore:
         self.pickup = Pickup(ctx, self.lights)
         self.exit = ExitCheck(ctx, self.lights)
         self.returns = Returns(ctx, self.lights, self.shelving, self.couriers)
+        self.extensions = Extensions(ctx, self.returns.care)
         self.placement_listeners: list[Callable[[PlacementOutcome], None]] = []
         # the shelves' signed counts against the records (shelf_audit.py); bootstrap sets it
         self.audit: ShelfAudit | None = None

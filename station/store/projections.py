@@ -249,6 +249,16 @@ def _parcel_notice(conn: sqlite3.Connection, e: EventRecord, at: float) -> None:
     )
 
 
+@applies("parcel.extended")
+def _parcel_extended(conn: sqlite3.Connection, e: EventRecord, at: float) -> None:
+    d = e.data
+    conn.execute(
+        "UPDATE parcels SET deadline = ?, updated_at = ?,"
+        " extensions = extensions + ? WHERE id = ?",
+        (d["deadline"], at, 1 if d.get("by") == "customer" else 0, d["parcel_id"]),
+    )
+
+
 _STATE_OF_EVENT = {
     "parcel.picked_up": "picked_up",
     "parcel.expired": "expired",

@@ -296,6 +296,10 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (parcel_id, notice)
     );
     """,
+    # 9: deadline extensions (#19.3): how many times the customer extended (once allowed)
+    """
+    ALTER TABLE parcels ADD COLUMN extensions INTEGER NOT NULL DEFAULT 0;
+    """,
 ]
 
 

@@ -173,3 +173,49 @@ def test_a_crash_between_deciding_and_sending_a_pickup_confirmation(
         assert st.tick(3 * DAY)["reminders_queued"] == 0
     finally:
         st.store.close()
+
+
+# --- extension (#19.3) -------------------------------------------------------------------
+
+
+def test_a_customer_extends_once_and_the_reminder_before_the_end_moves(st: CareStation) -> None:
+    from station.domain.codes import PickupCode
+    from station.flows.errors import FlowError
+    _, code = st.shelve(sf(1), PHONE)
+    pid = st.store.query_one("SELECT id, deadline FROM parcels")
+    st.tick(7 * DAY - DAY / 2 + 1)  # the reminder 12 h before the first deadline
+    assert st.kinds().count("reminder") == 2
+    r = st.core.extensions.by_customer(PickupCode.parse(code), "kiosk")
+    assert r["deadline"] == pid["deadline"] + 2 * DAY and r["by"] == "customer"
+    # the waiting reminders naming the old deadline are withdrawn; a new one falls due later
+    assert st.kinds().count("reminder") == 0
+    assert st.tick(60)["parcels_expired"] == 0 and st.tick(DAY)["reminders_queued"] == 0
+    assert st.tick(DAY)["reminders_queued"] == 1
+    with pytest.raises(FlowError) as exc:
+        st.core.extensions.by_customer(PickupCode.parse(code), "kiosk")
+    assert exc.value.code == "already_extended"
+    # the operator may extend it again
+    assert st.core.extensions.by_operator(pid["id"], 3600, "op")["deadline"] == r["deadline"] + 3600
+    ext = st.store.query("SELECT actor, data FROM events WHERE type = 'parcel.extended'")
+    assert [json.loads(e["data"])["by"] for e in ext] == ["customer", "operator"]
+    assert st.tick(DAY / 2 + 3600 - 120)["parcels_expired"] == 0  # 61 s past 8.5 days now
+    assert st.tick(120)["parcels_expired"] == 1
+
+
+def test_no_customer_extension_when_the_station_is_short_of_space(
+        tmp_path: Path, secrets: Secrets) -> None:
+    from station.domain.codes import PickupCode
+    from station.flows.errors import AuthFailed, FlowError
+    st = build(tmp_path, secrets, extension_min_free_ratio=1.0)
+    try:
+        _, code = st.shelve(sf(1), PHONE)
+        with pytest.raises(FlowError) as exc:
+            st.core.extensions.by_customer(PickupCode.parse(code), "kiosk")
+        assert exc.value.code == "short_of_space"
+        with pytest.raises(AuthFailed):  # a wrong code counts as a guess
+            st.core.extensions.by_customer(PickupCode.parse(code[:-1] + str((int(code[-1]) + 1) % 10)),
+                                           "kiosk")
+        assert st.store.query("SELECT kind FROM auth_failures") != []
+        assert not st.store.query("SELECT 1 FROM events WHERE type = 'parcel.extended'")
+    finally:
+        st.store.close()
