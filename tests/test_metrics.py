@@ -11,6 +11,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.support.stack import LiveStation, wait_until
 
 PHONE = "13811112222"
+METRICS_ON = {"metrics": {"enabled": True, "port": 0}}
 
 
 def _scrape(ls: LiveStation) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -24,7 +25,7 @@ def _one(samples: dict, name: str, **labels: str) -> float:
 
 
 def test_metrics_follow_a_parcel_from_shelf_to_pickup(tmp_path: Path) -> None:
-    with LiveStation(tmp_path, http=True) as ls:
+    with LiveStation(tmp_path, http=True, sections=METRICS_ON) as ls:
         cfg = ls.config
         places = sum(s.rows * s.columns * s.capacity for s in cfg.shelves)
         before = _scrape(ls)
@@ -66,7 +67,7 @@ def test_a_taken_metrics_port_costs_the_metrics_not_the_station(tmp_path: Path) 
         holder.bind(("127.0.0.1", 0))
         holder.listen()
         port = holder.getsockname()[1]
-        with LiveStation(tmp_path, sections={"metrics": {"port": port}}) as ls:
+        with LiveStation(tmp_path, sections={"metrics": {"enabled": True, "port": port}}) as ls:
             assert ls.station.metrics_port is None
             assert ls.station.link.is_online(ls.config.doors.entry)
 
@@ -79,7 +80,7 @@ def test_the_sample_grafana_dashboard_asks_only_for_metrics_the_station_exports(
     dash = json.loads((root / "examples" / "grafana" / "parcel-station.json").read_text())
     asked = {re.sub(r"_(bucket|count|sum)$", "", m)
              for p in dash["panels"] for t in p["targets"] for m in re.findall(r"\bps_[a-z_]+", t["expr"])}
-    with LiveStation(tmp_path) as ls:
+    with LiveStation(tmp_path, sections=METRICS_ON) as ls:
         text = httpx.get(f"http://127.0.0.1:{ls.station.metrics_port}/metrics", timeout=10).text
     exported = {fam.name for fam in text_string_to_metric_families(text)}
     # lag is exported only with [upstream] configured

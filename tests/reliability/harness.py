@@ -50,7 +50,8 @@ def write_config(path: Path, tmp: Path, webhook_url: str | None, mqtt: dict[str,
         "mqtt": cfg.mqtt.model_copy(update=mqtt or {}),
         "lockout": cfg.lockout.model_copy(update=lockout or {}),
         "disk": cfg.disk.model_copy(update=disk or {}),
-        "metrics": cfg.metrics.model_copy(update={"port": 0}),
+        # off: its kernel-chosen port could be the one picked for the station's HTTP API
+        "metrics": cfg.metrics.model_copy(update={"enabled": False}),
     }
     if webhook_url:
         update["notify"] = cfg.notify.model_copy(update={
