@@ -154,6 +154,7 @@ class Vision:
         return [c.text for c in self._reader.decode(frame)]
 
     def verify_face(self, frames: list[bytes]) -> dict[str, Any]:
+        from station.vision.antispoof import PassiveSettings
         from station.vision.faces import FaceMatcher, FaceVerifier
 
         rows = self.core.couriers.templates()
@@ -161,7 +162,10 @@ class Vision:
             return {"courier_id": None, "distance": None, "live": False, "reason": "no_templates"}
         templates = np.stack([self.cipher.decrypt(blob, cid) for cid, blob in rows])
         matcher = FaceMatcher(templates, [cid for cid, _ in rows])
-        decision = FaceVerifier(self.engine(), matcher, min_agreeing=min(3, len(frames))).decide(frames)
+        f = self.config.faces
+        passive = PassiveSettings(f.passive_enabled, f.passive_threshold, f.passive_min_real_fraction)
+        decision = FaceVerifier(self.engine(), matcher, min_agreeing=min(3, len(frames)),
+                                passive=passive).decide(frames)
         out = decision.to_log()
         out["courier_id"] = decision.label if decision.reason == "matched" and decision.live else None
         return out

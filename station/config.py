@@ -103,6 +103,15 @@ class CameraConfig(_Strict):
     source: str
 
 
+class FacesSection(_Strict):
+    """Courier entry by face: the passive spoof check beside the blink (docs/faces.md)."""
+
+    # the texture model judges every frame; off only for a camera it was shown not to suit
+    passive_enabled: bool = True
+    passive_threshold: float = Field(default=0.5, gt=0, lt=1)  # P(real) for a frame to count
+    passive_min_real_fraction: float = Field(default=0.6, gt=0, le=1)  # share of frames
+
+
 class CarrierConfig(_Strict):
     name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,32}$")]
     pattern: str
@@ -288,6 +297,7 @@ class StationConfig(_Strict):
     shelves: list[ShelfConfig] = Field(min_length=1)
     doors: DoorsConfig = DoorsConfig()
     cameras: list[CameraConfig] = Field(default_factory=list)
+    faces: FacesSection = FacesSection()
     carriers: list[CarrierConfig] = Field(min_length=1)
     notify: NotifySection = NotifySection()
     care: CareSection = CareSection()

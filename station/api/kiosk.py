@@ -139,13 +139,22 @@ async def courier_face(request: Request, who: Principal = Depends(kiosk_only),
         with core.ctx.store.transaction() as tx:
             tx.emit(Event("auth.face.rejected", who.subject, who.subject, {
                 "distance": decision.get("distance"), "live": decision.get("live"),
-                "reason": decision.get("reason")}, snapshot))
+                "reason": decision.get("reason"), **_liveness_data(decision)}, snapshot))
         raise AuthFailed("Face not recognised. Use your courier id and PIN.", code="face_rejected")
     core.couriers.usable(courier_id, core.ctx.clock())
     with core.ctx.store.transaction() as tx:
         tx.emit(Event("auth.face.accepted", courier_id, who.subject, {
-            "courier_id": courier_id, "distance": decision.get("distance")}, snapshot))
+            "courier_id": courier_id, "distance": decision.get("distance"),
+            **_liveness_data(decision)}, snapshot))
     return await run_in_threadpool(_unlock_for_courier, svc, courier_id, "face", who.subject, snapshot)
+
+
+_LIVENESS_KEYS = ("liveness", "blink_min_ratio", "passive", "passive_median", "passive_scores")
+
+
+def _liveness_data(decision: dict[str, Any]) -> dict[str, Any]:
+    """What the blink and the passive spoof check each said: scores, never a face."""
+    return {k: decision.get(k) for k in _LIVENESS_KEYS}
 
 
 def _unlock_for_courier(svc: Services, courier_id: str, method: str, kiosk: str,

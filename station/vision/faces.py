@@ -26,6 +26,7 @@ import cv2
 import dlib
 import numpy as np
 
+from station.vision.antispoof import AntiSpoof, Box, PassiveResult, PassiveSettings, judge
 from station.vision.images import ImageError, decode_image, ensure_frame
 from station.vision.liveness import LivenessChecker, LivenessResult
 
@@ -78,6 +79,9 @@ class FaceBox:
     def css(self) -> tuple[int, int, int, int]:
         return (self.top, self.right, self.bottom, self.left)
 
+    def xywh(self) -> Box:
+        return Box(self.left, self.top, self.right - self.left, self.bottom - self.top)
+
 
 @dataclass(frozen=True)
 class FaceQuality:
@@ -119,6 +123,7 @@ class FaceEngine:
     def __init__(self, settings: FaceSettings | None = None,
                  models_dir: Path | None = None) -> None:
         self.settings = settings or FaceSettings()
+        self._antispoof: AntiSpoof | None = None
         models = models_dir or _models_dir()
         self._detector = dlib.get_frontal_face_detector()
         self._aligner = dlib.shape_predictor(str(models / "shape_predictor_5_face_landmarks.dat"))
@@ -127,6 +132,15 @@ class FaceEngine:
         self._encoder = dlib.face_recognition_model_v1(
             str(models / "dlib_face_recognition_resnet_model_v1.dat"))
         self._lock = threading.Lock()
+
+    @property
+    def antispoof(self) -> AntiSpoof:
+        """The passive spoof models, loaded on first use and kept with the engine (an
+        enrolment-only station never loads them); AntiSpoof has its own lock."""
+        with self._lock:
+            if self._antispoof is None:
+                self._antispoof = AntiSpoof()
+            return self._antispoof
 
     @staticmethod
     def _as_frame(image: bytes | np.ndarray) -> np.ndarray:
@@ -338,10 +352,11 @@ class FaceDecision:
     second_distance: float
     frames_agreeing: int
     frames_total: int
-    live: bool  # the liveness check passed (False when the verifier runs without it)
+    live: bool  # blink and passive check both passed (False when the verifier runs without)
     reason: str  # matched | no_face | unknown | ambiguous | conflict | not_enough_frames
-    #              | not_live
+    #              | not_live (no blink) | spoof (the passive check refused the frames)
     liveness: LivenessResult | None = field(default=None, compare=False)
+    passive: PassiveResult | None = field(default=None, compare=False)
 
     def to_log(self) -> dict[str, object]:
         """The event-log payload: enough to audit a decision, nothing to rebuild a face."""
@@ -355,6 +370,8 @@ class FaceDecision:
             "live": self.live,
             "reason": self.reason,
             "liveness": self.liveness.reason if self.liveness else None,
+            "blink_min_ratio": round(self.liveness.min_ratio, 3) if self.liveness else None,
+            **(self.passive.to_log() if self.passive else {"passive": None}),
         }
 
 
@@ -363,20 +380,23 @@ class FaceVerifier:
 
     The largest face of each frame is the person at the camera. A courier is accepted when at
     least `min_agreeing` frames match them, no frame matches somebody else, and (unless
-    liveness is off) the sequence shows a blink."""
+    liveness is off) the sequence shows a blink AND the passive model judges enough of the
+    frames real: the blink stops a photo, the texture model a replayed video (which blinks)."""
 
     def __init__(self, engine: FaceEngine, matcher: FaceMatcher,
                  liveness: LivenessChecker | None = None, min_agreeing: int = 3,
-                 require_live: bool = True) -> None:
+                 require_live: bool = True, passive: PassiveSettings | None = None) -> None:
         self.engine = engine
         self.matcher = matcher
         self.liveness = liveness or LivenessChecker()
         self.min_agreeing = min_agreeing
         self.require_live = require_live
+        self.passive = passive or PassiveSettings()
 
     def decide(self, frames: Sequence[np.ndarray | bytes]) -> FaceDecision:
+        decoded = [self.engine._as_frame(f) for f in frames]
         faces: list[Face | None] = []
-        for frame in frames:
+        for frame in decoded:
             found = self.engine.analyse(frame, landmarks=self.require_live, max_faces=1,
                                         min_face_px=self.engine.settings.verify_min_face_px)
             faces.append(found[0] if found else None)
@@ -387,27 +407,43 @@ class FaceVerifier:
         matches = self.matcher.match(np.stack([f.encoding for f in present]))
         named = Counter(m.label for m in matches if m.label is not None)
         liveness = None
+        passive = None
         live = False
         if self.require_live:
             liveness = self.liveness.check([f.landmarks if f else None for f in faces])
-            live = liveness.live
+            passive = self._passive(decoded, faces)
+            live = liveness.live and passive.real
         if not named:
             reasons = Counter(m.reason for m in matches)
             reason = "ambiguous" if reasons["ambiguous"] > reasons["unknown"] else "unknown"
             best = min(matches, key=lambda m: m.distance)
             return FaceDecision(None, best.distance, best.second_distance, 0, total, live,
-                                reason, liveness)
+                                reason, liveness, passive)
         label, agreeing = named.most_common(1)[0]
         mine = [m for m in matches if m.label == label]
         distance = float(np.median([m.distance for m in mine]))
         second = float(np.median([m.second_distance for m in mine]))
         if len(named) > 1:
             return FaceDecision(None, distance, second, agreeing, total, live, "conflict",
-                                liveness)
+                                liveness, passive)
         if agreeing < self.min_agreeing:
             return FaceDecision(None, distance, second, agreeing, total, live,
-                                "not_enough_frames", liveness)
-        if self.require_live and not live:
+                                "not_enough_frames", liveness, passive)
+        if self.require_live and liveness is not None and not liveness.live:
             return FaceDecision(None, distance, second, agreeing, total, False, "not_live",
-                                liveness)
-        return FaceDecision(label, distance, second, agreeing, total, live, "matched", liveness)
+                                liveness, passive)
+        if self.require_live and passive is not None and not passive.real:
+            return FaceDecision(None, distance, second, agreeing, total, False, "spoof",
+                                liveness, passive)
+        return FaceDecision(label, distance, second, agreeing, total, live, "matched", liveness,
+                            passive)
+
+    def _passive(self, frames: list[np.ndarray], faces: list[Face | None]) -> PassiveResult:
+        """P(real) of each frame where HOG saw a face (frames without one are not judged
+        real: they count against the share)."""
+        if not self.passive.enabled:
+            return judge([], self.passive)
+        spoof = self.engine.antispoof
+        scores = [spoof.score(frame, face.box.xywh()) if face is not None else None
+                  for frame, face in zip(frames, faces, strict=True)]
+        return judge(scores, self.passive)

@@ -117,3 +117,41 @@ def moved_photo_sequence(image: np.ndarray, frames: int = 8) -> list[np.ndarray]
                                   borderMode=cv2.BORDER_REPLICATE)
         out.append(img)
     return out
+
+
+def squash_eyes(image: np.ndarray, landmarks: np.ndarray, keep: float = 0.15) -> np.ndarray:
+    """A second way to shut the eyes, for faces where painting them over does not move dlib's
+    landmarks enough (the anti-spoofing samples): the upper lid is pulled down geometrically
+    to `keep` of the eye's opening, the skin above stretched after it, blended in an ellipse
+    round each eye. The eye's own texture stays, only its opening goes."""
+    h, w = image.shape[:2]
+    xs, ys = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
+    map_y = ys.copy()
+    for sl in (LEFT_EYE, RIGHT_EYE):
+        eye = landmarks[sl].astype(np.float64)
+        width = float(np.linalg.norm(eye[3] - eye[0]))
+        cx, cy = float(eye[:, 0].mean()), float(eye[:, 1].mean())
+        upper, lower = min(eye[1, 1], eye[2, 1]), max(eye[4, 1], eye[5, 1])
+        opening = max(lower - upper, 2.0)
+        top = upper - 0.6 * width
+        new_upper = lower - keep * opening
+        # where each destination row reads from: brow..new lid <- brow..old lid, then the
+        # remaining sliver <- the whole opening
+        src = np.where(ys < new_upper,
+                       top + (ys - top) * (upper - top) / max(new_upper - top, 1e-3),
+                       upper + (ys - new_upper) * (lower - upper) / max(lower - new_upper, 1e-3))
+        src = np.where((ys >= top) & (ys <= lower), src, ys)
+        mask = np.zeros((h, w), np.float32)
+        cv2.ellipse(mask, (int(cx), int(cy - 0.2 * width)), (int(width * 0.9), int(width * 0.75)),
+                    0, 0, 360, 1.0, -1)
+        mask = cv2.GaussianBlur(mask, (0, 0), max(width * 0.12, 1.0))
+        map_y = map_y * (1 - mask) + src * mask
+    return cv2.remap(image, xs, map_y.astype(np.float32), cv2.INTER_LINEAR,
+                     borderMode=cv2.BORDER_REPLICATE)
+
+
+def squashed_blink_sequence(image: np.ndarray, landmarks: np.ndarray, frames: int = 8,
+                            closed: tuple[int, ...] = (3, 4)) -> list[np.ndarray]:
+    """live_sequence with squash_eyes for the closed frames."""
+    shut = squash_eyes(image, landmarks)
+    return [wobble(shut if i in closed else image, seed=i) for i in range(frames)]
