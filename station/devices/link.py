@@ -819,6 +819,9 @@ class DeviceLink:
         if dev.alive_at >= half:
             self._emit(dev.id, "device.offline_disputed", {
                 "alive_after_s": round(dev.alive_at - dev.claim_at, 3)})
+            # it may really have been away for a moment (a broker restart, a reboot whose new
+            # state we have not seen yet): bring it to the desired state, as after a return
+            dev.reconcile = dev.online is True
             self._set_online(dev, True)
         else:
             self._set_online(dev, False)
