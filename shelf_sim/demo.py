@@ -145,6 +145,22 @@ def demo_courier(station: Any, config: Any, rng: random.Random) -> tuple[str, st
     return DEMO_COURIER, pin
 
 
+DEMO_OPERATOR = "demo-admin"
+
+
+def demo_operator(station: Any) -> tuple[str, str]:
+    """An admin a newcomer can log in as: a fresh password every start, printed like the PIN."""
+    import secrets as pysecrets
+
+    password = "-".join(pysecrets.token_hex(3) for _ in range(3))
+    accounts = station.core.accounts
+    if any(o.id == DEMO_OPERATOR for o in accounts.all()):
+        accounts.change_password(DEMO_OPERATOR, password, actor="demo")
+    else:
+        accounts.add(DEMO_OPERATOR, "admin", password, actor="demo")
+    return DEMO_OPERATOR, password
+
+
 def _port_free(port: int) -> bool:
     import socket
 
@@ -168,7 +184,6 @@ def run_demo(config_path: str, *, base: Path, port: int = 8080, speed: float = 1
     import uvicorn
     from rich.console import Console
 
-    from station.api.auth import make_token
     from station.bootstrap import build_station
     from station.config import load_config, load_secrets, write_new_secrets
     from station.demo import demo_notify, start_devices
@@ -208,10 +223,14 @@ def run_demo(config_path: str, *, base: Path, port: int = 8080, speed: float = 1
         sms = attach_sms_inbox(config, station)
         stoppers.append(sms.stop)
         port = port if port and _port_free(port) else free_port()
-        key = secrets.token_key
-        op = make_token(key, "operator", "demo-operator", 7 * 86400)
-        kiosk = make_token(key, "kiosk", "kiosk-1", 7 * 86400)
-        exit_kiosk = make_token(key, "kiosk", "exit-1", 7 * 86400)
+        # no token in any URL (ADR 0130): the virtual people's kiosk and the exit camera are
+        # paired like real screens; the newcomer logs in as an admin and pairs a kiosk screen
+        accounts = station.core.accounts
+        kiosk = accounts.pair(accounts.create_pairing("sim-kiosk", actor="demo"), client="demo")[1]
+        exit_kiosk = accounts.pair(accounts.create_pairing("exit-1", actor="demo"), client="demo")[1]
+        operator_id, password = demo_operator(station)
+        op = accounts.login(operator_id, password, client="demo").session_id
+        pairing = accounts.create_pairing("kiosk-1", actor="demo")
         store = station.core.ctx.store
 
         def parcels_in(slot: str) -> list[str]:
@@ -225,8 +244,9 @@ def run_demo(config_path: str, *, base: Path, port: int = 8080, speed: float = 1
         url = f"http://127.0.0.1:{port}"
         console.print(f"\n[bold green]Parcel station demo[/] ({config.station.name})")
         console.print(f"  API        {url}/docs")
-        console.print(f"  operator   {url}/operator?token={op}")
-        console.print(f"  kiosk      {url}/kiosk?token={kiosk}")
+        console.print(f"  operator   {url}/operator   id [bold]{operator_id}[/]  password [bold]{password}[/]")
+        console.print(f"  kiosk      {url}/kiosk   pairing code [bold]{pairing}[/] (once, within "
+                      f"{int(config.operators.pairing_ttl_s) // 60} min; a new one: station kiosk pair, or the console)")
         console.print(f"  courier    {url}/courier   id [bold]{courier_id}[/]  PIN [bold]{pin}[/]")
         console.print(f"  room       {url}/demo/room   (put and take parcels, the SMS inbox, the exit)")
         console.print(f"  metrics    http://127.0.0.1:{station.metrics_port}/metrics" if station.metrics_port

@@ -125,6 +125,9 @@ def sim_station_config(base: Any, workdir: Path, broker_port: int, sms_url: str,
             "senders": [SenderConfig(kind="webhook", url=sms_url)],
             "retry_initial_s": 0.2, "retry_max_s": 1.0}),
         "upstream": base.upstream.model_copy(update={"enabled": False}),
+        # the virtual people are machines holding stateless kiosk/operator tokens signed with
+        # the station's key (ADR 0130: off at a real station, where people log in and pair)
+        "api": base.api.model_copy(update={"service_tokens": True}),
     })
 
 

@@ -338,7 +338,7 @@ def build_station(config: StationConfig, secrets: Secrets, *, data_dir: Path | N
         device_status=device_status,
         observe_entry=metrics.latency.entry,
     )
-    app = create_app(svc, secrets.token_key, config.api.cors_origins)
+    app = create_app(svc, secrets.token_key, config.api.cors_origins, config.api.service_tokens)
     ha = config.home_assistant
     bridge = None
     if ha.enabled:

@@ -395,6 +395,95 @@ def cmd_courier(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- operators and kiosk screens (#20.1, ADR 0130) ------------------------------------------
+
+
+def _ask_password(args: argparse.Namespace) -> str:
+    """Never from the command line (it would sit in the shell history and in `ps`)."""
+    if getattr(args, "password_stdin", False):
+        return sys.stdin.readline().rstrip("\n")
+    password = os.environ.get("PS_OPERATOR_PASSWORD")
+    if not password:
+        import getpass
+
+        password = getpass.getpass("password (10 characters or more): ")
+    return password
+
+
+def cmd_operator(args: argparse.Namespace) -> int:
+    from station.flows.errors import FlowError
+
+    core = _core(args)
+    accounts = core.accounts
+    try:
+        if args.operator_cmd == "add":
+            o = accounts.add(args.operator_id, args.role, _ask_password(args), actor="cli")
+            out.print(f"added operator {o.id} ({o.role})")
+        elif args.operator_cmd == "passwd":
+            accounts.change_password(args.operator_id, _ask_password(args), actor="cli")
+            out.print(f"operator {args.operator_id}: new password set; their sessions are ended")
+        elif args.operator_cmd == "list":
+            table = Table("id", "role", "active", "open sessions")
+            for o in accounts.all():
+                table.add_row(o.id, o.role, "yes" if o.active else "no", str(o.sessions))
+            out.print(table)
+        elif args.operator_cmd in ("disable", "enable"):
+            accounts.set_active(args.operator_id, args.operator_cmd == "enable", actor="cli")
+            out.print(f"operator {args.operator_id} {args.operator_cmd}d")
+        elif args.operator_cmd == "remove":
+            accounts.remove(args.operator_id, actor="cli")
+            out.print(f"operator {args.operator_id} removed; their sessions are ended")
+        elif args.operator_cmd == "revoke":
+            if args.session:
+                n = accounts.revoke(args.session, actor="cli")
+            else:
+                n = accounts.revoke_all(actor="cli", operator_id=args.operator)
+            out.print(f"{n} session(s) ended")
+        elif args.operator_cmd == "sessions":
+            table = Table("session", "operator", "role", "started", "last seen")
+            for row in accounts.sessions():
+                table.add_row(row["handle"], row["operator_id"], row["role"], _when(row["started_at"]),
+                              _when(row["last_seen"]))
+            out.print(table)
+    except FlowError as exc:
+        raise CliError(exc.message) from None
+    finally:
+        core.ctx.store.close()
+    return 0
+
+
+def _when(ts: float | None) -> str:
+    import datetime as dt
+
+    return "-" if ts is None else dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+def cmd_kiosk(args: argparse.Namespace) -> int:
+    from station.flows.errors import FlowError
+
+    core = _core(args)
+    accounts = core.accounts
+    try:
+        if args.kiosk_cmd == "pair":
+            code = accounts.create_pairing(args.device_id, actor="cli")
+            ttl = int(core.ctx.config.operators.pairing_ttl_s)
+            # the code is the one secret printed: on the terminal that asked, once, never logged
+            print(f"pairing code for {args.device_id}: {code} (type it on the kiosk screen within {ttl} s)")
+        elif args.kiosk_cmd == "list":
+            table = Table("kiosk", "paired", "revoked", "active")
+            for k in accounts.kiosks():
+                table.add_row(k["id"], _when(k["paired_at"]), _when(k["revoked_at"]), "yes" if k["active"] else "no")
+            out.print(table)
+        elif args.kiosk_cmd == "revoke":
+            accounts.revoke_kiosk(args.device_id, actor="cli")
+            out.print(f"kiosk {args.device_id}: credential revoked; pair it again to use it")
+    except FlowError as exc:
+        raise CliError(exc.message) from None
+    finally:
+        core.ctx.store.close()
+    return 0
+
+
 # --- demo ----------------------------------------------------------------------------------
 
 
@@ -495,6 +584,44 @@ def build_parser() -> argparse.ArgumentParser:
         with_config(sp)
         sp.add_argument("courier_id")
         sp.set_defaults(fn=cmd_courier)
+
+    o = sub.add_parser("operator", help="operator accounts and their sessions")
+    o_sub = o.add_subparsers(dest="operator_cmd", required=True)
+    for name, helptext in (("add", "a new operator"), ("passwd", "a new password (ends their sessions)")):
+        sp = o_sub.add_parser(name, help=helptext)
+        with_config(sp)
+        sp.add_argument("operator_id")
+        if name == "add":
+            sp.add_argument("--role", choices=["viewer", "admin"], required=True)
+        sp.add_argument("--password-stdin", action="store_true",
+                        help="read the password from stdin (else $PS_OPERATOR_PASSWORD, else asked)")
+        sp.set_defaults(fn=cmd_operator)
+    for name in ("list", "sessions"):
+        sp = o_sub.add_parser(name)
+        with_config(sp)
+        sp.set_defaults(fn=cmd_operator)
+    for name in ("disable", "enable", "remove"):
+        sp = o_sub.add_parser(name)
+        with_config(sp)
+        sp.add_argument("operator_id")
+        sp.set_defaults(fn=cmd_operator)
+    sp = o_sub.add_parser("revoke", help="end one session (--session), an operator's (--operator) or all")
+    with_config(sp)
+    group = sp.add_mutually_exclusive_group()
+    group.add_argument("--session", help="a session handle (station operator sessions)")
+    group.add_argument("--operator", help="every session of this operator")
+    sp.set_defaults(fn=cmd_operator)
+
+    k = sub.add_parser("kiosk", help="pair and revoke kiosk screens")
+    k_sub = k.add_subparsers(dest="kiosk_cmd", required=True)
+    for name in ("pair", "revoke"):
+        sp = k_sub.add_parser(name)
+        with_config(sp)
+        sp.add_argument("device_id")
+        sp.set_defaults(fn=cmd_kiosk)
+    sp = k_sub.add_parser("list")
+    with_config(sp)
+    sp.set_defaults(fn=cmd_kiosk)
     return p
 
 

@@ -257,6 +257,18 @@ class ApiSection(_Strict):
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=0, le=65535)
     cors_origins: list[str] = Field(default_factory=list)
+    # Stateless `ps1.operator.*` / `ps1.kiosk.*` bearer tokens from `station token create`
+    # (ADR 0004): off by default, because one cannot be revoked alone (ADR 0130). Operators
+    # log in with a password, kiosk screens pair; courier tokens (PIN login) always work.
+    service_tokens: bool = False
+
+
+class OperatorsSection(_Strict):
+    """Operator sessions and kiosk pairing (#20.1, docs/operations.md "Operator accounts")."""
+
+    session_idle_s: float = Field(default=900.0, gt=0, le=86400)  # ends a session nobody uses
+    session_max_s: float = Field(default=43200.0, gt=0, le=30 * 86400)  # ends any session
+    pairing_ttl_s: float = Field(default=600.0, gt=0, le=86400)  # a pairing code's life
 
 
 class RetentionSection(_Strict):
@@ -294,6 +306,7 @@ class StationConfig(_Strict):
     station: StationSection
     mqtt: MqttSection = MqttSection()
     api: ApiSection = ApiSection()
+    operators: OperatorsSection = OperatorsSection()
     shelves: list[ShelfConfig] = Field(min_length=1)
     doors: DoorsConfig = DoorsConfig()
     cameras: list[CameraConfig] = Field(default_factory=list)

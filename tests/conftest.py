@@ -50,9 +50,11 @@ def example_config(tmp_path: Path, **station_overrides: object) -> StationConfig
         }
     )
     # no metrics port: a port the kernel hands the metrics server could be the one a test
-    # has just picked for the station's HTTP API (tests/test_metrics.py turns them on)
+    # has just picked for the station's HTTP API (tests/test_metrics.py turns them on); the
+    # tests' helpers still mint stateless operator/kiosk tokens (off in production, ADR 0130)
     return base.model_copy(update={"station": station,
-                                   "metrics": base.metrics.model_copy(update={"enabled": False})})
+                                   "metrics": base.metrics.model_copy(update={"enabled": False}),
+                                   "api": base.api.model_copy(update={"service_tokens": True})})
 
 
 @pytest.fixture

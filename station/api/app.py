@@ -12,13 +12,13 @@ from starlette.datastructures import Headers
 from starlette.requests import cookie_parser
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from . import courier, errors, kiosk, operator
-from .auth import TokenError, read_token
+from . import accounts, courier, errors, kiosk, operator
+from .auth import SAFE_METHODS, SESSION_COOKIE, Authenticator, AuthError
 from .models import ERROR_RESPONSES
 from .services import Services
 
 STATIC = Path(__file__).parent / "static"
-PUBLIC_API = ("/api/health", "/api/courier/login")
+PUBLIC_API = ("/api/health", "/api/courier/login", "/api/operator/login", "/api/kiosk/pair")
 
 
 # Request bodies are capped at the edge, per route (ADR 0083): JSON bodies are a few hundred
@@ -40,23 +40,36 @@ class TokenFirst:
     through an extra task and memory streams, which cost more than the station's own work
     per request under load (measured with the simulator's week scenario)."""
 
-    def __init__(self, app: ASGIApp, token_key: bytes) -> None:
+    def __init__(self, app: ASGIApp, authenticator: Authenticator, origins: list[str] | None = None) -> None:
         self.app = app
-        self.token_key = token_key
+        self.authenticator = authenticator
+        self.origins = origins or []
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         headers = Headers(scope=scope)
+        refusal: tuple[int, str, str] | None = None
         if _needs_token(scope):
-            refusal = _token_refusal(headers, self.token_key)
-            if refusal is not None:
-                # the body is never read: close the connection rather than drain it
-                response = JSONResponse({"error": refusal[0], "message": refusal[1]}, 401,
-                                        headers={"WWW-Authenticate": "Bearer", "Connection": "close"})
-                await response(scope, receive, send)
-                return
+            try:
+                principal = self.authenticator.authenticate(headers, scope.get("path", ""))
+            except AuthError as exc:
+                refusal = (exc.status, exc.code, exc.message)
+            else:
+                scope.setdefault("state", {})["principal"] = principal
+                if principal.via == "cookie" and scope.get("method") not in SAFE_METHODS:
+                    refusal = _cross_site(scope, headers, self.origins, strict=True)
+        elif scope.get("method") not in SAFE_METHODS and (
+                SESSION_COOKIE in cookie_parser(headers.get("cookie", "")) or scope.get("path") in PUBLIC_API):
+            refusal = _cross_site(scope, headers, self.origins, strict=False)
+        if refusal is not None:
+            # the body is never read: close the connection rather than drain it
+            extra = {"WWW-Authenticate": "Bearer"} if refusal[0] == 401 else {}
+            response = JSONResponse({"error": refusal[1], "message": refusal[2]}, refusal[0],
+                                    headers={**extra, "Connection": "close"})
+            await response(scope, receive, send)
+            return
         declared = headers.get("content-length", "")
         if declared.isdigit() and int(declared) > JSON_BODY_LIMIT:
             # Starlette answers a declared length over a route's cap with its own plain-text
@@ -87,19 +100,22 @@ def _json_413(send: Send) -> Send:
 _TOO_LARGE = {"error": "body_too_large", "message": "the request body is larger than this route takes"}
 
 
-def _token_refusal(headers: Headers, key: bytes) -> tuple[str, str] | None:
-    """What `auth.principal_from` would answer, as (code, message); None for a valid token."""
-    header = headers.get("authorization", "")
-    token = header[7:].strip() if header.lower().startswith("bearer ") else ""
-    if not token:
-        token = cookie_parser(headers.get("cookie", "")).get("ps_token", "")
-    if not token:
-        return "unauthenticated", "a bearer token is required"
-    try:
-        read_token(key, token)
-    except TokenError as exc:
-        return "invalid_token", str(exc)
-    return None
+def _cross_site(scope: Scope, headers: Headers, origins: list[str], *, strict: bool) -> tuple[int, str, str] | None:
+    """CSRF (ADR 0130): a state-changing request that a browser authenticates by itself (the
+    session cookie) must come from this station's own pages. The cookie is SameSite=Strict;
+    on top of that the request's Origin must be this station's (or a configured CORS
+    origin), and a Sec-Fetch-Site other than same-origin is refused. With `strict`, a
+    cookie-authenticated request that carries neither header is refused too (every browser
+    sends Origin on a fetch POST; a script uses a bearer session instead)."""
+    refused = (403, "cross_site_refused", "a state-changing request from another site is refused")
+    site = headers.get("sec-fetch-site", "")
+    if site and site not in ("same-origin", "none"):
+        return refused
+    origin = headers.get("origin", "")
+    if origin:
+        own = f"{scope.get('scheme', 'http')}://{headers.get('host', '')}"
+        return None if origin == own or origin in origins else refused
+    return refused if strict and not site else None
 
 
 def _needs_token(scope: Scope) -> bool:
@@ -109,7 +125,8 @@ def _needs_token(scope: Scope) -> bool:
 
 
 
-def create_app(svc: Services, token_key: bytes, cors_origins: list[str] | None = None) -> FastAPI:
+def create_app(svc: Services, token_key: bytes, cors_origins: list[str] | None = None,
+               service_tokens: bool = False) -> FastAPI:
     app = FastAPI(
         title="Parcel station edge controller",
         version="0.1.0",
@@ -117,15 +134,17 @@ def create_app(svc: Services, token_key: bytes, cors_origins: list[str] | None =
     )
     app.state.services = svc
     app.state.token_key = token_key
+    authenticator = Authenticator(token_key, getattr(svc.core, "accounts", None), service_tokens)
+    app.state.authenticator = authenticator
     errors.install(app)
     if cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=cors_origins, allow_methods=["*"],
                            allow_headers=["Authorization", "Content-Type"])
-    app.add_middleware(TokenFirst, token_key=token_key)
+    app.add_middleware(TokenFirst, authenticator=authenticator, origins=cors_origins)
 
     # the cap is set per router, not on the app: FastAPI's app-wide limit sits outside
     # TokenFirst and would answer a tokenless huge body 413 in plain text instead of 401
-    for router in (courier.router, kiosk.router, kiosk.exit_router, operator.router):
+    for router in (accounts.router, courier.router, kiosk.router, kiosk.exit_router, operator.router):
         app.include_router(router, responses=ERROR_RESPONSES, max_body_size=JSON_BODY_LIMIT)
 
     @app.get("/api/health", tags=["public"], summary="Liveness: the service answers")

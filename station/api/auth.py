@@ -1,8 +1,14 @@
-"""Bearer tokens for the three roles: operator, courier, kiosk (a kiosk or door device).
+"""Who is calling: the three roles operator, courier, kiosk (a kiosk or door device).
 
-A token is `ps1.<role>.<subject>.<expires>.<mac>`, an HMAC with the station's token key:
-stateless, so a restart logs nobody out, and nothing to store. Couriers get theirs by PIN;
-operators and kiosks from `station token create`."""
+- An operator holds a server-side session (flows/accounts.py, ADR 0130): its random id in the
+  `ps_session` cookie (the console page) or as a bearer token (scripts); the operator's
+  account says whether they are a `viewer` or an `admin`.
+- A kiosk screen holds the long-lived device credential it got by pairing (`psk1.` bearer).
+- A courier holds a stateless token `ps1.courier.<id>.<expires>.<mac>`, an HMAC with the
+  station's token key, from the PIN login (ADR 0004). The same stateless form for operators
+  and kiosks (`station token create`) is accepted only with `[api] service_tokens = true`.
+
+No credential is ever taken from a URL."""
 
 from __future__ import annotations
 
@@ -13,10 +19,16 @@ import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 from fastapi import Request
+from starlette.datastructures import Headers
+from starlette.requests import cookie_parser
 
 ROLES = ("operator", "courier", "kiosk")
+SESSION_COOKIE = "ps_session"
+SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
+BACKGROUND_HEADER = "x-ps-background"
 _SUBJECT = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 
@@ -28,6 +40,12 @@ class TokenError(Exception):
 class Principal:
     role: str
     subject: str
+    # for operators: "viewer" or "admin" (a stateless service token is an admin)
+    level: str = "admin"
+    # how the caller proved it: "token" (stateless), "session" (bearer session id),
+    # "cookie" (session cookie: the one a browser sends by itself, so CSRF-checked), "device"
+    via: str = "token"
+    session: str | None = None  # the session's handle (not its id)
 
 
 def _mac(key: bytes, body: str) -> str:
@@ -68,28 +86,77 @@ class AuthError(Exception):
         self.message = message
 
 
-def principal_from(request: Request, key: bytes) -> Principal:
-    header = request.headers.get("authorization", "")
-    token = header[7:].strip() if header.lower().startswith("bearer ") else ""
-    if not token:
-        token = request.cookies.get("ps_token", "")
-    if not token:
-        raise AuthError(401, "unauthenticated", "a bearer token is required")
-    try:
-        return read_token(key, token)
-    except TokenError as exc:
-        raise AuthError(401, "invalid_token", str(exc)) from None
+class AccountsPort(Protocol):
+    def session(self, session_id: str, *, touch: bool = True) -> Any: ...
+
+    def kiosk(self, credential: str) -> str | None: ...
 
 
-def require(*roles: str) -> Callable[[Request], Principal]:
-    """FastAPI dependency: the caller must hold one of `roles`."""
+class Authenticator:
+    """Turns a request's headers into a Principal or an AuthError: used once per request,
+    by the edge (app.TokenFirst), before the body is read."""
 
-    def dependency(request: Request) -> Principal:
-        key: bytes = request.app.state.token_key
-        principal = principal_from(request, key)
-        if principal.role not in roles:
-            raise AuthError(403, "forbidden", f"this needs the {' or '.join(roles)} role")
+    def __init__(self, token_key: bytes, accounts: AccountsPort | None, service_tokens: bool) -> None:
+        self.token_key = token_key
+        self.accounts = accounts
+        self.service_tokens = service_tokens
+
+    def authenticate(self, headers: Headers, path: str = "") -> Principal:
+        # a page's own timers (and the event stream) say so: they keep no session alive
+        background = headers.get(BACKGROUND_HEADER) == "1" or path == "/api/operator/stream"
+        header = headers.get("authorization", "")
+        token = header[7:].strip() if header.lower().startswith("bearer ") else ""
+        if token:
+            return self._bearer(token, background)
+        session_id = cookie_parser(headers.get("cookie", "")).get(SESSION_COOKIE, "")
+        if session_id:
+            return self._session(session_id, "cookie", background)
+        raise AuthError(401, "unauthenticated", "a bearer token or an operator session is required")
+
+    def _bearer(self, token: str, background: bool) -> Principal:
+        if token.startswith("pso1."):
+            return self._session(token, "session", background)
+        if token.startswith("psk1."):
+            device = self.accounts.kiosk(token) if self.accounts is not None else None
+            if device is None:
+                raise AuthError(401, "invalid_token", "this kiosk credential is unknown or revoked")
+            return Principal("kiosk", device, via="device")
+        try:
+            principal = read_token(self.token_key, token)
+        except TokenError as exc:
+            raise AuthError(401, "invalid_token", str(exc)) from None
+        if principal.role != "courier" and not self.service_tokens:
+            raise AuthError(401, "invalid_token", "service tokens are off at this station: operators log in,"
+                            " kiosk screens pair ([api] service_tokens)")
         return principal
 
-    dependency.__name__ = f"require_{'_'.join(roles)}"
+    def _session(self, session_id: str, via: str, background: bool = False) -> Principal:
+        info = self.accounts.session(session_id, touch=not background) if self.accounts is not None else None
+        if info is None:
+            raise AuthError(401, "session_ended", "this session has ended: log in again")
+        return Principal("operator", info.operator_id, level=info.role, via=via, session=info.handle)
+
+
+def principal_from(request: Request) -> Principal:
+    """The principal the edge authenticated (app.TokenFirst), else authenticate here."""
+    found = getattr(request.state, "principal", None)
+    if isinstance(found, Principal):
+        return found
+    auth: Authenticator = request.app.state.authenticator
+    return auth.authenticate(request.headers, request.url.path)
+
+
+def require(*roles: str, admin: bool = False) -> Callable[[Request], Principal]:
+    """FastAPI dependency: the caller must hold one of `roles` (an operator with `admin`
+    must be an admin; a viewer gets 403)."""
+
+    def dependency(request: Request) -> Principal:
+        principal = principal_from(request)
+        if principal.role not in roles:
+            raise AuthError(403, "forbidden", f"this needs the {' or '.join(roles)} role")
+        if admin and principal.role == "operator" and principal.level != "admin":
+            raise AuthError(403, "forbidden", "this needs an admin operator")
+        return principal
+
+    dependency.__name__ = f"require_{'_'.join(roles)}{'_admin' if admin else ''}"
     return dependency

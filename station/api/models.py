@@ -129,3 +129,16 @@ ERROR_RESPONSES: dict[int | str, dict[str, object]] = {
     503: _err("a door or camera is offline or did not answer"),
     507: _err("the station's disk is full; no new work is taken"),
 }
+
+
+class OperatorLogin(_Body):
+    operator_id: str = Field(min_length=1, max_length=32)
+    password: str = Field(min_length=1, max_length=256)
+
+
+class KioskPairing(_Body):
+    code: str = Field(min_length=1, max_length=32)
+
+
+class RevokeAll(_Body):
+    operator_id: str | None = Field(default=None, max_length=32)

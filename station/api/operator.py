@@ -32,6 +32,8 @@ from .services import Services, services
 
 router = APIRouter(prefix="/api/operator", tags=["operator"])
 operator_only = require("operator")
+# couriers, recalls, alarms and doors/shelves by hand are for admins; a viewer reads (#20.1)
+admin_only = require("operator", admin=True)
 # sequence numbers are SQLite integers: a larger one is refused at the edge (422), not by the
 # database (which would raise in the middle of a request)
 MAX_SEQ = 2**63 - 1
@@ -138,7 +140,7 @@ def couriers(who: Principal = Depends(operator_only), svc: Services = Depends(se
 
 
 @router.post("/couriers", status_code=201)
-def add_courier(body: NewCourier, who: Principal = Depends(operator_only),
+def add_courier(body: NewCourier, who: Principal = Depends(admin_only),
                 svc: Services = Depends(services)) -> dict[str, Any]:
     c = svc.core.couriers.add(body.courier_id, body.carrier, body.name, body.pin, actor=who.subject,
                               valid_from=body.valid_from, valid_until=body.valid_until)
@@ -146,25 +148,25 @@ def add_courier(body: NewCourier, who: Principal = Depends(operator_only),
 
 
 @router.post("/couriers/{courier_id}/pin", summary="Give a courier a new PIN")
-def change_pin(courier_id: str, body: NewPin, who: Principal = Depends(operator_only),
+def change_pin(courier_id: str, body: NewPin, who: Principal = Depends(admin_only),
                svc: Services = Depends(services)) -> dict[str, Any]:
     return asdict(svc.core.couriers.change_pin(courier_id, body.pin, actor=who.subject))
 
 
 @router.post("/couriers/{courier_id}/disable")
-def disable_courier(courier_id: str, who: Principal = Depends(operator_only),
+def disable_courier(courier_id: str, who: Principal = Depends(admin_only),
                     svc: Services = Depends(services)) -> dict[str, Any]:
     return asdict(svc.core.couriers.set_active(courier_id, False, actor=who.subject))
 
 
 @router.post("/couriers/{courier_id}/enable")
-def enable_courier(courier_id: str, who: Principal = Depends(operator_only),
+def enable_courier(courier_id: str, who: Principal = Depends(admin_only),
                    svc: Services = Depends(services)) -> dict[str, Any]:
     return asdict(svc.core.couriers.set_active(courier_id, True, actor=who.subject))
 
 
 @router.delete("/couriers/{courier_id}")
-def remove_courier(courier_id: str, who: Principal = Depends(operator_only),
+def remove_courier(courier_id: str, who: Principal = Depends(admin_only),
                    svc: Services = Depends(services)) -> dict[str, Any]:
     svc.core.couriers.remove(courier_id, actor=who.subject)
     return {"courier_id": courier_id, "removed": True}
@@ -172,7 +174,7 @@ def remove_courier(courier_id: str, who: Principal = Depends(operator_only),
 
 @router.post("/couriers/{courier_id}/face", summary="Enrol a face image (image body; repeat for up to 5)",
              max_body_size=MAX_IMAGE_BYTES)
-async def enrol_face(courier_id: str, request: Request, who: Principal = Depends(operator_only),
+async def enrol_face(courier_id: str, request: Request, who: Principal = Depends(admin_only),
                      svc: Services = Depends(services)) -> dict[str, Any]:
     if svc.enrol_face is None:
         raise Unavailable("face enrolment is not configured", code="vision_unavailable")
@@ -181,7 +183,7 @@ async def enrol_face(courier_id: str, request: Request, who: Principal = Depends
 
 
 @router.post("/parcels/{parcel_id}/recall")
-def recall(parcel_id: str, who: Principal = Depends(operator_only),
+def recall(parcel_id: str, who: Principal = Depends(admin_only),
            svc: Services = Depends(services)) -> dict[str, Any]:
     svc.core.returns.recall(parcel_id, actor=who.subject)
     return {"parcel_id": parcel_id, "state": "recalled"}
@@ -208,7 +210,7 @@ def parcels(state: str | None = None, limit: int = Query(default=200, ge=1, le=5
 
 
 @router.post("/alarms/{alarm_id}/ack")
-def ack_alarm(alarm_id: str, who: Principal = Depends(operator_only),
+def ack_alarm(alarm_id: str, who: Principal = Depends(admin_only),
               svc: Services = Depends(services)) -> dict[str, Any]:
     store = svc.core.ctx.store
     if store.query_one("SELECT 1 FROM alarms WHERE id = ?", (alarm_id,)) is None:
@@ -234,7 +236,7 @@ def snapshot(ref: str, who: Principal = Depends(operator_only), svc: Services = 
 
 
 @router.post("/placements", summary="Report a placement by hand (a stuck or missing sensor)")
-def report_placement(body: PlacementReport, who: Principal = Depends(operator_only),
+def report_placement(body: PlacementReport, who: Principal = Depends(admin_only),
                      svc: Services = Depends(services)) -> dict[str, Any]:
     if body.device not in svc.core.ctx.config.shelf_devices:
         raise NotFound(f"no shelf device {body.device}")

@@ -2,10 +2,10 @@
 
 Plain HTML, CSS and JavaScript shipped inside the package (no front-end build step, nothing
 fetched from the internet: the edge box may have no uplink). The pages themselves are
-public: they hold no data. Every API call they make carries a bearer token, which the page
-takes once from `?token=` (kiosk, operator) or gets by id + PIN (courier) and keeps in
-localStorage. See docs/adr/0040-web-pages.md for the choices (token handling, the SSE
-cookie, the security headers)."""
+public: they hold no data. The operator console logs in with a password and then rides an
+HttpOnly session cookie; the kiosk pairs once with a code from an admin and keeps its
+device credential; the courier page gets a token by id + PIN (ADR 0130). No credential is
+ever taken from the URL. See docs/adr/0040-web-pages.md for the security headers."""
 
 from __future__ import annotations
 
@@ -18,8 +18,7 @@ from fastapi.staticfiles import StaticFiles
 STATIC = Path(__file__).parent / "static"
 PAGES = ("kiosk", "courier", "operator")
 
-# The token arrives in the query string once; `no-referrer` keeps it out of Referer headers,
-# and the CSP (no inline script, same-origin only) keeps an injected string from running.
+# `no-referrer` keeps paths out of Referer headers, and the CSP (no inline script, same-origin only) keeps an injected string from running.
 SECURITY_HEADERS = {
     "Referrer-Policy": "no-referrer",
     "X-Content-Type-Options": "nosniff",
@@ -44,8 +43,8 @@ INDEX = """<!doctype html>
 <li><a href="/operator">运营控制台 <span class="en">Operator console</span></a></li>
 <li><a href="/docs">API</a></li>
 </ul>
-<p class="hint">Kiosk and operator pages need a token link (<code>station token create</code>,
-or the links <code>make demo</code> prints).</p>
+<p class="hint">Operators log in with an account (<code>station operator add</code>); a kiosk
+screen pairs once with a code from an admin (<code>station kiosk pair</code>).</p>
 </main></body></html>
 """
 

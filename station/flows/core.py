@@ -18,6 +18,7 @@ from station.store.db import StoreError
 from station.store.eventlog import Event
 
 from . import alarms, guard
+from .accounts import Accounts
 from .care import Extensions
 from .context import Ctx
 from .couriers import Couriers
@@ -58,6 +59,7 @@ class StationCore:
         self.trace_writer = trace_writer
         self.lights = LightSync(ctx)
         self.couriers = Couriers(ctx)
+        self.accounts = Accounts(ctx)
         self.shelving = Shelving(ctx, self.lights, self.couriers)
         self.pickup = Pickup(ctx, self.lights)
         self.exit = ExitCheck(ctx, self.lights)

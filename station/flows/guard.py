@@ -26,6 +26,10 @@ from .context import Ctx, new_id
 # Kinds that share one station-wide daily cap: what a customer at the kiosk can guess.
 CUSTOMER_KINDS = ("code", "otp")
 COURIER_KINDS = ("pin",)
+# operator passwords and kiosk pairing codes each count on their own (#20.1): a burst of
+# wrong passwords must not pause customers' typed codes, nor the other way round
+OPERATOR_KINDS = ("password",)
+PAIRING_KINDS = ("pair",)
 
 
 @dataclass(frozen=True)
@@ -41,7 +45,10 @@ class Attempt:
 
 
 def _group(kind: str) -> tuple[str, ...]:
-    return COURIER_KINDS if kind in COURIER_KINDS else CUSTOMER_KINDS
+    for group in (COURIER_KINDS, OPERATOR_KINDS, PAIRING_KINDS):
+        if kind in group:
+            return group
+    return CUSTOMER_KINDS
 
 
 def _stamp(row: Any) -> Stamp:

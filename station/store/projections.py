@@ -297,7 +297,8 @@ def _auth_kind(event_type: str) -> str:
     return event_type.split(".")[1]
 
 
-@applies("auth.code.attempt", "auth.pin.attempt", "auth.otp.attempt")
+@applies("auth.code.attempt", "auth.pin.attempt", "auth.otp.attempt", "auth.password.attempt",
+         "auth.pair.attempt")
 def _auth_attempt(conn: sqlite3.Connection, e: EventRecord, at: float) -> None:
     """A guess admitted by the lockout counts as a failure from the moment it is admitted
     (before its secret is tested); its success, if it is one, takes it back."""
@@ -308,7 +309,8 @@ def _auth_attempt(conn: sqlite3.Connection, e: EventRecord, at: float) -> None:
     )
 
 
-@applies("auth.code.rejected", "auth.pin.rejected", "auth.otp.rejected", "auth.qr.rejected")
+@applies("auth.code.rejected", "auth.pin.rejected", "auth.otp.rejected", "auth.qr.rejected",
+         "auth.password.rejected", "auth.pair.rejected")
 def _auth_rejected(conn: sqlite3.Connection, e: EventRecord, at: float) -> None:
     if e.data.get("attempt") is not None:
         return  # its attempt already counts
@@ -318,7 +320,8 @@ def _auth_rejected(conn: sqlite3.Connection, e: EventRecord, at: float) -> None:
     )
 
 
-@applies("auth.code.accepted", "auth.pin.accepted", "auth.otp.accepted", "auth.qr.accepted")
+@applies("auth.code.accepted", "auth.pin.accepted", "auth.otp.accepted", "auth.qr.accepted",
+         "auth.password.accepted", "auth.pair.accepted")
 def _auth_accepted(conn: sqlite3.Connection, e: EventRecord, at: float) -> None:
     if e.data.get("attempt") is not None:
         conn.execute("DELETE FROM auth_failures WHERE seq = ?", (e.data["attempt"],))
@@ -343,6 +346,73 @@ def _alarm_ack(conn: sqlite3.Connection, e: EventRecord, at: float) -> None:
         "UPDATE alarms SET acknowledged_at = ?, acknowledged_by = ? WHERE id = ?",
         (at, e.actor, e.data["alarm_id"]),
     )
+
+
+# --- operator accounts, sessions, kiosk screens (#20.1, ADR 0130) --------------------------
+
+
+@applies("operator.added")
+def _operator_added(conn: sqlite3.Connection, e: EventRecord, at: float) -> None:
+    d = e.data
+    conn.execute("INSERT INTO operators(id, role, pw_hash, active, created_at, updated_at) VALUES (?,?,?,1,?,?)",
+                 (d["operator_id"], d["role"], d["password_sealed"], at, at))
+
+
+def _end_sessions(conn: sqlite3.Connection, operator_id: str, at: float, reason: str) -> None:
+    conn.execute("UPDATE operator_sessions SET ended_at = ?, end_reason = ? WHERE operator_id = ?"
+                 " AND ended_at IS NULL", (at, reason, operator_id))
+
+
+@applies("operator.disabled", "operator.enabled")
+def _operator_active(conn: sqlite3.Connection, e: EventRecord, at: float) -> None:
+    active = e.type == "operator.enabled"
+    conn.execute("UPDATE operators SET active = ?, updated_at = ? WHERE id = ?",
+                 (int(active), at, e.data["operator_id"]))
+    if not active:
+        _end_sessions(conn, e.data["operator_id"], at, "operator_disabled")
+
+
+@applies("operator.password.changed")
+def _operator_password(conn: sqlite3.Connection, e: EventRecord, at: float) -> None:
+    conn.execute("UPDATE operators SET pw_hash = ?, updated_at = ? WHERE id = ?",
+                 (e.data["password_sealed"], at, e.data["operator_id"]))
+    _end_sessions(conn, e.data["operator_id"], at, "password_changed")
+
+
+@applies("operator.removed")
+def _operator_removed(conn: sqlite3.Connection, e: EventRecord, at: float) -> None:
+    conn.execute("DELETE FROM operators WHERE id = ?", (e.data["operator_id"],))
+    _end_sessions(conn, e.data["operator_id"], at, "operator_removed")
+
+
+@applies("operator.login")
+def _operator_login(conn: sqlite3.Connection, e: EventRecord, at: float) -> None:
+    d = e.data
+    conn.execute("INSERT INTO operator_sessions(key_hash, handle, operator_id, started_at, boot, mono)"
+                 " VALUES (?,?,?,?,?,?)",
+                 (d["key_hash"], d["session"], d["operator_id"], d.get("wall", at), d.get("boot"), d.get("mono")))
+
+
+@applies("operator.logout", "operator.session.revoked", "operator.session.expired")
+def _operator_session_ended(conn: sqlite3.Connection, e: EventRecord, at: float) -> None:
+    reason = {"operator.logout": "logout", "operator.session.revoked": "revoked"}.get(e.type, "expired")
+    conn.execute("UPDATE operator_sessions SET ended_at = ?, end_reason = ? WHERE handle IN"
+                 " (SELECT value FROM json_each(?)) AND ended_at IS NULL",
+                 (at, reason, json.dumps(e.data["sessions"])))
+
+
+@applies("kiosk.paired")
+def _kiosk_paired(conn: sqlite3.Connection, e: EventRecord, at: float) -> None:
+    conn.execute("INSERT INTO kiosk_devices(id, cred_hash, active, paired_at) VALUES (?,?,1,?)"
+                 " ON CONFLICT(id) DO UPDATE SET cred_hash = excluded.cred_hash, active = 1,"
+                 " paired_at = excluded.paired_at, revoked_at = NULL",
+                 (e.data["device_id"], e.data["cred_hash"], at))
+
+
+@applies("kiosk.revoked")
+def _kiosk_revoked(conn: sqlite3.Connection, e: EventRecord, at: float) -> None:
+    conn.execute("UPDATE kiosk_devices SET active = 0, cred_hash = NULL, revoked_at = ? WHERE id = ?",
+                 (at, e.data["device_id"]))
 
 
 # --- retention (#16, ADR 0101) ------------------------------------------------------------
@@ -370,6 +440,7 @@ def _retention_applied(conn: sqlite3.Connection, e: EventRecord, at: float) -> N
     conn.execute("DELETE FROM alarms WHERE acknowledged_at IS NOT NULL AND raised_at < ?", (before,))
     # cleared guesses count for no lockout any more; uncleared ones are left to the lockout
     conn.execute("DELETE FROM auth_failures WHERE cleared = 1 AND at < ?", (before,))
+    conn.execute("DELETE FROM operator_sessions WHERE ended_at IS NOT NULL AND ended_at < ?", (before,))
 
 
 def known_types() -> list[str]:

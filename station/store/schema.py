@@ -23,9 +23,12 @@ PROJECTION_TABLES = (
     "slot_lifts",
     "device_events",
     "parcel_notices",
+    "operators",
+    "operator_sessions",
+    "kiosk_devices",
 )
 SIDE_TABLES = ("face_templates", "outbox", "otps", "upstream_cursor", "recipient_contacts",
-               "log_checkpoint", "archive_segments")
+               "log_checkpoint", "archive_segments", "session_seen", "pairing_codes")
 
 MIGRATIONS: list[str] = [
     # 1: event log and projections
@@ -299,6 +302,54 @@ MIGRATIONS: list[str] = [
     # 9: deadline extensions (#19.3): how many times the customer extended (once allowed)
     """
     ALTER TABLE parcels ADD COLUMN extensions INTEGER NOT NULL DEFAULT 0;
+    """,
+    # 10: operator accounts, their server-side sessions and paired kiosk screens (#20.1,
+    # ADR 0130). A session is known by the keyed hash of its id, a kiosk by the keyed hash of
+    # its credential: neither secret is stored. `session_seen` (when a session was last
+    # used) and `pairing_codes` (digests of one-time pairing codes) are side tables, never
+    # replayed: the first is volatile bookkeeping, the second a secret's digest.
+    """
+    CREATE TABLE IF NOT EXISTS operators (
+        id TEXT PRIMARY KEY,
+        role TEXT NOT NULL,
+        pw_hash TEXT NOT NULL,
+        active INTEGER NOT NULL DEFAULT 1,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL
+    );
+    CREATE TABLE IF NOT EXISTS operator_sessions (
+        key_hash TEXT PRIMARY KEY,
+        handle TEXT NOT NULL,
+        operator_id TEXT NOT NULL,
+        started_at REAL NOT NULL,
+        boot TEXT,
+        mono REAL,
+        ended_at REAL,
+        end_reason TEXT
+    );
+    CREATE INDEX IF NOT EXISTS operator_sessions_operator ON operator_sessions(operator_id, ended_at);
+    CREATE INDEX IF NOT EXISTS operator_sessions_handle ON operator_sessions(handle);
+    CREATE TABLE IF NOT EXISTS kiosk_devices (
+        id TEXT PRIMARY KEY,
+        cred_hash TEXT,
+        active INTEGER NOT NULL DEFAULT 0,
+        paired_at REAL,
+        revoked_at REAL
+    );
+    CREATE TABLE IF NOT EXISTS session_seen (
+        key_hash TEXT PRIMARY KEY,
+        at REAL NOT NULL,
+        boot TEXT,
+        mono REAL
+    );
+    CREATE TABLE IF NOT EXISTS pairing_codes (
+        code_hash TEXT PRIMARY KEY,
+        device_id TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        boot TEXT,
+        mono REAL,
+        consumed_at REAL
+    );
     """,
 ]
 

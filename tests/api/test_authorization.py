@@ -24,6 +24,8 @@ from tests.conftest import example_config
 PUBLIC = {
     ("GET", "/api/health"),
     ("POST", "/api/courier/login"),
+    ("POST", "/api/operator/login"),
+    ("POST", "/api/kiosk/pair"),
     ("GET", "/"),
     ("GET", "/kiosk"),
     ("GET", "/courier"),
@@ -177,14 +179,20 @@ def test_the_right_role_gets_past_the_door(station_app: Any, client: TestClient,
             "unauthenticated", "invalid_token", "forbidden"), f"{method} {path} as {caller}: {res.text[:200]}"
 
 
-def test_the_cookie_carries_a_token_for_event_source(station_app: Any) -> None:
-    """EventSource cannot send headers; the operator page scopes a `ps_token` cookie to the
-    stream. The API reads that cookie (and checks its role like a header)."""
+def test_the_session_cookie_is_the_only_cookie_read(station_app: Any) -> None:
+    """The console's session cookie authenticates (EventSource sends it too); a stateless
+    token in a cookie does not (a cookie is sent by the browser by itself: ADR 0130), and a
+    viewer's session is refused admin routes."""
+    accounts = station_app.state.services.core.accounts
+    accounts.add("cookie-viewer", "viewer", "a long password", actor="test")
     c = TestClient(station_app, raise_server_exceptions=False)
     c.cookies.set("ps_token", _token(station_app, "operator"))
+    _assert_json_error(c.get("/api/operator/verify"), 401, "a stateless token in a cookie")
+    res = c.post("/api/operator/login", json={"operator_id": "cookie-viewer", "password": "a long password"})
+    assert res.status_code == 200, res.text
     assert c.get("/api/operator/verify").status_code == 200
-    c.cookies.set("ps_token", _token(station_app, "kiosk"))
-    _assert_json_error(c.get("/api/operator/verify"), 403, "kiosk cookie on an operator route")
+    _assert_json_error(c.post("/api/operator/alarms/x/ack", headers={"Origin": "http://testserver"}), 403,
+                       "a viewer acknowledging an alarm")
 
 
 def test_public_routes_answer_without_a_token(client: TestClient) -> None:

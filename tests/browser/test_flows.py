@@ -15,6 +15,7 @@ import cv2
 import httpx
 import numpy as np
 
+from tests.browser.access import log_in, pair_kiosk
 from tests.support.stack import LiveStation, wait_until
 
 from .conftest import shot
@@ -133,8 +134,7 @@ def test_customer_enters_the_code_in_the_kiosk_page(tmp_path: Path, page: Any) -
     with LiveStation(tmp_path, http=True) as ls:
         slot, code = _shelve_by_api(ls)
         page.set_viewport_size({"width": 768, "height": 1024})   # a portrait kiosk screen
-        page.goto(ls.base_url + "/kiosk?token=" + ls.token("kiosk", "kiosk-1"))
-        assert "token=" not in page.url, "the token leaves the address bar once stored"
+        pair_kiosk(page, ls, "kiosk-1")
 
         page.fill("#display", slot + "-00000000")               # a wrong code first
         page.click("#key-ok")
@@ -167,7 +167,7 @@ def test_customer_enters_the_code_in_the_kiosk_page(tmp_path: Path, page: Any) -
         expect(page.locator(f'#slot-list li[data-slot="{slot}"]')).to_be_visible()
         expect(page.locator("#colour-swatch")).to_have_attribute("data-colour", colour)
 
-        page.goto(ls.base_url + "/kiosk?token=" + ls.token("kiosk", "kiosk-2"))
+        pair_kiosk(page, ls, "kiosk-2")
         for _ in range(8):                                       # guessing: locked out, told for how long
             page.fill("#display", slot + "-00000000")
             page.click("#key-ok")
@@ -181,7 +181,7 @@ def test_customer_enters_the_code_in_the_kiosk_page(tmp_path: Path, page: Any) -
 
         next(d for d in ls.devices if d.device_id == ls.config.doors.entry).stop()
         wait_until(lambda: not ls.core.ctx.devices.is_online(ls.config.doors.entry))
-        page.goto(ls.base_url + "/kiosk?token=" + ls.token("kiosk", "kiosk-3"))
+        pair_kiosk(page, ls, "kiosk-3")
         page.fill("#display", code)
         page.click("#key-ok")
         expect(page.locator("#message")).to_have_attribute("data-code", "door_offline")
@@ -198,15 +198,15 @@ def test_operator_sees_the_lit_slot_live_and_replays_the_morning(tmp_path: Path,
         res = httpx.post(ls.base_url + "/api/kiosk/courier/face", content=photo.tobytes(),
                          headers={"Content-Type": "image/jpeg", "Authorization": "Bearer " + ls.token("kiosk", "kiosk-1")})
         assert res.json()["error"] == "face_rejected"
-        page.goto(ls.base_url + "/operator?token=" + ls.token("operator", "op-1"))
+        log_in(page, ls, "op-1")
         expect(page.locator("#live")).to_have_attribute("data-state", "live")
         cell = page.locator(f'#shelves .slot[data-slot="{slot}"]')
         expect(cell).to_have_attribute("data-parcels", "1")
         expect(cell).to_have_attribute("data-colours", "")
         expect(page.locator("#chain")).to_have_attribute("data-ok", "true")
         expect(page.locator("#devices [data-online=true]")).to_have_count(len(ls.config.device_ids))
-        cookie = next(c for c in page.context.cookies() if c["name"] == "ps_token")
-        assert cookie["path"] == "/api/operator/stream" and cookie["sameSite"] == "Strict"   # the stream only
+        cookie = next(c for c in page.context.cookies() if c["name"] == "ps_session")
+        assert cookie["path"] == "/api" and cookie["sameSite"] == "Strict" and cookie["httpOnly"]
 
         res = httpx.post(ls.base_url + "/api/kiosk/code", json={"code": code},
                          headers={"Authorization": "Bearer " + ls.token("kiosk", "kiosk-1")})

@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from tests.browser.access import pair_kiosk
 from tests.support.stack import LiveStation
 
 from .conftest import shot
@@ -34,7 +35,7 @@ GLYPHS = """(el) => {
 
 def test_the_kiosk_draws_its_chinese_labels_with_a_real_font(tmp_path: Path, page: Any) -> None:
     with LiveStation(tmp_path, http=True) as ls:
-        page.goto(ls.base_url + "/kiosk?token=" + ls.token("kiosk", "kiosk-1"))
+        pair_kiosk(page, ls, "kiosk-1")
         page.wait_for_load_state("networkidle")
         found = page.evaluate(GLYPHS, page.locator("body").element_handle())
         shot(page, "kiosk-fonts")

@@ -62,7 +62,10 @@ def test_a_newcomer_shelves_picks_up_and_leaves_by_hand(tmp_path: Path, browser:
         shot(room, "demo-room-1-shelved")
 
         # typed at the kiosk, it lights the slot in the kiosk's colour
-        kiosk.goto(urls["kiosk"])
+        kiosk.goto(urls["kiosk"])                                 # paired once with the printed code
+        kiosk.fill("#pair-code", urls["pairing_code"])
+        kiosk.click("#pair button[type=submit]")
+        expect(kiosk.locator("#entry")).to_be_visible()
         kiosk.fill("#display", code)
         kiosk.click("#key-ok")
         expect(kiosk.locator(f'#slot-list li[data-slot="{slot}"]')).to_be_visible()
@@ -72,7 +75,10 @@ def test_a_newcomer_shelves_picks_up_and_leaves_by_hand(tmp_path: Path, browser:
         shot(kiosk, "demo-kiosk-entered")
         shot(room, "demo-room-2-lit")
         operator = ctx.new_page()
-        operator.goto(urls["operator"])
+        operator.goto(urls["operator"])                           # and the printed admin login
+        operator.fill("#l-id", urls["operator_id"])
+        operator.fill("#l-password", urls["password"])
+        operator.click("#login-form button[type=submit]")
         expect(operator.locator(f'[data-slot="{slot}"]').first).to_be_visible()
         shot(operator, "demo-operator")
         operator.close()

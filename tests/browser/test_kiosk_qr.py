@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import segno
 
+from tests.browser.access import pair_kiosk
 from tests.support.stack import LiveStation, wait_until
 
 from .conftest import CHROMIUM, CHROMIUM_ARGS, shot
@@ -73,7 +74,7 @@ def test_customer_shows_the_qr_to_the_kiosk_camera(tmp_path: Path, qr_camera_pag
                                            if m.get("to") == PHONE and m.get("qr")), None))
         _y4m(clip, _qr_frame(message["qr"]))                    # before the page opens the camera
 
-        page.goto(ls.base_url + "/kiosk?token=" + ls.token("kiosk", "kiosk-1"))
+        pair_kiosk(page, ls, "kiosk-1")
         page.click("#tab-qr")
         expect(page.locator("#qr-video")).to_have_js_property("videoWidth", 640)   # the camera is on
         page.click("#qr-scan")

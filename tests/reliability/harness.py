@@ -38,11 +38,13 @@ PY = sys.executable
 
 def write_config(path: Path, tmp: Path, webhook_url: str | None, mqtt: dict[str, Any] | None = None,
                  lockout: dict[str, Any] | None = None, disk: dict[str, Any] | None = None,
+                 api: dict[str, Any] | None = None, operators: dict[str, Any] | None = None,
                  **station: Any) -> Path:
     """The example config with files under `tmp`, the webhook sender and fast retries.
 
-    `station` overrides replace keys of the [station] table; `mqtt` and `lockout` replace
-    keys of theirs."""
+    `station` overrides replace keys of the [station] table; `mqtt`, `lockout`, `api` and
+    `operators` replace keys of theirs. The harness's `token()` mints stateless operator and
+    kiosk tokens, so [api] service_tokens is on unless `api` says otherwise (ADR 0130)."""
     cfg = load_config(EXAMPLE)
     update: dict[str, Any] = {
         "station": cfg.station.model_copy(update={"database": str(tmp / "station.db"),
@@ -52,6 +54,8 @@ def write_config(path: Path, tmp: Path, webhook_url: str | None, mqtt: dict[str,
         "disk": cfg.disk.model_copy(update=disk or {}),
         # off: its kernel-chosen port could be the one picked for the station's HTTP API
         "metrics": cfg.metrics.model_copy(update={"enabled": False}),
+        "api": cfg.api.model_copy(update={"service_tokens": True, **(api or {})}),
+        "operators": cfg.operators.model_copy(update=operators or {}),
     }
     if webhook_url:
         update["notify"] = cfg.notify.model_copy(update={
@@ -66,7 +70,8 @@ class ProcStation:
     def __init__(self, tmp: Path, *, broker: MosquittoProcess | None = None,
                  webhook: bool = True, devices: bool = True, env: dict[str, str] | None = None,
                  mqtt: dict[str, Any] | None = None, lockout: dict[str, Any] | None = None,
-                 disk: dict[str, Any] | None = None, **station: Any) -> None:
+                 disk: dict[str, Any] | None = None, api: dict[str, Any] | None = None,
+                 operators: dict[str, Any] | None = None, **station: Any) -> None:
         self.tmp = tmp
         tmp.mkdir(parents=True, exist_ok=True)
         self._own_broker = broker is None
@@ -74,7 +79,8 @@ class ProcStation:
         self.webhook = WebhookReceiver() if webhook else None
         self.config_path = write_config(tmp / "station.toml", tmp,
                                         self.webhook.url if self.webhook else None,
-                                        mqtt=mqtt, lockout=lockout, disk=disk, **station)
+                                        mqtt=mqtt, lockout=lockout, disk=disk, api=api, operators=operators,
+                                        **station)
         self.config = load_config(self.config_path)
         self.secrets_path = tmp / "secrets.toml"
         if not self.secrets_path.exists():
@@ -182,6 +188,26 @@ class ProcStation:
         if role:
             headers["Authorization"] = "Bearer " + self.token(role, subject)
         return self.http.request(method, path, headers=headers, **kw)
+
+    # --- operator accounts and kiosk screens (#20.1) -------------------------------------------
+
+    def cli(self, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+        """`station ...` against this station's config and secrets, beside the running process."""
+        argv = [PY, "-m", "station.cli", *args, "--config", str(self.config_path), "--secrets", str(self.secrets_path)]
+        return subprocess.run(argv, check=False, capture_output=True, text=True, cwd=ROOT, timeout=60,
+                              env={**os.environ, **self.env, **(env or {})})
+
+    def add_operator(self, operator_id: str, role: str, password: str) -> None:
+        res = self.cli("operator", "add", operator_id, "--role", role, env={"PS_OPERATOR_PASSWORD": password})
+        assert res.returncode == 0, res.stderr
+
+    def login(self, operator_id: str, password: str) -> httpx.Client:
+        """A browser-like client: logged in (the session cookie in its jar) and sending this
+        station's own Origin on every request, as the console page does."""
+        client = httpx.Client(base_url=self.base_url, timeout=15.0, headers={"Origin": self.base_url})
+        res = client.post("/api/operator/login", json={"operator_id": operator_id, "password": password})
+        assert res.status_code == 200, res.text
+        return client
 
     def verify_log(self) -> subprocess.CompletedProcess[str]:
         return subprocess.run([PY, "-m", "station.cli", "log", "verify", "--db", str(self.db_path)],

@@ -80,10 +80,13 @@ class DemoProcess:
         text = "\n".join(self.lines)
         courier = re.search(r"courier\s+(\S+)/courier\s+id (\S+)\s+PIN (\d+)", text)
         assert courier, text
+        kiosk = re.search(r"kiosk\s+(\S+)\s+pairing code (\S+)", text)
+        operator = re.search(r"operator\s+(\S+)\s+id (\S+)\s+password (\S+)", text)
+        assert kiosk and operator, text
         return {
             "base": courier[1], "courier_id": courier[2], "pin": courier[3],
-            "kiosk": re.search(r"kiosk\s+(\S+)", text)[1],        # type: ignore[index]
-            "operator": re.search(r"operator\s+(\S+)", text)[1],  # type: ignore[index]
+            "kiosk": kiosk[1], "pairing_code": kiosk[2],
+            "operator": operator[1], "operator_id": operator[2], "password": operator[3],
             "room": re.search(r"room\s+(\S+)", text)[1],          # type: ignore[index]
         }
 

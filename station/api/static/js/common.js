@@ -1,24 +1,14 @@
-/* Shared by the three pages: the token, API calls with JSON errors, small DOM helpers.
+/* Shared by the three pages: the stored credential, API calls with JSON errors, small DOM
+ * helpers.
  *
- * The token is read once from ?token= and kept in localStorage under a per-page key (a
- * kiosk and an operator console may share one browser in a demo); the query string is then
- * removed from the address bar so the token is not left on screen or in the history. */
+ * No credential is ever taken from the address bar (ADR 0130): the courier page keeps the
+ * token its PIN login returned, the kiosk the device credential it got by pairing, each in
+ * localStorage under a per-page key; the operator console holds an HttpOnly session cookie
+ * that scripts cannot read at all. */
 "use strict";
 
 const PS = (() => {
   function tokenKey(page) { return "ps.token." + page; }
-
-  /** Take ?token= into localStorage (once), strip it from the URL, return the token. */
-  function adoptToken(page) {
-    const url = new URL(window.location.href);
-    const fromUrl = url.searchParams.get("token");
-    if (fromUrl) {
-      localStorage.setItem(tokenKey(page), fromUrl);
-      url.searchParams.delete("token");
-      history.replaceState(null, "", url.pathname + (url.search || "") + url.hash);
-    }
-    return localStorage.getItem(tokenKey(page)) || "";
-  }
 
   function setToken(page, token) {
     if (token) localStorage.setItem(tokenKey(page), token);
@@ -41,6 +31,8 @@ const PS = (() => {
   async function api(token, method, path, body, opts) {
     const headers = { "Accept": "application/json" };
     if (token) headers["Authorization"] = "Bearer " + token;
+    // a page's own timer, not a person: it does not keep an operator session from idling out
+    if (opts && opts.background) headers["X-PS-Background"] = "1";
     let payload;
     if (body instanceof Blob) { payload = body; headers["Content-Type"] = body.type || "image/jpeg"; }
     else if (body !== undefined && body !== null) { payload = JSON.stringify(body); headers["Content-Type"] = "application/json"; }
@@ -107,5 +99,5 @@ const PS = (() => {
     return (0.299 * r + 0.587 * g + 0.114 * b) > 150 ? "#111" : "#fff";
   }
 
-  return { adoptToken, setToken, getToken, tokenInfo, api, download, $, $all, el, fmtTime, inkFor };
+  return { setToken, getToken, tokenInfo, api, download, $, $all, el, fmtTime, inkFor };
 })();

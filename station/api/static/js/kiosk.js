@@ -5,7 +5,8 @@
 
 (() => {
   const { $, $all, el, api } = PS;
-  const token = PS.adoptToken("kiosk");
+  // the device credential this screen got by pairing once (ADR 0130); never from the URL
+  const token = PS.getToken("kiosk");
   const state = { mode: "code", phoneStep: "phone", phone: "", resetTimer: null, stream: null, lockedUntil: 0 };
 
   const MESSAGES = {
@@ -44,6 +45,7 @@
       lockKeypad(secs);
       return;
     }
+    if (r.status === 401 && b.error === "invalid_token") { PS.setToken("kiosk", ""); showPairing(); }
     const known = MESSAGES[b.error];
     if (known) { show("error", known[0], known[1]); return; }
     if (r.status === 503) { show("error", "设备故障，已通知工作人员。", (b.message || "A device is out of order.") + " Staff have been alerted."); return; }
@@ -174,10 +176,33 @@
     r.ok ? showResult(r.body) : showError(r);
   }
 
+  function showPairing() {
+    $("#no-token").classList.remove("hidden");
+    $("#pair").classList.remove("hidden");
+    $("#entry").classList.add("hidden");
+  }
+
+  async function pair(e) {
+    e.preventDefault();
+    const r = await api("", "POST", "/api/kiosk/pair", { code: $("#pair-code").value.trim() });
+    if (!r.ok) {
+      const b = r.body || {};
+      const box = $("#pair-error");
+      box.dataset.code = b.error || String(r.status);
+      box.textContent = r.status === 429 ? `尝试次数过多 Too many tries: wait ${Math.ceil(b.retry_after_s || 60)} s`
+                                         : (b.message || `refused (${r.status})`);
+      box.classList.remove("hidden");
+      return;
+    }
+    PS.setToken("kiosk", r.body.credential);
+    window.location.reload();
+  }
+
   function clock() { $("#clock").textContent = new Date().toLocaleTimeString(); }
 
   document.addEventListener("DOMContentLoaded", () => {
-    if (!token) $("#no-token").classList.remove("hidden");
+    $("#pair").addEventListener("submit", pair);
+    if (!token) showPairing();
     $all(".tabs button").forEach(b => b.addEventListener("click", () => setMode(b.dataset.mode)));
     $all("#keypad button").forEach(b => b.addEventListener("click", () => press(b.dataset.key)));
     $("#display").addEventListener("keydown", e => { if (e.key === "Enter") { e.preventDefault(); submit(); } });

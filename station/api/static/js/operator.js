@@ -1,15 +1,16 @@
 /* Operator console: the live room (shelf map, doors, devices, alarms), the event log with
  * filters, chain verification, export, and replay of any past instant.
  *
- * Live updates come from the server-sent event stream. EventSource cannot send an
- * Authorization header, so the page also puts its token in a `ps_token` cookie scoped to
- * the stream's path with SameSite=Strict (auth.principal_from already reads that cookie);
- * every other call uses the bearer header. See docs/adr/0040-web-pages.md. */
+ * The operator logs in with id + password (ADR 0130); the station answers with an HttpOnly,
+ * SameSite=Strict session cookie that every call of this page (and the server-sent event
+ * stream) carries by itself. The page never sees the session id, and no credential is ever
+ * in the address bar. A 401 (session idle, revoked, logged out) brings the login form back;
+ * a viewer's page hides the admin controls, which the station refuses them anyway. */
 "use strict";
 
 (() => {
   const { $, el, api } = PS;
-  const token = PS.adoptToken("operator");
+  const token = "";  // the session cookie authenticates; no bearer token on this page
   const st = {
     live: null, lastSeq: 0, replaySeq: null, replayReq: 0, playing: false,
     refreshTimer: null, sliderTimer: null, source: null, filtered: false, streamSeq: 0,
@@ -19,6 +20,7 @@
   // ---------- helpers ----------------------------------------------------------------------
 
   function showError(r) {
+    if (r && r.status === 401) { showLogin(true); return; }
     const b = (r && r.body) || {};
     const box = $("#error");
     box.textContent = `${b.error || "HTTP " + r.status}: ${b.message || ""}`;
@@ -167,9 +169,9 @@
     $("#map-panel").dataset.mode = replaying ? "replay" : "live";
   }
 
-  async function refreshState() {
-    const r = await api(token, "GET", "/api/operator/state");
-    if (r.status === 401 || r.status === 403) $("#no-token").classList.remove("hidden");
+  async function refreshState(background) {
+    const r = await api(token, "GET", "/api/operator/state", null, { background: background === true });
+    if (r.status === 401) { showLogin(true); return null; }
     if (!r.ok) { showError(r); return null; }
     st.live = r.body;
     $("#station-id").textContent = r.body.station;
@@ -183,8 +185,8 @@
   function scheduleRefresh() {
     clearTimeout(st.refreshTimer);
     clearTimeout(st.settleTimer);
-    st.refreshTimer = setTimeout(refreshState, 120);
-    st.settleTimer = setTimeout(refreshState, 1500);
+    st.refreshTimer = setTimeout(() => refreshState(true), 120);
+    st.settleTimer = setTimeout(() => refreshState(true), 1500);
   }
 
   function setLastSeq(seq) {
@@ -256,7 +258,7 @@
     scheduleRefresh();
     // Re-walk the chain now and then as it grows (at most every 10 s: it reads the whole log).
     if (!st.verifyTimer && Date.now() - st.verifiedAt > 10000) {
-      st.verifyTimer = setTimeout(() => { st.verifyTimer = null; verify(); }, 1000);
+      st.verifyTimer = setTimeout(() => { st.verifyTimer = null; verify(true); }, 1000);
     }
   }
 
@@ -277,8 +279,7 @@
   // ---------- live stream ------------------------------------------------------------------
 
   function connect(afterSeq) {
-    // The stream's only credential: a cookie for this one path, never sent cross-site.
-    document.cookie = `ps_token=${token}; path=/api/operator/stream; SameSite=Strict`;
+    // The stream's credential is the session cookie, sent by the browser same-site only.
     st.streamSeq = afterSeq;
     const src = new EventSource(`/api/operator/stream?after_seq=${afterSeq}`);
     st.source = src;
@@ -407,12 +408,76 @@
     loadCouriers();
   }
 
+  // ---------- login, sessions, kiosk pairing (admin) ------------------------------------------
+
+  function showLogin(ended) {
+    $("#console").classList.add("hidden");
+    $("#logout").classList.add("hidden");
+    $("#login").classList.remove("hidden");
+    if (ended) $("#no-token").classList.remove("hidden");
+    if (st.source) { st.source.close(); st.source = null; }
+    document.body.dataset.auth = "out";
+  }
+
+  async function login(e) {
+    e.preventDefault();
+    const r = await api(token, "POST", "/api/operator/login",
+                        { operator_id: $("#l-id").value.trim(), password: $("#l-password").value });
+    $("#l-password").value = "";
+    if (!r.ok) {
+      const b = r.body || {};
+      const box = $("#login-error");
+      box.dataset.code = b.error || String(r.status);
+      box.textContent = r.status === 429 ? `尝试次数过多 Too many tries: wait ${Math.ceil(b.retry_after_s || 60)} s`
+                                         : `${b.error || r.status}: ${b.message || ""}`;
+      box.classList.remove("hidden");
+      return;
+    }
+    window.location.reload();  // start the console afresh with the new session
+  }
+
+  async function logout() {
+    await api(token, "POST", "/api/operator/logout");
+    showLogin(false);
+  }
+
+  async function loadAccess() {
+    const [s, k] = await Promise.all([api(token, "GET", "/api/operator/sessions"), api(token, "GET", "/api/operator/kiosks")]);
+    if (!s.ok) { showError(s); return; }
+    $("#op-sessions").replaceChildren(...s.body.map(x => el("div", { class: "courier-row", dataset: { session: x.handle } },
+      el("span", { class: "who" }, `${x.operator_id} · ${x.role} · ${PS.fmtTime(new Date(x.started_at * 1000).toISOString())}`),
+      el("button", { class: "danger", onclick: () => revoke(`/api/operator/sessions/${encodeURIComponent(x.handle)}/revoke`) },
+         "结束 end"))));
+    if (k.ok) $("#kiosks").replaceChildren(...k.body.map(x => el("div", { class: "courier-row", dataset: { kiosk: x.id } },
+      el("span", { class: "who" }, `${x.id} · ${x.active ? "已配对 paired" : "已撤销 revoked"}`),
+      x.active ? el("button", { class: "danger", onclick: () => revoke(`/api/operator/kiosks/${encodeURIComponent(x.id)}/revoke`) },
+                    "撤销 revoke") : "")));
+  }
+
+  async function revoke(path, body) {
+    const r = await api(token, "POST", path, body);
+    if (!r.ok) showError(r);
+    loadAccess();
+  }
+
+  async function createPairing(e) {
+    e.preventDefault();
+    const device = encodeURIComponent($("#p-device").value.trim());
+    const r = await api(token, "POST", `/api/operator/kiosks/${device}/pairing`);
+    if (!r.ok) { showError(r); return; }
+    // shown once, here: the station keeps only its digest
+    const box = $("#pair-code");
+    box.replaceChildren(el("strong", { id: "pair-code-value" }, r.body.code),
+      el("span", { class: "muted" }, ` → ${r.body.device_id}, ${Math.round(r.body.expires_in_s / 60)} min`));
+    box.classList.remove("hidden");
+  }
+
   // ---------- chain and export -------------------------------------------------------------
 
-  async function verify() {
+  async function verify(background) {
     const badge = $("#chain");
     st.verifiedAt = Date.now();
-    const r = await api(token, "GET", "/api/operator/verify");
+    const r = await api(token, "GET", "/api/operator/verify", null, { background: background === true });
     if (!r.ok) { badge.className = "badge warn"; badge.textContent = "?"; showError(r); return; }
     const v = r.body;
     badge.dataset.ok = String(v.ok);
@@ -431,7 +496,20 @@
   // ---------- start ------------------------------------------------------------------------
 
   document.addEventListener("DOMContentLoaded", async () => {
-    if (!token) { $("#no-token").classList.remove("hidden"); return; }
+    $("#login-form").addEventListener("submit", login);
+    $("#logout").addEventListener("click", logout);
+    const me = await api(token, "GET", "/api/operator/me");
+    if (!me.ok) { showLogin(false); return; }
+    $("#who").textContent = `${me.body.operator_id} (${me.body.role})`;
+    document.body.dataset.role = me.body.role;
+    document.body.dataset.auth = "in";
+    $("#console").classList.remove("hidden");
+    $("#logout").classList.remove("hidden");
+    $("#access-panel").addEventListener("toggle", e => { if (e.target.open) loadAccess(); });
+    $("#revoke-all").addEventListener("click", () => {
+      if (confirm("结束所有会话? End every operator session (yours too)?")) revoke("/api/operator/sessions/revoke-all", {});
+    });
+    $("#pair-form").addEventListener("submit", createPairing);
     $("#verify").addEventListener("click", verify);
     $("#couriers-panel").addEventListener("toggle", e => { if (e.target.open) loadCouriers(); });
     $("#courier-form").addEventListener("submit", addCourier);
@@ -462,7 +540,7 @@
     await loadEvents();
     connect(state.seq);
     verify();
-    setInterval(verify, 60000);
-    setInterval(refreshState, 10000);   // light TTLs, device state: things that change without an event
+    setInterval(() => verify(true), 60000);
+    setInterval(() => refreshState(true), 10000);   // light TTLs, device state: things that change without an event
   });
 })();
