@@ -25,7 +25,7 @@ from station.store.db import Store
 from station.store.space import free_bytes
 
 # states in which a parcel occupies a place on a shelf
-ON_SHELF = ("shelved", "expired", "recalled", "dropped_off")
+ON_SHELF = ("shelved", "expired", "recalled", "refused", "dropped_off")
 SESSION_KINDS = ("pickup", "shelving", "return", "dropoff")
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 

@@ -25,6 +25,7 @@ from .models import (
     ExitLeave,
     ExitWaybills,
     ExtendEntry,
+    KioskReport,
     OtpEntry,
     OtpRequest,
     QrEntry,
@@ -97,6 +98,14 @@ def extend(body: ExtendEntry, who: Principal = Depends(kiosk_only),
         code = parse_qr_payload(body.payload, svc.core.ctx.station_id, svc.core.ctx.secrets.hash_key)
         return svc.core.extensions.by_customer(code, who.subject, checked=True)
     return svc.core.extensions.by_customer(PickupCode.parse(body.code or ""), who.subject)
+
+
+@router.post("/sessions/{session_id}/report",
+             summary="Inside: the lit slot is empty, not my parcel, or damaged (refused)")
+def report(session_id: str, body: KioskReport, who: Principal = Depends(kiosk_only),
+           svc: Services = Depends(services)) -> dict[str, Any]:
+    return svc.core.reports.report(session_id, body.slot, body.problem, kiosk=who.subject,
+                                   snapshot=body.snapshot)
 
 
 @router.post("/dropoff", summary="Drop off a parcel for sending with a carrier's send code")

@@ -57,6 +57,13 @@ class ExtendEntry(_Body):
         return self
 
 
+class KioskReport(_Body):
+    slot: str = Field(pattern=r"^\d{1,3}-\d{1,3}-\d{1,3}$")
+    problem: Literal["slot_empty", "not_mine", "damaged"]
+    # the kiosk camera's snapshot reference (its hash), when it took one
+    snapshot: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+
+
 class ExtendBy(_Body):
     seconds: float = Field(gt=0, le=30 * 86400)
 

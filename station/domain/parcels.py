@@ -2,6 +2,7 @@
 
 Inbound:  shelved -> picked_up | expired | recalled | missing
           expired | recalled -> returned;  missing -> shelved (found again)
+          shelved -> refused (the customer refused it at the kiosk, #19.4) -> returned | missing
 Outbound: dropped_off -> collected | outbound_missing;  outbound_missing -> dropped_off
 (two missing states, so a parcel found again goes back to the direction it came from)
 """
@@ -23,6 +24,7 @@ class ParcelState(StrEnum):
     OUTBOUND_MISSING = "outbound_missing"
     DROPPED_OFF = "dropped_off"
     COLLECTED = "collected"
+    REFUSED = "refused"
 
 
 class ParcelAction(StrEnum):
@@ -33,6 +35,7 @@ class ParcelAction(StrEnum):
     MARK_MISSING = "mark_missing"
     FOUND = "found"
     COLLECT = "collect"
+    REFUSE = "refuse"
 
 
 S, A = ParcelState, ParcelAction
@@ -49,10 +52,13 @@ TRANSITIONS: dict[tuple[ParcelState, ParcelAction], ParcelState] = {
     (S.DROPPED_OFF, A.COLLECT): S.COLLECTED,
     (S.DROPPED_OFF, A.MARK_MISSING): S.OUTBOUND_MISSING,
     (S.OUTBOUND_MISSING, A.FOUND): S.DROPPED_OFF,
+    (S.SHELVED, A.REFUSE): S.REFUSED,
+    (S.REFUSED, A.RETURN): S.RETURNED,
+    (S.REFUSED, A.MARK_MISSING): S.MISSING,
 }
 
 # States in which a parcel occupies its slot.
-ON_SHELF = frozenset({S.SHELVED, S.EXPIRED, S.RECALLED, S.DROPPED_OFF})
+ON_SHELF = frozenset({S.SHELVED, S.EXPIRED, S.RECALLED, S.DROPPED_OFF, S.REFUSED})
 # States whose codes open the door.
 WAITING = frozenset({S.SHELVED})
 

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from station.domain.codes import PickupCode, code_digest
+from station.domain.parcels import transition
 from station.store.db import Tx
 from station.store.eventlog import Event, utc_iso
 
@@ -262,3 +263,75 @@ class Extensions:
             self.care.withdraw_reminders(tx, parcel_id, "extended")
         return {"parcel_id": parcel_id, "deadline": deadline, "deadline_iso": utc_iso(deadline),
                 "waybill_tail": waybill[-4:], "by": by}
+
+
+PROBLEMS = {
+    "slot_empty": "the lit slot is empty",
+    "not_mine": "this is not my parcel",
+    "damaged": "damaged, refused by the customer",
+}
+
+
+class Reports:
+    """What a customer inside reports at the kiosk (#19.4): each an operator alarm naming the
+    slot, the session and the snapshot; "damaged" also refuses the parcel. A refused parcel
+    still in its slot is `refused` at once; one in the customer's hands is when the shelf
+    senses it put back there. It then joins the carrier's return run, and the customer
+    leaves with the rest."""
+
+    def __init__(self, ctx: Ctx) -> None:
+        self.ctx = ctx
+
+    def report(self, session_id: str, slot: str, problem: str, *, kiosk: str = "kiosk",
+               snapshot: str | None = None) -> dict[str, Any]:
+        ctx = self.ctx
+        if problem not in PROBLEMS:
+            raise FlowError(f"unknown problem {problem!r}", code="bad_problem", status=422)
+        out: dict[str, Any] = {"session_id": session_id, "slot": slot, "problem": problem,
+                               "parcel_id": None, "refused": False, "put_back_awaited": False}
+        with ctx.lock, ctx.store.transaction() as tx:
+            s = tx.execute("SELECT recipient_hash FROM sessions WHERE id = ? AND kind = 'pickup'"
+                           " AND state = 'open'", (session_id,)).fetchone()
+            if s is None:
+                raise FlowError("This session is not open.", code="no_session", status=404)
+            ss = tx.execute("SELECT remaining FROM session_slots WHERE session_id = ? AND slot = ?",
+                            (session_id, slot)).fetchone()
+            if ss is None:
+                raise FlowError("That slot is not one of yours.", code="not_your_slot", status=422)
+            tx.emit(Event("pickup.reported", session_id, kiosk,
+                          {"session_id": session_id, "slot": slot, "problem": problem}, snapshot))
+            out["alarm_id"] = guard.raise_alarm(
+                tx, f"kiosk.{problem}", slot, f"slot {slot}: {PROBLEMS[problem]} (session {session_id})",
+                slot=slot, session_id=session_id, snapshot=snapshot)
+            if problem != "damaged":
+                return out
+            mine = [r[0] for r in tx.execute(
+                "SELECT id FROM parcels WHERE slot = ? AND recipient_hash = ? AND state = 'shelved'"
+                " ORDER BY id", (slot, s[0]))]
+            if not mine:
+                return out
+            parcel_id = mine[0]
+            out["parcel_id"] = parcel_id
+            transition(parcel_id, "shelved", "refuse")
+            data = {"parcel_id": parcel_id, "session_id": session_id, "slot": slot}
+            if ss[0] >= len(mine):  # none of theirs taken from this slot: it lies there
+                tx.emit(Event("parcel.refused", parcel_id, kiosk, data, snapshot))
+                out["refused"] = True
+            else:
+                tx.emit(Event("parcel.refusal.reported", parcel_id, kiosk, data, snapshot))
+                out["put_back_awaited"] = True
+        return out
+
+    def on_put(self, slot: str) -> bool:
+        """A put where a refused parcel is awaited: it is back, and refused."""
+        ctx = self.ctx
+        with ctx.store.transaction() as tx:
+            row = tx.execute("SELECT r.parcel_id, r.session_id FROM refusals r JOIN parcels p"
+                             " ON p.id = r.parcel_id WHERE r.slot = ? AND r.state = 'waiting'"
+                             " AND p.state = 'shelved' ORDER BY r.at LIMIT 1", (slot,)).fetchone()
+            if row is None:
+                return False
+            transition(row[0], "shelved", "refuse")
+            tx.emit(Event("parcel.refused", row[0], "customer", {
+                "parcel_id": row[0], "session_id": row[1], "slot": slot, "put_back": True}))
+        return True

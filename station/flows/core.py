@@ -19,7 +19,7 @@ from station.store.eventlog import Event
 
 from . import alarms, guard
 from .accounts import Accounts
-from .care import Extensions
+from .care import Extensions, Reports
 from .context import Ctx
 from .couriers import Couriers
 from .device_log import already_logged, is_trace
@@ -65,6 +65,7 @@ class StationCore:
         self.exit = ExitCheck(ctx, self.lights)
         self.returns = Returns(ctx, self.lights, self.shelving, self.couriers)
         self.extensions = Extensions(ctx, self.returns.care)
+        self.reports = Reports(ctx)
         self.placement_listeners: list[Callable[[PlacementOutcome], None]] = []
         # the shelves' signed counts against the records (shelf_audit.py); bootstrap sets it
         self.audit: ShelfAudit | None = None
@@ -163,6 +164,8 @@ class StationCore:
     def _route(self, slot: SlotAddress, action: str, count: Any = None, *, items: int = 1,
                before: int | None = None) -> PlacementOutcome:
         if action == "put":
+            if self.reports.on_put(str(slot)):
+                return PlacementOutcome(str(slot), action, "refused_put_back")
             if self._lifted(slot) and not self._above_record(slot, count):
                 # a parcel lifted from a slot nobody should touch and put back: the sensor
                 # cannot say whose parcel went in, and a put-back is far likelier than a

@@ -139,7 +139,10 @@ class ExitCheck:
             return 0
         left = self.ctx.store.query_one(
             "SELECT COALESCE(SUM(remaining), 0) n FROM session_slots WHERE session_id = ?", (session_id,))
-        return max(len(json.loads(row["parcels"])) - int(left["n"]), 0)
+        # a parcel refused at the kiosk (#19.4) lies in its slot again: not carried out
+        refused = self.ctx.store.query_one(
+            "SELECT COUNT(*) n FROM refusals WHERE session_id = ? AND state = 'done'", (session_id,))
+        return max(len(json.loads(row["parcels"])) - int(left["n"]) - int(refused["n"]), 0)
 
     def _open_exit(self, result: ExitResult, wait: bool) -> ExitResult:
         ctx = self.ctx

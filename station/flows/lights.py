@@ -115,7 +115,7 @@ class LightSync:
             marks = ",".join("?" * len(ids))
             for p in store.query(
                 f"SELECT slot FROM parcels WHERE id IN ({marks})"
-                " AND state IN ('expired', 'recalled', 'dropped_off')",
+                " AND state IN ('expired', 'recalled', 'refused', 'dropped_off')",
                 ids,
             ):
                 claims.append(SlotClaim(SlotAddress.parse(p["slot"]), row["colour"], until))

@@ -76,7 +76,7 @@ class Returns:
                 "parcels": [{"parcel_id": p["id"], "slot": p["slot"], "waybill": p["waybill"]} for p in parcels]}
 
     def start_return_run(self, courier_id: str) -> dict[str, Any]:
-        return self._run(courier_id, "return", ("expired", "recalled"))
+        return self._run(courier_id, "return", ("expired", "recalled", "refused"))
 
     def start_collection_run(self, courier_id: str) -> dict[str, Any]:
         return self._run(courier_id, "collect", ("dropped_off",))
@@ -101,7 +101,7 @@ class Returns:
             marks = ",".join("?" * len(ids))
             p = ctx.store.query_one(
                 f"SELECT id, state FROM parcels WHERE id IN ({marks}) AND slot = ?"
-                " AND state IN ('expired','recalled','dropped_off') ORDER BY id LIMIT 1",
+                " AND state IN ('expired','recalled','refused','dropped_off') ORDER BY id LIMIT 1",
                 (*ids, str(slot)))
             if p is None:
                 continue

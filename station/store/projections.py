@@ -259,6 +259,26 @@ def _parcel_extended(conn: sqlite3.Connection, e: EventRecord, at: float) -> Non
     )
 
 
+@applies("parcel.refusal.reported")
+def _refusal_reported(conn: sqlite3.Connection, e: EventRecord, at: float) -> None:
+    d = e.data
+    conn.execute("INSERT OR IGNORE INTO refusals(parcel_id, session_id, slot, state, at)"
+                 " VALUES (?,?,?,'waiting',?)", (d["parcel_id"], d["session_id"], d["slot"], at))
+
+
+@applies("parcel.refused")
+def _parcel_refused(conn: sqlite3.Connection, e: EventRecord, at: float) -> None:
+    """Refused in its slot: out of the customer's session (its light goes off), and the
+    carrier's to take back."""
+    d = e.data
+    conn.execute("UPDATE parcels SET state = 'refused', updated_at = ? WHERE id = ?",
+                 (at, d["parcel_id"]))
+    conn.execute("UPDATE refusals SET state = 'done' WHERE parcel_id = ?", (d["parcel_id"],))
+    if not d.get("put_back"):
+        conn.execute("UPDATE session_slots SET remaining = MAX(remaining - 1, 0)"
+                     " WHERE session_id = ? AND slot = ?", (d["session_id"], d["slot"]))
+
+
 _STATE_OF_EVENT = {
     "parcel.picked_up": "picked_up",
     "parcel.expired": "expired",

@@ -26,6 +26,7 @@ PROJECTION_TABLES = (
     "operators",
     "operator_sessions",
     "kiosk_devices",
+    "refusals",
 )
 SIDE_TABLES = ("face_templates", "outbox", "otps", "upstream_cursor", "recipient_contacts",
                "log_checkpoint", "archive_segments", "session_seen", "pairing_codes")
@@ -349,6 +350,17 @@ MIGRATIONS: list[str] = [
         boot TEXT,
         mono REAL,
         consumed_at REAL
+    );
+    """,
+    # 11: refusals at the kiosk (#19.4): a parcel the customer refused, waiting to be put back
+    # in its slot (state 'waiting') or back there and refused ('done')
+    """
+    CREATE TABLE IF NOT EXISTS refusals (
+        parcel_id TEXT PRIMARY KEY,
+        session_id TEXT NOT NULL,
+        slot TEXT NOT NULL,
+        state TEXT NOT NULL,
+        at REAL NOT NULL
     );
     """,
 ]

@@ -59,3 +59,26 @@ def test_extend_at_the_kiosk_with_the_qr(live: LiveStation) -> None:
         assert res.status_code == 200, res.text
         bad = k.post("/api/kiosk/extend", json={"payload": qr[:-2] + "00"})
         assert bad.status_code >= 400 and bad.status_code < 500
+
+
+def test_report_and_refuse_at_the_kiosk_over_http(live: LiveStation) -> None:
+    """#19.4 through the real API: an alarm per report; the refused parcel goes back."""
+    slot = shelve(live, "SF1000000000103")
+    code = live.wait_code_for(PHONE)
+    with client(live, "kiosk", "kiosk-1") as k:
+        entry = k.post("/api/kiosk/code", json={"code": code})
+        assert entry.status_code == 200, entry.text
+        sid = entry.json()["session_id"]
+        url = f"/api/kiosk/sessions/{sid}/report"
+        assert k.post(url, json={"slot": slot, "problem": "lost"}).status_code == 422
+        assert k.post(url, json={"slot": "x", "problem": "slot_empty"}).status_code == 422
+        res = k.post(url, json={"slot": slot, "problem": "slot_empty", "snapshot": "cd" * 32})
+        assert res.status_code == 200 and res.json()["alarm_id"], res.text
+        res = k.post(url, json={"slot": slot, "problem": "damaged"})
+        assert res.status_code == 200 and res.json()["refused"], res.text
+        assert k.post("/api/kiosk/sessions/pks_nope/report",
+                      json={"slot": slot, "problem": "damaged"}).status_code == 404
+    kinds = [r["kind"] for r in live.core.ctx.store.query("SELECT kind FROM alarms")]
+    assert "kiosk.slot_empty" in kinds and "kiosk.damaged" in kinds
+    state = live.core.ctx.store.query_one("SELECT state FROM parcels")["state"]
+    assert state == "refused"

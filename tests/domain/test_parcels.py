@@ -25,6 +25,10 @@ SPEC = {
     (S.DROPPED_OFF, A.COLLECT): S.COLLECTED,
     (S.DROPPED_OFF, A.MARK_MISSING): S.OUTBOUND_MISSING,
     (S.OUTBOUND_MISSING, A.FOUND): S.DROPPED_OFF,
+    # issue #19.4: refused at the kiosk, it stays in its slot until the carrier takes it back
+    (S.SHELVED, A.REFUSE): S.REFUSED,
+    (S.REFUSED, A.RETURN): S.RETURNED,
+    (S.REFUSED, A.MARK_MISSING): S.MISSING,
 }
 ALL_PAIRS = list(itertools.product(ParcelState, ParcelAction))
 
@@ -82,4 +86,4 @@ def test_an_outbound_parcel_found_again_cannot_be_picked_up_by_a_customer() -> N
 
 def test_only_shelved_parcels_open_the_door_and_on_shelf_states_hold_a_slot() -> None:
     assert {S.SHELVED} == WAITING
-    assert {S.SHELVED, S.EXPIRED, S.RECALLED, S.DROPPED_OFF} == ON_SHELF
+    assert {S.SHELVED, S.EXPIRED, S.RECALLED, S.DROPPED_OFF, S.REFUSED} == ON_SHELF

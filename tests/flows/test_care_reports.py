@@ -1,0 +1,73 @@
+"""Reporting and refusing at the kiosk (#19.4), on fakes: alarms with slot, session and
+snapshot; a refused parcel becomes `refused` in its slot, joins the return run, and the
+customer leaves with the rest."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from station.flows.errors import FlowError
+
+from .harness import Station, phone, sf_waybill
+
+SNAP = "ab" * 32
+
+
+def _two_parcels(station: Station) -> tuple[str, str, str, str]:
+    sid = station.core.shelving.open_session("c1", "guided")["session_id"]
+    s1, code = station.shelve(sf_waybill(1), phone(1), "S", session_id=sid)
+    s2, _ = station.shelve(sf_waybill(2), phone(1), "M", session_id=sid)
+    session = station.core.pickup.enter_with_code(code).session_id
+    return session, s1, s2, code
+
+
+def test_each_report_raises_an_alarm_with_slot_session_and_snapshot(station: Station) -> None:
+    session, s1, s2, _ = _two_parcels(station)
+    for problem in ("slot_empty", "not_mine"):
+        r = station.core.reports.report(session, s1, problem, snapshot=SNAP)
+        assert r["alarm_id"] and not r["refused"]
+    alarms = station.store.query("SELECT kind, subject FROM alarms ORDER BY raised_at")
+    assert [(a["kind"], a["subject"]) for a in alarms] == [("kiosk.slot_empty", s1), ("kiosk.not_mine", s1)]
+    raised = [json.loads(e["data"]) for e in station.events("alarm.raised")]
+    assert all(d["session_id"] == session and d["slot"] == s1 and d["snapshot"] == SNAP for d in raised)
+    assert [e["snapshot"] for e in station.events("pickup.reported")] == [SNAP, SNAP]
+    with pytest.raises(FlowError) as exc:
+        station.core.reports.report(session, "1-1-09", "slot_empty")
+    assert exc.value.code == "not_your_slot"
+    with pytest.raises(FlowError):
+        station.core.reports.report("pks_nope", s1, "slot_empty")
+
+
+def test_a_damaged_parcel_left_in_its_slot_is_refused_and_goes_back(station: Station) -> None:
+    session, s1, s2, _ = _two_parcels(station)
+    r = station.core.reports.report(session, s2, "damaged")
+    assert r["refused"] and r["parcel_id"]
+    assert station.store.query_one("SELECT state FROM parcels WHERE waybill = ?",
+                                   (sf_waybill(2),))["state"] == "refused"
+    # the customer leaves with the rest
+    station.take(s1)
+    assert station.core.exit.check([sf_waybill(1)]).allowed
+    closed = station.store.query_one("SELECT reason FROM sessions WHERE id = ?", (session,))
+    assert closed["reason"] == "completed"
+    # the refused parcel is in the carrier's return run
+    run = station.core.returns.start_return_run("c1")
+    assert [p["waybill"] for p in run["parcels"]] == [sf_waybill(2)]
+    station.take(s2)
+    assert station.store.query_one("SELECT state FROM parcels WHERE waybill = ?",
+                                   (sf_waybill(2),))["state"] == "returned"
+
+
+def test_a_damaged_parcel_taken_then_put_back_is_refused_on_the_put(station: Station) -> None:
+    session, s1, s2, _ = _two_parcels(station)
+    station.take(s2)
+    r = station.core.reports.report(session, s2, "damaged")
+    assert r["put_back_awaited"] and not r["refused"]
+    station.put(s2)
+    assert station.store.query_one("SELECT state FROM parcels WHERE waybill = ?",
+                                   (sf_waybill(2),))["state"] == "refused"
+    assert not station.store.query("SELECT 1 FROM alarms WHERE kind = 'slot.unexpected_put'")
+    # shown at the exit, a refused parcel keeps it locked; with the rest it opens
+    station.take(s1)
+    assert station.core.exit.check([sf_waybill(1)]).allowed
