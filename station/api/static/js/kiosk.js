@@ -137,7 +137,9 @@
     $("#colour-zh").textContent = res.colour_name_zh;
     $("#colour-en").textContent = res.colour_name_en;
     const list = $("#slot-list");
-    list.replaceChildren(...res.slots.map(s => el("li", { style: { borderColor: res.colour }, dataset: { slot: s } }, s)));
+    state.sessionId = res.session_id;
+    list.replaceChildren(...res.slots.map(s => el("li", { style: { borderColor: res.colour }, dataset: { slot: s } },
+      el("span", { class: "slot-name" }, s), reportButtons(s))));
     $("#parcel-count").textContent = `共 ${res.parcels} 件包裹 · ${res.parcels} parcel${res.parcels === 1 ? "" : "s"}`;
     $("#entry").classList.add("hidden");
     $("#result").classList.remove("hidden");
@@ -145,8 +147,44 @@
     state.resetTimer = setTimeout(reset, 90000);
   }
 
+  // what a customer inside can report about one slot (#19.4, docs/customer-care.md)
+  const PROBLEMS = [
+    ["slot_empty", "格口是空的", "The slot is empty"],
+    ["not_mine", "不是我的包裹", "Not my parcel"],
+    ["damaged", "包裹破损，拒收", "Damaged, I refuse it"],
+  ];
+
+  function reportButtons(slot) {
+    return el("span", { class: "report" }, ...PROBLEMS.map(([problem, zh, en]) => {
+      const b = el("button", { class: "secondary", dataset: { problem, slot },
+        "aria-label": `${en}: slot ${slot}` }, zh, " ", el("span", { class: "en" }, en));
+      b.addEventListener("click", () => report(slot, problem, b));
+      return b;
+    }));
+  }
+
+  async function report(slot, problem, button) {
+    button.disabled = true;
+    const r = await api(token, "POST", `/api/kiosk/sessions/${encodeURIComponent(state.sessionId)}/report`,
+      { slot, problem });
+    const box = $("#report-message");
+    box.className = r.ok ? "msg info" : "msg error";
+    if (!r.ok) {
+      button.disabled = false;
+      box.replaceChildren("未能提交，请联系工作人员。 ", el("span", { class: "en" }, "Could not report; please call staff."));
+      return;
+    }
+    const [zh, en] = problem === "damaged"
+      ? ["已拒收，请将包裹放回原格口；工作人员已收到通知。其余包裹可照常取走。",
+         "Refused: please put it back in its slot; staff have been told. Take the rest as usual."]
+      : ["已通知工作人员。", "Staff have been told."];
+    box.replaceChildren(zh + " ", el("span", { class: "en" }, en));
+    box.dataset.reported = problem;
+  }
+
   function reset() {
     clearTimeout(state.resetTimer);
+    $("#report-message").className = "msg hidden";
     $("#result").classList.add("hidden");
     $("#entry").classList.remove("hidden");
     setMode("code");
