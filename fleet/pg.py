@@ -57,6 +57,7 @@ class PostgresProcess:
     _owner: str | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
+        self._auto_port = not self.port
         if not self.port:
             self.port = free_port(self.host)
         if self.workdir is None:
@@ -116,12 +117,22 @@ class PostgresProcess:
             return self
         bin_ = find_pg_bin()
         log = self.workdir / "postgres.log"  # type: ignore[operator]
-        try:
-            self._run(str(bin_ / "pg_ctl"), "-D", str(self.datadir), "-l", str(log), "-w",
-                      "-t", str(int(timeout)), "start", timeout=timeout + 10)
-        except subprocess.CalledProcessError as exc:
-            raise PostgresError(f"PostgreSQL did not start on port {self.port}: "
-                                f"{exc.stdout.strip()[-300:]} (see {log})") from None
+        for attempt in range(4):
+            try:
+                self._run(str(bin_ / "pg_ctl"), "-D", str(self.datadir), "-l", str(log), "-w",
+                          "-t", str(int(timeout)), "start", timeout=timeout + 10)
+                break
+            except subprocess.CalledProcessError as exc:
+                taken = "could not bind" in log.read_text(errors="replace")[-2000:]
+                if taken and self._auto_port and attempt < 3:
+                    # the free port was taken between choosing and binding (a busy machine):
+                    # take another one; a later `port` line overrides the earlier
+                    self.port = free_port(self.host)
+                    with open(self.datadir / "postgresql.conf", "a") as fh:
+                        fh.write(f"port = {self.port}\n")
+                    continue
+                raise PostgresError(f"PostgreSQL did not start on port {self.port}: "
+                                    f"{exc.stdout.strip()[-300:]} (see {log})") from None
         wait_for_port(self.host, self.port, timeout)
         self._ensure_db()
         return self
@@ -160,7 +171,11 @@ class PostgresProcess:
             shutil.rmtree(self.workdir, ignore_errors=True)
 
     def __enter__(self) -> PostgresProcess:
-        return self.start()
+        try:
+            return self.start()
+        except BaseException:
+            self.destroy()
+            raise
 
     def __exit__(self, *exc: object) -> None:
         self.destroy()
