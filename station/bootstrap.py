@@ -78,7 +78,8 @@ class Vision:
         from station.vision.templates import TemplateCipher
 
         self.snapshots = SnapshotStore(Path(config.station.snapshots_dir),
-                                       enabled=config.station.snapshots_enabled)
+                                       enabled=config.station.snapshots_enabled,
+                                       key=secrets.encryption_key)
         self.cipher = TemplateCipher(secrets.encryption_key)
         # simulated camera sources by name: the simulator and tests push frames into them
         self.simulated: dict[str, Any] = {}
@@ -182,6 +183,13 @@ class Vision:
         blobs = [self.cipher.encrypt(t, courier_id) for t in enrolment.templates]
         self.core.couriers.store_templates(courier_id, blobs)
         return {"courier_id": courier_id, "templates": len(blobs)}
+
+    def load_snapshot(self, ref: str) -> bytes | None:
+        """The decrypted JPEG, or None once pruned (the event keeps its reference)."""
+        try:
+            return self.snapshots.load(ref)
+        except FileNotFoundError:
+            return None
 
     def save_snapshot(self, image: bytes) -> str | None:
         """A JPEG of what the camera saw, named by its hash; a failure to keep it must never
@@ -334,7 +342,7 @@ def build_station(config: StationConfig, secrets: Secrets, *, data_dir: Path | N
         grab_face_frames=vision.grab_face_frames,
         grab_document_frame=vision.grab_document_frame,
         save_snapshot=vision.save_snapshot,
-        snapshot_path=lambda ref: vision.snapshots.path(ref),
+        snapshot_load=vision.load_snapshot,
         device_status=device_status,
         observe_entry=metrics.latency.entry,
     )

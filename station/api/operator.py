@@ -15,7 +15,7 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import FileResponse, Response, StreamingResponse
+from fastapi.responses import Response, StreamingResponse
 
 from station.domain.phones import phone_hash
 from station.flows.errors import FlowError, NotFound, Unavailable
@@ -220,19 +220,19 @@ def ack_alarm(alarm_id: str, who: Principal = Depends(admin_only),
     return {"alarm_id": alarm_id, "acknowledged": True}
 
 
-@router.get("/snapshots/{ref}", summary="A snapshot JPEG by its hash", response_class=FileResponse,
+@router.get("/snapshots/{ref}", summary="A snapshot JPEG by its hash", response_class=Response,
             responses={200: {"content": {"image/jpeg": {"schema": {"type": "string", "format": "binary"}}},
-                             "description": "the JPEG"}})
-def snapshot(ref: str, who: Principal = Depends(operator_only), svc: Services = Depends(services)) -> FileResponse:
-    if svc.snapshot_path is None or not ref.isalnum() or len(ref) != 64:
+                             "description": "the JPEG (decrypted: on disk it is AES-GCM ciphertext)"}})
+def snapshot(ref: str, who: Principal = Depends(operator_only), svc: Services = Depends(services)) -> Response:
+    if svc.snapshot_load is None or not ref.isalnum() or len(ref) != 64 or ref != ref.lower():
         raise NotFound("no such snapshot")
-    path = svc.snapshot_path(ref)
-    if path is None or not Path(path).is_file():
+    data = svc.snapshot_load(ref)
+    if data is None:
         # the event keeps its reference after the file is pruned (#14.13): say so
         raise NotFound("snapshot pruned: no longer on disk (past snapshot_retention_days, or "
                        "removed to keep the disk free); the event keeps its reference",
                        code="snapshot_pruned")
-    return FileResponse(path, media_type="image/jpeg")
+    return Response(data, media_type="image/jpeg")
 
 
 @router.post("/placements", summary="Report a placement by hand (a stuck or missing sensor)")

@@ -22,7 +22,7 @@ class Services:
     grab_document_frame: Callable[[], bytes] | None = None
     enrol_face: Callable[[str, list[bytes]], dict[str, Any]] | None = None
     save_snapshot: Callable[[bytes], str | None] | None = None
-    snapshot_path: Callable[[str], Any] | None = None
+    snapshot_load: Callable[[str], bytes | None] | None = None  # decrypted JPEG, None: pruned
     device_status: Callable[[], dict[str, Any]] = field(default=lambda: {})
     # (method, seconds) of each customer entry, for the metrics; a no-op where none are kept
     observe_entry: Callable[[str, float], None] = field(default=lambda method, seconds: None)

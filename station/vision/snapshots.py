@@ -4,6 +4,12 @@ Content addressing makes a snapshot tamper-evident (the name is the hash the eve
 hash chain covers) and de-duplicates identical frames for free. Writes are atomic (temporary
 file, fsync, rename, fsync of the directory) so a power cut leaves either the whole file or
 none, never a half JPEG that an event points at.
+
+With a key (the station's `encryption_key`; HKDF purpose "snapshot") every file is AES-256-GCM
+ciphertext (`<ref>.snap`) with its reference as associated data, so a stolen disk shows no
+faces and a file swapped under another reference does not open. The reference stays the
+SHA-256 of the JPEG itself, so the event chain covers the picture, not the ciphertext. Files
+written before encryption was on (`<ref>.jpg`) stay readable until they are pruned.
 """
 
 from __future__ import annotations
@@ -18,10 +24,13 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from station.crypto import DecryptError, Sealer
 from station.vision.images import ensure_frame
 
 _REF = re.compile(r"^[0-9a-f]{64}$")
 JPEG_QUALITY = 85
+PLAIN, SEALED = ".jpg", ".snap"
+_AAD = b"ps-snapshot/v1\x00"
 
 
 class SnapshotError(ValueError):
@@ -33,14 +42,19 @@ class SnapshotStore:
     small. With `enabled=False` (the operator turned snapshots off: no raw images kept),
     `save` stores nothing and returns None, so callers need no branch of their own."""
 
-    def __init__(self, directory: Path | str, enabled: bool = True) -> None:
+    def __init__(self, directory: Path | str, enabled: bool = True,
+                 key: bytes | None = None) -> None:
         self.directory = Path(directory)
         self.enabled = enabled
+        self._sealer = Sealer(key, "snapshot") if key is not None else None
 
-    def path(self, ref: str) -> Path:
+    def path(self, ref: str, suffix: str | None = None) -> Path:
+        """Where the snapshot `ref` is (or would be) kept: ciphertext when the store has a key."""
         if not _REF.match(ref):
             raise SnapshotError(f"not a snapshot reference: {ref!r}")
-        return self.directory / ref[:2] / f"{ref}.jpg"
+        if suffix is None:
+            suffix = SEALED if self._sealer is not None else PLAIN
+        return self.directory / ref[:2] / f"{ref}{suffix}"
 
     def save(self, image: np.ndarray | bytes) -> str | None:
         """Store a frame (encoded as JPEG) or JPEG bytes as they are; returns the reference."""
@@ -60,8 +74,10 @@ class SnapshotStore:
         target = self.path(ref)
         if target.exists():
             return ref
+        if self._sealer is not None:
+            data = self._sealer.seal(data, _AAD + ref.encode())
         target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-", suffix=".jpg")
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-", suffix=target.suffix)
         try:
             with os.fdopen(fd, "wb") as fh:
                 fh.write(data)
@@ -79,7 +95,16 @@ class SnapshotStore:
         return ref
 
     def load(self, ref: str) -> bytes:
-        return self.path(ref).read_bytes()
+        """The JPEG bytes of `ref` (decrypted); FileNotFoundError once it has been pruned,
+        SnapshotError if the ciphertext does not open (another key, tampered, renamed)."""
+        if self._sealer is not None:
+            sealed = self.path(ref, SEALED)
+            if sealed.is_file():
+                try:
+                    return self._sealer.open(sealed.read_bytes(), _AAD + ref.encode())
+                except DecryptError:
+                    raise SnapshotError(f"snapshot {ref[:12]}... does not decrypt") from None
+        return self.path(ref, PLAIN).read_bytes()
 
     def _files(self) -> list[tuple[float, int, Path]]:
         """Every snapshot as (mtime, bytes, path), oldest first."""
@@ -90,7 +115,7 @@ class SnapshotStore:
             if not sub.is_dir():
                 continue
             for file in sub.iterdir():
-                if file.suffix != ".jpg" or not _REF.match(file.stem):
+                if file.suffix not in (PLAIN, SEALED) or not _REF.match(file.stem):
                     continue
                 try:
                     st = file.stat()

@@ -279,6 +279,11 @@ def test_operator_sees_the_lit_slot_live_and_replays_the_morning(tmp_path: Path,
         page.click("#events tr button.snap")
         expect(page.locator("#snapshot-dialog")).to_be_visible()
         expect(page.locator("#snapshot-img")).to_have_js_property("naturalWidth", 320)
+        ref = ls.core.ctx.store.query_one(                     # on disk it is ciphertext (#21.3)
+            "SELECT snapshot FROM events WHERE type = 'auth.face.rejected'")["snapshot"]
+        kept = list(Path(ls.config.station.snapshots_dir).rglob(f"{ref}*"))
+        assert [f.suffix for f in kept] == [".snap"]
+        assert cv2.imdecode(np.frombuffer(kept[0].read_bytes(), np.uint8), cv2.IMREAD_COLOR) is None
         shot(page, "operator-4-snapshot")
         page.click("#snapshot-dialog button")
         expect(page.locator("#snapshot-dialog")).to_be_hidden()

@@ -77,3 +77,36 @@ def test_prune_removes_only_snapshots_past_retention(tmp_path) -> None:
 
 def test_prune_on_missing_directory_is_a_no_op(tmp_path) -> None:
     assert SnapshotStore(tmp_path / "none").prune(30) == 0
+
+
+KEY = bytes(range(32))
+
+
+def test_with_a_key_the_file_on_disk_is_not_a_jpeg_and_only_the_key_opens_it(tmp_path) -> None:
+    """#21.3: snapshots (faces of couriers and customers) encrypted at rest."""
+    store = SnapshotStore(tmp_path, key=KEY)
+    _ok, buf = cv2.imencode(".jpg", frame(9))
+    jpeg = buf.tobytes()
+    ref = store.save(jpeg)
+    assert ref == hashlib.sha256(jpeg).hexdigest()  # the chain covers the picture itself
+    on_disk = store.path(ref).read_bytes()
+    assert store.path(ref).suffix == ".snap" and not list(tmp_path.rglob("*.jpg"))
+    assert not on_disk.startswith(b"\xff\xd8\xff") and jpeg not in on_disk
+    assert cv2.imdecode(np.frombuffer(on_disk, np.uint8), cv2.IMREAD_COLOR) is None
+    assert store.load(ref) == jpeg
+    with pytest.raises(SnapshotError):
+        SnapshotStore(tmp_path, key=bytes(32)).load(ref)  # another station's key
+    other = store.save(cv2.imencode(".jpg", frame(10))[1].tobytes())
+    os.replace(store.path(other), store.path(ref))  # a file swapped under another reference
+    with pytest.raises(SnapshotError):
+        store.load(ref)
+
+
+def test_plain_snapshots_from_before_the_key_stay_readable_and_are_pruned_alike(tmp_path) -> None:
+    old = SnapshotStore(tmp_path).save(frame(1))
+    store = SnapshotStore(tmp_path, key=KEY)
+    new = store.save(frame(2))
+    assert store.load(old).startswith(b"\xff\xd8\xff") and store.load(new).startswith(b"\xff\xd8\xff")
+    count, size = store.usage()
+    assert count == 2
+    assert store.prune_to(0) == (2, size) and store.usage() == (0, 0)
