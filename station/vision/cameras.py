@@ -195,8 +195,12 @@ class LatestFrameGrabber:
     """Reads a source on its own thread and keeps only the newest frame."""
 
     def __init__(self, source: FrameSource, *, backoff_initial: float = 0.2,
-                 backoff_max: float = 10.0, clock: Callable[[], float] = time.monotonic) -> None:
+                 backoff_max: float = 10.0, clock: Callable[[], float] = time.monotonic,
+                 history: int = 0) -> None:
         self.source = source
+        # room cameras keep the last `history` frames too (an event clip's "before")
+        self._ring: collections.deque[tuple[np.ndarray, float]] = collections.deque(maxlen=max(history, 1))
+        self._history = history
         self.backoff_initial = backoff_initial
         self.backoff_max = backoff_max
         self._clock = clock
@@ -250,6 +254,8 @@ class LatestFrameGrabber:
                     frame = self.source.read()
                     with self._cond:
                         self._latest = (frame, self._clock())
+                        if self._history:
+                            self._ring.append(self._latest)
                         self.frames_read += 1
                         self._cond.notify_all()
                     backoff = self.backoff_initial
@@ -268,6 +274,20 @@ class LatestFrameGrabber:
         """The newest frame and its capture time (the grabber's clock), or None."""
         with self._cond:
             return self._latest
+
+    def fresh(self, max_age: float) -> tuple[np.ndarray, float] | None:
+        """The newest frame if it is at most `max_age` s old, else None; never waits (a
+        camera that is down must not delay the door or the light that asked)."""
+        with self._cond:
+            got = self._latest
+        if got is None or self._clock() - got[1] > max_age or not self.connected:
+            return None
+        return got
+
+    def recent(self, since: float) -> list[tuple[np.ndarray, float]]:
+        """The kept frames captured at or after `since` (grabber clock), oldest first."""
+        with self._cond:
+            return [f for f in self._ring if f[1] >= since] if self._history else []
 
     def wait_frame(self, after: float | None = None, timeout: float = 2.0
                    ) -> tuple[np.ndarray, float] | None:
