@@ -224,6 +224,7 @@ class Station:
     metrics_port: int | None = None
     housekeeping: HousekeepingThread | None = None
     run_lock: RunLock | None = None
+    bundles: Any = None  # station.bundles.BundleListener with [bundles] enabled (#20.2)
 
     def _lock_database(self) -> None:
         """`station restore` refuses while this lock is held (ADR 0103). A second station on
@@ -252,6 +253,10 @@ class Station:
             self.homeassistant.start()
         if self.housekeeping is not None:
             self.housekeeping.start()
+        if self.config.bundles.enabled:
+            from station.bundles import BundleListener
+
+            self.bundles = BundleListener(self.core, self.config, self.secrets).start()
         self.started = True
         return self
 
@@ -268,6 +273,8 @@ class Station:
                       mc.host, mc.port, exc)
 
     def stop(self) -> None:
+        if self.bundles is not None:
+            self.bundles.stop()
         if self.metrics is not None:
             self.metrics.stop()
         if self.homeassistant is not None:

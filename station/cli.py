@@ -376,10 +376,11 @@ def cmd_courier(args: argparse.Namespace) -> int:
             core.couriers.change_pin(args.courier_id, _ask_pin(args), actor="cli")
             out.print(f"courier {args.courier_id}: new PIN set")
         elif args.courier_cmd == "list":
-            table = Table("id", "carrier", "name", "active", "face", "PIN")
+            table = Table("id", "carrier", "name", "from", "active", "face", "PIN")
             for c in core.couriers.all():
                 # ADR 0082: a PIN set before sealing is in the log in clear; it must change
-                table.add_row(c.id, c.carrier, c.name, "yes" if c.active else "no", "yes" if c.has_face else "no",
+                table.add_row(c.id, c.carrier, c.name, c.source, "yes" if c.active else "no",
+                              "yes" if c.has_face else "no",
                               "EXPOSED: change it (station courier pin)" if c.pin_exposed else "sealed")
             out.print(table)
         elif args.courier_cmd in ("disable", "enable"):
@@ -479,6 +480,22 @@ def cmd_kiosk(args: argparse.Namespace) -> int:
             out.print(f"kiosk {args.device_id}: credential revoked; pair it again to use it")
     except FlowError as exc:
         raise CliError(exc.message) from None
+    finally:
+        core.ctx.store.close()
+    return 0
+
+
+def cmd_bundle(args: argparse.Namespace) -> int:
+    """The station's bundle public key (what the fleet seals couriers to), and the last bundle."""
+    from station.bundles import current_version, public_hex, station_bundle_key
+
+    secrets = _secrets(args)
+    if args.bundle_cmd == "pubkey":
+        print(public_hex(station_bundle_key(secrets.encryption_key).public_key()))
+        return 0
+    core = _core(args)
+    try:
+        out.print(f"last courier bundle applied: version {current_version(core.ctx.store) or 'none'}")
     finally:
         core.ctx.store.close()
     return 0
@@ -611,6 +628,14 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--session", help="a session handle (station operator sessions)")
     group.add_argument("--operator", help="every session of this operator")
     sp.set_defaults(fn=cmd_operator)
+
+    b = sub.add_parser("bundle", help="courier bundles from the fleet")
+    b_sub = b.add_subparsers(dest="bundle_cmd", required=True)
+    for name, helptext in (("pubkey", "the key the fleet seals this station's bundles to"),
+                           ("status", "the last bundle applied")):
+        sp = b_sub.add_parser(name, help=helptext)
+        with_config(sp)
+        sp.set_defaults(fn=cmd_bundle)
 
     k = sub.add_parser("kiosk", help="pair and revoke kiosk screens")
     k_sub = k.add_subparsers(dest="kiosk_cmd", required=True)

@@ -271,6 +271,20 @@ class OperatorsSection(_Strict):
     pairing_ttl_s: float = Field(default=600.0, gt=0, le=86400)  # a pairing code's life
 
 
+class BundlesSection(_Strict):
+    """Couriers from the fleet (#20.2, ADR 0131): signed, sealed bundles read from the fleet
+    broker of [upstream] (its host, port, credentials and TLS; forwarding may stay off)."""
+
+    enabled: bool = False
+    trusted_key: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")] | None = None  # the fleet's Ed25519 key
+
+    @model_validator(mode="after")
+    def _usable(self) -> BundlesSection:
+        if self.enabled and not self.trusted_key:
+            raise ValueError("bundles.trusted_key (the fleet's public key, 64 hex) is required when enabled")
+        return self
+
+
 class RetentionSection(_Strict):
     """How long events stay in the live database before they move to the archive
     (docs/operations.md "Retention"; ADR 0101). Off by default: a station that nobody set up
@@ -307,6 +321,7 @@ class StationConfig(_Strict):
     mqtt: MqttSection = MqttSection()
     api: ApiSection = ApiSection()
     operators: OperatorsSection = OperatorsSection()
+    bundles: BundlesSection = BundlesSection()
     shelves: list[ShelfConfig] = Field(min_length=1)
     doors: DoorsConfig = DoorsConfig()
     cameras: list[CameraConfig] = Field(default_factory=list)

@@ -39,12 +39,14 @@ class CourierView:
     valid_until: float | None
     # the current PIN's hash is in the event log in clear (set before ADR 0082): change it
     pin_exposed: bool = False
+    # "local" (this station's CLI or API) or "fleet" (a courier bundle, ADR 0131)
+    source: str = "local"
 
 
 def _view(row: dict[str, Any]) -> CourierView:
     return CourierView(row["id"], row["carrier"], row["name"], bool(row["active"]),
                        bool(row["has_face"]), row["valid_from"], row["valid_until"],
-                       exposed(row["pin_hash"]))
+                       exposed(row["pin_hash"]), row.get("source") or "local")
 
 
 class Couriers:
@@ -76,8 +78,16 @@ class Couriers:
                 "pin_sealed": sealed, "valid_from": valid_from, "valid_until": valid_until}))
         return self.get(courier_id)
 
+    def _local_only(self, courier_id: str, what: str) -> None:
+        """A fleet courier's PIN and existence belong to the fleet (ADR 0131); the station may
+        only disable one (a hold no bundle lifts) and enable it again."""
+        if self.get(courier_id).source == "fleet":
+            raise FlowError(f"courier {courier_id} comes from the fleet: {what} it there (this station may"
+                            " disable them)", code="fleet_courier", status=409)
+
     def change_pin(self, courier_id: str, pin: str, *, actor: str = "operator") -> CourierView:
         """A new PIN; the event says that it changed and carries only its sealed hash."""
+        self._local_only(courier_id, "change the PIN of")
         _check_pin_format(pin)
         sealed = self.seal.seal(courier_id, self.hasher.hash(pin))
         with self.ctx.lock, self.ctx.store.transaction() as tx:
@@ -105,6 +115,7 @@ class Couriers:
 
     def remove(self, courier_id: str, *, actor: str = "operator") -> None:
         """Removing a courier deletes their face templates in the same transaction."""
+        self._local_only(courier_id, "remove")
         with self.ctx.lock, self.ctx.store.transaction() as tx:
             _must_exist(tx, courier_id)  # checked where it is acted on: removed once
             n = tx.execute("DELETE FROM face_templates WHERE courier_id = ?", (courier_id,)).rowcount
@@ -113,6 +124,7 @@ class Couriers:
 
     def store_templates(self, courier_id: str, blobs: Sequence[bytes], *, actor: str = "operator",
                         distances: Sequence[float] = ()) -> None:
+        self._local_only(courier_id, "enrol the face of")
         with self.ctx.lock, self.ctx.store.transaction() as tx:
             _must_exist(tx, courier_id)  # not templates for a courier removed a moment ago
             tx.execute("DELETE FROM face_templates WHERE courier_id = ?", (courier_id,))

@@ -45,16 +45,35 @@ def _courier_added(conn: sqlite3.Connection, e: EventRecord, at: float) -> None:
     d = e.data
     conn.execute(
         "INSERT INTO couriers(id, carrier, name, pin_hash, active, valid_from, valid_until,"
-        " has_face, created_at) VALUES (?,?,?,?,1,?,?,0,?)",
+        " has_face, created_at, source) VALUES (?,?,?,?,1,?,?,0,?,?)",
         (d["courier_id"], d["carrier"], d["name"], _pin(d), d.get("valid_from"),
-         d.get("valid_until"), at),
+         d.get("valid_until"), at, d.get("source", "local")),
     )
+
+
+@applies("courier.updated")
+def _courier_updated(conn: sqlite3.Connection, e: EventRecord, at: float) -> None:
+    d = e.data
+    conn.execute("UPDATE couriers SET carrier = ?, name = ?, valid_from = ?, valid_until = ? WHERE id = ?",
+                 (d["carrier"], d["name"], d.get("valid_from"), d.get("valid_until"), d["courier_id"]))
+
+
+@applies("courier.bundle.applied")
+def _bundle_applied(conn: sqlite3.Connection, e: EventRecord, at: float) -> None:
+    d = e.data
+    conn.execute("INSERT INTO bundle_state(kind, version, issued_at, applied_at, digest) VALUES ('couriers',?,?,?,?)"
+                 " ON CONFLICT(kind) DO UPDATE SET version = excluded.version, issued_at = excluded.issued_at,"
+                 " applied_at = excluded.applied_at, digest = excluded.digest",
+                 (d["version"], d.get("issued_at"), at, d.get("digest")))
 
 
 @applies("courier.disabled", "courier.enabled")
 def _courier_active(conn: sqlite3.Connection, e: EventRecord, at: float) -> None:
     active = 1 if e.type == "courier.enabled" else 0
-    conn.execute("UPDATE couriers SET active = ? WHERE id = ?", (active, e.data["courier_id"]))
+    # who disabled them: a station's own disabling of a fleet courier is a hold that no
+    # bundle lifts (ADR 0131)
+    conn.execute("UPDATE couriers SET active = ?, disabled_by = ? WHERE id = ?",
+                 (active, None if active else e.actor, e.data["courier_id"]))
 
 
 @applies("courier.pin.changed")

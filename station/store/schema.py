@@ -27,6 +27,7 @@ PROJECTION_TABLES = (
     "operator_sessions",
     "kiosk_devices",
     "refusals",
+    "bundle_state",
 )
 SIDE_TABLES = ("face_templates", "outbox", "otps", "upstream_cursor", "recipient_contacts",
                "log_checkpoint", "archive_segments", "session_seen", "pairing_codes")
@@ -361,6 +362,19 @@ MIGRATIONS: list[str] = [
         slot TEXT NOT NULL,
         state TEXT NOT NULL,
         at REAL NOT NULL
+    );
+    """,
+    # 12: couriers from the fleet's bundles (#20.2, ADR 0131): where each courier comes from
+    # ('local': the station's own CLI or API; 'fleet': a bundle) and the last bundle applied
+    """
+    ALTER TABLE couriers ADD COLUMN source TEXT NOT NULL DEFAULT 'local';
+    ALTER TABLE couriers ADD COLUMN disabled_by TEXT;
+    CREATE TABLE IF NOT EXISTS bundle_state (
+        kind TEXT PRIMARY KEY,
+        version INTEGER NOT NULL,
+        issued_at REAL,
+        applied_at REAL NOT NULL,
+        digest TEXT
     );
     """,
 ]

@@ -39,6 +39,7 @@ PY = sys.executable
 def write_config(path: Path, tmp: Path, webhook_url: str | None, mqtt: dict[str, Any] | None = None,
                  lockout: dict[str, Any] | None = None, disk: dict[str, Any] | None = None,
                  api: dict[str, Any] | None = None, operators: dict[str, Any] | None = None,
+                 sections: dict[str, dict[str, Any]] | None = None,
                  **station: Any) -> Path:
     """The example config with files under `tmp`, the webhook sender and fast retries.
 
@@ -57,6 +58,8 @@ def write_config(path: Path, tmp: Path, webhook_url: str | None, mqtt: dict[str,
         "api": cfg.api.model_copy(update={"service_tokens": True, **(api or {})}),
         "operators": cfg.operators.model_copy(update=operators or {}),
     }
+    for name, keys in (sections or {}).items():  # any other table, e.g. {"bundles": {...}}
+        update[name] = getattr(cfg, name).model_copy(update=keys)
     if webhook_url:
         update["notify"] = cfg.notify.model_copy(update={
             "senders": [SenderConfig(kind="webhook", url=webhook_url)],
@@ -71,7 +74,8 @@ class ProcStation:
                  webhook: bool = True, devices: bool = True, env: dict[str, str] | None = None,
                  mqtt: dict[str, Any] | None = None, lockout: dict[str, Any] | None = None,
                  disk: dict[str, Any] | None = None, api: dict[str, Any] | None = None,
-                 operators: dict[str, Any] | None = None, **station: Any) -> None:
+                 operators: dict[str, Any] | None = None, sections: dict[str, dict[str, Any]] | None = None,
+                 **station: Any) -> None:
         self.tmp = tmp
         tmp.mkdir(parents=True, exist_ok=True)
         self._own_broker = broker is None
@@ -80,7 +84,7 @@ class ProcStation:
         self.config_path = write_config(tmp / "station.toml", tmp,
                                         self.webhook.url if self.webhook else None,
                                         mqtt=mqtt, lockout=lockout, disk=disk, api=api, operators=operators,
-                                        **station)
+                                        sections=sections, **station)
         self.config = load_config(self.config_path)
         self.secrets_path = tmp / "secrets.toml"
         if not self.secrets_path.exists():

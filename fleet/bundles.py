@@ -1,0 +1,142 @@
+"""Courier bundles out of the fleet (#20.2, ADR 0131): for every station with a registered
+bundle key, the couriers assigned to it, sealed for it and signed with the fleet's key
+(station/bundles.py has the format), published retained with QoS 1 on
+`ps/v1/<station>/fleet/couriers`. A new version goes out when what a station must know
+changes (a courier added, disabled, reassigned, a new PIN); the version is recorded only
+after the broker has acknowledged the message.
+
+    python -m fleet.bundles keygen /etc/fleet/bundle-signing.pem    # prints the public key
+    python -m fleet.bundles run --dsn DSN --broker mqtt://H:P --signing-key FILE [--interval 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import paho.mqtt.client as mqtt
+import psycopg
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
+from paho.mqtt.enums import CallbackAPIVersion
+
+from fleet import couriers as registry
+from station.bundles import bundle_topic, public_hex, seal_bundle
+
+
+def keygen(path: Path) -> str:
+    key = Ed25519PrivateKey.generate()
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                            serialization.NoEncryption())
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(pem)
+    return public_hex(key.public_key())
+
+
+def load_signing_key(path: Path) -> Ed25519PrivateKey:
+    key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    if not isinstance(key, Ed25519PrivateKey):
+        raise ValueError(f"{path}: not an Ed25519 private key")
+    return key
+
+
+def _digest(couriers: list[dict[str, Any]]) -> str:
+    return hashlib.sha256(json.dumps(couriers, sort_keys=True).encode()).hexdigest()
+
+
+def due(conn: psycopg.Connection) -> list[tuple[str, str, int, list[dict[str, Any]], str]]:
+    """(station, its public key, next version, couriers, digest) for each station whose
+    couriers changed since its last published bundle."""
+    out = []
+    for station_id, pub in conn.execute("SELECT station_id, x25519_public FROM fleet_station_keys"
+                                        " ORDER BY station_id").fetchall():
+        couriers = registry.couriers_for(conn, station_id)
+        digest = _digest(couriers)
+        row = conn.execute("SELECT version, content_digest FROM fleet_bundles WHERE station_id = %s",
+                           (station_id,)).fetchone()
+        if row is None or row[1] != digest:
+            out.append((station_id, pub, (row[0] if row else 0) + 1, couriers, digest))
+    return out
+
+
+class Publisher:
+    def __init__(self, dsn: str, broker: str, signer: Ed25519PrivateKey, username: str | None = None,
+                 password: str | None = None) -> None:
+        self.dsn = dsn
+        self.signer = signer
+        url = urlparse(broker)
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"fleet-bundles-{os.getpid()}")
+        if username:
+            self.client.username_pw_set(username, password)
+        self.client.connect(url.hostname or "127.0.0.1", url.port or 1883, keepalive=30)
+        self.client.loop_start()
+
+    def publish_due(self) -> int:
+        """Publish every due bundle; returns how many went out."""
+        n = 0
+        with psycopg.connect(self.dsn, autocommit=True) as conn:
+            registry.create_tables(conn)
+            for station_id, pub, version, couriers, digest in due(conn):
+                raw = seal_bundle(station_id, version, time.time(), couriers,
+                                  X25519PublicKey.from_public_bytes(bytes.fromhex(pub)), self.signer)
+                info = self.client.publish(bundle_topic(station_id), raw, qos=1, retain=True)
+                info.wait_for_publish(timeout=30)
+                if not info.is_published():
+                    continue  # not acknowledged: tried again next round, same version
+                with conn.transaction():
+                    conn.execute("INSERT INTO fleet_bundles(station_id, version, content_digest) VALUES (%s,%s,%s)"
+                                 " ON CONFLICT (station_id) DO UPDATE SET version = excluded.version,"
+                                 " content_digest = excluded.content_digest, published_at = now()",
+                                 (station_id, version, digest))
+                n += 1
+        return n
+
+    def stop(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m fleet.bundles", description="courier bundles to the stations")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    k = sub.add_parser("keygen")
+    k.add_argument("path")
+    r = sub.add_parser("run")
+    r.add_argument("--dsn", default=os.environ.get("FLEET_DSN", ""))
+    r.add_argument("--broker", required=True, help="mqtt://host:port")
+    r.add_argument("--signing-key", required=True)
+    r.add_argument("--username")
+    r.add_argument("--interval", type=float, default=5.0)
+    r.add_argument("--once", action="store_true")
+    args = p.parse_args(argv)
+    if args.cmd == "keygen":
+        print(keygen(Path(args.path)))
+        return 0
+    pub = Publisher(args.dsn, args.broker, load_signing_key(Path(args.signing_key)), args.username,
+                    os.environ.get("FLEET_BROKER_PASSWORD"))
+    try:
+        while True:
+            n = pub.publish_due()
+            if n:
+                print(f"published {n} bundle(s)", flush=True)
+            if args.once:
+                return 0
+            time.sleep(args.interval)
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        pub.stop()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

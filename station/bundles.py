@@ -1,0 +1,356 @@
+"""Courier bundles from the fleet (#20.2, ADR 0131): the format, its checks, and applying one.
+
+The fleet keeps the courier registry and publishes each station the part that concerns it,
+retained on `ps/v1/<station>/fleet/couriers`. A bundle is JSON:
+
+    {"v": 1, "station": ID, "version": N, "issued_at": T, "eph": b64, "nonce": b64,
+     "body": b64, "sig": b64}
+
+`body` is AES-256-GCM under a key agreed by X25519 between a one-off fleet key (`eph`) and
+the station's bundle key (derived from its `encryption_key`, so no new secret), with the
+station id and version as associated data: PIN hashes and face templates are readable by
+that station only, never on the broker. `sig` is Ed25519 by the fleet key the station trusts
+(`[bundles] trusted_key`) over every other field. The station refuses an unsigned, forged,
+foreign (another station's), older or replayed bundle, and applies a good one in one
+transaction; while the fleet is away it keeps the couriers of the last good one.
+
+A bundle never overwrites a local courier (one added with the station's own CLI or API):
+the local entry wins, and the conflict is an event and an alarm (ADR 0131).
+
+The format functions (`seal_bundle`, `open_bundle`) are shared with fleet/bundles.py, as
+the fleet uses the station's event format."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import logging
+import os
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+from cryptography.exceptions import InvalidSignature, InvalidTag
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from station.crypto import derive_key
+from station.store.eventlog import Event
+
+log = logging.getLogger("station.bundles")
+FORMAT = 1
+MAX_BUNDLE_BYTES = 4 * 1024 * 1024
+
+
+def bundle_topic(station_id: str) -> str:
+    return f"ps/v1/{station_id}/fleet/couriers"
+
+
+class BundleRefused(Exception):
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class BundleCourier:
+    id: str
+    carrier: str
+    name: str
+    active: bool
+    pin_hash: str  # argon2, as the fleet hashed it at enrolment
+    valid_from: float | None = None
+    valid_until: float | None = None
+    faces: tuple[tuple[float, ...], ...] = ()  # 128-d encodings
+
+
+@dataclass(frozen=True)
+class Bundle:
+    station: str
+    version: int
+    issued_at: float
+    couriers: tuple[BundleCourier, ...]
+    digest: str  # of the raw bundle: what the log names it by
+
+
+# --- keys --------------------------------------------------------------------------------
+
+
+def station_bundle_key(encryption_key: bytes) -> X25519PrivateKey:
+    return X25519PrivateKey.from_private_bytes(derive_key(encryption_key, "fleet-bundle-x25519"))
+
+
+def public_hex(key: X25519PublicKey | Ed25519PublicKey) -> str:
+    return key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw).hex()
+
+
+def load_trusted(hex_key: str) -> Ed25519PublicKey:
+    return Ed25519PublicKey.from_public_bytes(bytes.fromhex(hex_key))
+
+
+def _b64(b: bytes) -> str:
+    return base64.b64encode(b).decode()
+
+
+def _unb64(s: Any) -> bytes:
+    if not isinstance(s, str):
+        raise ValueError("not base64 text")
+    return base64.b64decode(s, validate=True)
+
+
+def _signed_part(doc: dict[str, Any]) -> bytes:
+    return json.dumps({k: doc[k] for k in ("v", "station", "version", "issued_at", "eph", "nonce", "body")},
+                      sort_keys=True, separators=(",", ":")).encode()
+
+
+def _aead_key(shared: bytes, station: str) -> bytes:
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=f"ps-bundle/v1/{station}".encode()).derive(shared)
+
+
+def _aad(station: str, version: int) -> bytes:
+    return f"ps-bundle/v1\0{station}\0{version}".encode()
+
+
+def seal_bundle(station: str, version: int, issued_at: float, couriers: list[dict[str, Any]],
+                station_public: X25519PublicKey, signer: Ed25519PrivateKey) -> bytes:
+    """The fleet's side: seal the couriers for `station` and sign the whole."""
+    eph = X25519PrivateKey.generate()
+    key = _aead_key(eph.exchange(station_public), station)
+    nonce = os.urandom(12)
+    body = AESGCM(key).encrypt(nonce, json.dumps({"couriers": couriers}).encode(), _aad(station, version))
+    doc: dict[str, Any] = {"v": FORMAT, "station": station, "version": version, "issued_at": issued_at,
+                           "eph": _b64(public_bytes(eph.public_key())), "nonce": _b64(nonce), "body": _b64(body)}
+    doc["sig"] = _b64(signer.sign(_signed_part(doc)))
+    return json.dumps(doc, sort_keys=True).encode()
+
+
+def public_bytes(key: X25519PublicKey) -> bytes:
+    return key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+
+
+def open_bundle(raw: bytes, *, station: str, trusted: Ed25519PublicKey, private: X25519PrivateKey) -> Bundle:
+    """Check and open a bundle; BundleRefused says why not (unsigned, forged, foreign, bad)."""
+    if len(raw) > MAX_BUNDLE_BYTES:
+        raise BundleRefused("too_large", f"bundle of {len(raw)} bytes")
+    try:
+        doc = json.loads(raw)
+        if not isinstance(doc, dict) or doc.get("v") != FORMAT:
+            raise ValueError("not a bundle of format 1")
+        if "sig" not in doc:
+            raise BundleRefused("unsigned", "the bundle carries no signature")
+        sig = _unb64(doc["sig"])
+        signed = _signed_part(doc)
+    except BundleRefused:
+        raise
+    except (ValueError, KeyError, TypeError) as exc:
+        raise BundleRefused("malformed", f"not a courier bundle: {exc}") from None
+    try:
+        trusted.verify(sig, signed)
+    except InvalidSignature:
+        raise BundleRefused("bad_signature", "the bundle is not signed by the trusted fleet key") from None
+    if doc["station"] != station:
+        raise BundleRefused("foreign", f"the bundle is for station {doc['station']!r}")
+    version = doc["version"]
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise BundleRefused("malformed", "bundle version must be a positive integer")
+    try:
+        eph = X25519PublicKey.from_public_bytes(_unb64(doc["eph"]))
+        key = _aead_key(private.exchange(eph), station)
+        plain = AESGCM(key).decrypt(_unb64(doc["nonce"]), _unb64(doc["body"]), _aad(station, version))
+        body = json.loads(plain)
+        couriers = tuple(_courier(c) for c in body["couriers"])
+    except InvalidTag:
+        raise BundleRefused("sealed_for_another", "the bundle does not open with this station's key") from None
+    except (ValueError, KeyError, TypeError) as exc:
+        raise BundleRefused("malformed", f"bad bundle body: {exc}") from None
+    return Bundle(station, version, float(doc["issued_at"]), couriers, hashlib.sha256(raw).hexdigest())
+
+
+def _courier(c: dict[str, Any]) -> BundleCourier:
+    faces = tuple(tuple(float(x) for x in f) for f in c.get("faces", ()))
+    if any(len(f) != 128 for f in faces):
+        raise ValueError("a face template is 128 numbers")
+    pin_hash = c["pin_hash"]
+    if not isinstance(pin_hash, str) or not pin_hash.startswith("$argon2"):
+        raise ValueError("pin_hash must be an argon2 hash")
+    return BundleCourier(str(c["id"]), str(c["carrier"]), str(c["name"]), bool(c["active"]), pin_hash,
+                         c.get("valid_from"), c.get("valid_until"), faces)
+
+
+# --- applying ----------------------------------------------------------------------------
+
+
+@dataclass
+class Applied:
+    version: int
+    added: list[str] = field(default_factory=list)
+    updated: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    conflicts: list[str] = field(default_factory=list)
+    held: list[str] = field(default_factory=list)
+
+
+def current_version(store: Any) -> int:
+    row = store.query_one("SELECT version FROM bundle_state WHERE kind = 'couriers'")
+    return int(row["version"]) if row else 0
+
+
+def apply_bundle(core: Any, bundle: Bundle) -> Applied:
+    """One transaction: the fleet's couriers as the bundle says, local couriers untouched."""
+    import numpy as np
+
+    from station.flows import guard
+    from station.vision.templates import TemplateCipher
+
+    ctx = core.ctx
+    seal = core.couriers.seal
+    cipher = TemplateCipher(ctx.secrets.encryption_key)
+    out = Applied(bundle.version)
+    with ctx.lock, ctx.store.transaction() as tx:
+        row = tx.execute("SELECT version FROM bundle_state WHERE kind = 'couriers'").fetchone()
+        if row is not None and bundle.version <= int(row[0]):
+            raise BundleRefused("replayed" if bundle.version == int(row[0]) else "older",
+                                f"bundle version {bundle.version}, this station has {row[0]}")
+        cols = ("id", "carrier", "name", "pin_hash", "active", "valid_from", "valid_until", "has_face", "source",
+                "disabled_by")
+        existing = {r[0]: dict(zip(cols, r, strict=True)) for r in tx.execute(
+            f"SELECT {', '.join(cols)} FROM couriers").fetchall()}
+        wanted = {c.id for c in bundle.couriers}
+        for c in bundle.couriers:
+            have = existing.get(c.id)
+            if have is not None and have["source"] != "fleet":
+                out.conflicts.append(c.id)
+                continue
+            if have is None:
+                tx.emit(Event("courier.added", c.id, "fleet", {
+                    "courier_id": c.id, "carrier": c.carrier, "name": c.name, "pin": "set",
+                    "pin_sealed": seal.seal(c.id, c.pin_hash), "valid_from": c.valid_from,
+                    "valid_until": c.valid_until, "source": "fleet", "bundle": bundle.version}))
+                out.added.append(c.id)
+                have = {"active": 1, "has_face": 0}
+            else:
+                changed = (have["carrier"], have["name"], have["valid_from"], have["valid_until"]) != (
+                    c.carrier, c.name, c.valid_from, c.valid_until)
+                if changed:
+                    tx.emit(Event("courier.updated", c.id, "fleet", {
+                        "courier_id": c.id, "carrier": c.carrier, "name": c.name, "valid_from": c.valid_from,
+                        "valid_until": c.valid_until, "bundle": bundle.version}))
+                if _opened(seal, c.id, have["pin_hash"]) != c.pin_hash:
+                    tx.emit(Event("courier.pin.changed", c.id, "fleet", {
+                        "courier_id": c.id, "pin": "changed", "pin_sealed": seal.seal(c.id, c.pin_hash)}))
+                    changed = True
+                if changed:
+                    out.updated.append(c.id)
+            held = c.active and not have["active"] and have.get("disabled_by") not in (None, "fleet")
+            if held:  # disabled by this station's operator: a bundle does not lift that
+                out.held.append(c.id)
+            elif bool(have["active"]) != c.active:
+                tx.emit(Event("courier.enabled" if c.active else "courier.disabled", c.id, "fleet",
+                              {"courier_id": c.id, "bundle": bundle.version}))
+                if c.id not in out.added and c.id not in out.updated:
+                    out.updated.append(c.id)
+            if c.faces:
+                tx.execute("DELETE FROM face_templates WHERE courier_id = ?", (c.id,))
+                for idx, face in enumerate(c.faces):
+                    tx.execute("INSERT INTO face_templates(courier_id, idx, blob) VALUES (?,?,?)",
+                               (c.id, idx, cipher.encrypt(np.asarray(face), c.id)))
+                if not have["has_face"]:
+                    tx.emit(Event("courier.face.enrolled", c.id, "fleet",
+                                  {"courier_id": c.id, "templates": len(c.faces)}))
+        for cid, have in existing.items():
+            if have["source"] == "fleet" and cid not in wanted:
+                n = tx.execute("DELETE FROM face_templates WHERE courier_id = ?", (cid,)).rowcount
+                tx.emit(Event("courier.removed", cid, "fleet", {"courier_id": cid, "face_templates_deleted": n}))
+                out.removed.append(cid)
+        tx.emit(Event("courier.bundle.applied", ctx.station_id, "fleet", {
+            "version": bundle.version, "issued_at": bundle.issued_at, "digest": bundle.digest,
+            "added": out.added, "updated": out.updated, "removed": out.removed, "conflicts": out.conflicts,
+            "held": out.held}))
+        if out.conflicts:
+            guard.raise_alarm(tx, "bundle.conflict", ctx.station_id,
+                              "the fleet's bundle names couriers that are local here; the local entries"
+                              f" win: {', '.join(out.conflicts)}", couriers=out.conflicts)
+    return out
+
+
+def _opened(seal: Any, courier_id: str, stored: str) -> str | None:
+    from station.crypto import DecryptError
+
+    try:
+        return str(seal.open(courier_id, stored))
+    except DecryptError:
+        return None
+
+
+def refuse(core: Any, reason: str, message: str, version: object = None) -> None:
+    """A refused bundle is an event (what it claimed, never what it holds)."""
+    with core.ctx.store.transaction() as tx:
+        tx.emit(Event("courier.bundle.refused", core.ctx.station_id, "fleet",
+                      {"reason": reason, "message": message[:200], "version": version}))
+
+
+def receive(core: Any, raw: bytes, *, trusted: Ed25519PublicKey, private: X25519PrivateKey) -> Applied | None:
+    """What the listener does with one message: open, apply, or record the refusal."""
+    try:
+        bundle = open_bundle(raw, station=core.ctx.station_id, trusted=trusted, private=private)
+        return apply_bundle(core, bundle)
+    except BundleRefused as exc:
+        if exc.reason != "replayed":  # the retained copy again after a reconnect: nothing new
+            log.warning("courier bundle refused: %s (%s)", exc.reason, exc)
+            refuse(core, exc.reason, str(exc))
+        return None
+
+
+class BundleListener:
+    """Subscribes to this station's bundle topic on the fleet broker ([upstream] host, port,
+    credentials, TLS) and applies what arrives; paho reconnects by itself, and the retained
+    bundle arrives again on every connect, so a station back online catches up at once."""
+
+    def __init__(self, core: Any, config: Any, secrets: Any) -> None:
+        import paho.mqtt.client as mqtt
+        from paho.mqtt.enums import CallbackAPIVersion
+
+        self.core = core
+        up = config.upstream
+        self.trusted = load_trusted(config.bundles.trusted_key)
+        self.private = station_bundle_key(secrets.encryption_key)
+        self.topic = bundle_topic(config.station.id)
+        self._lock = threading.Lock()
+        client_id = f"{up.client_id or config.station.id}-bundles"
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=True)
+        if up.username:
+            self.client.username_pw_set(up.username, getattr(secrets, "upstream_password", None))
+        if up.tls:
+            import ssl
+
+            ctx = ssl.create_default_context(cafile=up.ca_file)
+            if up.cert_file:
+                ctx.load_cert_chain(up.cert_file, up.key_file)
+            self.client.tls_set_context(ctx)
+        self.client.on_connect = lambda c, u, f, rc, p: c.subscribe(self.topic, qos=1)
+        self.client.on_message = self._on_message
+        self.client.reconnect_delay_set(1, 10)
+        self.host, self.port = up.host, up.port
+
+    def _on_message(self, client: Any, userdata: Any, msg: Any) -> None:
+        with self._lock:
+            try:
+                receive(self.core, bytes(msg.payload), trusted=self.trusted, private=self.private)
+            except Exception:  # a bad bundle must never stop the listener
+                log.exception("courier bundle: not applied")
+
+    def start(self) -> BundleListener:
+        self.client.connect_async(self.host, self.port, keepalive=30)
+        self.client.loop_start()
+        return self
+
+    def stop(self) -> None:
+        self.client.loop_stop()
+        try:
+            self.client.disconnect()
+        except Exception:  # noqa: BLE001 - stopping anyway
+            pass

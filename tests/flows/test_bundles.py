@@ -1,0 +1,148 @@
+"""Courier bundles at the station (#20.2, #20.3, ADR 0131): a good bundle is applied in one
+transaction; an unsigned, forged, foreign, older or replayed one is refused and changes
+nothing; a local courier is never overwritten by a bundle (the local entry wins, loudly);
+a fleet courier disabled at the station stays disabled whatever later bundles say; replay
+rebuilds the same couriers."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from argon2 import PasswordHasher
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from station.bootstrap import build_station
+from station.bundles import BundleRefused, apply_bundle, open_bundle, receive, seal_bundle, station_bundle_key
+from station.config import load_secrets, write_new_secrets
+from station.flows.errors import AuthFailed, FlowError
+from station.store.projections import dump_projections
+from station.store.replay import replay_into
+from tests.conftest import example_config
+
+HASHER = PasswordHasher(time_cost=1, memory_cost=8192, parallelism=1)
+FLEET = Ed25519PrivateKey.generate()
+
+
+@pytest.fixture
+def station(tmp_path: Path) -> Iterator[Any]:
+    secrets = load_secrets(write_new_secrets(tmp_path / "secrets.toml"), env={})
+    st = build_station(example_config(tmp_path), secrets)
+    yield st
+    st.store.close()
+
+
+def _courier(cid: str, pin: str = "2468", active: bool = True, **kw: Any) -> dict[str, Any]:
+    return {"id": cid, "carrier": "SF", "name": f"Courier {cid}", "active": active,
+            "pin_hash": HASHER.hash(pin), **kw}
+
+
+def _bundle(st: Any, version: int, couriers: list[dict[str, Any]], station: str | None = None,
+            signer: Ed25519PrivateKey = FLEET, key: Any = None) -> bytes:
+    pub = (key or station_bundle_key(st.secrets.encryption_key)).public_key()
+    return seal_bundle(station or st.config.station.id, version, 1.0e9 + version, couriers, pub, signer)
+
+
+def _open(st: Any, raw: bytes) -> Any:
+    return open_bundle(raw, station=st.config.station.id, trusted=FLEET.public_key(),
+                       private=station_bundle_key(st.secrets.encryption_key))
+
+
+def _types(st: Any) -> list[str]:
+    return [r["type"] for r in st.store.query("SELECT type FROM events ORDER BY seq")]
+
+
+def test_a_good_bundle_is_applied_and_its_couriers_log_in(station: Any) -> None:
+    raw = _bundle(station, 1, [_courier("f1"), _courier("f2", active=False)])
+    assert b"$argon2" not in raw and b"Courier f1" not in raw   # sealed: nothing readable on the broker
+    out = apply_bundle(station.core, _open(station, raw))
+    assert out.added == ["f1", "f2"] and not out.conflicts
+    couriers = {c.id: c for c in station.core.couriers.all()}
+    assert couriers["f1"].source == "fleet" and couriers["f1"].active and not couriers["f2"].active
+    assert station.core.couriers.check_pin("f1", "2468").id == "f1"
+    with pytest.raises(AuthFailed):
+        station.core.couriers.check_pin("f2", "2468")
+    # disabled at the fleet: the next bundle takes it away; dropped from it: removed
+    apply_bundle(station.core, _open(station, _bundle(station, 2, [_courier("f1", active=False)])))
+    with pytest.raises(AuthFailed):
+        station.core.couriers.check_pin("f1", "2468")
+    assert [c.id for c in station.core.couriers.all()] == ["f1"]
+    # nothing secret in the log
+    log = json.dumps(station.store.query("SELECT data FROM events"))
+    assert "$argon2" not in log
+
+
+@pytest.mark.parametrize("case", ["unsigned", "forged", "foreign", "sealed_for_another", "garbage"])
+def test_a_bad_bundle_is_refused_and_changes_nothing(station: Any, case: str) -> None:
+    good = json.loads(_bundle(station, 1, [_courier("f1")]))
+    if case == "unsigned":
+        del good["sig"]
+        raw = json.dumps(good).encode()
+    elif case == "forged":
+        raw = _bundle(station, 1, [_courier("f1")], signer=Ed25519PrivateKey.generate())
+    elif case == "foreign":
+        raw = _bundle(station, 1, [_courier("f1")], station="another-station")
+    elif case == "sealed_for_another":
+        from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+        raw = _bundle(station, 1, [_courier("f1")], key=X25519PrivateKey.generate())
+    else:
+        raw = b"\xff not json"
+    before = station.store.last_seq
+    assert receive(station.core, raw, trusted=FLEET.public_key(),
+                   private=station_bundle_key(station.secrets.encryption_key)) is None
+    assert station.core.couriers.all() == []
+    refused = station.store.query("SELECT data FROM events WHERE seq > ?", (before,))
+    assert len(refused) == 1 and json.loads(refused[0]["data"])["reason"] in (
+        {"unsigned": "unsigned", "forged": "bad_signature", "foreign": "foreign",
+         "sealed_for_another": "sealed_for_another", "garbage": "malformed"}[case],)
+
+
+def test_an_older_or_replayed_bundle_is_refused(station: Any) -> None:
+    first, second = _bundle(station, 1, [_courier("f1")]), _bundle(station, 2, [_courier("f1", active=False)])
+    apply_bundle(station.core, _open(station, second))
+    for raw, reason in ((first, "older"), (second, "replayed")):
+        with pytest.raises(BundleRefused) as exc:
+            apply_bundle(station.core, _open(station, raw))
+        assert exc.value.reason == reason
+    assert not station.core.couriers.get("f1").active
+
+
+def test_a_bundle_never_overwrites_a_local_courier_and_says_so(station: Any) -> None:
+    station.core.couriers.add("c1", "SF", "Local Li", "1357", actor="cli")
+    out = apply_bundle(station.core, _open(station, _bundle(station, 1, [_courier("c1", pin="9999"),
+                                                                         _courier("f1")])))
+    assert out.conflicts == ["c1"] and out.added == ["f1"]
+    c1 = station.core.couriers.get("c1")
+    assert c1.source == "local" and c1.name == "Local Li"
+    assert station.core.couriers.check_pin("c1", "1357").id == "c1"     # the local PIN, not the fleet's
+    alarms = station.store.query("SELECT kind, message FROM alarms")
+    assert [a["kind"] for a in alarms] == ["bundle.conflict"] and "c1" in alarms[0]["message"]
+    # a fleet courier's PIN and existence are the fleet's; a local disable is a hold
+    with pytest.raises(FlowError) as exc:
+        station.core.couriers.change_pin("f1", "1111", actor="cli")
+    assert exc.value.code == "fleet_courier"
+    with pytest.raises(FlowError):
+        station.core.couriers.remove("f1", actor="cli")
+    station.core.couriers.set_active("f1", False, actor="cli")
+    out = apply_bundle(station.core, _open(station, _bundle(station, 2, [_courier("f1")])))
+    assert out.held == ["f1"] and not station.core.couriers.get("f1").active
+    station.core.couriers.set_active("f1", True, actor="cli")
+    assert station.core.couriers.get("f1").active
+
+
+def test_replay_rebuilds_the_couriers_a_bundle_made(station: Any, tmp_path: Path) -> None:
+    station.core.couriers.add("c1", "SF", "Local Li", "1357", actor="cli")
+    apply_bundle(station.core, _open(station, _bundle(station, 1, [_courier("f1"), _courier("c1")])))
+    apply_bundle(station.core, _open(station, _bundle(station, 3, [_courier("f1", name="Renamed"), _courier("f2")])))
+    with station.store.snapshot() as conn:
+        replay_into(conn, tmp_path / "replay.db")
+        live = dump_projections(conn)
+    again = dump_projections(sqlite3.connect(tmp_path / "replay.db"))
+    assert {t: again[t] == live[t] for t in live} == {t: True for t in live}
+    assert station.core.couriers.get("f1").name == "Renamed"
+    assert "courier.updated" in _types(station)
