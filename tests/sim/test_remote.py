@@ -10,7 +10,6 @@ from pathlib import Path
 import uvicorn
 
 from shelf_sim.cli import main
-from station.api.auth import make_token
 from station.bootstrap import build_station
 from station.config import SenderConfig, load_config, load_secrets, write_new_secrets
 from station.mosquitto import MosquittoProcess, free_port
@@ -42,12 +41,15 @@ def test_remote_station_tiny_scenario(tmp_path: Path) -> None:
         while not server.started:
             time.sleep(0.01)
         try:
-            key = secrets.token_key
+            # a real station's credentials (ADR 0130): a paired kiosk and an admin's session
+            accounts = station.core.accounts
+            kiosk = accounts.pair(accounts.create_pairing("k1", actor="test"), client="test")[1]
+            accounts.add("op", "admin", "remote test password", actor="test")
+            operator = accounts.login("op", "remote test password", client="test").session_id
             status = main(["run", "--config", str(ROOT / "examples" / "station.toml"),
                            "--scenario", str(scenario), "--station-url", f"http://127.0.0.1:{port}",
                            "--broker", broker.url, "--secrets", str(secrets_path),
-                           "--kiosk-token", make_token(key, "kiosk", "k1", 3600),
-                           "--operator-token", make_token(key, "operator", "op", 3600),
+                           "--kiosk-token", kiosk, "--operator-token", operator,
                            "--sms-port", str(sms_port), "--quiet", "--report", str(tmp_path / "report")])
             assert status == 0
             assert (tmp_path / "report" / "report.json").exists()
