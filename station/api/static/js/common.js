@@ -95,8 +95,11 @@ const PS = (() => {
     const m = /^#?([0-9a-f]{6})$/i.exec(hex || "");
     if (!m) return "#000";
     const n = parseInt(m[1], 16);
-    const r = (n >> 16) & 255, g = (n >> 8) & 255, b = n & 255;
-    return (0.299 * r + 0.587 * g + 0.114 * b) > 150 ? "#111" : "#fff";
+    // WCAG relative luminance: the ink with the higher contrast ratio on this colour
+    const lin = c => { c /= 255; return c <= 0.03928 ? c / 12.92 : ((c + 0.055) / 1.055) ** 2.4; };
+    const L = 0.2126 * lin((n >> 16) & 255) + 0.7152 * lin((n >> 8) & 255) + 0.0722 * lin(n & 255);
+    const dark = 0.0056;  // #111
+    return (L + 0.05) / (dark + 0.05) >= 1.05 / (L + 0.05) ? "#111" : "#fff";
   }
 
   return { setToken, getToken, tokenInfo, api, download, $, $all, el, fmtTime, inkFor };

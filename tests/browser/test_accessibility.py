@@ -1,0 +1,52 @@
+"""axe-core (npm, tests/browser/package.json: `npm ci` there) injected into the kiosk,
+courier and operator pages: no serious or critical WCAG 2.1 A/AA violations (#19.5)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.browser.access import log_in, pair_kiosk
+from tests.support.stack import LiveStation
+
+from .test_flows import _shelve_by_api
+
+AXE = Path(__file__).parent / "node_modules" / "axe-core" / "axe.min.js"
+TAGS = ["wcag2a", "wcag2aa", "wcag21a", "wcag21aa"]
+
+pytestmark = pytest.mark.skipif(not AXE.exists(), reason="axe-core not installed: npm ci in tests/browser")
+
+
+def serious(page: Any) -> list[dict[str, Any]]:
+    # evaluated through the DevTools protocol, which the pages' CSP (script-src 'self')
+    # rightly does not let a <script> tag do
+    page.evaluate("src => { (0, eval)(src); }", AXE.read_text("utf-8"))
+    result = page.evaluate("tags => axe.run(document, {runOnly: {type: 'tag', values: tags}})", TAGS)
+    return [{"id": v["id"], "impact": v["impact"], "help": v["help"],
+             "nodes": [n["target"] for n in v["nodes"]][:5]}
+            for v in result["violations"] if v["impact"] in ("serious", "critical")]
+
+
+def test_the_kiosk_page_entry_and_result(tmp_path: Path, page: Any) -> None:
+    with LiveStation(tmp_path, http=True) as ls:
+        _slot, code = _shelve_by_api(ls)
+        pair_kiosk(page, ls, "kiosk-1")
+        assert serious(page) == []
+        page.fill("#display", code)
+        page.click("#key-ok")
+        page.wait_for_selector("#result:not(.hidden)")
+        assert serious(page) == []
+
+
+def test_the_courier_page(tmp_path: Path, page: Any) -> None:
+    with LiveStation(tmp_path, http=True) as ls:
+        page.goto(ls.base_url + "/courier")
+        assert serious(page) == []
+
+
+def test_the_operator_page(tmp_path: Path, page: Any) -> None:
+    with LiveStation(tmp_path, http=True) as ls:
+        log_in(page, ls)
+        assert serious(page) == []
