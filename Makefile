@@ -6,7 +6,7 @@ STAMP   := $(VENV)/.installed
 DEMO_DIR ?= var/demo
 SUDO    := $(shell [ "$$(id -u)" = "0" ] || echo sudo)
 
-.PHONY: demo test lint bench deps system-deps testdata clean
+.PHONY: demo test lint bench deps system-deps browser-deps testdata clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -35,6 +35,12 @@ system-deps:
 	@[ -x /usr/bin/chromium ] || { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q chromium; } || \
 	  echo "chromium could not be installed: browser tests will be skipped"
 
+# axe-core for the accessibility checks (tests/browser/test_accessibility.py), from npm
+browser-deps:
+	@command -v npm >/dev/null 2>&1 || { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q nodejs npm; }
+	@[ -f tests/browser/node_modules/axe-core/axe.min.js ] || \
+	  (cd tests/browser && npm ci --no-audit --no-fund --loglevel=error)
+
 testdata: $(STAMP)
 	$(BIN)/python -m tests.data.gather
 
@@ -42,7 +48,7 @@ demo: $(STAMP) system-deps
 	$(BIN)/shelf-sim demo --config examples/station.toml --dir $(DEMO_DIR)
 
 # The suite includes a quick run of every benchmark (tests/test_bench_smoke.py).
-test: $(STAMP) system-deps testdata
+test: $(STAMP) system-deps browser-deps testdata
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)
