@@ -4,7 +4,6 @@ courier and operator pages: no serious or critical WCAG 2.1 A/AA violations (#19
 from __future__ import annotations
 
 import os
-
 from pathlib import Path
 from typing import Any
 
