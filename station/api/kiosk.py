@@ -3,7 +3,9 @@ code; couriers in by face or PIN; the exit check."""
 
 from __future__ import annotations
 
+import logging
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from typing import Any
 
@@ -32,6 +34,7 @@ from .models import (
 )
 from .services import Services, services
 
+log = logging.getLogger("station.api.kiosk")
 router = APIRouter(prefix="/api/kiosk", tags=["kiosk"])
 kiosk_only = require("kiosk")
 
@@ -213,4 +216,22 @@ async def exit_frame(request: Request, who: Principal = Depends(kiosk_only),
 @exit_router.post("/leave", summary="Leave without parcels")
 def exit_leave(body: ExitLeave, who: Principal = Depends(kiosk_only),
                svc: Services = Depends(services)) -> dict[str, Any]:
-    return asdict(svc.core.exit.leave_empty_handed(body.session_id))
+    """The client's session id is a claim: the station opens only for a session inside with
+    no take open since it came in (flows/exit.py, ADR 0075)."""
+    return asdict(svc.core.exit.leave_empty_handed(body.session_id, snapshot_of=_exit_snapshot(svc)))
+
+
+def _exit_snapshot(svc: Services) -> Callable[[], str | None] | None:
+    """The exit camera's picture for an alarm, or None: a camera that gives no picture must
+    never keep the answer (or the door) from the customer."""
+    grab, save = svc.grab_document_frame, svc.save_snapshot
+    if grab is None or save is None:
+        return None
+
+    def take() -> str | None:
+        try:
+            return save(grab())
+        except Exception:  # no camera, no picture: the alarm goes without one
+            log.warning("no exit snapshot for the alarm", exc_info=True)
+            return None
+    return take

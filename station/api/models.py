@@ -90,6 +90,10 @@ class ExitLeave(_Body):
     session_id: str | None = Field(default=None, max_length=64)
 
 
+class TakeResolution(_Body):
+    note: str = Field(default="", max_length=200)
+
+
 class NewCourier(_Body):
     courier_id: str = Field(min_length=1, max_length=32)
     carrier: str = Field(min_length=1, max_length=32)

@@ -14,10 +14,12 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Depends, Query, Request
+from fastapi import Path as Path_
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response, StreamingResponse
 
 from station.domain.phones import phone_hash
+from station.flows import takes
 from station.flows.errors import FlowError, NotFound, Unavailable
 from station.flows.shelfmap import room_state
 from station.store.archive import verify_log
@@ -27,7 +29,7 @@ from station.store.replay import replay_into
 
 from .auth import Principal, require
 from .images import MAX_IMAGE_BYTES, read_image
-from .models import ExtendBy, NewCourier, NewPin, PlacementReport
+from .models import ExtendBy, NewCourier, NewPin, PlacementReport, TakeResolution
 from .services import Services, services
 
 router = APIRouter(prefix="/api/operator", tags=["operator"])
@@ -218,6 +220,18 @@ def ack_alarm(alarm_id: str, who: Principal = Depends(admin_only),
     with store.transaction() as tx:
         tx.emit(Event("alarm.acknowledged", alarm_id, who.subject, {"alarm_id": alarm_id}))
     return {"alarm_id": alarm_id, "acknowledged": True}
+
+
+@router.get("/takes", summary="Takes the shelves sensed that nothing explains yet (they hold the exit)")
+def open_takes(who: Principal = Depends(operator_only),
+               svc: Services = Depends(services)) -> list[dict[str, Any]]:
+    return [dict(r) for r in takes.unresolved(svc.core.ctx.store)]
+
+
+@router.post("/takes/{take_seq}/resolve", summary="Settle a take after looking at the snapshots")
+def resolve_take(take_seq: int = Path_(ge=1, le=MAX_SEQ), body: TakeResolution | None = None,
+                 who: Principal = Depends(operator_only), svc: Services = Depends(services)) -> dict[str, Any]:
+    return takes.resolve(svc.core.ctx, take_seq, who.subject, body.note if body else "")
 
 
 @router.get("/snapshots/{ref}", summary="A snapshot JPEG by its hash", response_class=Response,

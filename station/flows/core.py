@@ -174,6 +174,8 @@ class StationCore:
                     tx.emit(Event("slot.put_back", str(slot), "station", {"slot": str(slot)}))
                     tx.emit(Event("slot.alarm.cleared", str(slot), "station", {"slot": str(slot)}))
                 return PlacementOutcome(str(slot), action, "put_back")
+            if self.pickup.on_put_back(slot, count):
+                return PlacementOutcome(str(slot), action, "put_back")
             if self.ctx.layout.slot(slot).outbound:
                 parcel = self.returns.on_outbound_put(slot)
                 if parcel:

@@ -3,15 +3,21 @@
 Every waybill must belong to a parcel waiting for one customer who is inside (a live
 session, or one that timed out within the grace period while they were still inside).
 Anything else — somebody else's parcel, an unknown waybill — keeps the door locked, raises
-an alarm and tells the customer what is wrong. A partial pickup is fine."""
+an alarm and tells the customer what is wrong. A partial pickup is fine.
+
+The door's decision comes from what the shelves sensed, not from what the customer says
+(DESIGN §9, ADR 0075): nobody passes while a take that no lights explain and that happened
+after they came in is unresolved, and "leave without parcels" opens only for a known
+session inside that has no take of its own, or of anybody else since it came in, open.
+Each decision is read and recorded in one transaction under the station lock."""
 
 from __future__ import annotations
 
-import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from station.store.db import Tx
 from station.store.eventlog import Event
 
 from . import contacts, guard
@@ -20,6 +26,7 @@ from .context import Ctx
 from .errors import FlowError, Unavailable
 from .lights import LightSync
 from .ports import outcome_of
+from .takes import OpenTake, entered_seq, open_since
 
 INSIDE_GRACE_S = 1800.0
 
@@ -42,11 +49,23 @@ class ExitCheck:
 
     def _sessions_inside(self, now: float) -> dict[str, dict[str, Any]]:
         # two indexed questions, not one OR the planner answers with a scan of every session
-        rows = self.ctx.store.query(
+        return {r["recipient_hash"]: r for r in self.ctx.store.query(
             "SELECT * FROM sessions WHERE state = 'open' AND kind = 'pickup'"
             " UNION ALL SELECT * FROM sessions WHERE kind = 'pickup' AND reason = 'timeout'"
-            " AND closed_at > ? AND state != 'open'", (now - INSIDE_GRACE_S,))
-        return {r["recipient_hash"]: r for r in rows}
+            " AND closed_at > ? AND state != 'open'", (now - INSIDE_GRACE_S,))}
+
+    def _session_inside(self, session_id: str, now: float) -> dict[str, Any] | None:
+        """The pickup session `session_id` if its customer is inside: open, or timed out
+        within the grace period, and not yet through the exit."""
+        return self.ctx.store.query_one(
+            "SELECT * FROM sessions WHERE id = ? AND kind = 'pickup' AND (state = 'open'"
+            " OR (reason = 'timeout' AND closed_at > ?))"
+            " AND id NOT IN (SELECT session_id FROM session_exits)",
+            (session_id, now - INSIDE_GRACE_S))
+
+    def _open_takes(self, session_id: str) -> list[OpenTake]:
+        since = entered_seq(self.ctx.store, session_id)
+        return open_since(self.ctx.store, since if since is not None else 0)
 
     def check(self, waybills: Sequence[str], *, snapshot: str | None = None,
               camera: str = "exit", wait: bool = True) -> ExitResult:
@@ -56,8 +75,9 @@ class ExitCheck:
         if not shown:
             raise FlowError("No waybill was read. Hold each parcel's label under the camera.",
                             code="nothing_read", status=422)
-        inside = self._sessions_inside(now)
-        with ctx.lock:
+        with ctx.lock, ctx.store.transaction() as tx:
+            # read on the transaction's connection (Store.query on the thread that holds it)
+            inside = self._sessions_inside(now)
             parcels = {}
             for w in shown:
                 parcels[w] = ctx.store.query_one("SELECT * FROM parcels WHERE waybill = ?", (w,))
@@ -76,73 +96,135 @@ class ExitCheck:
                     problems.append({"waybill": w, "problem": "not_yours"})
                 elif p["state"] not in ("shelved", "picked_up"):
                     problems.append({"waybill": w, "problem": f"parcel_{p['state']}"})
+            if not problems and session is not None:
+                # their own waybills are not enough while a parcel nobody's lights explain
+                # left a shelf after they came in: it may be in their bag, not shown
+                problems += [{"slot": t.slot, "problem": "unexplained_take"}
+                             for t in self._open_takes(session["id"]) if t.session_id is None]
             if problems or session is None:
-                with ctx.store.transaction() as tx:
-                    tx.emit(Event("exit.refused", camera, "customer", {
-                        "session_id": session["id"] if session else None,
-                        "problems": problems, "shown": len(shown)}, snapshot))
+                sid = session["id"] if session else None
+                tx.emit(Event("exit.refused", camera, "customer", {
+                    "session_id": sid, "problems": problems, "shown": len(shown)}, snapshot))
+                unexplained = [x for x in problems if x["problem"] == "unexplained_take"]
+                if unexplained:
+                    self._alarm_once(tx, "exit.unexplained_take", sid or camera,
+                                     "exit held: parcel lifted unexplained at "
+                                     + ", ".join(x["slot"] for x in unexplained), snapshot, session_id=sid)
+                else:
                     guard.raise_alarm(tx, "exit.wrong_parcel", camera,
                                       "exit refused: " + ", ".join(
                                           f"{x['waybill'][-4:]}:{x['problem']}" for x in problems),
-                                      session_id=session["id"] if session else None)
-                msg = ("This parcel is not yours. Please put it back; staff have been alerted."
-                       if any(x["problem"] == "not_yours" for x in problems)
-                       else "A label could not be matched to your parcels. Staff have been alerted.")
-                return ExitResult(False, session["id"] if session else None, problems=problems, message=msg)
+                                      snapshot=snapshot, session_id=sid)
+                if any(x["problem"] == "not_yours" for x in problems):
+                    msg = "This parcel is not yours. Please put it back; staff have been alerted."
+                elif unexplained:
+                    msg = ("A parcel was lifted from a slot not lit for anyone. The exit opens once "
+                           "it is back in its slot; staff have been alerted.")
+                else:
+                    msg = "A label could not be matched to your parcels. Staff have been alerted."
+                return ExitResult(False, sid, problems=problems, message=msg)
             picked = []
-            with ctx.store.transaction() as tx:
-                for w, p in parcels.items():
-                    if p["state"] == "shelved":
-                        tx.emit(Event("parcel.picked_up", p["id"], "customer",
-                                      {"parcel_id": p["id"], "session_id": session["id"], "waybill": w}))
-                        picked.append(p["id"])
-                left = tx.execute(
-                    "SELECT COUNT(*) FROM parcels WHERE recipient_hash = ? AND state = 'shelved'",
-                    (session["recipient_hash"],)).fetchone()[0]
-                if session["state"] == "open":
-                    tx.emit(Event("pickup.closed", session["id"], "customer", {
-                        "session_id": session["id"],
-                        "reason": "completed" if left == 0 else "partial"}))
-                self.care.on_picked_up(tx, session, picked)
-                contacts.forget_if_done(tx, session["recipient_hash"])
-                tx.emit(Event("exit.passed", camera, "customer", {
-                    "session_id": session["id"], "picked_up": picked, "left_waiting": left}, snapshot))
+            for w, p in parcels.items():
+                if p["state"] == "shelved":
+                    tx.emit(Event("parcel.picked_up", p["id"], "customer",
+                                  {"parcel_id": p["id"], "session_id": session["id"], "waybill": w}))
+                    picked.append(p["id"])
+            left = tx.execute(
+                "SELECT COUNT(*) FROM parcels WHERE recipient_hash = ? AND state = 'shelved'",
+                (session["recipient_hash"],)).fetchone()[0]
+            if session["state"] == "open":
+                tx.emit(Event("pickup.closed", session["id"], "customer", {
+                    "session_id": session["id"],
+                    "reason": "completed" if left == 0 else "partial"}))
+            self.care.on_picked_up(tx, session, picked)
+            contacts.forget_if_done(tx, session["recipient_hash"])
+            tx.emit(Event("exit.passed", camera, "customer", {
+                "session_id": session["id"], "picked_up": picked, "left_waiting": left}, snapshot))
         self.lights.refresh()
         return self._open_exit(ExitResult(True, session["id"], picked, message="Thank you."), wait)
 
-    def leave_empty_handed(self, session_id: str | None = None, *, wait: bool = True) -> ExitResult:
-        """Leaving with nothing: allowed unless the shelves saw this customer take a parcel."""
-        ctx = self.ctx
-        with ctx.lock:
-            taken = self._taken(session_id) if session_id else 0
-            if taken:
-                with ctx.store.transaction() as tx:
-                    tx.emit(Event("exit.refused", "exit", "customer",
-                                  {"session_id": session_id, "problems": [{"problem": "parcel_not_shown"}]}))
-                return ExitResult(False, session_id, problems=[{"problem": "parcel_not_shown"}],
-                                  message="Please show the parcels you took under the camera.")
-            with ctx.store.transaction() as tx:
-                if session_id:
-                    s = tx.execute("SELECT state FROM sessions WHERE id = ?", (session_id,)).fetchone()
-                    if s and s[0] == "open":
-                        tx.emit(Event("pickup.closed", session_id, "customer",
-                                      {"session_id": session_id, "reason": "left_empty_handed"}))
-                tx.emit(Event("exit.passed", "exit", "customer", {"session_id": session_id, "picked_up": []}))
-            self.lights.refresh()
-        return self._open_exit(ExitResult(True, session_id, message="Goodbye."), wait)
+    def leave_empty_handed(self, session_id: str | None = None, *,
+                           snapshot_of: Callable[[], str | None] | None = None,
+                           wait: bool = True) -> ExitResult:
+        """Leaving with nothing, with no waybill to check: only a session inside, and only
+        when the shelves saw no take since it came in that is still open, neither its own
+        (show it) nor anybody's (it may be in this customer's bag).
 
-    def _taken(self, session_id: str) -> int:
-        """Parcels the shelves saw this session take: what it came for minus what is left
-        (from the session's own rows, not a walk through the log)."""
-        row = self.ctx.store.query_one("SELECT parcels FROM sessions WHERE id = ?", (session_id,))
-        if row is None:
-            return 0
-        left = self.ctx.store.query_one(
-            "SELECT COALESCE(SUM(remaining), 0) n FROM session_slots WHERE session_id = ?", (session_id,))
-        # a parcel refused at the kiosk (#19.4) lies in its slot again: not carried out
-        refused = self.ctx.store.query_one(
-            "SELECT COUNT(*) n FROM refusals WHERE session_id = ? AND state = 'done'", (session_id,))
-        return max(len(json.loads(row["parcels"])) - int(left["n"]) - int(refused["n"]), 0)
+        `snapshot_of` takes the exit camera's picture for the alarm; it is asked before the
+        lock (a camera may take seconds), only when the room's state says the request will
+        be refused and no alarm for it is open yet. The decision itself is taken again under
+        the lock, in the transaction that records it."""
+        ctx = self.ctx
+        door = ctx.config.doors.exit
+        snapshot = None
+        if snapshot_of is not None:
+            session, problems = self._leave_problems(session_id, ctx.clock())
+            if problems and not self._alarm_open(*self._leave_alarm(session, door)):
+                snapshot = snapshot_of()
+        with ctx.lock, ctx.store.transaction() as tx:
+            session, problems = self._leave_problems(session_id, ctx.clock())
+            if problems:
+                sid = session["id"] if session else None
+                data: dict[str, Any] = {"session_id": sid, "problems": problems}
+                if session is None:
+                    data["claimed"] = session_id[:64] if isinstance(session_id, str) else None
+                tx.emit(Event("exit.refused", door, "customer", data, snapshot))
+                kind, subject = self._leave_alarm(session, door)
+                if session is None:
+                    self._alarm_once(tx, kind, subject, "leave without parcels asked for no session inside",
+                                     snapshot)
+                    msg = ("The exit opens without parcels only for a customer who came in at the "
+                           "entry. Please ask staff for help.")
+                else:
+                    slots = sorted({x["slot"] for x in problems})
+                    self._alarm_once(tx, kind, subject,
+                                     "leave without parcels held: open takes at " + ", ".join(slots),
+                                     snapshot, session_id=sid)
+                    if any(x["problem"] == "parcel_not_shown" for x in problems):
+                        msg = "Please show the parcels you took under the camera."
+                    else:
+                        msg = ("A parcel was just lifted that is not yet accounted for. The exit "
+                               "opens once it is shown at the exit or back in its slot; staff have "
+                               "been alerted.")
+                return ExitResult(False, sid, problems=problems, message=msg)
+            assert session is not None
+            sid = session["id"]
+            if session["state"] == "open":
+                tx.emit(Event("pickup.closed", sid, "customer",
+                              {"session_id": sid, "reason": "left_empty_handed"}))
+            tx.emit(Event("exit.passed", door, "customer", {"session_id": sid, "picked_up": []},
+                          snapshot))
+        self.lights.refresh()
+        return self._open_exit(ExitResult(True, sid, message="Goodbye."), wait)
+
+    def _leave_problems(self, session_id: str | None,
+                        now: float) -> tuple[dict[str, Any] | None, list[dict[str, str]]]:
+        """Why "leave without parcels" must not open now (empty: it may)."""
+        session = self._session_inside(session_id, now) if isinstance(session_id, str) else None
+        if session is None:
+            return None, [{"problem": "unknown_session"}]
+        problems = []
+        for t in self._open_takes(session["id"]):
+            mine = t.session_id == session["id"]
+            problems.append({"slot": t.slot, "problem": "parcel_not_shown" if mine else "unexplained_take"})
+        return session, problems
+
+    @staticmethod
+    def _leave_alarm(session: dict[str, Any] | None, door: str) -> tuple[str, str]:
+        if session is None:
+            return "exit.leave_refused", door
+        return "exit.unexplained_take", session["id"]
+
+    def _alarm_open(self, kind: str, subject: str) -> bool:
+        return self.ctx.store.query_one(
+            "SELECT 1 FROM alarms WHERE kind = ? AND subject = ? AND acknowledged_at IS NULL",
+            (kind, subject)) is not None
+
+    def _alarm_once(self, tx: Tx, kind: str, subject: str, message: str, snapshot: str | None,
+                    **data: object) -> None:
+        """One open alarm per cause: a burst of refused requests must not bury the operator."""
+        if not self._alarm_open(kind, subject):
+            guard.raise_alarm(tx, kind, subject, message, snapshot=snapshot, **data)
 
     def _open_exit(self, result: ExitResult, wait: bool) -> ExitResult:
         ctx = self.ctx
@@ -159,3 +241,4 @@ class ExitCheck:
                               code="door_failed")
         result.door = "unlocked"
         return result
+

@@ -134,8 +134,9 @@ def record_success(tx: Tx, kind: str, scope: str, actor: str, data: dict[str, ob
     tx.emit(Event(f"auth.{kind}.accepted", scope, actor, {"scope": scope, **data}))
 
 
-def raise_alarm(tx: Tx, kind: str, subject: str, message: str, **data: object) -> str:
+def raise_alarm(tx: Tx, kind: str, subject: str, message: str, *, snapshot: str | None = None,
+                **data: object) -> str:
     alarm_id = new_id("alm")
     tx.emit(Event("alarm.raised", subject, "station",
-                  {"alarm_id": alarm_id, "kind": kind, "message": message, **data}))
+                  {"alarm_id": alarm_id, "kind": kind, "message": message, **data}, snapshot))
     return alarm_id

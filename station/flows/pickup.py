@@ -22,6 +22,7 @@ from station.store.eventlog import Event
 from . import alarms, contacts, guard
 from .context import Ctx, new_id
 from .errors import AuthFailed, FlowError, Unavailable
+from .holdings import held_in
 from .lights import LightSync
 from .ports import outcome_of
 
@@ -314,6 +315,30 @@ class Pickup:
             data["late"] = True
         with ctx.store.transaction() as tx:
             tx.emit(Event("pickup.slot.taken", str(slot), "station", data))
+        return True
+
+    def on_put_back(self, slot: SlotAddress, count: object) -> bool:
+        """A put into `slot` where a customer inside took from their lit slot and no courier
+        is sent there: the parcel is back (changed their mind, or somebody else's lifted and
+        returned), so the take no longer holds anyone at the exit and the slot lights again.
+
+        Only a put that brings the slot back to at most what the records hold counts (a new
+        parcel would go above them), so a courier's parcel is never taken for a put-back."""
+        ctx = self.ctx
+        if not isinstance(count, int) or isinstance(count, bool) or count > held_in(ctx.store, slot):
+            return False
+        if ctx.store.query_one("SELECT 1 FROM pending_placements WHERE state = 'waiting'"
+                               " AND target_slot = ?", (str(slot),)):
+            return False
+        take = ctx.store.query_one(
+            "SELECT t.seq, t.session_id FROM takes t JOIN sessions s ON s.id = t.session_id"
+            " WHERE t.slot = ? AND t.resolved_seq IS NULL AND s.state = 'open'"
+            " ORDER BY t.seq DESC LIMIT 1", (str(slot),))
+        if take is None:
+            return False
+        with ctx.store.transaction() as tx:
+            tx.emit(Event("pickup.slot.returned", str(slot), "station", {
+                "session_id": take["session_id"], "slot": str(slot), "take_seq": take["seq"]}))
         return True
 
     def _left_before_the_take(self, slot: SlotAddress) -> list[dict[str, Any]]:

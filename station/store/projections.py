@@ -125,6 +125,47 @@ def _pickup_taken(conn: sqlite3.Connection, e: EventRecord, at: float) -> None:
         " WHERE session_id = ? AND slot = ?",
         (e.data["session_id"], e.data["slot"]),
     )
+    # a late take belongs to a session that already showed its parcels at the exit
+    late = bool(e.data.get("late"))
+    conn.execute(
+        "INSERT INTO takes(seq, slot, session_id, at, resolved_seq, how) VALUES (?,?,?,?,?,?)",
+        (e.seq, e.data["slot"], e.data["session_id"], at, e.seq if late else None,
+         "shown" if late else None),
+    )
+
+
+@applies("pickup.slot.returned")
+def _pickup_returned(conn: sqlite3.Connection, e: EventRecord, at: float) -> None:
+    conn.execute(
+        "UPDATE session_slots SET remaining = remaining + 1 WHERE session_id = ? AND slot = ?",
+        (e.data["session_id"], e.data["slot"]),
+    )
+    conn.execute(
+        "UPDATE takes SET resolved_seq = ?, how = 'put_back' WHERE seq = ? AND resolved_seq IS NULL",
+        (e.seq, e.data["take_seq"]),
+    )
+
+
+@applies("take.resolved")
+def _take_resolved(conn: sqlite3.Connection, e: EventRecord, at: float) -> None:
+    conn.execute(
+        "UPDATE takes SET resolved_seq = ?, how = 'operator' WHERE seq = ? AND resolved_seq IS NULL",
+        (e.seq, e.data["take_seq"]),
+    )
+
+
+@applies("exit.passed")
+def _exit_passed(conn: sqlite3.Connection, e: EventRecord, at: float) -> None:
+    """A session through the exit: it cannot pass again, and what it took went with it
+    (shown under the camera, or, leaving empty-handed, there was nothing)."""
+    sid = e.data.get("session_id")
+    if not sid:
+        return
+    conn.execute("INSERT OR IGNORE INTO session_exits(session_id, seq) VALUES (?, ?)", (sid, e.seq))
+    conn.execute(
+        "UPDATE takes SET resolved_seq = ?, how = 'shown' WHERE session_id = ? AND resolved_seq IS NULL",
+        (e.seq, sid),
+    )
 
 
 @applies("slot.sensed")
@@ -161,6 +202,14 @@ def _slot_lifts(conn: sqlite3.Connection, e: EventRecord, at: float) -> None:
     conn.execute(
         "INSERT INTO slot_lifts(slot, n) VALUES (?, MAX(?, 0))"
         " ON CONFLICT(slot) DO UPDATE SET n = MAX(n + ?, 0)", (e.data["slot"], step, step))
+    if e.type == "slot.lifted":  # nobody's take: somebody inside must answer for it
+        conn.execute("INSERT INTO takes(seq, slot, session_id, at) VALUES (?,?,NULL,?)",
+                     (e.seq, e.data["slot"], at))
+    else:
+        conn.execute(
+            "UPDATE takes SET resolved_seq = ?, how = 'put_back' WHERE seq = (SELECT MIN(seq)"
+            " FROM takes WHERE slot = ? AND session_id IS NULL AND resolved_seq IS NULL)",
+            (e.seq, e.data["slot"]))
 
 
 @applies("slot.alarm")
@@ -296,6 +345,11 @@ def _parcel_refused(conn: sqlite3.Connection, e: EventRecord, at: float) -> None
     if not d.get("put_back"):
         conn.execute("UPDATE session_slots SET remaining = MAX(remaining - 1, 0)"
                      " WHERE session_id = ? AND slot = ?", (d["session_id"], d["slot"]))
+    else:  # back in its slot: the session's take of it no longer holds the exit (ADR 0075)
+        conn.execute(
+            "UPDATE takes SET resolved_seq = ?, how = 'put_back' WHERE seq = (SELECT MAX(seq)"
+            " FROM takes WHERE session_id = ? AND slot = ? AND resolved_seq IS NULL)",
+            (e.seq, d["session_id"], d["slot"]))
 
 
 _STATE_OF_EVENT = {

@@ -28,6 +28,8 @@ PROJECTION_TABLES = (
     "kiosk_devices",
     "refusals",
     "bundle_state",
+    "takes",
+    "session_exits",
 )
 SIDE_TABLES = ("face_templates", "outbox", "otps", "upstream_cursor", "recipient_contacts",
                "log_checkpoint", "archive_segments", "session_seen", "pairing_codes")
@@ -376,6 +378,31 @@ MIGRATIONS: list[str] = [
         applied_at REAL NOT NULL,
         digest TEXT
     );
+    """,
+    # 13: every take the shelves sensed that some customer must answer for (their own
+    # parcel not yet shown, or nobody's), until it is shown at the exit, put back or settled
+    # by an operator; and which sessions have passed the exit. The exit decides from these
+    # (ADR 0075). A database upgraded to this step starts with no open take (earlier
+    # takes count as settled; `station log replay` rebuilds them); its exits are filled
+    # from the log, so no session that already left can leave again.
+    """
+    CREATE TABLE IF NOT EXISTS takes (
+        seq INTEGER PRIMARY KEY,
+        slot TEXT NOT NULL,
+        session_id TEXT,
+        at REAL NOT NULL,
+        resolved_seq INTEGER,
+        how TEXT
+    );
+    CREATE INDEX IF NOT EXISTS takes_open ON takes(resolved_seq, seq);
+    CREATE INDEX IF NOT EXISTS takes_session ON takes(session_id, resolved_seq);
+    CREATE TABLE IF NOT EXISTS session_exits (
+        session_id TEXT PRIMARY KEY,
+        seq INTEGER NOT NULL
+    );
+    INSERT OR IGNORE INTO session_exits(session_id, seq)
+        SELECT json_extract(data, '$.session_id'), seq FROM events
+        WHERE type = 'exit.passed' AND json_type(data, '$.session_id') = 'text';
     """,
 ]
 

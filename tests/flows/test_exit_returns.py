@@ -118,7 +118,7 @@ def test_leaving_empty_handed_is_refused_after_a_sensed_take(station: Station) -
     e = station.core.pickup.enter_with_code(str(code))
     station.take(slot)
     refused = station.core.exit.leave_empty_handed(e.session_id)
-    assert not refused.allowed and refused.problems == [{"problem": "parcel_not_shown"}]
+    assert not refused.allowed and refused.problems == [{"slot": slot, "problem": "parcel_not_shown"}]
     assert "door-exit" not in station.devices.unlocks
 
 
