@@ -21,6 +21,7 @@ OUTCOME = ("parcels_shelved", "parcels_not_shelved", "parcels_picked_up", "picku
            "customer_entries", "courier_entries", "walk_offs", "courier_wrong_slot_puts",
            "customer_wrong_slot_takes", "wrong_parcels_caught_at_exit", "strangers_refused",
            "parcels_left_on_shelves", "customers_not_admitted", "exit_refused_own_parcels",
+           "exit_leave_tries_with_foreign_parcel", "exit_leave_foreign_refused",
            "reboots", "broker_restarts", "stuck_sensors", "dead_leds")
 INVARIANTS = ("wrong_slots_lit", "parcels_lost", "doors_opened_without_waiting_parcel",
               "foreign_parcels_let_out", "strangers_let_in", "station_stalled")
@@ -179,6 +180,10 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
         f"held at the door          {pct('entry_held_for_colour')}",
         f"exit check                {pct('exit')}",
         f"wrong parcels caught      {o.get('wrong_parcels_caught_at_exit', 0)}",
+        (f"leave without parcels     {o.get('exit_leave_tries_with_foreign_parcel', 0)} tries with a "
+         f"foreign parcel, {o.get('exit_leave_foreign_refused', 0)} refused; "
+         f"{report['observed'].get('exit_leave_tries', 0)} tries in all, "
+         f"{report['observed'].get('exit_leave_allowed', 0)} opened"),
         f"mistakes made             {mistakes}",
         f"faults                    {faults}",
     ]

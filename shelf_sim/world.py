@@ -61,6 +61,8 @@ class PhysicalParcel:
     size: str
     slot: str | None = None      # printed address while on a shelf
     holder: str | None = None    # who carries it (courier id / customer phone / "gone")
+    came_from: str | None = None  # the slot it was last taken from
+    unsensed: bool = False        # lifted while that slot's sensor was stuck (no station could see it)
 
 
 @dataclass
@@ -88,7 +90,17 @@ class Room:
             if slot is not None:
                 self.slots[slot].remove(waybill)
             p.slot, p.holder = None, holder
+            if slot is not None:
+                p.came_from = slot
             return slot
+
+    def lift(self, waybill: str, holder: str) -> str | None:
+        """Take `waybill` off its shelf into `holder`'s hands, only if it lies on a shelf
+        now (another hand may have been quicker); returns the slot, or None."""
+        with self._lock:
+            if self.parcels[waybill].slot is None:
+                return None
+            return self.remove(waybill, holder)
 
     def in_slot(self, slot: str) -> list[str]:
         with self._lock:

@@ -171,7 +171,12 @@ class StationCore:
                 # cannot say whose parcel went in, and a put-back is far likelier than a
                 # courier's parcel landing in that very slot at that moment
                 with self.ctx.store.transaction() as tx:
-                    tx.emit(Event("slot.put_back", str(slot), "station", {"slot": str(slot)}))
+                    # while a courier holds a parcel to place, the item put in may be theirs:
+                    # the lift stays open for the exit until an operator looks (ADR 0075)
+                    data: dict[str, Any] = {"slot": str(slot)}
+                    if self.shelving.placement_waiting():
+                        data["ambiguous"] = True
+                    tx.emit(Event("slot.put_back", str(slot), "station", data))
                     tx.emit(Event("slot.alarm.cleared", str(slot), "station", {"slot": str(slot)}))
                 return PlacementOutcome(str(slot), action, "put_back")
             if self.pickup.on_put_back(slot, count):
@@ -224,9 +229,22 @@ class StationCore:
         with self.ctx.store.transaction() as tx:
             if reason == "unexpected_take" and self._below_record(slot, count):
                 tx.emit(Event("slot.lifted", str(slot), "station", {"slot": str(slot)}))
+            elif reason == "unexpected_take":
+                # the slot held an item the records do not know (a refused courier parcel):
+                # no put-back is expected for it, but nobody's lights explain the hand that
+                # took it either, so the exit waits for it like for a lift (ADR 0075)
+                tx.emit(Event("slot.take.unrecorded", str(slot), "station", {"slot": str(slot)}))
+            elif self._open_unrecorded_take(slot) and not self.shelving.placement_waiting():
+                # an item into a slot whose unrecorded take is open: it came back
+                tx.emit(Event("slot.take.returned", str(slot), "station", {"slot": str(slot)}))
             tx.emit(Event("slot.alarm", str(slot), "station",
                           {"slot": str(slot), "until": tx.now + 15.0, "reason": reason}))
             guard.raise_alarm(tx, f"slot.{reason}", str(slot), f"slot {slot}: {reason.replace('_', ' ')}")
+
+    def _open_unrecorded_take(self, slot: SlotAddress) -> bool:
+        return self.ctx.store.query_one(
+            "SELECT 1 FROM takes WHERE slot = ? AND session_id IS NULL AND resolved_seq IS NULL",
+            (str(slot),)) is not None
 
     # --- the clock ------------------------------------------------------------------------------
 

@@ -176,12 +176,15 @@ class ExitCheck:
                     msg = ("The exit opens without parcels only for a customer who came in at the "
                            "entry. Please ask staff for help.")
                 else:
-                    slots = sorted({x["slot"] for x in problems})
+                    where = sorted({x.get("slot") or x.get("device", "") for x in problems})
                     self._alarm_once(tx, kind, subject,
-                                     "leave without parcels held: open takes at " + ", ".join(slots),
-                                     snapshot, session_id=sid)
+                                     "leave without parcels held: open takes or unheard shelves at "
+                                     + ", ".join(where), snapshot, session_id=sid)
                     if any(x["problem"] == "parcel_not_shown" for x in problems):
                         msg = "Please show the parcels you took under the camera."
+                    elif all(x["problem"] == "shelf_unheard" for x in problems):
+                        msg = ("A shelf is not answering, so the exit cannot tell what was taken. It "
+                               "opens once the shelf is back; staff have been alerted.")
                     else:
                         msg = ("A parcel was just lifted that is not yet accounted for. The exit "
                                "opens once it is shown at the exit or back in its slot; staff have "
@@ -203,7 +206,9 @@ class ExitCheck:
         session = self._session_inside(session_id, now) if isinstance(session_id, str) else None
         if session is None:
             return None, [{"problem": "unknown_session"}]
-        problems = []
+        # a shelf the station cannot hear may be hiding a take: no "nothing taken" from it
+        problems = [{"device": device, "problem": "shelf_unheard"} for device in self.ctx.config.shelf_devices
+                    if not self.ctx.devices.is_online(device)]
         for t in self._open_takes(session["id"]):
             mine = t.session_id == session["id"]
             problems.append({"slot": t.slot, "problem": "parcel_not_shown" if mine else "unexplained_take"})

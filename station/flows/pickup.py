@@ -319,7 +319,7 @@ class Pickup:
 
     def on_put_back(self, slot: SlotAddress, count: object) -> bool:
         """A put into `slot` where a customer inside took from their lit slot and no courier
-        is sent there: the parcel is back (changed their mind, or somebody else's lifted and
+        holds a parcel to place: the parcel is back (changed their mind, or somebody else's lifted and
         returned), so the take no longer holds anyone at the exit and the slot lights again.
 
         Only a put that brings the slot back to at most what the records hold counts (a new
@@ -327,9 +327,8 @@ class Pickup:
         ctx = self.ctx
         if not isinstance(count, int) or isinstance(count, bool) or count > held_in(ctx.store, slot):
             return False
-        if ctx.store.query_one("SELECT 1 FROM pending_placements WHERE state = 'waiting'"
-                               " AND target_slot = ?", (str(slot),)):
-            return False
+        if ctx.store.query_one("SELECT 1 FROM pending_placements WHERE state IN ('waiting', 'unverified') LIMIT 1"):
+            return False  # a courier holding a parcel to place could have put it here
         take = ctx.store.query_one(
             "SELECT t.seq, t.session_id FROM takes t JOIN sessions s ON s.id = t.session_id"
             " WHERE t.slot = ? AND t.resolved_seq IS NULL AND s.state = 'open'"

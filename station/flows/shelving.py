@@ -322,6 +322,12 @@ class Shelving:
             " WHERE p.state = 'waiting' AND s.state = 'open' AND s.mode = 'free'"
             " AND s.kind = 'shelving' AND p.session_id != ?", (session_id,)) is not None
 
+    def placement_waiting(self) -> bool:
+        """Is some courier (or drop-off) holding a scanned parcel it has not put down yet, or
+        one whose put is still to be confirmed?"""
+        return self.ctx.store.query_one(
+            "SELECT 1 FROM pending_placements WHERE state IN ('waiting', 'unverified') LIMIT 1") is not None
+
     def attribute_put(self, slot: SlotAddress, items: int = 1,
                       before: int | None = None) -> Attribution:
         """Which waiting scan a put at `slot` belongs to, and whether that is certain.

@@ -205,11 +205,25 @@ def _slot_lifts(conn: sqlite3.Connection, e: EventRecord, at: float) -> None:
     if e.type == "slot.lifted":  # nobody's take: somebody inside must answer for it
         conn.execute("INSERT INTO takes(seq, slot, session_id, at) VALUES (?,?,NULL,?)",
                      (e.seq, e.data["slot"], at))
-    else:
+    elif not e.data.get("ambiguous"):  # maybe a courier's parcel, not the lifted one
         conn.execute(
             "UPDATE takes SET resolved_seq = ?, how = 'put_back' WHERE seq = (SELECT MIN(seq)"
             " FROM takes WHERE slot = ? AND session_id IS NULL AND resolved_seq IS NULL)",
             (e.seq, e.data["slot"]))
+
+
+@applies("slot.take.unrecorded")
+def _take_unrecorded(conn: sqlite3.Connection, e: EventRecord, at: float) -> None:
+    conn.execute("INSERT INTO takes(seq, slot, session_id, at) VALUES (?,?,NULL,?)",
+                 (e.seq, e.data["slot"], at))
+
+
+@applies("slot.take.returned")
+def _take_returned(conn: sqlite3.Connection, e: EventRecord, at: float) -> None:
+    conn.execute(
+        "UPDATE takes SET resolved_seq = ?, how = 'put_back' WHERE seq = (SELECT MIN(seq)"
+        " FROM takes WHERE slot = ? AND session_id IS NULL AND resolved_seq IS NULL)",
+        (e.seq, e.data["slot"]))
 
 
 @applies("slot.alarm")
