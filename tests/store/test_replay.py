@@ -167,6 +167,14 @@ class RandomWalk:
         if rows:
             self.st.core.returns.recall(self.rng.choice(rows)["id"])
 
+    def settle_take(self) -> None:
+        """An operator settles a take that holds the exit (ADR 0075)."""
+        from station.flows import takes
+
+        open_takes = takes.unresolved(self.st.store)
+        if open_takes:
+            takes.resolve(self.st.core.ctx, self.rng.choice(open_takes)["seq"], "operator", "walk")
+
     def device(self) -> None:
         dev = self.rng.choice(self.st.config.device_ids)
         self.st.core.on_device_event(dev, self.rng.choice(["device.online", "device.offline"]),
@@ -179,7 +187,7 @@ class RandomWalk:
             (self.close_session, 2), (self.scan, 20), (self.put, 18), (self.take, 8),
             (self.enter_code, 10), (self.enter_qr, 3), (self.otp, 4), (self.exit, 7),
             (self.tick, 10), (self.return_run, 3), (self.close_run, 1), (self.dropoff, 2),
-            (self.recall, 1), (self.device, 1),
+            (self.recall, 1), (self.device, 1), (self.settle_take, 2),
         ]
         ops = [f for f, w in table for _ in range(w)]
         for _ in range(3):
