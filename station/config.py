@@ -46,6 +46,8 @@ class StationSection(_Strict):
     # guided mode, parcel put in another slot: take the real slot, or ask the courier to move it
     guided_mismatch: Literal["accept", "ask_move"] = "accept"
     placement_timeout_s: float = Field(default=60.0, gt=0, le=3600)
+    # drop-offs open at once, so at most this many of the 8 customer colours (ADR 0076)
+    dropoff_max_colours: int = Field(default=2, ge=1, le=4)
     pickup_session_timeout_s: float = Field(default=300.0, gt=0, le=7200)
     timezone: str = "Asia/Shanghai"
 

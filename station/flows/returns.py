@@ -5,14 +5,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from station.domain.colours import allocate_colour
+from station.domain.colours import PALETTE_HEX, allocate_colour
 from station.domain.layout import SlotAddress
 from station.domain.parcels import transition
 from station.store.eventlog import Event
 
 from .care import Care
 from .context import Ctx, new_id
-from .errors import FlowError
+from .errors import FlowError, Unavailable
 from .lights import LightSync
 from .ports import outcome_of
 from .shelving import Shelving
@@ -64,7 +64,7 @@ class Returns:
                 " ORDER BY slot", (courier.carrier, *states))
             with ctx.store.transaction() as tx:
                 session_id = new_id("rts")
-                colour = allocate_colour(self.lights.colours_in_use())
+                colour = self._free_colour()
                 tx.emit(Event("return.opened", session_id, courier_id, {
                     "session_id": session_id, "courier_id": courier_id, "colour": colour,
                     "mode": kind, "parcels": [p["id"] for p in parcels],
@@ -129,10 +129,17 @@ class Returns:
                ctx.store.query_one("SELECT 1 FROM pending_placements WHERE waybill = ? AND state='waiting'",
                                    (send_code,)):
                 raise FlowError("this send code was already used", code="duplicate_waybill")
-            slot = self.shelving._choose(size, "", outbound=True)
+            # the reserve is counted and taken in the transaction that opens the session, under
+            # the lock: a burst of drop-offs cannot all see a free place (ADR 0076)
             with ctx.store.transaction() as tx:
+                open_now = tx.execute("SELECT COUNT(*) FROM sessions WHERE kind = 'dropoff'"
+                                      " AND state = 'open'").fetchone()[0]
+                if open_now >= ctx.config.station.dropoff_max_colours:
+                    raise Unavailable("Another drop-off is in progress. Please wait a minute and try "
+                                      "again.", code="dropoff_busy")
+                slot = self.shelving._choose(size, "", outbound=True)
                 session_id = new_id("dos")
-                colour = allocate_colour(self.lights.colours_in_use())
+                colour = self._free_colour()
                 deadline = tx.now + ctx.config.station.placement_timeout_s
                 tx.emit(Event("dropoff.opened", session_id, kiosk, {
                     "session_id": session_id, "colour": colour, "mode": "guided",
@@ -147,6 +154,15 @@ class Returns:
             outcome_of(h, ctx.command_timeout)
         return {"session_id": session_id, "pending_id": pending_id, "slot": str(slot),
                 "colour": colour, "carrier": carrier.name}
+
+    def _free_colour(self) -> str:
+        """A colour nobody inside has: drop-offs and return runs never share one (a customer
+        would see their colour on a slot that is not theirs); they wait instead."""
+        in_use = self.lights.colours_in_use()
+        if set(PALETTE_HEX) <= set(in_use):
+            raise Unavailable("Every colour is in use by people inside; please try again in a "
+                              "minute.", code="room_busy")
+        return allocate_colour(in_use)
 
     def on_outbound_put(self, slot: SlotAddress) -> str | None:
         ctx = self.ctx

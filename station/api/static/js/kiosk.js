@@ -17,6 +17,7 @@
     door_offline: ["入口门故障，已通知工作人员。", "The entry door is out of order. Staff have been alerted."],
     door_failed: ["门未能打开，已通知工作人员。", "The door did not open. Staff have been alerted."],
     room_busy: ["室内取件人数已满，请稍候一分钟再试。", "Every colour is in use by people inside. Please try again in a minute."],
+    dropoff_busy: ["其他顾客正在寄件，请稍候一分钟再试。", "Another drop-off is in progress. Please wait a minute and try again."],
     storage_full: ["系统暂时无法服务，已通知工作人员。", "The station cannot take this now. Staff have been alerted."],
     invalid_phone: ["手机号码不正确。", "That phone number is not valid."],
     nothing_read: ["未识别到二维码，请再试一次。", "No QR code was read. Please try again."],
