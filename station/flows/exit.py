@@ -114,7 +114,7 @@ class ExitCheck:
                     guard.raise_alarm(tx, "exit.wrong_parcel", camera,
                                       "exit refused: " + ", ".join(
                                           f"{x['waybill'][-4:]}:{x['problem']}" for x in problems),
-                                      snapshot=snapshot, session_id=sid)
+                                      event_snapshot=snapshot, session_id=sid)
                 if any(x["problem"] == "not_yours" for x in problems):
                     msg = "This parcel is not yours. Please put it back; staff have been alerted."
                 elif unexplained:
@@ -229,7 +229,7 @@ class ExitCheck:
                     **data: object) -> None:
         """One open alarm per cause: a burst of refused requests must not bury the operator."""
         if not self._alarm_open(kind, subject):
-            guard.raise_alarm(tx, kind, subject, message, snapshot=snapshot, **data)
+            guard.raise_alarm(tx, kind, subject, message, event_snapshot=snapshot, **data)
 
     def _open_exit(self, result: ExitResult, wait: bool) -> ExitResult:
         ctx = self.ctx

@@ -134,9 +134,11 @@ def record_success(tx: Tx, kind: str, scope: str, actor: str, data: dict[str, ob
     tx.emit(Event(f"auth.{kind}.accepted", scope, actor, {"scope": scope, **data}))
 
 
-def raise_alarm(tx: Tx, kind: str, subject: str, message: str, *, snapshot: str | None = None,
-                **data: object) -> str:
+def raise_alarm(tx: Tx, kind: str, subject: str, message: str, *,
+                event_snapshot: str | None = None, **data: object) -> str:
+    """`event_snapshot` is the event's own snapshot reference (the picture the operator
+    opens with the alarm); anything else goes into its data."""
     alarm_id = new_id("alm")
     tx.emit(Event("alarm.raised", subject, "station",
-                  {"alarm_id": alarm_id, "kind": kind, "message": message, **data}, snapshot))
+                  {"alarm_id": alarm_id, "kind": kind, "message": message, **data}, event_snapshot))
     return alarm_id
