@@ -674,7 +674,7 @@ class Customer:
         long before calling once more). Returns when to call next."""
         env = self.env
         env.pause(5.0)
-        env.stop.wait(0.02)
+        env.stop.wait(0.2)  # at high --speed, no faster than a person pressing again
         if time.monotonic() >= staff_at:
             env.call_staff()
             return time.monotonic() + env.staff_after_s
