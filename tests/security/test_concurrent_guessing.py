@@ -20,6 +20,7 @@ from typing import Any
 import httpx
 
 from tests.reliability.harness import ProcStation, shelve, until
+from tests.support.bursts import run_burst
 
 PHONE = "13900000007"
 PIN = "90817263"
@@ -47,7 +48,7 @@ def _burst(ps: ProcStation, calls: list[tuple[str, str | None, str | None, dict[
             start.set()
             return await asyncio.gather(*tasks)
 
-    return asyncio.run(run())
+    return run_burst(run)
 
 
 def _count(ps: ProcStation, event_type: str) -> int:

@@ -17,6 +17,7 @@ from pathlib import Path
 import httpx
 
 from tests.reliability.harness import ProcStation, until
+from tests.support.bursts import run_burst
 
 OFF = {"service_tokens": False}
 ADMIN_PW = "admin password 1"
@@ -229,7 +230,7 @@ def _burst(base_url: str, path: str, bodies: list[dict[str, str]]) -> list[httpx
             start.set()
             return await asyncio.gather(*tasks)
 
-    return asyncio.run(run())
+    return run_burst(run)
 
 
 def _statuses(responses: list[httpx.Response]) -> dict[int, int]:
