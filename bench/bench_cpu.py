@@ -61,7 +61,7 @@ def _run(parcels: int, cpus: set[int] | None) -> dict[str, Any]:
 
 
 def run(quick: bool = False) -> dict[str, Any]:
-    parcels = 150 if quick else 5_000
+    parcels = 50 if quick else 5_000
     both = _run(parcels, None)
     one_cpu = max(os.sched_getaffinity(0))
     one = _run(parcels, {one_cpu})
