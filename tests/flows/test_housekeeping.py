@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -21,6 +20,7 @@ from station.store.db import StoreLow
 from station.store.space import MB, DiskBudget
 from station.vision.snapshots import SnapshotStore
 from tests.flows.harness import config_for, make_station, phone, sf_waybill
+from tests.support.tmpfs import needs_mount, small_tmpfs
 
 DAY = 86400.0
 
@@ -117,20 +117,11 @@ def test_below_the_reserve_new_shelving_is_refused_before_anything_starts(tmp_pa
 
 @pytest.fixture
 def tmpfs(tmp_path: Path):  # type: ignore[no-untyped-def]
-    mount = tmp_path / "tmpfs"
-    mount.mkdir()
-    if os.geteuid() != 0 or shutil.which("mount") is None:
-        pytest.skip("mounting a tmpfs needs root")
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=20m", "tmpfs", str(mount)],
-                          capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
-    try:
+    with small_tmpfs(tmp_path / "tmpfs", 20) as mount:
         yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
+@needs_mount
 def test_on_a_real_small_disk_snapshots_go_first_and_shelving_stops_before_the_disk_is_full(
         tmp_path: Path, secrets: Secrets, tmpfs: Path) -> None:
     """Database and snapshots on a 20 MiB tmpfs; alarm below 8 MiB free, refusal below 3 MiB."""

@@ -5,30 +5,18 @@ resumes by itself once space is freed. Runs as root (a 24 MiB tmpfs), skipped ot
 
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
 from pathlib import Path
 
-import pytest
-
 from tests.reliability.harness import ProcStation, shelve, until
+from tests.support.tmpfs import needs_mount, small_tmpfs
 
 PHONE_A, PHONE_B = "13800002222", "13800003333"
 
 
-def _can_mount() -> bool:
-    return os.geteuid() == 0 and shutil.which("mount") is not None
-
-
-@pytest.mark.skipif(not _can_mount(), reason="needs root to mount a small tmpfs")
+@needs_mount
 def test_below_the_reserve_station_run_refuses_shelving_clearly_and_pickups_go_on(tmp_path: Path) -> None:
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    res = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", str(disk)], check=False,
-                         capture_output=True, text=True)
-    assert res.returncode == 0, f"as root, a tmpfs must mount: {res.stderr.strip()}"
-    try:
+    with small_tmpfs(tmp_path / "disk", 24) as disk:
         with ProcStation(tmp_path / "st", database=str(disk / "station.db"), snapshots_dir=str(disk / "snapshots"),
                          disk={"alarm_free_mb": 12, "refuse_free_mb": 6, "check_interval_s": 1.0}) as ps:
             ps.start()
@@ -58,5 +46,3 @@ def test_below_the_reserve_station_run_refuses_shelving_clearly_and_pickups_go_o
                         "shelving resumes once there is space")
             verify = ps.verify_log()
             assert verify.returncode == 0, verify.stdout + verify.stderr
-    finally:
-        subprocess.run(["umount", "-l", str(disk)], check=False, capture_output=True)

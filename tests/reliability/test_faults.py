@@ -19,13 +19,13 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 
 from firmware_stubs.shelf import ShelfController
 from station.store.db import connect
 from station.store.eventlog import verify_chain
 from tests.reliability.harness import ProcStation, shelve, until
 from tests.support.stack import LiveStation
+from tests.support.tmpfs import needs_mount, small_tmpfs
 
 PHONE_A, PHONE_B = "13900000001", "13900000002"
 
@@ -230,28 +230,14 @@ def test_disk_full_refuses_new_work_with_507_and_corrupts_nothing(tmp_path: Path
         http.close()
 
 
-def _can_mount() -> bool:
-    import os
-    import shutil as sh
-
-    return os.geteuid() == 0 and sh.which("mount") is not None
-
-
-@pytest.mark.skipif(not _can_mount(), reason="needs root to mount a small tmpfs")
+@needs_mount
 def test_a_really_full_filesystem_under_station_run(tmp_path: Path) -> None:
     """The same promise on a real full disk: `station run` with its database on a 4 MB tmpfs
     filled to the last byte. Whatever SQLite says (SQLITE_FULL, an I/O error on the WAL),
     the API refuses with 507/503 and a JSON error, the door opens only when the entry was
     recorded, the process stays up, and everything is whole again once space is freed and
     after a SIGKILL and restart on the same disk."""
-    import subprocess as sp
-
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    res = sp.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(disk)], check=False,
-                 capture_output=True, text=True)
-    assert res.returncode == 0, f"as root, a 4 MB tmpfs must mount: {res.stderr.strip()}"
-    try:
+    with small_tmpfs(tmp_path / "disk", 4) as disk:
         # the disk budget's reserve below what this test fills: the real full disk is the
         # point here (the budget's own refusal: tests/flows/test_housekeeping.py)
         with ProcStation(tmp_path / "st", database=str(disk / "station.db"),
@@ -306,5 +292,3 @@ def test_a_really_full_filesystem_under_station_run(tmp_path: Path) -> None:
             waybills = [r["waybill"] for r in ps.query("SELECT waybill FROM parcels")]
             assert sorted(waybills) == ["SF0000000000001", "SF0000000000999"], waybills
             ps.lights_match()
-    finally:
-        sp.run(["umount", "-l", str(disk)], check=False, capture_output=True)
