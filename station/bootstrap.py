@@ -253,10 +253,8 @@ class Station:
             self.homeassistant.start()
         if self.housekeeping is not None:
             self.housekeeping.start()
-        if self.config.bundles.enabled:
-            from station.bundles import BundleListener
-
-            self.bundles = BundleListener(self.core, self.config, self.secrets).start()
+        if self.bundles is not None:
+            self.bundles.start()
         self.started = True
         return self
 
@@ -299,6 +297,14 @@ class Station:
 def build_station(config: StationConfig, secrets: Secrets, *, data_dir: Path | None = None,
                   client_id: str | None = None) -> Station:
     store = Store(config.station.database).open()
+    try:
+        return _assemble(config, secrets, store, client_id)
+    except BaseException:  # a part refused its settings: the database is not left open
+        store.close()
+        raise
+
+
+def _assemble(config: StationConfig, secrets: Secrets, store: Store, client_id: str | None) -> Station:
     holder: dict[str, StationCore] = {}
 
     link_box: dict[str, DeviceLink] = {}
@@ -369,9 +375,16 @@ def build_station(config: StationConfig, secrets: Secrets, *, data_dir: Path | N
     store.space_guard = budget.refusal  # new shelving refused below the reserve (ADR 0102)
     keeper = Housekeeper(config, store, vision.snapshots, budget,
                          retention=_retention(config, store), clock=ctx.clock)
+    bundles = None
+    if config.bundles.enabled:
+        # built here, like every other part: a bad key, password or TLS file is refused
+        # before a thread starts, not by start() with the others already running
+        from station.bundles import BundleListener
+
+        bundles = BundleListener(core, config, secrets)
     return Station(config, secrets, store, link, core, outbox, dispatcher, Ticker(core), app,
                    vision, upstream, device_log, metrics, bridge,
-                   housekeeping=HousekeepingThread(keeper))
+                   housekeeping=HousekeepingThread(keeper), bundles=bundles)
 
 
 def _retention(config: StationConfig, store: Store) -> Retention | None:

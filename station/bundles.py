@@ -314,6 +314,8 @@ class BundleListener:
         import paho.mqtt.client as mqtt
         from paho.mqtt.enums import CallbackAPIVersion
 
+        from station.upstream import fleet_password, fleet_tls_context
+
         self.core = core
         up = config.upstream
         self.trusted = load_trusted(config.bundles.trusted_key)
@@ -322,14 +324,11 @@ class BundleListener:
         self._lock = threading.Lock()
         client_id = f"{up.client_id or config.station.id}-bundles"
         self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=True)
+        # the forwarder's login and TLS, from the same functions (upstream.py)
         if up.username:
-            self.client.username_pw_set(up.username, getattr(secrets, "upstream_password", None))
-        if up.tls:
-            import ssl
-
-            ctx = ssl.create_default_context(cafile=up.ca_file)
-            if up.cert_file:
-                ctx.load_cert_chain(up.cert_file, up.key_file)
+            self.client.username_pw_set(up.username, fleet_password(config, secrets))
+        ctx = fleet_tls_context(config)
+        if ctx is not None:
             self.client.tls_set_context(ctx)
         self.client.on_connect = lambda c, u, f, rc, p: c.subscribe(self.topic, qos=1)
         self.client.on_message = self._on_message

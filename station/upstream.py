@@ -141,6 +141,37 @@ class _Link:
     resend_from: int | None = None  # the fleet asked for events from this seq on again
 
 
+def fleet_password(config: StationConfig, secrets: Secrets) -> str | None:
+    """The fleet broker's password for `[upstream] username` (None without a username)."""
+    if not config.upstream.username:
+        return None
+    if not secrets.upstream_password:
+        from station.config import ConfigError
+
+        raise ConfigError("upstream.username is set but the secrets have no upstream_password")
+    return secrets.upstream_password
+
+
+def fleet_tls_context(config: StationConfig) -> ssl.SSLContext | None:
+    """The TLS of every connection to the fleet broker (the forwarder's and the bundle
+    listener's): the server verified against `ca_file` (or the system's store), TLS 1.2 at
+    least, the client certificate when configured. A file that cannot be read is said here,
+    before any thread starts, not by a traceback from the first connect."""
+    up = config.upstream
+    if not up.tls:
+        return None
+    try:
+        ctx = ssl.create_default_context(cafile=up.ca_file)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        if up.cert_file:
+            ctx.load_cert_chain(up.cert_file, up.key_file)
+    except (OSError, ssl.SSLError) as exc:
+        from station.config import ConfigError
+
+        raise ConfigError(f"[upstream] ca_file/cert_file/key_file: {exc}") from None
+    return ctx
+
+
 class UpstreamForwarder:
     """Ships every event of the log, in order, to the upstream broker; see module doc."""
 
@@ -202,17 +233,9 @@ class UpstreamForwarder:
         up = config.upstream
         if not up.enabled or not up.host:
             raise ValueError("upstream is not enabled")
-        if up.username and not secrets.upstream_password:
-            raise ValueError("upstream.username is set but the secrets have no upstream_password")
-        ctx = None
-        if up.tls:
-            ctx = ssl.create_default_context(cafile=up.ca_file)
-            ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-            if up.cert_file:
-                ctx.load_cert_chain(up.cert_file, up.key_file)
         return cls(store, config.station.id, up.host, up.port, up.topic,
-                   username=up.username, password=secrets.upstream_password if up.username else None,
-                   tls_context=ctx, client_id=up.client_id, **options)
+                   password=fleet_password(config, secrets), username=up.username,
+                   tls_context=fleet_tls_context(config), client_id=up.client_id, **options)
 
     # --- status ----------------------------------------------------------------------------
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import ssl
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,8 +19,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from station.bootstrap import build_station
 from station.bundles import BundleRefused, apply_bundle, open_bundle, receive, seal_bundle, station_bundle_key
-from station.config import load_secrets, write_new_secrets
+from station.config import ConfigError, load_secrets, write_new_secrets
 from station.flows.errors import AuthFailed, FlowError
+from station.store.db import Store
 from station.store.projections import dump_projections
 from station.store.replay import replay_into
 from tests.conftest import example_config
@@ -146,3 +148,41 @@ def test_replay_rebuilds_the_couriers_a_bundle_made(station: Any, tmp_path: Path
     assert {t: again[t] == live[t] for t in live} == {t: True for t in live}
     assert station.core.couriers.get("f1").name == "Renamed"
     assert "courier.updated" in _types(station)
+
+
+def _bundles_config(tmp_path: Path, **upstream: Any) -> Any:
+    cfg = example_config(tmp_path)
+    return cfg.model_copy(update={
+        "upstream": cfg.upstream.model_copy(update={"host": "fleet.example", "username": "st", **upstream}),
+        "bundles": cfg.bundles.model_copy(update={"enabled": True,
+                                                  "trusted_key": FLEET.public_key().public_bytes_raw().hex()})})
+
+
+def test_the_bundle_listener_logs_in_to_the_fleet_broker_as_the_forwarder_does(tmp_path: Path) -> None:
+    """One login and one TLS for the fleet broker (upstream.py): TLS 1.2 at least, the
+    server's name checked, the upstream password from the secrets."""
+    secrets = load_secrets(write_new_secrets(tmp_path / "secrets.toml"), env={"PS_SECRET_UPSTREAM_PASSWORD": "pw"})
+    st = build_station(_bundles_config(tmp_path), secrets)
+    try:
+        ctx = st.bundles.client._ssl_context
+        assert ctx.minimum_version >= ssl.TLSVersion.TLSv1_2
+        assert ctx.verify_mode == ssl.CERT_REQUIRED and ctx.check_hostname
+        assert st.bundles.client._password == b"pw"
+    finally:
+        st.store.close()
+
+
+@pytest.mark.parametrize("case", ["no_password", "missing_ca_file"])
+def test_a_bundle_listener_that_cannot_log_in_is_refused_before_the_station_starts(
+        tmp_path: Path, case: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A clear configuration error from build_station (before any thread runs), and the
+    database it opened is closed again: `station run` says what to fix, no traceback."""
+    env = {} if case == "no_password" else {"PS_SECRET_UPSTREAM_PASSWORD": "pw"}
+    secrets = load_secrets(write_new_secrets(tmp_path / "secrets.toml"), env=env)
+    upstream = {"ca_file": str(tmp_path / "no-such-ca.pem")} if case == "missing_ca_file" else {}
+    closed: list[Store] = []
+    real_close = Store.close
+    monkeypatch.setattr(Store, "close", lambda self: (closed.append(self), real_close(self))[1])
+    with pytest.raises(ConfigError, match="upstream_password" if case == "no_password" else "ca_file"):
+        build_station(_bundles_config(tmp_path, **upstream), secrets)
+    assert [s.path for s in closed] == [Path(example_config(tmp_path).station.database)]
