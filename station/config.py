@@ -349,6 +349,10 @@ class StationConfig(_Strict):
         if up.enabled and (up.host, up.port) == (self.mqtt.host, self.mqtt.port):
             raise ValueError("upstream points at the device broker ([mqtt]), where every device"
                              " could read every event: give the fleet broker's host/port")
+        if self.bundles.enabled and not up.host:
+            # the listener reads the fleet broker of [upstream] (forwarding may stay off)
+            raise ValueError("bundles needs the fleet broker: set upstream.host (and its port,"
+                             " credentials and TLS)")
         return self
 
     @property

@@ -202,3 +202,13 @@ def test_dumped_config_loads_back_equal(tmp_path: Path) -> None:
     assert load_config(path) == cfg
     assert load_config(write(tmp_path, dump_config_toml(load_config(EXAMPLE_CONFIG)), "plain.toml")) \
         == load_config(EXAMPLE_CONFIG)
+
+
+def test_bundles_without_a_fleet_broker_are_refused(tmp_path: Path) -> None:
+    """The bundle listener reads the fleet broker of [upstream]: enabled without its host, it
+    would connect to nothing and say nothing; the config says so instead."""
+    text = EXAMPLE + '\n[bundles]\nenabled = true\ntrusted_key = "' + "ab" * 32 + '"\n'
+    msg = refused(write(tmp_path, text))
+    assert "upstream.host" in msg, msg
+    with_host = text + '\n[upstream]\nhost = "fleet.example"\nusername = "st"\n'
+    assert load_config(write(tmp_path, with_host, "ok.toml")).bundles.enabled
