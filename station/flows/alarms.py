@@ -7,19 +7,25 @@ caller's transaction, so two threads cannot both find none open and both raise o
 
 from __future__ import annotations
 
-from station.store.db import Tx
+from station.store.db import Store, Tx
 
 from . import guard
 
-
-def is_open(tx: Tx, kind: str, subject: str) -> bool:
-    return tx.execute(
-        "SELECT 1 FROM alarms WHERE kind = ? AND subject = ? AND acknowledged_at IS NULL LIMIT 1",
-        (kind, subject)).fetchone() is not None
+_OPEN = "SELECT 1 FROM alarms WHERE kind = ? AND subject = ? AND acknowledged_at IS NULL LIMIT 1"
 
 
-def raise_once(tx: Tx, kind: str, subject: str, message: str, **data: object) -> str | None:
-    """Raise an alarm unless one of `kind` is open for `subject`; its id, or None."""
+def is_open(db: Tx | Store, kind: str, subject: str) -> bool:
+    """In a transaction (what decides), or on the store (a peek before taking the lock,
+    e.g. whether a snapshot is worth taking for an alarm: the decision is taken again)."""
+    if isinstance(db, Tx):
+        return db.execute(_OPEN, (kind, subject)).fetchone() is not None
+    return db.query_one(_OPEN, (kind, subject)) is not None
+
+
+def raise_once(tx: Tx, kind: str, subject: str, message: str, *,
+               event_snapshot: str | None = None, **data: object) -> str | None:
+    """Raise an alarm unless one of `kind` is open for `subject`; its id, or None.
+    (`event_snapshot` as for guard.raise_alarm.)"""
     if is_open(tx, kind, subject):
         return None
-    return guard.raise_alarm(tx, kind, subject, message, **data)
+    return guard.raise_alarm(tx, kind, subject, message, event_snapshot=event_snapshot, **data)

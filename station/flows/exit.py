@@ -17,10 +17,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from station.store.db import Tx
 from station.store.eventlog import Event
 
-from . import contacts, guard
+from . import alarms, contacts, guard
 from .care import Care
 from .context import Ctx
 from .errors import FlowError, Unavailable
@@ -107,9 +106,12 @@ class ExitCheck:
                     "session_id": sid, "problems": problems, "shown": len(shown)}, snapshot))
                 unexplained = [x for x in problems if x["problem"] == "unexplained_take"]
                 if unexplained:
-                    self._alarm_once(tx, "exit.unexplained_take", sid or camera,
-                                     "exit held: parcel lifted unexplained at "
-                                     + ", ".join(x["slot"] for x in unexplained), snapshot, session_id=sid)
+                    # one open alarm per cause: a burst of refused requests must not bury
+                    # the operator (flows/alarms.py)
+                    alarms.raise_once(tx, "exit.unexplained_take", sid or camera,
+                                      "exit held: parcel lifted unexplained at "
+                                      + ", ".join(x["slot"] for x in unexplained),
+                                      event_snapshot=snapshot, session_id=sid)
                 else:
                     guard.raise_alarm(tx, "exit.wrong_parcel", camera,
                                       "exit refused: " + ", ".join(
@@ -159,7 +161,7 @@ class ExitCheck:
         snapshot = None
         if snapshot_of is not None:
             session, problems = self._leave_problems(session_id, ctx.clock())
-            if problems and not self._alarm_open(*self._leave_alarm(session, door)):
+            if problems and not alarms.is_open(ctx.store, *self._leave_alarm(session, door)):
                 snapshot = snapshot_of()
         with ctx.lock, ctx.store.transaction() as tx:
             session, problems = self._leave_problems(session_id, ctx.clock())
@@ -171,15 +173,15 @@ class ExitCheck:
                 tx.emit(Event("exit.refused", door, "customer", data, snapshot))
                 kind, subject = self._leave_alarm(session, door)
                 if session is None:
-                    self._alarm_once(tx, kind, subject, "leave without parcels asked for no session inside",
-                                     snapshot)
+                    alarms.raise_once(tx, kind, subject, "leave without parcels asked for no session inside",
+                                      event_snapshot=snapshot)
                     msg = ("The exit opens without parcels only for a customer who came in at the "
                            "entry. Please ask staff for help.")
                 else:
                     where = sorted({x.get("slot") or x.get("device", "") for x in problems})
-                    self._alarm_once(tx, kind, subject,
-                                     "leave without parcels held: open takes or unheard shelves at "
-                                     + ", ".join(where), snapshot, session_id=sid)
+                    alarms.raise_once(tx, kind, subject,
+                                      "leave without parcels held: open takes or unheard shelves at "
+                                      + ", ".join(where), event_snapshot=snapshot, session_id=sid)
                     if any(x["problem"] == "parcel_not_shown" for x in problems):
                         msg = "Please show the parcels you took under the camera."
                     elif all(x["problem"] == "shelf_unheard" for x in problems):
@@ -219,17 +221,6 @@ class ExitCheck:
         if session is None:
             return "exit.leave_refused", door
         return "exit.unexplained_take", session["id"]
-
-    def _alarm_open(self, kind: str, subject: str) -> bool:
-        return self.ctx.store.query_one(
-            "SELECT 1 FROM alarms WHERE kind = ? AND subject = ? AND acknowledged_at IS NULL",
-            (kind, subject)) is not None
-
-    def _alarm_once(self, tx: Tx, kind: str, subject: str, message: str, snapshot: str | None,
-                    **data: object) -> None:
-        """One open alarm per cause: a burst of refused requests must not bury the operator."""
-        if not self._alarm_open(kind, subject):
-            guard.raise_alarm(tx, kind, subject, message, event_snapshot=snapshot, **data)
 
     def _open_exit(self, result: ExitResult, wait: bool) -> ExitResult:
         ctx = self.ctx

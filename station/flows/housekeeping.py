@@ -18,6 +18,7 @@ from station.store.db import Store, StoreError
 from station.store.eventlog import Event
 from station.store.space import MB, DiskBudget, SpaceStatus
 
+from . import alarms
 from .guard import raise_alarm
 
 log = logging.getLogger("station.housekeeping")
@@ -87,8 +88,7 @@ class Housekeeper:
             self.level = status.level
             return
         with self.store.transaction() as tx:
-            open_alarm = kind and tx.execute(
-                "SELECT 1 FROM alarms WHERE kind = ? AND acknowledged_at IS NULL", (kind,)).fetchone()
+            open_alarm = kind is not None and alarms.is_open(tx, kind, "disk")
             if not changed and (kind is None or open_alarm):
                 self.level = status.level
                 return
