@@ -10,6 +10,7 @@ import uuid
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from station.clocks import Stamp, SteadyDeadlines, current_boot_id
 from station.config import Secrets, StationConfig
@@ -70,9 +71,22 @@ class Ctx:
         self.layout = layout_from_config(self.config)
         self.carriers = carriers_from_config(self.config)
 
-    def stamp(self) -> Stamp:
-        """Now on both clocks, for a moment whose age matters later."""
-        return Stamp(self.clock(), self.boot_id, self.mono())
+    def stamp(self, wall: float | None = None) -> Stamp:
+        """Now on both clocks, for a moment whose age matters later; `wall`: the wall-clock
+        reading the caller was handed (the tick's `now`), else the clock's."""
+        return Stamp(self.clock() if wall is None else wall, self.boot_id, self.mono())
+
+    def due(self, kind: str, rows: list[dict[str, Any]], key: str, deadline: str, now: float,
+            bound: float) -> list[dict[str, Any]]:
+        """Those of `rows` whose deadline (column `deadline`, a wall-clock time) has come on
+        the steady clock (`timeouts[kind]`, keyed by column `key`, never more than `bound`
+        away); keys of things no longer among `rows` are forgotten. What is due was read
+        before any lock: the caller checks each row again in the transaction that ends it."""
+        at = self.stamp(now)
+        timeouts = self.timeouts[kind]
+        due = [r for r in rows if timeouts.due(r[key], r[deadline], at, bound)]
+        timeouts.forget_missing({r[key] for r in rows})
+        return due
 
     @property
     def station_id(self) -> str:

@@ -11,7 +11,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from station.clocks import Stamp
 from station.domain.errors import InvalidSlotAddress
 from station.domain.layout import SlotAddress
 from station.store.db import StoreError
@@ -270,15 +269,9 @@ class StationCore:
         done["reminders_queued"] = reminded
         return done
 
-    def _stamp(self, now: float) -> Stamp:
-        return Stamp(now, self.ctx.boot_id, self.ctx.mono())
-
     def _clear_slot_alarms(self, now: float) -> int:
-        at = self._stamp(now)
-        alarms = self.ctx.store.query("SELECT slot, until FROM slot_alarms")
-        ends = self.ctx.timeouts["alarm"]  # on the steady clock (ADR 0070)
-        rows = [r for r in alarms if ends.due(r["slot"], r["until"], at, SLOT_ALARM_MAX_S)]
-        ends.forget_missing({r["slot"] for r in alarms})
+        lit = self.ctx.store.query("SELECT slot, until FROM slot_alarms")
+        rows = self.ctx.due("alarm", lit, "slot", "until", now, SLOT_ALARM_MAX_S)  # ADR 0070
         cleared = 0
         if rows:
             with self.ctx.lock, self.ctx.store.transaction() as tx:
@@ -290,13 +283,10 @@ class StationCore:
         return cleared
 
     def _close_stale_runs(self, now: float) -> None:
-        at = self._stamp(now)
         runs = self.ctx.store.query(
             "SELECT id, kind, expires_at FROM sessions WHERE state = 'open' AND kind IN ('return','dropoff')")
-        bound = max(RUN_TTL_S, self.ctx.config.station.placement_timeout_s)
-        timeouts = self.ctx.timeouts["run"]  # on the steady clock (ADR 0070)
-        rows = [r for r in runs if timeouts.due(r["id"], r["expires_at"], at, bound)]
-        timeouts.forget_missing({r["id"] for r in runs})
+        rows = self.ctx.due("run", runs, "id", "expires_at", now,
+                            max(RUN_TTL_S, self.ctx.config.station.placement_timeout_s))  # ADR 0070
         if rows:
             with self.ctx.lock, self.ctx.store.transaction() as tx:
                 for r in rows:  # unless the courier closed it since the read

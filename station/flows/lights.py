@@ -6,7 +6,6 @@ import json
 import threading
 from collections.abc import Iterable
 
-from station.clocks import Stamp
 from station.domain.layout import SlotAddress
 from station.domain.lights import LightSpec, SlotClaim, compose
 
@@ -79,7 +78,7 @@ class LightSync:
         the steady clock has it (ADR 0070), so a wall-clock step neither darkens a slot
         somebody is walking to nor keeps one lit."""
         store = self.ctx.store
-        at = Stamp(now, self.ctx.boot_id, self.ctx.mono())
+        at = self.ctx.stamp(now)
         timeouts = self.ctx.timeouts
         claims: list[SlotClaim] = []
         for row in store.query(
@@ -122,7 +121,7 @@ class LightSync:
         return claims
 
     def alarms(self, now: float | None = None) -> list[tuple[SlotAddress, float]]:
-        at = self.ctx.stamp() if now is None else Stamp(now, self.ctx.boot_id, self.ctx.mono())
+        at = self.ctx.stamp(now)
         ends = self.ctx.timeouts["alarm"]
         return [
             (SlotAddress.parse(r["slot"]), ends.until(r["slot"], r["until"], at))

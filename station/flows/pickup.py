@@ -357,13 +357,10 @@ class Pickup:
     def expire_sessions(self, now: float) -> int:
         """Close the sessions whose time is up, measured on the steady clock: a wall-clock
         step neither cuts a customer's session short nor keeps it open past its timeout."""
-        at = Stamp(now, self.ctx.boot_id, self.ctx.mono())
         open_ = self.ctx.store.query(
             "SELECT id, expires_at FROM sessions WHERE kind = 'pickup' AND state = 'open'")
-        bound = self.ctx.config.station.pickup_session_timeout_s
-        timeouts = self.ctx.timeouts["pickup"]
-        rows = [r for r in open_ if timeouts.due(r["id"], r["expires_at"], at, bound)]
-        timeouts.forget_missing({r["id"] for r in open_})
+        rows = self.ctx.due("pickup", open_, "id", "expires_at", now,
+                            self.ctx.config.station.pickup_session_timeout_s)
         closed = 0
         if rows:
             with self.ctx.lock, self.ctx.store.transaction() as tx:

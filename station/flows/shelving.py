@@ -10,7 +10,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from station.clocks import Stamp
 from station.domain.assignment import choose_slot, fits, reach_of, within_reach
 from station.domain.codes import code_digest, new_code, qr_payload
 from station.domain.colours import COURIER_WHITE
@@ -555,14 +554,11 @@ class Shelving:
     def expire_placements(self, now: float) -> int:
         """Fail the placements whose time is up, measured on the steady clock (ADR 0070): a
         scan waiting for its put, or a put waiting for its courier's confirmation."""
-        at = Stamp(now, self.ctx.boot_id, self.ctx.mono())
         waiting = self.ctx.store.query(
             "SELECT id, waybill, deadline, put_slot FROM pending_placements"
             f" WHERE state IN {UNSETTLED}")
-        bound = self.ctx.config.station.placement_timeout_s
-        timeouts = self.ctx.timeouts["placement"]
-        rows = [r for r in waiting if timeouts.due(r["id"], r["deadline"], at, bound)]
-        timeouts.forget_missing({r["id"] for r in waiting})
+        rows = self.ctx.due("placement", waiting, "id", "deadline", now,
+                            self.ctx.config.station.placement_timeout_s)
         if not rows:
             return 0
         failed = 0
