@@ -203,23 +203,21 @@ def _slot_lifts(conn: sqlite3.Connection, e: EventRecord, at: float) -> None:
         "INSERT INTO slot_lifts(slot, n) VALUES (?, MAX(?, 0))"
         " ON CONFLICT(slot) DO UPDATE SET n = MAX(n + ?, 0)", (e.data["slot"], step, step))
     if e.type == "slot.lifted":  # nobody's take: somebody inside must answer for it
-        conn.execute("INSERT INTO takes(seq, slot, session_id, at) VALUES (?,?,NULL,?)",
-                     (e.seq, e.data["slot"], at))
+        _take_unrecorded(conn, e, at)
     elif not e.data.get("ambiguous"):  # maybe a courier's parcel, not the lifted one
-        conn.execute(
-            "UPDATE takes SET resolved_seq = ?, how = 'put_back' WHERE seq = (SELECT MIN(seq)"
-            " FROM takes WHERE slot = ? AND session_id IS NULL AND resolved_seq IS NULL)",
-            (e.seq, e.data["slot"]))
+        _take_returned(conn, e, at)
 
 
 @applies("slot.take.unrecorded")
 def _take_unrecorded(conn: sqlite3.Connection, e: EventRecord, at: float) -> None:
+    """A take of nobody's (no session's parcel): it holds the exit until explained."""
     conn.execute("INSERT INTO takes(seq, slot, session_id, at) VALUES (?,?,NULL,?)",
                  (e.seq, e.data["slot"], at))
 
 
 @applies("slot.take.returned")
 def _take_returned(conn: sqlite3.Connection, e: EventRecord, at: float) -> None:
+    """Something came back into the slot: the oldest open take of nobody's there is put back."""
     conn.execute(
         "UPDATE takes SET resolved_seq = ?, how = 'put_back' WHERE seq = (SELECT MIN(seq)"
         " FROM takes WHERE slot = ? AND session_id IS NULL AND resolved_seq IS NULL)",
