@@ -98,11 +98,13 @@ class LightSync:
         for row in store.query(
             # a put waiting for its courier's "yes, it is in this slot": the slot the handheld
             # names stays lit so the courier sees which one is meant (docs/adr/0095)
-            "SELECT p.put_slot, s.colour, p.deadline FROM pending_placements p"
+            "SELECT p.put_slot, p.id, s.colour, p.deadline FROM pending_placements p"
             " JOIN sessions s ON s.id = p.session_id"
             " WHERE p.state = 'unverified' AND p.put_slot IS NOT NULL AND s.state = 'open'"
         ):
-            claims.append(SlotClaim(SlotAddress.parse(row["put_slot"]), row["colour"], row["deadline"]))
+            # the same steady deadline that times the placement out (shelving.expire_placements)
+            until = timeouts["placement"].until(row["id"], row["deadline"], at)
+            claims.append(SlotClaim(SlotAddress.parse(row["put_slot"]), row["colour"], until))
         for row in store.query(
             "SELECT id, colour, expires_at, parcels FROM sessions"
             " WHERE state = 'open' AND kind IN ('return', 'dropoff')"

@@ -212,6 +212,31 @@ def test_an_unconfirmed_put_times_out_unshelved_with_an_alarm(tmp_path: Path, se
     assert st.outbox.messages == []
 
 
+@pytest.mark.parametrize("step", [+3600.0, -3600.0])
+def test_a_slot_asked_about_stays_lit_until_its_timeout_whatever_the_wall_clock_did(
+        tmp_path: Path, secrets: Secrets, step: float) -> None:
+    """The slot the handheld asks about is lit for as long as the steady clock gives the
+    placement (ADR 0070): a forward step must not darken it while the courier is asked, a
+    backward one not keep it lit after the placement failed."""
+    st = make_station(tmp_path, secrets)
+    st.add_courier()
+    sid = st.core.shelving.open_session("c1", "guided")["session_id"]
+    r = st.core.shelving.scan(sid, sf_waybill(1), phone(1), "S")
+    other = "1-2-07" if r.slot != "1-2-07" else "1-2-08"
+    st.put(other)
+    assert st.tick(0.5)["placements_failed"] == 0
+    st.clock.step(step)
+    st.core.lights.refresh(force=True)
+    timeout = st.config.station.placement_timeout_s
+    assert st.core.shelving.item(sid, r.pending_id)["state"] == "unverified"
+    light = st.light(other)
+    assert light is not None and light.colours == (COURIER_WHITE,), "the slot asked about went dark"
+    assert st.tick(timeout)["placements_failed"] == 1
+    st.core.lights.refresh(force=True)
+    light = st.light(other)
+    assert light is None or COURIER_WHITE not in light.colours, "the slot stayed lit after its placement failed"
+
+
 def test_one_couriers_two_lit_slots_side_by_side_are_asked_too(tmp_path: Path, secrets: Secrets) -> None:
     """Found by examples/crowded.toml (seed 7): a courier whose previous parcel's slot was
     lit beside the next one's missed twice; the second parcel landed in the first one's lit
