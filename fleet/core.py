@@ -33,6 +33,9 @@ from station.store.eventlog import GENESIS, canonical_json, row_hash
 STATION_ID = r"^[a-z0-9][a-z0-9_-]{0,31}$"
 TS_FORMAT = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z$")  # station.store.eventlog.utc_iso
 HEX64 = re.compile(r"^[0-9a-f]{64}$")
+# a JSON escape for U+0000 (an even run of backslashes before it is escaped backslashes):
+# PostgreSQL's text cannot hold that character, and the event's strings go into text columns
+NUL_ESCAPE = re.compile(rb"(?<!\\)(?:\\\\)*\\u0000")
 MAX_PAYLOAD = 256 * 1024
 
 
@@ -91,8 +94,10 @@ def parse_message(payload: bytes, topic_station: str | None = None) -> Incoming:
         raise BadMessage("payload too large")
     try:
         raw = json.loads(payload.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
         raise BadMessage("not JSON") from None
+    if NUL_ESCAPE.search(payload):
+        raise BadMessage("NUL character")
     try:
         wire = _Wire.model_validate(raw)
     except ValidationError as exc:
@@ -100,7 +105,11 @@ def parse_message(payload: bytes, topic_station: str | None = None) -> Incoming:
         raise BadMessage(f"bad field {'.'.join(str(p) for p in first['loc'])}") from None
     if topic_station is not None and wire.station != topic_station:
         raise BadMessage("station in payload differs from the topic")
-    if not TS_FORMAT.match(wire.ts):
+    try:
+        at = datetime.fromisoformat(wire.ts) if TS_FORMAT.match(wire.ts) else None
+    except ValueError:
+        at = None  # the right shape, not a date (month 99)
+    if at is None:
         raise BadMessage("bad field ts")
     if not (HEX64.match(wire.hash) and HEX64.match(wire.prev_hash)):
         raise BadMessage("bad hash format")
@@ -108,14 +117,16 @@ def parse_message(payload: bytes, topic_station: str | None = None) -> Incoming:
         raise BadMessage("epoch_seq after seq")
     try:
         data_json = canonical_json(wire.data)
-    except ValueError:
+        data_json.encode("utf-8")  # a lone surrogate (\ud800) decodes but is not UTF-8
+    except (ValueError, RecursionError):
         raise BadMessage("bad field data") from None
     if row_hash(wire.seq, wire.ts, wire.type, wire.actor, wire.subject, data_json,
                 wire.snapshot, wire.prev_hash) != wire.hash:
         raise BadMessage("hash does not match the event's content")
     ev = Incoming(wire.station, wire.seq, wire.epoch, wire.epoch_seq, wire.ts, wire.type,
                   wire.actor, wire.subject, data_json, wire.snapshot, wire.prev_hash, wire.hash)
-    ev.__dict__["data"] = wire.data  # already parsed: the cached_property's slot
+    ev.__dict__["data"] = wire.data  # already parsed: the cached_properties' slots
+    ev.__dict__["at"] = at
     return ev
 
 

@@ -304,6 +304,14 @@ def _parse(batch: list[_Msg]) -> tuple[list[Incoming], list[tuple[str, str, str]
             else:
                 events.append(parse_message(m.payload, station))
         except BadMessage as exc:
-            who = station or head_of or "?"
-            rejects.append((who[:64], str(exc), m.payload[:300].decode("utf-8", "replace")))
+            rejects.append(_reject(m, station or head_of, str(exc)))
+        except Exception as exc:  # a payload the parser did not foresee: counted, never a dead worker
+            log.warning("fleet ingest: unreadable message on %s", m.topic[:200], exc_info=True)
+            rejects.append(_reject(m, station or head_of, f"unreadable ({type(exc).__name__})"))
     return events, rejects, heads
+
+
+def _reject(m: _Msg, station: str | None, reason: str) -> tuple[str, str, str]:
+    """(station, reason, sample) for the `rejected` table; PostgreSQL's text holds no NUL."""
+    sample = m.payload[:300].decode("utf-8", "replace").replace("\x00", "\ufffd")
+    return (station or "?")[:64], reason, sample

@@ -203,3 +203,20 @@ def test_trace_follows_a_waybill_across_stations_in_time_order(db: psycopg.Conne
     parcel_rows = db.execute("SELECT state FROM parcels WHERE station_id = 'st-t1' AND parcel_id = %s",
                              (pid,)).fetchall()
     assert parcel_rows == [("picked_up",)]
+
+
+def test_a_nul_escape_is_rejected_but_an_escaped_backslash_before_u0000_is_not() -> None:
+    """PostgreSQL's text cannot hold U+0000; a literal backslash followed by `u0000` is text."""
+    from station.store.eventlog import GENESIS, canonical_json, row_hash
+
+    def signed(subject: str) -> bytes:
+        ts = "2026-12-01T10:00:00.000000Z"
+        h = row_hash(1, ts, "test.tick", "station", subject, "{}", None, GENESIS)
+        return canonical_json({"station": "st-n", "seq": 1, "ts": ts, "type": "test.tick",
+                               "actor": "station", "subject": subject, "data": {},
+                               "snapshot": None, "prev_hash": GENESIS, "hash": h}).encode()
+
+    assert parse_message(signed("a\\u0000b")).subject == "a\\u0000b"
+    for bad in ("a\x00b", "a\\\x00b"):
+        with pytest.raises(BadMessage, match="NUL"):
+            parse_message(signed(bad))

@@ -3,17 +3,22 @@ acknowledgement after commit, an ingest SIGKILLed mid-burst, broker and database
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from pathlib import Path
 
+import paho.mqtt.client as mqtt
 import psycopg
 import pytest
+from paho.mqtt.enums import CallbackAPIVersion
 
 from fleet.ingest import Ingest
 from fleet.pg import PostgresProcess
 from fleet.store import fleet_alarms, verify_station
 from station.store.db import Store
+from station.store.eventlog import GENESIS, canonical_json, row_hash
+from station.upstream import default_topic
 
 from .conftest import new_database
 from .support import IngestProc, append, count_rows, fleet_broker, forwarder, until, verified
@@ -181,3 +186,61 @@ def test_several_ingests_share_the_load_through_a_shared_subscription(
     assert all(p.stats.inserted > 0 for p in procs), [p.stats.inserted for p in procs]
     for i, last in enumerate(lasts):
         _chain_ok(fleet_dsn, f"st-s{i}", last)
+
+
+def _signed(station: str, seq: int, prev_hash: str, **over: object) -> bytes:
+    """An upstream message whose hash matches its content: anyone who can publish on the
+    fleet broker can make one (the station's chain is not keyed)."""
+    body: dict = {"station": station, "seq": seq, "ts": "2026-12-01T10:00:00.000000Z",
+                  "type": "test.tick", "actor": "station", "subject": "room", "data": {"n": seq},
+                  "snapshot": None, "prev_hash": prev_hash, "epoch": 0, "epoch_seq": 1, **over}
+    body["hash"] = row_hash(body["seq"], body["ts"], body["type"], body["actor"], body["subject"],
+                            canonical_json(body["data"]), body["snapshot"], body["prev_hash"])
+    return json.dumps(body).encode()
+
+
+def test_bad_payloads_on_the_fleet_broker_are_counted_and_the_ingest_goes_on(
+        tmp_path: Path, fleet_dsn: str) -> None:
+    """Payloads that pass the hash check but that the parser or PostgreSQL cannot take (a NUL
+    in a text field, an impossible date, a surrogate, deep nesting, a NUL byte): each is
+    counted as rejected and acknowledged, and a station's real events still land behind it.
+    Before, any of them killed the ingest's worker thread and every later message waited
+    unacknowledged for ever (and came back as the same poison after a restart)."""
+    poison = [
+        b"\x00",
+        _signed("st-px", 1, GENESIS, subject="a\x00b"),
+        _signed("st-px", 1, GENESIS, ts="2026-99-99T00:00:00.000000Z"),
+        _signed("st-px", 1, GENESIS, data={"waybill": "SF\x001"}),
+        b'{"station":"st-px","seq":1,"ts":"2026-12-01T10:00:00.000000Z","type":"x","actor":"a",'
+        b'"subject":"s","data":{"a":"\\ud800"},"prev_hash":"' + GENESIS.encode() + b'","hash":"'
+        + b"0" * 64 + b'"}',
+        b'{"station":"st-px","data":' + b'{"a":' * 5000 + b"1" + b"}" * 5001,
+    ]
+    with fleet_broker(tmp_path / "broker") as broker:
+        ingest = Ingest(fleet_dsn, broker.host, broker.port, client_id="fleet-t6").start()
+        assert ingest.subscribed.wait(10)
+        pub = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="test-poisoner")
+        pub.connect(broker.host, broker.port)
+        pub.loop_start()
+        store = Store(tmp_path / "st.db").open()
+        fwd = forwarder(store, "st-ok", broker)
+        try:
+            for p in poison:
+                pub.publish(default_topic("st-px"), p, qos=1).wait_for_publish(10)
+            fwd.start()
+            last = append(store, 50)
+            assert fwd.wait_forwarded(last, 30)
+            until(lambda: verified(fleet_dsn, "st-ok") == last, 30, "the station's events behind the poison")
+            assert ingest.wait_idle(10)
+            assert ingest.stats.acked == ingest.stats.messages
+        finally:
+            fwd.stop()
+            pub.loop_stop()
+            pub.disconnect()
+            ingest.stop()
+            store.close()
+    with psycopg.connect(fleet_dsn, autocommit=True) as conn:
+        rejected = conn.execute("SELECT coalesce(sum(count), 0) FROM rejected").fetchone()[0]
+        assert conn.execute("SELECT count(*) FROM events WHERE station_id = 'st-px'").fetchone()[0] == 0
+    assert rejected == len(poison) == ingest.stats.rejected
+    _chain_ok(fleet_dsn, "st-ok", last)
