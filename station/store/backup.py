@@ -151,6 +151,16 @@ def take_backup(db: Path, out_dir: Path, *, archive_dir: Path | None = None,
             src_seg = Path(archive_dir) / seg["file"]
             if seg["deleted_at"] is None and src_seg.is_file():
                 shutil.copy2(src_seg, out_dir / ARCHIVE_NAME / seg["file"])
+        # restore verifies the copied archive end to end: a segment missing or changed here
+        # is said now, not by a backup that can never be restored
+        check = sqlite3.connect(f"file:{target}?mode=ro", uri=True)
+        try:
+            result = verify_log(check, out_dir / ARCHIVE_NAME)
+        finally:
+            check.close()
+        if not result.ok:
+            raise BackupError(f"{archive_dir}: the archive does not verify ({result.problem}); a backup "
+                              "with it could not be restored: take it without --archive")
     files: dict[str, dict[str, Any]] = {}
     for path in sorted(p for p in out_dir.rglob("*") if p.is_file()):
         _fsync(path)

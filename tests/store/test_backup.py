@@ -11,8 +11,10 @@ import textwrap
 import threading
 from pathlib import Path
 
+import pytest
+
 from station.store.archive import verify_log
-from station.store.backup import RunLock, check_backup, take_backup
+from station.store.backup import BackupError, RunLock, check_backup, take_backup
 from station.store.db import Store
 from station.store.eventlog import Event
 from station.store.retention import Retention
@@ -145,3 +147,18 @@ def test_a_running_station_holds_the_run_lock_that_restore_needs(tmp_path: Path)
         cli = run_cli("restore", "--db", str(db), str(tmp_path / "bk"))
         assert cli.returncode == 2 and "a station is running on this database" in cli.stderr, cli.stderr
     RunLock(db).acquire().release()
+
+
+def test_a_backup_with_a_segment_missing_from_the_archive_is_refused(tmp_path: Path) -> None:
+    """Restore verifies the archive end to end, so a backup that lacks a recorded segment
+    could never be restored: the backup says so when it is taken."""
+    db = tmp_path / "s.db"
+    store, clock = history(db, days=10)
+    Retention(store, tmp_path / "archive", keep_days=3, segment_events=100).run(T0 + 10 * DAY)
+    store.close()
+    sorted((tmp_path / "archive").glob("events-*.jsonl.gz"))[2].unlink()
+    with pytest.raises(BackupError, match="archive does not verify"):
+        take_backup(db, tmp_path / "bk", archive_dir=tmp_path / "archive")
+    # without the archive the database alone is backed up and restorable
+    take_backup(db, tmp_path / "bk2")
+    assert check_backup(tmp_path / "bk2")["checkpoint"]["seq"] == 700
