@@ -292,6 +292,7 @@ class DeviceLink:
         self._lock = threading.RLock()
         self._changed = threading.Condition(self._lock)
         self._deliver_lock = threading.RLock()  # on_event may call set_lights -> _flush
+        self._delivering = False  # a _flush is running on the thread holding _deliver_lock
         self._outbox: deque[tuple[DeviceEvent, _Inbound | None]] = deque()
         # events on_event refused (the store could not commit them): retried, in order, before
         # anything newer, and their messages stay unacknowledged meanwhile
@@ -965,31 +966,45 @@ class DeviceLink:
 
         An event on_event refuses (raises: its transaction did not commit) is held and offered
         again every `HOLD_RETRY_S`, before anything newer; its message is acknowledged to the
-        broker only once it is taken."""
+        broker only once it is taken.
+
+        Called back from on_event (set_lights, unlock), it returns at once: the event being
+        taken is still at the head of its queue, and the running loop takes whatever the call
+        queued behind it."""
         with self._deliver_lock:
-            while True:
-                with self._lock:
-                    if self._held:
-                        if time.monotonic() < self._held_retry_at:
-                            return
-                        source = self._held
-                    elif self._outbox:
-                        source = self._outbox
-                    else:
+            if self._delivering:
+                return
+            self._delivering = True
+            try:
+                self._deliver()
+            finally:
+                self._delivering = False
+
+    def _deliver(self) -> None:
+        """The loop of `_flush` (under `_deliver_lock`, not re-entered)."""
+        while True:
+            with self._lock:
+                if self._held:
+                    if time.monotonic() < self._held_retry_at:
                         return
-                    event, token = source[0]
-                try:
-                    self._on_event(event)
-                except Exception:
-                    self._hold(source, event)
+                    source = self._held
+                elif self._outbox:
+                    source = self._outbox
+                else:
                     return
-                with self._lock:
-                    source.popleft()
-                    if token is not None:
-                        token.pending -= 1
-                    if source is self._held and not self._held:
-                        log.warning("device events are taken again")
-                self._ack_if_done(token)
+                event, token = source[0]
+            try:
+                self._on_event(event)
+            except Exception:
+                self._hold(source, event)
+                return
+            with self._lock:
+                source.popleft()
+                if token is not None:
+                    token.pending -= 1
+                if source is self._held and not self._held:
+                    log.warning("device events are taken again")
+            self._ack_if_done(token)
 
     HOLD_RETRY_S = 0.5
 
