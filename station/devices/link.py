@@ -909,9 +909,13 @@ class DeviceLink:
         key = (dev.id, evt.boot_id, evt.evt_seq)
         if key in self._seen_evts:  # QoS 1 redelivery
             first, token = self._seen_evts[key], self._inbound
-            if first is not None and not first.acked and token is not None:
-                # the first copy is still held (not committed): its PUBACK, when it comes,
-                # goes to this copy, on the connection it arrived on
+            if first is not None and not first.acked and token is not None \
+                    and first.gen != token.gen:
+                # the first copy is still held (not committed) and its packet id died with
+                # its connection: its PUBACK, when it comes, goes to this copy, on the
+                # connection it arrived on. On the same connection (a device's resend) the
+                # first's own PUBACK still guards the event, so this copy is acknowledged
+                # as it is: a packet id never acknowledged holds a broker in-flight slot.
                 first.mid, first.qos, first.gen = token.mid, token.qos, token.gen
                 token.acked = True
             return

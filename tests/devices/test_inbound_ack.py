@@ -66,6 +66,32 @@ def test_on_event_calling_back_into_the_link_takes_each_event_once_in_order(conf
     assert client.acks == [7, 8]
 
 
+def test_a_duplicate_on_the_same_connection_leaves_the_first_packet_acknowledged(config, secrets):
+    """A device that reconnects sends its unacknowledged event again: the broker forwards a
+    second copy, with a packet id of its own, on the station's same connection. While the
+    first copy is held (the store refuses it), both packet ids must still be acknowledged in
+    the end: a packet id never acknowledged holds one of the broker's in-flight slots for the
+    station until the station reconnects, and enough of them stop every delivery to it."""
+    refuse = [True]
+    taken: list[int] = []
+
+    def on_event(ev: DeviceEvent) -> None:
+        if refuse[0]:
+            raise OSError("disk full")
+        taken.append(ev.data["evt_seq"])
+
+    link, client = offline_link(config, secrets, on_event)
+    deliver(link, 11, "door-entry", 1)
+    assert link.held == 1 and client.acks == []
+    deliver(link, 12, "door-entry", 1)  # the device's resend, same connection
+    refuse[0] = False
+    link._held_retry_at = 0.0
+    link._flush()
+    assert taken == [1]
+    assert link.held == 0
+    assert sorted(client.acks) == [11, 12]
+
+
 def test_a_duplicate_on_a_new_connection_takes_over_the_held_first_copys_ack(config, secrets):
     """The first copy's packet id died with its connection: the PUBACK, once the event is
     taken, goes to the redelivered copy, once, and the first is never acknowledged."""
