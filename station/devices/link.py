@@ -157,13 +157,13 @@ class SeqSource:
         if self.path and self.path.exists():
             self._reserved = int(self.path.read_text().strip() or 0)
         self._last = self._reserved
+        self._unsaved = False  # the last write of the mark failed
 
     def next(self) -> int:
         with self._lock:
             seq = max(self._last + 1, time.time_ns() // 1000)
             if self.path and seq > self._reserved:
-                self._reserved = seq + self.RESERVE_US
-                self._persist(self._reserved)
+                self._reserve(seq + self.RESERVE_US)
             self._last = seq
             return seq
 
@@ -176,9 +176,26 @@ class SeqSource:
             if seq > self._last:
                 self._last = seq
                 if self.path and seq >= self._reserved:
-                    self._reserved = seq + self.RESERVE_US
-                    self._persist(self._reserved)
+                    self._reserve(seq + self.RESERVE_US)
         return True
+
+    def _reserve(self, value: int) -> None:
+        """Move the durable mark to `value`. A write that fails (a full disk) leaves the mark
+        where it was, to be tried again by the next number, and never stops a command: the
+        numbers stay above everything taken in this run, and after a restart a device's
+        `replayed` with its `last_seq` lifts us past what it took (`observe`)."""
+        try:
+            self._persist(value)
+        except OSError as exc:
+            if not self._unsaved:
+                log.error("cannot save the command sequence mark to %s (%s); commands still go out",
+                          self.path, exc)
+            self._unsaved = True
+            return
+        if self._unsaved:
+            log.warning("the command sequence mark is saved again")
+        self._unsaved = False
+        self._reserved = value
 
     def _persist(self, value: int) -> None:
         """Write, fsync, rename, fsync the directory: the rename itself survives a power cut."""

@@ -110,3 +110,33 @@ def test_a_duplicate_on_a_new_connection_takes_over_the_held_first_copys_ack(con
     link._held_retry_at = 0.0
     link._flush()
     assert client.acks == [5]
+
+
+def test_a_sequence_mark_that_cannot_be_saved_never_loses_a_command(config, secrets, tmp_path, monkeypatch):
+    """The .devseq beside the database shares its disk: when that disk is full, saving the
+    mark fails. Before, the OSError escaped the link after the command had left its queue:
+    the caller got a traceback instead of an unlock, and a command popped by the timer (or
+    the handles folded into it) never got an outcome. Now the command goes out; the mark is
+    saved by the first number after the disk has room again."""
+    link = DeviceLink(config, secrets, lambda ev: None, seq_path=tmp_path / "x.devseq")
+    client = FakeClient()
+    link._client = client  # type: ignore[assignment]
+    link.connected.set()
+    real = link._seq._persist
+
+    def full(value: int) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(link._seq, "_persist", full)
+    handle = link.unlock("door-entry")
+    assert client.published == [env.topic(link.station_id, "door-entry", "cmd")]
+    assert link._devices["door-entry"].inflight is not None
+    assert not (tmp_path / "x.devseq").exists()
+    first = link._devices["door-entry"].inflight.seq
+
+    monkeypatch.setattr(link._seq, "_persist", real)
+    link._devices["door-entry"].inflight = None  # as if acked
+    link.lock("door-entry")
+    assert link._devices["door-entry"].inflight.seq > first
+    assert int((tmp_path / "x.devseq").read_text()) > link._devices["door-entry"].inflight.seq
+    assert not handle.done()  # still waiting for its ack or expiry, like any command
