@@ -22,7 +22,7 @@ import socket
 import ssl
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -393,7 +393,9 @@ class UpstreamForwarder:
         next_seq = self._cursor + 1
         inflight: dict[int, int] = {}  # mid -> seq
         sent: deque[int] = deque()  # seqs in publish order, not yet below the cursor
-        acked: set[int] = set()
+        # PUBACKs per seq not yet matched to `sent`: a resent seq is in `sent` twice and is
+        # acknowledged twice, maybe in one drain, so this counts rather than marks
+        acked: Counter[int] = Counter()
         last_head = -1e9
         last_resend = -1e9
         while not self._stopping.is_set() and not link.lost.is_set():
@@ -417,11 +419,13 @@ class UpstreamForwarder:
                     break
                 seq = inflight.pop(mid, None)
                 if seq is not None:
-                    acked.add(seq)
+                    acked[seq] += 1
             new_cursor = self._cursor
-            while sent and sent[0] in acked:
+            while sent and acked[sent[0]] > 0:
                 done = sent.popleft()
-                acked.discard(done)
+                acked[done] -= 1
+                if not acked[done]:
+                    del acked[done]
                 new_cursor = max(new_cursor, done)  # a resent seq may sit below the cursor
             if new_cursor > self._cursor:
                 self._save_cursor(new_cursor)
