@@ -955,7 +955,12 @@ class DeviceLink:
         dev.reported = {k: v for k, v in obj.items() if k != "sig"}
         if previous is not None and state.boot_id != previous:
             dev.boot_id = state.boot_id
-            self._emit(dev.id, "device.rebooted", {"boot_id": state.boot_id, "previous": previous})
+            data: dict[str, Any] = {"boot_id": state.boot_id, "previous": previous}
+            if isinstance(state, ShelfState):
+                # what the new boot senses: changes the old one never sent, or made while
+                # it was off, are only here (core.py takes the difference)
+                data["occupied"] = [o.model_dump() for o in state.occupied]
+            self._emit(dev.id, "device.rebooted", data)
             dev.reconcile = True
         dev.boot_id = state.boot_id
         self._seq.observe(state.last_seq)  # our next command must be above it (#22.5)

@@ -46,6 +46,7 @@ class PlacementOutcome:
     slot: str
     action: str
     # bound | unverified | rejected | pickup_take | return_take | unverified_take | dropoff | unexpected
+    # | already_taken (a boot's state had reported it)
     result: str
     placement: Placement | None = None
 
@@ -66,6 +67,9 @@ class StationCore:
         self.extensions = Extensions(ctx, self.returns.care)
         self.reports = Reports(ctx)
         self.placement_listeners: list[Callable[[PlacementOutcome], None]] = []
+        # slot -> (boot id, count) a shelf's new boot reported and _on_shelf_boot took as a
+        # change: that boot's own event for the same change, if it sent one, moves nothing
+        self._boot_counts: dict[str, tuple[str, int]] = {}
         # the shelves' signed counts against the records (shelf_audit.py); bootstrap sets it
         self.audit: ShelfAudit | None = None
         self._last_refresh = float("-inf")  # steady clock
@@ -81,6 +85,9 @@ class StationCore:
                 self._on_placement(device, data)
             elif kind in ("device.online", "device.offline"):
                 self._on_availability(device, kind.split(".", 1)[1], data)
+            elif kind == "device.rebooted" and isinstance(data.get("occupied"), list):
+                self._log_device(device, kind, data)
+                self._on_shelf_boot(device, data)
             else:
                 self._log_device(device, kind, data)
         except StoreError:
@@ -110,7 +117,37 @@ class StationCore:
         if kind == "online" and device in self.ctx.config.shelf_devices:
             self.lights.refresh([device], force=True)
 
-    def _on_placement(self, device: str, data: dict[str, Any]) -> PlacementOutcome | None:
+    def _on_shelf_boot(self, device: str, data: dict[str, Any]) -> None:
+        """A shelf's new boot reports what it senses; where that differs from what the
+        station last heard, the change happened unsent (lost with the old boot's memory, or
+        made while it was off) and is taken as the put or take it is, through the same path
+        as a sensed one: a lift holds the exit, a recipient's take counts as their pickup."""
+        shelf = self.ctx.layout.shelf_of_device(device)
+        boot_id = data.get("boot_id")
+        if shelf is None or not isinstance(boot_id, str):
+            return
+        sensed: dict[tuple[int, int], int] = {}
+        for o in data["occupied"]:
+            try:
+                sensed[(int(o["row"]), int(o["col"]))] = int(o["count"])
+            except (KeyError, TypeError, ValueError):
+                self._log_device(device, "placement.invalid", {"occupied": o})
+        counts = {r["slot"]: r["count"] for r in self.ctx.store.query("SELECT slot, count FROM slot_counts")}
+        for row in range(1, shelf.rows + 1):
+            for col in range(1, shelf.columns + 1):
+                slot = SlotAddress(shelf.number, row, col)
+                key = str(slot)
+                before = counts[key] if key in counts else held_in(self.ctx.store, slot)
+                now = sensed.get((row, col), 0)
+                if now == before:
+                    continue
+                self._on_placement(device, {"row": row, "col": col, "count": now,
+                                            "action": "put" if now > before else "take"},
+                                   evt=f"{device}/{boot_id}/boot/{row}-{col}")
+                self._boot_counts[key] = (boot_id, now)
+
+    def _on_placement(self, device: str, data: dict[str, Any],
+                      evt: str | None = None) -> PlacementOutcome | None:
         shelf = self.ctx.layout.shelf_of_device(device)
         if shelf is None:
             self._log_device(device, "placement.unknown_device", data)
@@ -124,13 +161,18 @@ class StationCore:
         action = data.get("action")
         # the broker redelivers what the station may already have taken (QoS 1, persistent
         # session across a crash): a device event is acted on once, by boot id and evt seq
-        evt = f"{device}/{data['boot_id']}/{data['evt_seq']}" if "boot_id" in data and "evt_seq" in data else None
+        if evt is None and "boot_id" in data and "evt_seq" in data:
+            evt = f"{device}/{data['boot_id']}/{data['evt_seq']}"
         with self.ctx.lock:
             if evt and self.ctx.store.query_one("SELECT 1 FROM sensed WHERE evt = ?", (evt,)):
                 return None
             # what was sensed and what it caused commit together: a crash between them would
             # leave the event marked as seen and its binding lost when the broker redelivers
             n, before = self._items_moved(slot, str(action), data.get("count"))
+            if self._boot_counts.pop(str(slot), None) == (data.get("boot_id"), data.get("count")) \
+                    and before == data.get("count"):
+                n = 0  # sent before the boot's state was: already taken from that state
+            outcome = PlacementOutcome(str(slot), str(action), "already_taken")
             with self.ctx.store.transaction() as tx:
                 tx.emit(Event("slot.sensed", str(slot), device, {
                     "slot": str(slot), "action": action, "count": data.get("count"), "evt": evt,
