@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from station.clocks import Stamp, SteadyDeadlines, current_boot_id
+from station.clocks import Stamp, SteadyDeadlines, age, current_boot_id
 from station.config import Secrets, StationConfig
 from station.crypto import Sealer
 from station.domain.layout import Layout, ShelfSpec, SlotAddress
@@ -75,6 +75,19 @@ class Ctx:
         """Now on both clocks, for a moment whose age matters later; `wall`: the wall-clock
         reading the caller was handed (the tick's `now`), else the clock's."""
         return Stamp(self.clock() if wall is None else wall, self.boot_id, self.mono())
+
+    def within(self, wall: float, boot: Any, mono: Any, seconds: float, now: Stamp | None = None) -> bool:
+        """Was the moment stamped (wall, boot, mono) at most `seconds` ago? On the steady clock
+        when it is of this boot, else on the wall clock (clocks.age): a step stretches nothing."""
+        then = Stamp(float(wall), boot if isinstance(boot, str) else "",
+                     float(mono) if isinstance(mono, int | float) else 0.0)
+        return age(then, now or self.stamp()) <= seconds
+
+    def closed_within(self, row: dict[str, Any], seconds: float, now: Stamp | None = None) -> bool:
+        """Did the session `row` close at most `seconds` ago?"""
+        if row.get("closed_at") is None:
+            return False
+        return self.within(row["closed_at"], row.get("closed_boot"), row.get("closed_mono"), seconds, now)
 
     def due(self, kind: str, rows: list[dict[str, Any]], key: str, deadline: str, now: float,
             bound: float) -> list[dict[str, Any]]:

@@ -176,7 +176,7 @@ class StationCore:
             with self.ctx.store.transaction() as tx:
                 tx.emit(Event("slot.sensed", str(slot), device, {
                     "slot": str(slot), "action": action, "count": data.get("count"), "evt": evt,
-                    "items": n}))
+                    "items": n, **self.ctx.stamp().as_data()}))
                 for _ in range(n):
                     outcome = self._route(slot, str(action), data.get("count"), items=n, before=before)
         # outside the station lock: LightSync orders its own sends, and the lock is what

@@ -28,6 +28,8 @@ from .ports import outcome_of
 from .takes import OpenTake, entered_seq, open_since
 
 INSIDE_GRACE_S = 1800.0
+# how many of the latest timed-out sessions can still count as inside (far more than fit in a room)
+MAX_TIMED_OUT_INSIDE = 200
 
 
 @dataclass
@@ -47,20 +49,30 @@ class ExitCheck:
         self.care = Care(ctx)
 
     def _sessions_inside(self, now: float) -> dict[str, dict[str, Any]]:
-        # two indexed questions, not one OR the planner answers with a scan of every session
-        return {r["recipient_hash"]: r for r in self.ctx.store.query(
-            "SELECT * FROM sessions WHERE state = 'open' AND kind = 'pickup'"
-            " UNION ALL SELECT * FROM sessions WHERE kind = 'pickup' AND reason = 'timeout'"
-            " AND closed_at > ? AND state != 'open'", (now - INSIDE_GRACE_S,))}
+        """recipient hash -> their session inside: the open one, else the latest that timed
+        out within the grace period. Two indexed questions (one OR is answered with a scan of
+        every session); the grace on the steady clock, so a wall-clock step neither keeps a
+        long-gone customer "inside" nor drops one who is."""
+        store, stamp = self.ctx.store, self.ctx.stamp(now)
+        inside: dict[str, dict[str, Any]] = {}
+        for r in store.query(
+                "SELECT * FROM sessions WHERE kind = 'pickup' AND reason = 'timeout'"
+                " AND state != 'open' ORDER BY closed_at DESC LIMIT ?", (MAX_TIMED_OUT_INSIDE,)):
+            if r["recipient_hash"] not in inside and self.ctx.closed_within(r, INSIDE_GRACE_S, stamp):
+                inside[r["recipient_hash"]] = r
+        for r in store.query("SELECT * FROM sessions WHERE state = 'open' AND kind = 'pickup'"):
+            inside[r["recipient_hash"]] = r
+        return inside
 
     def _session_inside(self, session_id: str, now: float) -> dict[str, Any] | None:
         """The pickup session `session_id` if its customer is inside: open, or timed out
         within the grace period, and not yet through the exit."""
-        return self.ctx.store.query_one(
-            "SELECT * FROM sessions WHERE id = ? AND kind = 'pickup' AND (state = 'open'"
-            " OR (reason = 'timeout' AND closed_at > ?))"
-            " AND id NOT IN (SELECT session_id FROM session_exits)",
-            (session_id, now - INSIDE_GRACE_S))
+        row = self.ctx.store.query_one(
+            "SELECT * FROM sessions WHERE id = ? AND kind = 'pickup' AND (state = 'open' OR reason = 'timeout')"
+            " AND id NOT IN (SELECT session_id FROM session_exits)", (session_id,))
+        if row is None or row["state"] == "open" or self.ctx.closed_within(row, INSIDE_GRACE_S, self.ctx.stamp(now)):
+            return row
+        return None
 
     def _open_takes(self, session_id: str) -> list[OpenTake]:
         since = entered_seq(self.ctx.store, session_id)
@@ -137,7 +149,7 @@ class ExitCheck:
             if session["state"] == "open":
                 tx.emit(Event("pickup.closed", session["id"], "customer", {
                     "session_id": session["id"],
-                    "reason": "completed" if left == 0 else "partial"}))
+                    "reason": "completed" if left == 0 else "partial", **ctx.stamp().as_data()}))
             self.care.on_picked_up(tx, session, picked)
             contacts.forget_if_done(tx, session["recipient_hash"])
             tx.emit(Event("exit.passed", camera, "customer", {
@@ -196,7 +208,7 @@ class ExitCheck:
             sid = session["id"]
             if session["state"] == "open":
                 tx.emit(Event("pickup.closed", sid, "customer",
-                              {"session_id": sid, "reason": "left_empty_handed"}))
+                              {"session_id": sid, "reason": "left_empty_handed", **ctx.stamp().as_data()}))
             tx.emit(Event("exit.passed", door, "customer", {"session_id": sid, "picked_up": []},
                           snapshot))
         self.lights.refresh()

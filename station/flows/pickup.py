@@ -278,7 +278,9 @@ class Pickup:
         return result
 
     def _close(self, tx: Tx, session_id: str, reason: str) -> None:
-        tx.emit(Event("pickup.closed", session_id, "station", {"session_id": session_id, "reason": reason}))
+        # stamped on both clocks: how long ago it closed must not stretch with a clock step
+        tx.emit(Event("pickup.closed", session_id, "station", {"session_id": session_id, "reason": reason,
+                                                               **self.ctx.stamp().as_data()}))
         row = tx.execute("SELECT recipient_hash FROM sessions WHERE id = ?", (session_id,)).fetchone()
         if row and row[0]:
             contacts.forget_if_done(tx, row[0])
@@ -345,14 +347,18 @@ class Pickup:
         sensed (a sensor's debounce, a resent event after a dropped message or a rebooting
         shelf): the take that arrives now is theirs, not a stranger's. A session that left
         a parcel of its own behind in `slot` still expects no take for that one."""
-        since = self.ctx.clock() - LATE_TAKE_GRACE_S
-        return self.ctx.store.query(
-            "SELECT ss.session_id FROM session_slots ss JOIN sessions s ON s.id = ss.session_id"
+        # the slot's latest closed sessions, then the grace on the steady clock: after a step
+        # back, sessions closed long ago must not look recent (their take could be a stranger's)
+        rows = self.ctx.store.query(
+            "SELECT ss.session_id, s.closed_at, s.closed_boot, s.closed_mono"
+            " FROM session_slots ss JOIN sessions s ON s.id = ss.session_id"
             " WHERE ss.slot = ? AND ss.remaining > 0 AND s.state = 'closed'"
-            " AND s.reason IN ('completed', 'partial') AND s.closed_at > ?"
+            " AND s.reason IN ('completed', 'partial')"
             " AND ss.remaining > (SELECT COUNT(*) FROM parcels p WHERE p.slot = ss.slot"
             "   AND p.recipient_hash = s.recipient_hash AND p.state = 'shelved')"
-            " ORDER BY s.closed_at", (str(slot), since))
+            " ORDER BY s.closed_at DESC LIMIT 20", (str(slot),))
+        now = self.ctx.stamp()
+        return [r for r in reversed(rows) if self.ctx.closed_within(r, LATE_TAKE_GRACE_S, now)]
 
     def expire_sessions(self, now: float) -> int:
         """Close the sessions whose time is up, measured on the steady clock: a wall-clock

@@ -17,7 +17,7 @@ from station.domain.errors import DomainError
 from station.domain.layout import SIZE_ORDER, SlotAddress
 from station.domain.phones import mask_phone, normalise_phone, phone_hash
 from station.store.db import Tx
-from station.store.eventlog import Event, EventRecord, utc_iso
+from station.store.eventlog import Event, EventRecord, parse_utc, utc_iso
 
 from . import contacts, guard
 from .context import Ctx, new_id
@@ -395,13 +395,17 @@ class Shelving:
         return int(row["n"])
 
     def _taken_from_lately(self, slot: SlotAddress) -> bool:
-        since = utc_iso(self.ctx.clock() - PUT_BACK_WINDOW_S)
+        """A take sensed in `slot` within the put-back window, on the steady clock (a sensed
+        change is stamped on both clocks; one logged before that, on its wall-clock time)."""
+        now = self.ctx.stamp()
         for row in self.ctx.store.query(
                 "SELECT ts, data FROM events WHERE subject = ? AND type = 'slot.sensed'"
                 " ORDER BY seq DESC LIMIT 8", (str(slot),)):
-            if row["ts"] <= since:
+            data = json.loads(row["data"])
+            if not self.ctx.within(data.get("wall", parse_utc(row["ts"])), data.get("boot"),
+                                   data.get("mono"), PUT_BACK_WINDOW_S, now):
                 break
-            if json.loads(row["data"]).get("action") == "take":
+            if data.get("action") == "take":
                 return True
         return False
 

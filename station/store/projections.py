@@ -241,8 +241,9 @@ def _slot_alarm_cleared(conn: sqlite3.Connection, e: EventRecord, at: float) -> 
 @applies("shelving.closed", "return.closed", "pickup.closed", "dropoff.closed")
 def _session_closed(conn: sqlite3.Connection, e: EventRecord, at: float) -> None:
     conn.execute(
-        "UPDATE sessions SET state = 'closed', closed_at = ?, reason = ? WHERE id = ?",
-        (at, e.data.get("reason", ""), e.data["session_id"]),
+        "UPDATE sessions SET state = 'closed', closed_at = ?, reason = ?, closed_boot = ?, closed_mono = ?"
+        " WHERE id = ?",
+        (at, e.data.get("reason", ""), e.data.get("boot"), e.data.get("mono"), e.data["session_id"]),
     )
 
 

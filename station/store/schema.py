@@ -404,6 +404,12 @@ MIGRATIONS: list[str] = [
         SELECT json_extract(data, '$.session_id'), seq FROM events
         WHERE type = 'exit.passed' AND json_type(data, '$.session_id') = 'text';
     """,
+    # 14: when a session closed on the steady clock too (its boot and monotonic reading), so
+    # "closed within the last two minutes" cannot stretch with a wall-clock step (#22.3)
+    """
+    ALTER TABLE sessions ADD COLUMN closed_boot TEXT;
+    ALTER TABLE sessions ADD COLUMN closed_mono REAL;
+    """,
 ]
 
 

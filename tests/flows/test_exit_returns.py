@@ -171,3 +171,39 @@ def test_a_take_long_after_the_customer_left_is_unexpected(station: Station) -> 
     station.clock.advance(600)
     station.take(slot)
     assert _alarms(station, slot) == 1
+
+
+@pytest.mark.parametrize("step_s", [-3600.0, -86400.0, 3600.0])
+def test_a_late_take_grace_is_on_the_steady_clock(station: Station, step_s: float) -> None:
+    """#22.3: ten minutes after the customer left, a wall clock stepped back an hour (or a
+    day) must not make their session look just closed, so the take is not credited to them
+    (it may be a stranger's lift); stepped forward, a take a moment later still is theirs."""
+    slot, code = station.shelve(sf_waybill(1), phone(1))
+    station.core.pickup.enter_with_code(code)
+    assert station.core.exit.check([sf_waybill(1)]).allowed
+    station.clock.step(step_s)
+    if step_s < 0:
+        station.clock.advance(600)
+        station.take(slot)
+        assert station.events("pickup.slot.taken") == []
+        assert _alarms(station, slot) == 1
+    else:
+        station.clock.advance(5)
+        station.take(slot)
+        assert len(station.events("pickup.slot.taken")) == 1
+        assert _alarms(station, slot) == 0
+
+
+def test_a_timed_out_customer_counts_as_inside_on_the_steady_clock(station: Station) -> None:
+    """Inside for half an hour after their session timed out, measured on the steady clock:
+    a wall clock stepped back a day does not keep them inside for a day more."""
+    slot, code = station.shelve(sf_waybill(1), phone(1))
+    e = station.core.pickup.enter_with_code(code)
+    station.clock.advance(station.config.station.pickup_session_timeout_s + 1)
+    assert station.core.tick(station.clock())["sessions_timed_out"] == 1
+    station.clock.step(-86400)
+    station.clock.advance(60)
+    assert station.core.exit._session_inside(e.session_id, station.clock()) is not None
+    station.clock.advance(1800)
+    assert station.core.exit._session_inside(e.session_id, station.clock()) is None
+    assert station.core.exit._sessions_inside(station.clock()) == {}

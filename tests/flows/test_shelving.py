@@ -9,6 +9,7 @@ import pytest
 from station.config import Secrets
 from station.domain.colours import ALARM_RED, COURIER_WHITE, PALETTE_HEX
 from station.domain.errors import InvalidPhone, StationFull, UnknownCarrier
+from station.domain.layout import SlotAddress
 from station.flows.errors import FlowError
 
 from .harness import Station, config_for, make_station, phone, sf_waybill, shelf
@@ -262,3 +263,25 @@ def test_a_put_right_after_a_take_in_that_slot_is_not_bound_to_a_courier_beside_
     st.put(r.slot)                                  # the courier's parcel where it was lit
     bound = st.store.query_one("SELECT slot FROM parcels WHERE waybill = ?", (sf_waybill(2),))
     assert bound is not None and bound["slot"] == r.slot
+
+
+def test_the_put_back_window_is_on_the_steady_clock(tmp_path: Path, secrets: Secrets) -> None:
+    """#22.3: the wall clock jumping an hour ahead between the take and the put must not make
+    the take look old, so the put is still a put-back and not bound to the courier beside it."""
+    st = make_station(tmp_path, secrets, guided_mismatch="accept")
+    st.add_courier()
+    sid = st.core.shelving.open_session("c1", "guided")["session_id"]
+    slot, code = st.shelve(sf_waybill(1), phone(1), session_id=sid)
+    st.core.pickup.enter_with_code(code)
+    st.take(slot)
+    r = st.core.shelving.scan(sid, sf_waybill(2), phone(2), "S")
+    st.clock.step(3600)
+    st.clock.advance(5)
+    st.put(slot)
+    assert st.store.query_one("SELECT 1 FROM parcels WHERE waybill = ?", (sf_waybill(2),)) is None
+    st.clock.advance(120)                           # a minute and more on the steady clock:
+    st.take(slot)
+    st.clock.step(-7200)                            # a step back does not make it recent
+    st.clock.advance(70)
+    assert not st.core.shelving._taken_from_lately(SlotAddress.parse(slot))
+    assert r.slot != slot
