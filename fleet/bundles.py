@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import logging
 import os
 import sys
 import time
@@ -31,6 +32,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from fleet import couriers as registry
 from station.bundles import bundle_topic, public_hex, seal_bundle
+
+log = logging.getLogger("fleet.bundles")
 
 
 def keygen(path: Path) -> str:
@@ -54,13 +57,18 @@ def _digest(couriers: list[dict[str, Any]]) -> str:
     return hashlib.sha256(json.dumps(couriers, sort_keys=True).encode()).hexdigest()
 
 
-def due(conn: psycopg.Connection) -> list[tuple[str, str, int, list[dict[str, Any]], str]]:
+def due(conn: psycopg.Connection, cipher: Any = None) -> list[tuple[str, str, int, list[dict[str, Any]], str]]:
     """(station, its public key, next version, couriers, digest) for each station whose
-    couriers changed since its last published bundle."""
+    couriers changed since its last published bundle. A station whose couriers cannot be
+    read (a template that does not open) is skipped with a message, not the others."""
     out = []
     for station_id, pub in conn.execute("SELECT station_id, x25519_public FROM fleet_station_keys"
                                         " ORDER BY station_id").fetchall():
-        couriers = registry.couriers_for(conn, station_id)
+        try:
+            couriers = registry.couriers_for(conn, station_id, cipher)
+        except registry.RegistryError as exc:
+            log.error("bundle for %s not made: %s", station_id, exc)
+            continue
         digest = _digest(couriers)
         row = conn.execute("SELECT version, content_digest FROM fleet_bundles WHERE station_id = %s",
                            (station_id,)).fetchone()
@@ -71,9 +79,10 @@ def due(conn: psycopg.Connection) -> list[tuple[str, str, int, list[dict[str, An
 
 class Publisher:
     def __init__(self, dsn: str, broker: str, signer: Ed25519PrivateKey, username: str | None = None,
-                 password: str | None = None) -> None:
+                 password: str | None = None, cipher: Any = None) -> None:
         self.dsn = dsn
         self.signer = signer
+        self.cipher = cipher  # opens the face templates at rest (fleet template_key)
         url = urlparse(broker)
         self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"fleet-bundles-{os.getpid()}")
         if username:
@@ -86,7 +95,7 @@ class Publisher:
         n = 0
         with psycopg.connect(self.dsn, autocommit=True) as conn:
             registry.create_tables(conn)
-            for station_id, pub, version, couriers, digest in due(conn):
+            for station_id, pub, version, couriers, digest in due(conn, self.cipher):
                 raw = seal_bundle(station_id, version, time.time(), couriers,
                                   X25519PublicKey.from_public_bytes(bytes.fromhex(pub)), self.signer)
                 info = self.client.publish(bundle_topic(station_id), raw, qos=1, retain=True)
@@ -116,14 +125,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     r.add_argument("--broker", required=True, help="mqtt://host:port")
     r.add_argument("--signing-key", required=True)
     r.add_argument("--username")
+    r.add_argument("--secrets", help="fleet secrets file: its template_key opens the face templates"
+                                     " (or PS_SECRET_TEMPLATE_KEY; without it, no courier may have a face)")
     r.add_argument("--interval", type=float, default=5.0)
     r.add_argument("--once", action="store_true")
     args = p.parse_args(argv)
     if args.cmd == "keygen":
         print(keygen(Path(args.path)))
         return 0
+    from fleet.config import load_template_key
+    from station.config import ConfigError
+
+    cipher = None
+    if args.secrets or os.environ.get("PS_SECRET_TEMPLATE_KEY") or os.environ.get("PS_FLEET_SECRETS_FILE"):
+        try:
+            cipher = registry.template_cipher(load_template_key(args.secrets))
+        except ConfigError as exc:
+            print(f"fleet bundles: {exc}", file=sys.stderr)
+            return 2
     pub = Publisher(args.dsn, args.broker, load_signing_key(Path(args.signing_key)), args.username,
-                    os.environ.get("FLEET_BROKER_PASSWORD"))
+                    os.environ.get("FLEET_BROKER_PASSWORD"), cipher)
     try:
         while True:
             n = pub.publish_due()

@@ -5,7 +5,9 @@
     fleet trace  WAYBILL|PARCEL_ID|COURIER_ID [--phone +86...] [--json]
     fleet stations | fleet alarms | fleet verify STATION
     fleet synth  --stations 10000 --days 5 [--events-per-day 2000]
-    fleet init-db | fleet init-secrets PATH | fleet token create --role operator
+    fleet init-db | fleet init-secrets PATH | fleet token [--role operator|admin]
+    fleet courier add|enrol|disable|enable|assign|unassign|remove|forget-face|station-key|list ...
+    fleet bundles run ...  (fleet/couriers.py and fleet/bundles.py say more)
 
 Every error a person can cause ends with one clear line on stderr and a non-zero exit.
 """
@@ -235,7 +237,7 @@ def cmd_token(args: argparse.Namespace) -> int:
     from fleet.web import make_token
 
     secrets = load_fleet_secrets(args.secrets)
-    print(make_token(secrets.token_key, args.subject, args.ttl))
+    print(make_token(secrets.token_key, args.subject, args.ttl, role=args.role))
     return 0
 
 
@@ -289,13 +291,27 @@ def build_parser() -> argparse.ArgumentParser:
     sec.set_defaults(func=cmd_init_secrets)
     tok = common(sub.add_parser("token", help="an operator token for the fleet pages"))
     tok.add_argument("--subject", default="op-1")
+    tok.add_argument("--role", choices=("operator", "admin"), default="operator",
+                     help="operator reads; admin also enrols couriers' faces")
     tok.add_argument("--ttl", type=float, default=12 * 3600)
     tok.set_defaults(func=cmd_token)
+    for name, what in (("courier", "the courier registry: add, enrol faces, disable, assign (fleet courier -h)"),
+                       ("bundles", "the courier bundle publisher (fleet bundles -h)")):
+        sub.add_parser(name, help=what, add_help=False)
     return p
+
+
+# commands with an argument parser of their own, in their own module
+_DELEGATED = {"courier": "fleet.couriers", "bundles": "fleet.bundles"}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in _DELEGATED:
+        import importlib
+
+        return int(importlib.import_module(_DELEGATED[argv[0]]).main(argv[1:]))
     args = build_parser().parse_args(argv)
     for name in ("stations", "days", "events_per_day", "limit"):
         value = getattr(args, name, None)

@@ -70,6 +70,9 @@ class FleetSecrets(_Strict):
     broker_password: str | None = None
     db_password: str | None = None
     hash_key: bytes | None = None  # the stations' phone hash key, to search by phone
+    # encrypts the couriers' face templates at rest in PostgreSQL (fleet/couriers.py): the
+    # database and its backups hold ciphertext only
+    template_key: bytes | None = None
 
 
 SECRET_ENV = "PS_SECRET_"
@@ -95,8 +98,13 @@ def load_fleet_config(path: Path | str | None) -> FleetConfig:
         raise ConfigError("\n".join(lines)) from None
 
 
-def load_fleet_secrets(path: Path | str | None = None, env: dict[str, str] | None = None) -> FleetSecrets:
-    env = dict(os.environ if env is None else env)
+_NAMES = ("token_key", "broker_password", "db_password", "hash_key", "template_key")
+_KEYS = ("token_key", "hash_key", "template_key")  # 32 bytes each, as 64 hex digits
+
+
+def _secret_values(path: Path | str | None, env: dict[str, str]) -> tuple[dict[str, object], str]:
+    """The raw values of the secrets file and PS_SECRET_* (the environment wins), and where
+    they came from (for the error message)."""
     values: dict[str, object] = {}
     origin = "environment"
     path = path or env.get("PS_FLEET_SECRETS_FILE")
@@ -108,34 +116,55 @@ def load_fleet_secrets(path: Path | str | None = None, env: dict[str, str] | Non
             raise ConfigError(f"{path}: no such secrets file") from None
         except (tomllib.TOMLDecodeError, UnicodeDecodeError, OSError) as exc:
             raise ConfigError(f"{path}: cannot read the secrets file: {exc}") from None
-    names = ("token_key", "broker_password", "db_password", "hash_key")
-    for name in names:
+    for name in _NAMES:
         if f"{SECRET_ENV}{name.upper()}" in env:
             values[name] = env[f"{SECRET_ENV}{name.upper()}"]
-    unknown = set(values) - set(names)
+    unknown = set(values) - set(_NAMES)
     if unknown:
         raise ConfigError(f"{origin}: {sorted(unknown)[0]}: unknown key")
+    return values, origin
+
+
+def _key(values: dict[str, object], origin: str, name: str) -> bytes | None:
+    raw = values.get(name)
+    if raw is None:
+        return None
+    try:
+        key = bytes.fromhex(str(raw))
+    except ValueError:
+        key = b""
+    if len(key) != 32:
+        raise ConfigError(f"{origin}: {name}: must be 64 hex digits")
+    return key
+
+
+def load_fleet_secrets(path: Path | str | None = None, env: dict[str, str] | None = None) -> FleetSecrets:
+    values, origin = _secret_values(path, dict(os.environ if env is None else env))
     out: dict[str, object] = {k: values.get(k) for k in ("broker_password", "db_password")}
-    for name in ("token_key", "hash_key"):
-        raw = values.get(name)
-        if raw is None:
-            if name == "token_key":
-                raise ConfigError(f"{origin}: token_key: missing secret (set it in the secrets file"
-                                  f" or {SECRET_ENV}TOKEN_KEY)")
-            continue
-        try:
-            key = bytes.fromhex(str(raw))
-        except ValueError:
-            key = b""
-        if len(key) != 32:
-            raise ConfigError(f"{origin}: {name}: must be 64 hex digits")
-        out[name] = key
+    for name in _KEYS:
+        out[name] = _key(values, origin, name)
+    if out["token_key"] is None:
+        raise ConfigError(f"{origin}: token_key: missing secret (set it in the secrets file"
+                          f" or {SECRET_ENV}TOKEN_KEY)")
     return FleetSecrets.model_validate(out)
+
+
+def load_template_key(path: Path | str | None = None, env: dict[str, str] | None = None) -> bytes:
+    """The face-template key alone, for the commands that need nothing else of the secrets
+    (`fleet courier enrol`, the bundle publisher); a clear error when it is not set."""
+    values, origin = _secret_values(path, dict(os.environ if env is None else env))
+    key = _key(values, origin, "template_key")
+    if key is None:
+        raise ConfigError(f"{origin}: template_key: missing secret (the key of the face templates at rest:"
+                          f" `fleet init-secrets` writes one; or set {SECRET_ENV}TEMPLATE_KEY)")
+    return key
 
 
 def generate_fleet_secrets_toml() -> str:
     return ("# Fleet secrets: keep private (chmod 600), never in the config.\n"
-            f'token_key = "{pysecrets.token_hex(32)}"\n')
+            f'token_key = "{pysecrets.token_hex(32)}"\n'
+            "# the couriers' face templates at rest in PostgreSQL: lose it and they must be enrolled again\n"
+            f'template_key = "{pysecrets.token_hex(32)}"\n')
 
 
 def tls_context(ca_file: str | None, cert_file: str | None, key_file: str | None) -> ssl.SSLContext:

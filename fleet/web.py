@@ -1,7 +1,9 @@
 """`fleet serve`: the fleet API and its two pages (stations, trace), for operators.
 
-Operators log in with a role token like the station's (ADR 0004): `pf1.operator.<subject>.
-<expires>.<mac>`, an HMAC with the fleet's own token key (`fleet token`). The pages are plain
+Operators log in with a role token like the station's (ADR 0004): `pf1.<role>.<subject>.
+<expires>.<mac>`, an HMAC with the fleet's own token key (`fleet token [--role admin]`). An
+`operator` reads (stations, trace, the courier registry); an `admin` may also enrol a
+courier's face (POST /api/couriers/{id}/faces). The pages are plain
 files that keep the token in the browser's session storage and read the JSON API; they
 render every value as text, never as HTML.
 """
@@ -9,8 +11,11 @@ render every value as text, never as HTML.
 from __future__ import annotations
 
 import base64
+import binascii
 import hashlib
 import hmac
+import json
+import logging
 import re
 import threading
 import time
@@ -18,6 +23,7 @@ from typing import Any
 
 import psycopg
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, JSONResponse
 
 from fleet.config import FleetConfig, FleetSecrets
@@ -30,24 +36,35 @@ def _mac(key: bytes, body: str) -> str:
     return base64.urlsafe_b64encode(hmac.new(key, body.encode(), hashlib.sha256).digest()[:18]).decode()
 
 
-def make_token(key: bytes, subject: str, ttl_s: float, now: float | None = None) -> str:
+ROLES = ("operator", "admin")
+MAX_ENROL_BODY = 5 * 8 * 1024 * 1024 * 4 // 3 + 4096  # five 8 MiB photos as base64 JSON
+
+
+def make_token(key: bytes, subject: str, ttl_s: float, now: float | None = None, role: str = "operator") -> str:
     if not _SUBJECT.match(subject):
         raise ValueError("subject: letters, digits, _ and -, up to 64")
-    body = f"pf1.operator.{subject}.{int((now or time.time()) + ttl_s)}"
+    if role not in ROLES:
+        raise ValueError(f"role: one of {', '.join(ROLES)}")
+    body = f"pf1.{role}.{subject}.{int((now or time.time()) + ttl_s)}"
     return f"{body}.{_mac(key, body)}"
 
 
-def read_token(key: bytes, token: str, now: float | None = None) -> str:
-    """The operator's subject, or ValueError."""
+def read_principal(key: bytes, token: str, now: float | None = None) -> tuple[str, str]:
+    """(role, subject) of a good token, or ValueError."""
     parts = token.split(".")
-    if len(parts) != 5 or parts[0] != "pf1" or parts[1] != "operator" or not parts[3].isdigit():
+    if len(parts) != 5 or parts[0] != "pf1" or parts[1] not in ROLES or not parts[3].isdigit():
         raise ValueError("not a fleet token")
     body = ".".join(parts[:4])
     if not hmac.compare_digest(_mac(key, body), parts[4]):
         raise ValueError("bad signature")
     if int(parts[3]) < (now or time.time()):
         raise ValueError("expired")
-    return parts[2]
+    return parts[1], parts[2]
+
+
+def read_token(key: bytes, token: str, now: float | None = None) -> str:
+    """The subject of a good token of any role, or ValueError."""
+    return read_principal(key, token, now)[1]
 
 
 class _Connections:
@@ -79,14 +96,35 @@ def create_app(dsn: str, secrets: FleetSecrets, config: FleetConfig | None = Non
     conns = _Connections(dsn)
     app = FastAPI(title="parcel station fleet", docs_url=None, redoc_url=None)
 
-    def operator(request: Request) -> str:
+    def principal(request: Request) -> tuple[str, str]:
         header = request.headers.get("authorization", "")
         if not header.lower().startswith("bearer "):
             raise HTTPException(401, "log in with a fleet operator token")
         try:
-            return read_token(secrets.token_key, header[7:].strip())
+            return read_principal(secrets.token_key, header[7:].strip())
         except ValueError as exc:
             raise HTTPException(401, f"token refused: {exc}") from None
+
+    def operator(who: tuple[str, str] = Depends(principal)) -> str:
+        return who[1]
+
+    def admin(who: tuple[str, str] = Depends(principal)) -> str:
+        if who[0] != "admin":
+            raise HTTPException(403, "enrolling needs a fleet admin token (fleet token --role admin)")
+        return who[1]
+
+    engine_lock = threading.Lock()
+    engines: list[Any] = []
+
+    def face_engine() -> Any:
+        """The station's face encoder, loaded on the first enrolment (its models cost ~1 s and
+        ~100 MB, which a fleet that only reads never pays)."""
+        with engine_lock:
+            if not engines:
+                from station.vision.faces import FaceEngine
+
+                engines.append(FaceEngine())
+            return engines[0]
 
     def query(fn: Any, *args: Any, **kw: Any) -> Any:
         try:
@@ -136,6 +174,32 @@ def create_app(dsn: str, secrets: FleetSecrets, config: FleetConfig | None = Non
             r["console_url"] = r["console_url"] or cfg.consoles.get(r["station"])
         return {"query": q, "events": rows, "took_ms": round((time.perf_counter() - started) * 1000, 1)}
 
+    @app.post("/api/couriers/{courier_id}/faces")
+    async def enrol_face(courier_id: str, request: Request, who: str = Depends(admin)) -> dict[str, Any]:
+        """1-5 photos of the courier: one image body (image/jpeg, image/png) or
+        {"images": [base64, ...]}. Each is checked as a station checks an enrolment photo;
+        the first that fails says which check (422, never a traceback)."""
+        images = await _read_images(request)
+        if secrets.template_key is None:
+            raise HTTPException(503, "the fleet has no template_key: face templates cannot be stored")
+        from fleet import couriers as registry
+
+        cipher = registry.template_cipher(secrets.template_key)
+        try:
+            # in a worker thread, on that thread's own connection (the photos cost ~0.1 s each)
+            n = await run_in_threadpool(lambda: registry.enrol_faces(conns.get(), courier_id, images,
+                                                                     face_engine(), cipher))
+        except registry.FaceRefused as exc:
+            return JSONResponse({"error": f"enrolment_{exc.check}", "detail": str(exc),  # type: ignore[return-value]
+                                 "image_index": exc.image_index}, status_code=422)
+        except registry.RegistryError as exc:
+            raise HTTPException(404, str(exc)) from None
+        except psycopg.OperationalError:
+            conns.drop()
+            raise HTTPException(503, "the fleet database is not reachable") from None
+        logging.getLogger("fleet.web").info("face of courier %s enrolled by %s (%d templates)", courier_id, who, n)
+        return {"courier_id": courier_id, "templates": n}
+
     @app.get("/", response_class=HTMLResponse)
     def stations_page() -> str:
         return _page("Stations", STATIONS_JS)
@@ -145,6 +209,34 @@ def create_app(dsn: str, secrets: FleetSecrets, config: FleetConfig | None = Non
         return _page("Trace", TRACE_JS)
 
     return app
+
+
+async def _read_images(request: Request) -> list[bytes]:
+    """The photos of an enrolment request, size-capped before anything decodes them."""
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > MAX_ENROL_BODY:
+        raise HTTPException(413, "the photos are larger than 5 x 8 MiB")
+    raw = bytearray()
+    async for chunk in request.stream():
+        raw.extend(chunk)
+        if len(raw) > MAX_ENROL_BODY:
+            raise HTTPException(413, "the photos are larger than 5 x 8 MiB")
+    ctype = request.headers.get("content-type", "")
+    if ctype.startswith("image/"):
+        images = [bytes(raw)]
+    else:
+        try:
+            body = json.loads(raw)
+            items = body["images"]
+            if not isinstance(items, list) or not 1 <= len(items) <= 5:
+                raise ValueError
+            images = [base64.b64decode(item, validate=True) for item in items]
+        except (ValueError, KeyError, TypeError, binascii.Error):
+            raise HTTPException(422, 'send one image (image/jpeg, image/png) or {"images": [1-5 base64 photos]}') \
+                from None
+    if not all(images):
+        raise HTTPException(422, "a photo is empty")
+    return images
 
 
 def _page(title: str, script: str) -> str:

@@ -170,10 +170,38 @@ def open_bundle(raw: bytes, *, station: str, trusted: Ed25519PublicKey, private:
     return Bundle(station, version, float(doc["issued_at"]), couriers, hashlib.sha256(raw).hexdigest())
 
 
+TEMPLATE_BYTES = 128 * 4
+
+
+def encode_template(template: Any) -> str:
+    """One 128-d encoding as it travels in a bundle: base64 of 128 little-endian float32
+    (684 characters; a JSON list of the same numbers is about four times larger)."""
+    import numpy as np
+
+    row = np.asarray(template, dtype="<f4").reshape(-1)
+    if row.shape != (128,) or not np.all(np.isfinite(row)):
+        raise ValueError("a face template is 128 finite numbers")
+    return _b64(row.tobytes())
+
+
+def _face(f: Any) -> tuple[float, ...]:
+    """A template from a bundle: base64 float32 (encode_template) or a list of 128 numbers."""
+    if isinstance(f, str):
+        import numpy as np
+
+        raw = _unb64(f)
+        if len(raw) != TEMPLATE_BYTES:
+            raise ValueError("a face template is 128 float32")
+        values = tuple(float(x) for x in np.frombuffer(raw, dtype="<f4"))
+    else:
+        values = tuple(float(x) for x in f)
+    if len(values) != 128 or not all(v == v and abs(v) < 1e6 for v in values):
+        raise ValueError("a face template is 128 finite numbers")
+    return values
+
+
 def _courier(c: dict[str, Any]) -> BundleCourier:
-    faces = tuple(tuple(float(x) for x in f) for f in c.get("faces", ()))
-    if any(len(f) != 128 for f in faces):
-        raise ValueError("a face template is 128 numbers")
+    faces = tuple(_face(f) for f in c.get("faces", ()))
     pin_hash = c["pin_hash"]
     if not isinstance(pin_hash, str) or not pin_hash.startswith("$argon2"):
         raise ValueError("pin_hash must be an argon2 hash")
@@ -253,14 +281,26 @@ def apply_bundle(core: Any, bundle: Bundle) -> Applied:
                               {"courier_id": c.id, "bundle": bundle.version}))
                 if c.id not in out.added and c.id not in out.updated:
                     out.updated.append(c.id)
-            if c.faces:
+            stored = _stored_faces(tx, cipher, c.id)
+            wanted_faces = np.asarray(c.faces, dtype=np.float32).reshape(-1, 128)
+            if c.faces and not (stored is not None and np.array_equal(stored, wanted_faces)):
+                # enrolled (or enrolled again) at the fleet: the templates arrive in this
+                # transaction with the bundle that carries them
                 tx.execute("DELETE FROM face_templates WHERE courier_id = ?", (c.id,))
-                for idx, face in enumerate(c.faces):
+                for idx, face in enumerate(wanted_faces):
                     tx.execute("INSERT INTO face_templates(courier_id, idx, blob) VALUES (?,?,?)",
-                               (c.id, idx, cipher.encrypt(np.asarray(face), c.id)))
-                if not have["has_face"]:
-                    tx.emit(Event("courier.face.enrolled", c.id, "fleet",
-                                  {"courier_id": c.id, "templates": len(c.faces)}))
+                               (c.id, idx, cipher.encrypt(face, c.id)))
+                tx.emit(Event("courier.face.enrolled", c.id, "fleet",
+                              {"courier_id": c.id, "templates": len(c.faces), "bundle": bundle.version}))
+                if c.id not in out.added and c.id not in out.updated:
+                    out.updated.append(c.id)
+            elif not c.faces and (have["has_face"] or stored is not None):
+                # the fleet forgot the face (re-enrolment pending, or the courier's wish)
+                n = tx.execute("DELETE FROM face_templates WHERE courier_id = ?", (c.id,)).rowcount
+                tx.emit(Event("courier.face.removed", c.id, "fleet",
+                              {"courier_id": c.id, "face_templates_deleted": n, "bundle": bundle.version}))
+                if c.id not in out.added and c.id not in out.updated:
+                    out.updated.append(c.id)
         for cid, have in existing.items():
             if have["source"] == "fleet" and cid not in wanted:
                 n = tx.execute("DELETE FROM face_templates WHERE courier_id = ?", (cid,)).rowcount
@@ -275,6 +315,23 @@ def apply_bundle(core: Any, bundle: Bundle) -> Applied:
                               "the fleet's bundle names couriers that are local here; the local entries"
                               f" win: {', '.join(out.conflicts)}", couriers=out.conflicts)
     return out
+
+
+def _stored_faces(tx: Any, cipher: Any, courier_id: str) -> Any:
+    """The (k, 128) templates this station holds for a courier, None when it holds none or
+    they no longer decrypt (then the bundle's replace them)."""
+    import numpy as np
+
+    from station.vision.templates import TemplateError
+
+    blobs = [r[0] for r in tx.execute("SELECT blob FROM face_templates WHERE courier_id = ? ORDER BY idx",
+                                      (courier_id,)).fetchall()]
+    if not blobs:
+        return None
+    try:
+        return np.concatenate([cipher.decrypt(b, courier_id) for b in blobs])
+    except TemplateError:
+        return None
 
 
 def _opened(seal: Any, courier_id: str, stored: str) -> str | None:

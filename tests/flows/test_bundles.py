@@ -40,7 +40,7 @@ def station(tmp_path: Path) -> Iterator[Any]:
 
 def _courier(cid: str, pin: str = "2468", active: bool = True, **kw: Any) -> dict[str, Any]:
     return {"id": cid, "carrier": "SF", "name": f"Courier {cid}", "active": active,
-            "pin_hash": HASHER.hash(pin), **kw}
+            "pin_hash": kw.pop("pin_hash", None) or HASHER.hash(pin), **kw}
 
 
 def _bundle(st: Any, version: int, couriers: list[dict[str, Any]], station: str | None = None,
@@ -186,3 +186,44 @@ def test_a_bundle_listener_that_cannot_log_in_is_refused_before_the_station_star
     with pytest.raises(ConfigError, match="upstream_password" if case == "no_password" else "ca_file"):
         build_station(_bundles_config(tmp_path, **upstream), secrets)
     assert [s.path for s in closed] == [Path(example_config(tmp_path).station.database)]
+
+
+def test_a_bundles_face_templates_replace_the_stations_and_go_with_it(station: Any, tmp_path: Path) -> None:
+    """Templates arrive in the bundle's own transaction (base64 float32, ADR 0132): new ones
+    replace the old and say so; a bundle without them deletes the station's copy; the same
+    ones again change nothing; replay rebuilds the couriers."""
+    import numpy as np
+
+    from station.bundles import encode_template
+    from station.vision.templates import TemplateCipher
+
+    rng = np.random.default_rng(7)
+    first, second = rng.normal(size=(2, 128)).astype(np.float32), rng.normal(size=(1, 128)).astype(np.float32)
+
+    pin_hash = HASHER.hash("2468")
+
+    def faces(rows: Any) -> list[str]:
+        return [encode_template(r) for r in rows]
+
+    def held() -> Any:
+        cipher = TemplateCipher(station.secrets.encryption_key)
+        return [cipher.decrypt(blob, cid) for cid, blob in station.core.couriers.templates()]
+
+    apply_bundle(station.core, _open(station, _bundle(station, 1, [_courier("f1", pin_hash=pin_hash, faces=faces(first))])))
+    assert station.core.couriers.get("f1").has_face
+    assert np.array_equal(np.concatenate(held()), first)
+    out = apply_bundle(station.core, _open(station, _bundle(station, 2, [_courier("f1", pin_hash=pin_hash, faces=faces(first))])))
+    assert out.updated == []
+    apply_bundle(station.core, _open(station, _bundle(station, 3, [_courier("f1", pin_hash=pin_hash, faces=faces(second))])))
+    assert np.array_equal(np.concatenate(held()), second)
+    out = apply_bundle(station.core, _open(station, _bundle(station, 4, [_courier("f1", pin_hash=pin_hash)])))
+    assert out.updated == ["f1"] and held() == [] and not station.core.couriers.get("f1").has_face
+    assert [t for t in _types(station) if t.startswith("courier.face")] == [
+        "courier.face.enrolled", "courier.face.enrolled", "courier.face.removed"]
+    with pytest.raises(BundleRefused, match="128"):
+        _open(station, _bundle(station, 5, [_courier("f1", faces=["AAAA"])]))
+    with station.store.snapshot() as conn:
+        replay_into(conn, tmp_path / "replay.db")
+        live = dump_projections(conn)
+    again = dump_projections(sqlite3.connect(tmp_path / "replay.db"))
+    assert {t: again[t] == live[t] for t in live} == {t: True for t in live}
