@@ -191,6 +191,21 @@ class CareSection(_Strict):
         return value
 
 
+class KioskSection(_Strict):
+    """How the kiosk screen starts each customer's visit (#19.5, docs/customer-care.md
+    "Kiosk"). The screen is shared, so whatever a customer switches on (large text) lasts
+    for their visit only; these are the defaults every visit starts from."""
+
+    # large text and high contrast from the start: a station serving many older customers
+    large_text: bool = False
+    sound: bool = True    # a short tone when the door opens and the slots light
+    speech: bool = True   # and the slot names spoken, where the browser has speech
+    # the entry screen forgets a half-typed code and the customer's mode after this long
+    # without a key or touch; the result screen goes back to the start after result_reset_s
+    idle_reset_s: float = Field(default=60.0, ge=10, le=3600)
+    result_reset_s: float = Field(default=90.0, ge=10, le=3600)
+
+
 class LockoutSection(_Strict):
     """Guessing limits; docs/pickup-codes.md derives the odds from these numbers."""
 
@@ -331,6 +346,7 @@ class StationConfig(_Strict):
     carriers: list[CarrierConfig] = Field(min_length=1)
     notify: NotifySection = NotifySection()
     care: CareSection = CareSection()
+    kiosk: KioskSection = KioskSection()
     lockout: LockoutSection = LockoutSection()
     retention: RetentionSection = RetentionSection()
     disk: DiskSection = DiskSection()

@@ -46,6 +46,13 @@ def _entered(svc: Services, method: str, started: float, result: EntryResult) ->
     return asdict(result)
 
 
+@router.get("/settings", summary="How the kiosk screen starts a visit: large text, sound, speech")
+def settings(who: Principal = Depends(kiosk_only), svc: Services = Depends(services)) -> dict[str, Any]:
+    """The station's [kiosk] defaults (#19.5); the page asks once after pairing, so an
+    operator changes them in the configuration, not on each screen."""
+    return svc.core.ctx.config.kiosk.model_dump()
+
+
 @router.post("/code", summary="Enter with a typed pickup code")
 def enter_code(body: CodeEntry, who: Principal = Depends(kiosk_only),
                svc: Services = Depends(services)) -> dict[str, Any]:

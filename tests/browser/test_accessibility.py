@@ -43,6 +43,44 @@ def test_the_kiosk_page_entry_and_result(tmp_path: Path, page: Any) -> None:
         assert serious(page) == []
 
 
+def _both_modes(page: Any, where: str) -> None:
+    """axe in the normal and in the large-text / high-contrast mode, switched by its key
+    (#19.5); the page is left in the mode it was found in."""
+    found = page.evaluate("() => document.documentElement.classList.contains('large-text')")
+    for _ in range(2):
+        large = page.evaluate("() => document.documentElement.classList.contains('large-text')")
+        assert serious(page) == [], f"{where}, {'large text' if large else 'normal'}"
+        page.keyboard.press("*")
+    assert page.evaluate("() => document.documentElement.classList.contains('large-text')") == found
+
+
+def test_the_kiosk_in_both_modes_with_messages_and_answers(tmp_path: Path, page: Any) -> None:
+    """Every state a customer sees: entry, a refusal, the result with its slot list, a
+    report answered, the exit open after "leave without parcels"."""
+    with LiveStation(tmp_path, http=True) as ls:
+        slot, code = _shelve_by_api(ls)
+        page.set_viewport_size({"width": 768, "height": 1024})
+        pair_kiosk(page, ls, "kiosk-1")
+        _both_modes(page, "entry")
+        page.keyboard.type(slot + "-00000000")
+        page.keyboard.press("Enter")
+        page.wait_for_selector("#message[data-code=wrong_code]")
+        _both_modes(page, "entry, wrong code")
+        page.keyboard.press("Escape")
+        page.keyboard.press("/")
+        _both_modes(page, "entry, phone number")
+        page.keyboard.press("Escape")
+        page.keyboard.type(code)
+        page.keyboard.press("Enter")
+        page.wait_for_selector("#result:not(.hidden)")
+        _both_modes(page, "result")
+        page.click(f'#slot-list li[data-slot="{slot}"] button[data-problem="not_mine"]')
+        page.wait_for_selector("#report-message[data-reported=not_mine]")
+        page.click("#leave")
+        page.wait_for_selector("#leave-message[data-left]")
+        _both_modes(page, "result, reported and left")
+
+
 def test_the_courier_page(tmp_path: Path, page: Any) -> None:
     with LiveStation(tmp_path, http=True) as ls:
         page.goto(ls.base_url + "/courier")

@@ -1,13 +1,22 @@
 /* Kiosk: a customer enters with a pickup code, or phone + one-time code, or the QR code,
  * and sees their colour and slots. Messages are bilingual because the station serves
- * Chinese and foreign customers alike; every refusal maps to a message a person can act on. */
+ * Chinese and foreign customers alike; every refusal maps to a message a person can act on.
+ *
+ * Everyone can use it (#19.5, docs/customer-care.md "Kiosk"): every control works from the
+ * keyboard or a USB hardware keypad (which is a keyboard: the key map is KEYS below), a
+ * large-text / high-contrast mode is a key or a touch away and lasts for one visit only
+ * (the screen is shared), and the door and the lit slots are told by a tone, a voice and an
+ * aria-live region as well as on screen. */
 "use strict";
 
 (() => {
   const { $, $all, el, api } = PS;
   // the device credential this screen got by pairing once (ADR 0130); never from the URL
   const token = PS.getToken("kiosk");
-  const state = { mode: "code", phoneStep: "phone", phone: "", resetTimer: null, stream: null, lockedUntil: 0 };
+  const state = { mode: "code", phoneStep: "phone", phone: "", resetTimer: null, stream: null, lockedUntil: 0,
+                  idleTimer: null, large: false };
+  // the station's [kiosk] defaults (GET /api/kiosk/settings); these until it answers
+  const settings = { large_text: false, sound: true, speech: true, idle_reset_s: 60, result_reset_s: 90 };
 
   const MESSAGES = {
     wrong_code: ["取件码不正确，请核对后重试。", "That code is not right. Check it and try again."],
@@ -75,13 +84,17 @@
   function setMode(mode) {
     state.mode = mode;
     state.phoneStep = "phone";
-    $all(".tabs button").forEach(b => b.classList.toggle("active", b.dataset.mode === mode));
+    $all(".tabs button").forEach(b => {
+      b.classList.toggle("active", b.dataset.mode === mode);
+      b.setAttribute("aria-pressed", String(b.dataset.mode === mode));
+    });
     $("#display").value = "";
     hideMessage();
     $("#keypad").classList.toggle("hidden", mode === "qr");
     $("#display").classList.toggle("hidden", mode === "qr");
     $("#qr-pane").classList.toggle("hidden", mode !== "qr");
     $("#key-dash").style.visibility = mode === "code" ? "visible" : "hidden";
+    $("#key-dash").disabled = mode !== "code";   // hidden is not focusable either
     const label = $("#step-label");
     if (mode === "code") label.replaceChildren("请输入取件码 ", el("span", { class: "en" }, "Enter your pickup code"));
     if (mode === "phone") label.replaceChildren("请输入手机号 ", el("span", { class: "en" }, "Enter your phone number"));
@@ -96,7 +109,7 @@
     else if (key === "clear") d.value = "";
     else if (key === "ok") submit();
     else if (d.value.length < 24) d.value += key;
-    if (key !== "ok") hideMessage();
+    if (key !== "ok" && $("#message").dataset.code !== "locked_out") hideMessage();
   }
 
   async function submit() {
@@ -116,6 +129,7 @@
         $("#step-label").replaceChildren(`请输入发送到 ${r.body.phone_masked} 的验证码 `,
           el("span", { class: "en" }, `Enter the one-time code sent to ${r.body.phone_masked}`));
         show("info", "如有包裹等待此号码，验证码已发送。", "If a parcel is waiting for this number, a code is on its way.");
+        touched();
       } else {
         const r = await api(token, "POST", "/api/kiosk/otp/verify", { phone: state.phone, otp: value });
         r.ok ? showResult(r.body) : showError(r);
@@ -126,6 +140,14 @@
   function setBusy(busy) {
     $("#key-ok").disabled = busy || Date.now() < state.lockedUntil;
     document.body.classList.toggle("busy", busy);
+  }
+
+  /** "1-2-03" said the way a person finds it: shelf, row (from the top), column. */
+  function slotWords(slot) {
+    const m = /^(\d+)-(\d+)-(\d+)$/.exec(slot);
+    if (!m) return [slot, slot];
+    const [shelf, row, col] = m.slice(1).map(Number);
+    return [`${shelf}号货架 第${row}层 第${col}格`, `shelf ${shelf}, row ${row}, column ${col}`];
   }
 
   /** The answer a customer came for: their colour, big, and the slots as text. */
@@ -139,13 +161,45 @@
     $("#colour-en").textContent = res.colour_name_en;
     const list = $("#slot-list");
     state.sessionId = res.session_id;
-    list.replaceChildren(...res.slots.map(s => el("li", { style: { borderColor: res.colour }, dataset: { slot: s } },
-      el("span", { class: "slot-name" }, s), reportButtons(s))));
+    // each slot as text beside the colour (its border): the name, then where it is in words
+    list.replaceChildren(...res.slots.map((s, i) => el("li", { style: { borderColor: res.colour }, dataset: { slot: s, n: i + 1 } },
+      el("span", { class: "slot-name" }, s),
+      el("span", { class: "slot-where" }, slotWords(s)[0], " · ", el("span", { lang: "en" }, slotWords(s)[1])),
+      reportButtons(s))));
     $("#parcel-count").textContent = `共 ${res.parcels} 件包裹 · ${res.parcels} parcel${res.parcels === 1 ? "" : "s"}`;
     $("#entry").classList.add("hidden");
+    $("#leave-message").className = "msg hidden";
+    $("#leave").disabled = false;
     $("#result").classList.remove("hidden");
+    $("#result-title").focus();
+    clearTimeout(state.idleTimer);
     clearTimeout(state.resetTimer);
-    state.resetTimer = setTimeout(reset, 90000);
+    state.resetTimer = setTimeout(reset, settings.result_reset_s * 1000);
+    doorCue(res);
+  }
+
+  /** The door is open and the slots are lit: a tone for each, the slot names spoken, and the
+   * same words in the live region for a screen reader (which speaks them in its own voice). */
+  function doorCue(res) {
+    const where = res.slots.map(slotWords);
+    const zh = `门已打开，请进。您的格口：${where.map(w => w[0]).join("；")}。灯光颜色：${res.colour_name_zh}。`;
+    const en = `The door is open. Your parcels are in ${where.map(w => w[1]).join("; ")}. Your colour is ${res.colour_name_en}.`;
+    announce(`${zh} ${res.slots.join(", ")}. ${en}`, ["door", "slots"]);
+    if (settings.sound) Cue.tone(["door", "slots"]);
+    if (settings.speech) Cue.speak([["zh-CN", zh], ["en-US", en]]);
+  }
+
+  /** Write `text` into the aria-live region (and name the tones played, for tests and logs). */
+  function announce(text, cues) {
+    const box = $("#announce");
+    box.textContent = text;
+    box.dataset.cue = (cues || []).join(",");
+  }
+
+  /** Say a short hint aloud and in the live region (keypad users may not see the screen). */
+  function hint(zh, en) {
+    announce(`${zh} ${en}`);
+    if (settings.speech) Cue.speak([["zh-CN", zh], ["en-US", en]]);
   }
 
   // what a customer inside can report about one slot (#19.4, docs/customer-care.md)
@@ -165,6 +219,7 @@
   }
 
   async function report(slot, problem, button) {
+    if (button.disabled) return;
     button.disabled = true;
     const r = await api(token, "POST", `/api/kiosk/sessions/${encodeURIComponent(state.sessionId)}/report`,
       { slot, problem });
@@ -183,12 +238,182 @@
     box.dataset.reported = problem;
   }
 
+  /** "Leave without parcels" (POST /api/exit/leave): the station decides from what the
+   * shelves sensed (ADR 0075) and may say no, with the reason shown and spoken. */
+  async function leave() {
+    const button = $("#leave");
+    if (button.disabled || !state.sessionId) return;
+    button.disabled = true;
+    const r = await api(token, "POST", "/api/exit/leave", { session_id: state.sessionId });
+    const box = $("#leave-message");
+    if (r.ok && r.body && r.body.allowed) {
+      box.className = "msg ok";
+      box.dataset.left = "1";
+      box.replaceChildren("出口门已打开，再见。 ", el("span", { class: "en" }, "The exit door is open. Goodbye."));
+      announce("出口门已打开，再见。 The exit door is open. Goodbye.", ["door"]);
+      if (settings.sound) Cue.tone(["door"]);
+      if (settings.speech) Cue.speak([["zh-CN", "出口门已打开，再见。"], ["en-US", "The exit door is open. Goodbye."]]);
+      $("#done").focus();
+      return;
+    }
+    button.disabled = false;
+    box.className = "msg error";
+    box.dataset.left = "0";
+    const en = (r.body && r.body.message) || "The exit cannot open now. Please call staff.";
+    box.replaceChildren("出口暂不能打开。 ", el("span", { class: "en" }, en));
+    hint("出口暂不能打开。", en);
+  }
+
+  /** The visit is over (done, left, or the result timed out): the next person gets the
+   * station's defaults, large text included. */
   function reset() {
     clearTimeout(state.resetTimer);
+    state.sessionId = null;
     $("#report-message").className = "msg hidden";
+    $("#leave-message").className = "msg hidden";
     $("#result").classList.add("hidden");
     $("#entry").classList.remove("hidden");
+    setLarge(settings.large_text);
+    announce("");
     setMode("code");
+  }
+
+  // ---- large text / high contrast, for this visit only ---------------------------------------
+
+  function setLarge(on) {
+    state.large = on;
+    document.documentElement.classList.toggle("large-text", on);
+    $("#large-text").setAttribute("aria-pressed", String(on));
+  }
+
+  function toggleLarge() {
+    setLarge(!state.large);
+    if (state.large) hint("大字高对比已打开。按星号键关闭，按加号键到下一项，按确定键确认。",
+                          "Large text and high contrast on. Star turns it off, plus moves to the next control, Enter presses it.");
+    else hint("大字已关闭。", "Large text off.");
+  }
+
+  // ---- keyboard and hardware keypad ----------------------------------------------------------
+
+  // A numeric keypad's keys by their position (e.code), so NumLock off still types digits;
+  // everything else by the character it gives (e.key). docs/customer-care.md has the table.
+  const NUMPAD = { Numpad0: "0", Numpad1: "1", Numpad2: "2", Numpad3: "3", Numpad4: "4", Numpad5: "5",
+                   Numpad6: "6", Numpad7: "7", Numpad8: "8", Numpad9: "9", NumpadDecimal: ".",
+                   NumpadEnter: "Enter", NumpadAdd: "+", NumpadSubtract: "-", NumpadMultiply: "*",
+                   NumpadDivide: "/" };
+  const KEYS = { "*": "large", F1: "large", Help: "large", "+": "next", "/": "alt", F2: "alt",
+                 Enter: "enter", Escape: "escape", Backspace: "delete", ".": "delete" };
+
+  function visible(node) { return node.getClientRects().length > 0; }
+
+  /** The controls in tab order (the DOM's: no positive tabindex on these pages). */
+  function focusables() {
+    return $all("button, input, select, a[href], [tabindex]:not([tabindex='-1'])")
+      .filter(n => !n.disabled && visible(n));
+  }
+
+  /** "+" on the keypad: Tab for a keypad with no Tab key, wrapping round. */
+  function moveFocus(step) {
+    const list = focusables();
+    if (!list.length) return;
+    const at = document.activeElement;
+    const i = list.indexOf(at);
+    if (i >= 0) { list[(i + step + list.length) % list.length].focus(); return; }
+    // on a heading or on nothing: the first control after it (or the last one before it)
+    const after = at && at !== document.body
+      ? list.findIndex(n => at.compareDocumentPosition(n) & Node.DOCUMENT_POSITION_FOLLOWING) : 0;
+    const j = after < 0 ? 0 : after;
+    list[step > 0 ? j : (j - 1 + list.length) % list.length].focus();
+  }
+
+  function focusSlot(n) {
+    const li = $(`#slot-list li[data-n="${n}"]`);
+    if (!li) return;
+    const first = $("button:not(:disabled)", li);
+    if (first) first.focus();
+    const slot = li.dataset.slot;
+    hint(`格口 ${slot}，${slotWords(slot)[0]}。按加号键选择问题，按确定键报告。`,
+         `Slot ${slot}, ${slotWords(slot)[1]}. Plus for the next choice, Enter to report it.`);
+  }
+
+  function nextMode() {
+    const modes = ["code", "phone", "qr"];
+    setMode(modes[(modes.indexOf(state.mode) + 1) % modes.length]);
+    const names = { code: ["输入取件码", "Pickup code"], phone: ["手机号取件", "Phone number"],
+                    qr: ["扫二维码", "Show your QR code to the camera"] };
+    hint(...names[state.mode]);
+  }
+
+  /** Escape: one step back. Clears what was typed; on an empty field, back to the first
+   * step (the phone number) or to the pickup code. */
+  function escape() {
+    const d = $("#display");
+    if (d.value) { press("clear"); return; }
+    if (state.mode === "phone" && state.phoneStep === "otp") { setMode("phone"); return; }
+    if (state.mode !== "code") setMode("code");
+  }
+
+  function onKey(e) {
+    if (e.ctrlKey || e.metaKey || e.altKey) return;
+    Cue.prime();   // a key is a user gesture: the tone may play from now on
+    touched();
+    // pairing is staff with a keyboard, typing letters: leave the form to the browser
+    if (!$("#pair").classList.contains("hidden") || !token) return;
+    const key = NUMPAD[e.code] || e.key;
+    const action = KEYS[key];
+    const onButton = document.activeElement && document.activeElement.tagName === "BUTTON";
+    if (action === "large") { e.preventDefault(); toggleLarge(); return; }
+    if (action === "next") { e.preventDefault(); moveFocus(e.shiftKey ? -1 : 1); return; }
+    if (!$("#result").classList.contains("hidden")) {
+      if (/^[1-9]$/.test(key)) { e.preventDefault(); focusSlot(Number(key)); return; }
+      if (action === "alt") {
+        e.preventDefault();
+        $("#leave").focus();
+        hint("按确定键空手离开。", "Press Enter to leave without parcels.");
+        return;
+      }
+      if (action === "escape") { e.preventDefault(); $("#done").focus(); hint("按确定键完成。", "Press Enter when you are done."); }
+      return;   // Enter on the focused button: the browser presses it
+    }
+    if (action === "alt") { e.preventDefault(); nextMode(); return; }
+    if (action === "enter") {
+      if (onButton) return;   // the focused button is pressed by the browser
+      e.preventDefault();
+      press("ok");
+      return;
+    }
+    if (action === "escape") { e.preventDefault(); escape(); return; }
+    if (state.mode === "qr") return;
+    if (action === "delete" || /^[0-9]$/.test(key) || (key === "-" && state.mode === "code")) {
+      e.preventDefault();
+      if ($("#key-ok").disabled && state.lockedUntil > Date.now()) return;   // locked out: the keypad is too
+      press(action === "delete" ? "back" : key);
+      $("#display").focus();
+    }
+  }
+
+  /** A key or a touch: the entry screen forgets what was typed (and this visit's large text)
+   * after `idle_reset_s` without one, so the next person does not find it. */
+  function touched() {
+    clearTimeout(state.idleTimer);
+    if ($("#entry").classList.contains("hidden")) return;
+    // waiting for a one-time code to arrive by message: as long as such a code lives (5 min)
+    const otp = state.mode === "phone" && state.phoneStep === "otp";
+    state.idleTimer = setTimeout(idle, (otp ? Math.max(settings.idle_reset_s, 300) : settings.idle_reset_s) * 1000);
+  }
+
+  function idle() {
+    if ($("#entry").classList.contains("hidden")) return;
+    setLarge(settings.large_text);
+    if (Date.now() < state.lockedUntil) { $("#display").value = ""; return; }   // keep the countdown
+    setMode("code");
+  }
+
+  async function loadSettings() {
+    const r = await api(token, "GET", "/api/kiosk/settings");
+    if (!r.ok || !r.body) return;   // an older station: the built-in defaults
+    Object.assign(settings, r.body);
+    setLarge(settings.large_text);
   }
 
   async function startCamera() {
@@ -244,10 +469,14 @@
     if (!token) showPairing();
     $all(".tabs button").forEach(b => b.addEventListener("click", () => setMode(b.dataset.mode)));
     $all("#keypad button").forEach(b => b.addEventListener("click", () => press(b.dataset.key)));
-    $("#display").addEventListener("keydown", e => { if (e.key === "Enter") { e.preventDefault(); submit(); } });
+    document.addEventListener("keydown", onKey);
+    document.addEventListener("pointerdown", () => { Cue.prime(); touched(); });
+    $("#large-text").addEventListener("click", toggleLarge);
     $("#done").addEventListener("click", reset);
+    $("#leave").addEventListener("click", leave);
     $("#qr-scan").addEventListener("click", scanQr);
     clock(); setInterval(clock, 1000);
     setMode("code");
+    if (token) loadSettings();
   });
 })();
