@@ -212,3 +212,17 @@ def test_bundles_without_a_fleet_broker_are_refused(tmp_path: Path) -> None:
     assert "upstream.host" in msg, msg
     with_host = text + '\n[upstream]\nhost = "fleet.example"\nusername = "st"\n'
     assert load_config(write(tmp_path, with_host, "ok.toml")).bundles.enabled
+
+
+def test_the_kiosk_section_sets_how_each_visit_starts(tmp_path: Path) -> None:
+    """[kiosk] (#19.5, docs/customer-care.md "Kiosk"): defaults when absent, read when set,
+    a reset time too short for a person to read the screen refused by name."""
+    assert load_config(EXAMPLE_CONFIG).kiosk.model_dump() == {
+        "large_text": False, "sound": True, "speech": True, "idle_reset_s": 60.0, "result_reset_s": 90.0}
+    text = EXAMPLE_CONFIG.read_text(encoding="utf-8")
+    cfg = load_config(write(tmp_path, text + "\n[kiosk]\nlarge_text = true\nspeech = false\n"))
+    assert cfg.kiosk.large_text and not cfg.kiosk.speech and cfg.kiosk.sound
+    msg = refused(write(tmp_path, text + "\n[kiosk]\nidle_reset_s = 1.0\n"))
+    assert "kiosk.idle_reset_s" in msg
+    msg = refused(write(tmp_path, text + "\n[kiosk]\nlarge_txt = true\n"))
+    assert "kiosk.large_txt: unknown key" in msg
