@@ -485,6 +485,44 @@ def cmd_kiosk(args: argparse.Namespace) -> int:
     return 0
 
 
+def _ask_phone(args: argparse.Namespace) -> str:
+    """Typed in, never an argument (the shell history and `ps` would keep the number in
+    clear); hashed at once by the flow (ADR 0154)."""
+    if args.phone_stdin:
+        return sys.stdin.readline().strip()
+    return input("recipient's phone number: ").strip()
+
+
+def cmd_reachable(args: argparse.Namespace) -> int:
+    """Recipients who need a slot within reach: set, clear, list (#19.5, ADR 0154)."""
+    from station.domain.errors import DomainError
+    from station.flows.errors import FlowError
+
+    core = _core(args)
+    reachable = core.reachable
+    try:
+        if args.reachable_cmd == "list":
+            rows = core.ctx.config.care.reachable_rows
+            out.print(f"reachable rows: {rows[0]}-{rows[1]} ({len(reachable.slots)} slots)" if rows
+                      else "reachable rows: not configured ([care] reachable_rows); flags wait for it",
+                      highlight=False)
+            table = Table("recipient", "set by", "carrier", "actor", "since")
+            for f in reachable.all():
+                table.add_row(f["phone_masked"], f["source"], f["carrier"] or "-", f["actor"],
+                              _when(f["set_at"]))
+            out.print(table)
+        else:
+            change = reachable.by_operator(_ask_phone(args), args.reachable_cmd == "set", actor="cli")
+            what = "needs a reachable slot" if change.needs else "has no reachable-slot flag"
+            out.print(f"{change.phone_masked} {what}{'' if change.changed else ' (unchanged)'}",
+                      highlight=False)
+    except (FlowError, DomainError) as exc:
+        raise CliError(exc.message) from None
+    finally:
+        core.ctx.store.close()
+    return 0
+
+
 def cmd_bundle(args: argparse.Namespace) -> int:
     """The station's bundle public key (what the fleet seals couriers to), and the last bundle."""
     from station.bundles import current_version, public_hex, station_bundle_key
@@ -636,6 +674,19 @@ def build_parser() -> argparse.ArgumentParser:
         sp = b_sub.add_parser(name, help=helptext)
         with_config(sp)
         sp.set_defaults(fn=cmd_bundle)
+
+    rc = sub.add_parser("reachable", help="recipients who need a slot within reach (by number, hashed)")
+    rc_sub = rc.add_subparsers(dest="reachable_cmd", required=True)
+    for name, helptext in (("set", "flag a recipient: their parcels go to the reachable rows"),
+                           ("clear", "remove a recipient's flag")):
+        sp = rc_sub.add_parser(name, help=helptext)
+        with_config(sp)
+        sp.add_argument("--phone-stdin", action="store_true",
+                        help="read the number from stdin (else it is asked; never an argument)")
+        sp.set_defaults(fn=cmd_reachable)
+    sp = rc_sub.add_parser("list", help="the flagged recipients, masked")
+    with_config(sp)
+    sp.set_defaults(fn=cmd_reachable)
 
     k = sub.add_parser("kiosk", help="pair and revoke kiosk screens")
     k_sub = k.add_subparsers(dest="kiosk_cmd", required=True)

@@ -180,6 +180,18 @@ class CareSection(_Strict):
     # fewer than `extension_min_free_ratio` of the inbound slots are free (#19.3)
     extension_s: float = Field(default=172800.0, ge=0, le=30 * 86400)
     extension_min_free_ratio: float = Field(default=0.2, ge=0, le=1)
+    # rows a person who cannot reach high or bend low can use, first and last (rows count
+    # from the top, on every inbound shelf): a flagged recipient's parcels go there, others
+    # keep them free when a slot elsewhere fits (#19.5, ADR 0154). [] = no such preference.
+    reachable_rows: list[Annotated[int, Field(ge=1, le=9)]] = Field(default_factory=list)
+
+    @field_validator("reachable_rows")
+    @classmethod
+    def _row_range(cls, value: list[int]) -> list[int]:
+        if value and (len(value) != 2 or value[0] > value[1]):
+            raise ValueError("reachable_rows is [first, last], e.g. [2, 3] for rows 2 to 3"
+                             " (rows count from the top, first <= last)")
+        return value
 
     @field_validator("remind_after_s", "remind_before_s")
     @classmethod
@@ -365,6 +377,7 @@ class StationConfig(_Strict):
         if up.enabled and (up.host, up.port) == (self.mqtt.host, self.mqtt.port):
             raise ValueError("upstream points at the device broker ([mqtt]), where every device"
                              " could read every event: give the fleet broker's host/port")
+        _reachable_rows_exist(self.care.reachable_rows, self.shelves)
         if self.bundles.enabled and not up.host:
             # the listener reads the fleet broker of [upstream] (forwarding may stay off)
             raise ValueError("bundles needs the fleet broker: set upstream.host (and its port,"
@@ -381,6 +394,17 @@ class StationConfig(_Strict):
 
     def camera(self, role: str) -> CameraConfig | None:
         return next((c for c in self.cameras if c.role == role), None)
+
+
+def _reachable_rows_exist(rows: list[int], shelves: Sequence[ShelfConfig]) -> None:
+    """A range no inbound shelf has (or one longer than every shelf) is a typo, not a wish."""
+    if not rows:
+        return
+    inbound = [s for s in shelves if not s.outbound]
+    tallest = max((s.rows for s in inbound), default=0)
+    if rows[1] > tallest:
+        raise ValueError(f"care.reachable_rows {rows}: no inbound shelf has row {rows[1]}"
+                         f" (the tallest has {tallest} rows)")
 
 
 def _unique(values: Sequence[object], section: str, key: str) -> None:

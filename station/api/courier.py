@@ -76,7 +76,8 @@ def confirm_item(session_id: str, pending_id: str, body: ConfirmSlot,
 @router.post("/sessions/{session_id}/scans", summary="Scan (or type) a waybill")
 def scan(session_id: str, body: Scan, who: Principal = Depends(courier_only),
          svc: Services = Depends(services)) -> dict[str, Any]:
-    return asdict(svc.core.shelving.scan(session_id, body.waybill, body.phone, body.size, who.subject))
+    return asdict(svc.core.shelving.scan(session_id, body.waybill, body.phone, body.size, who.subject,
+                                         needs_reachable_slot=body.needs_reachable_slot))
 
 
 @router.post("/sessions/{session_id}/scan-frame", summary="Decode waybills from a camera frame",

@@ -28,6 +28,17 @@ class Scan(_Body):
     waybill: str = Field(min_length=1, max_length=64)
     phone: str = Field(min_length=1, max_length=32)
     size: Literal["S", "M", "L", "XL"] = "S"
+    # the carrier's pre-advice (ADR 0154): the recipient needs a slot within reach (true),
+    # no longer does (false: clears only a flag this carrier's pre-advice set), or unsaid
+    needs_reachable_slot: bool | None = None
+
+
+class ReachableFlag(_Body):
+    """An operator sets or clears a recipient's "needs a reachable slot" flag by number; the
+    number is hashed at once and never stored or logged (ADR 0154)."""
+
+    phone: str = Field(min_length=1, max_length=32)
+    needs_reachable_slot: bool
 
 
 class ConfirmSlot(_Body):

@@ -29,7 +29,7 @@ from station.store.replay import replay_into
 
 from .auth import Principal, require
 from .images import MAX_IMAGE_BYTES, read_image
-from .models import ExtendBy, NewCourier, NewPin, PlacementReport, TakeResolution
+from .models import ExtendBy, NewCourier, NewPin, PlacementReport, ReachableFlag, TakeResolution
 from .services import Services, services
 
 router = APIRouter(prefix="/api/operator", tags=["operator"])
@@ -195,6 +195,25 @@ def recall(parcel_id: str, who: Principal = Depends(admin_only),
 def extend(parcel_id: str, body: ExtendBy, who: Principal = Depends(operator_only),
            svc: Services = Depends(services)) -> dict[str, Any]:
     return svc.core.extensions.by_operator(parcel_id, body.seconds, who.subject)
+
+
+@router.get("/recipients/reachable",
+            summary="Recipients flagged as needing a reachable slot (masked numbers)")
+def reachable_flags(who: Principal = Depends(operator_only),
+                    svc: Services = Depends(services)) -> dict[str, Any]:
+    reachable = svc.core.reachable
+    return {"rows": list(svc.core.ctx.config.care.reachable_rows), "slots": len(reachable.slots),
+            "flags": reachable.all()}
+
+
+@router.post("/recipients/reachable",
+             summary="Set or clear a recipient's need for a reachable slot, by their number "
+                     "(hashed at once, never stored)",
+             responses={422: {"description": "not a mobile number"}})
+def set_reachable_flag(body: ReachableFlag, who: Principal = Depends(admin_only),
+                       svc: Services = Depends(services)) -> dict[str, Any]:
+    change = svc.core.reachable.by_operator(body.phone, body.needs_reachable_slot, who.subject)
+    return {**change.as_dict(), "reachable_rows_configured": svc.core.reachable.configured}
 
 
 @router.get("/parcels")

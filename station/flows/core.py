@@ -26,6 +26,7 @@ from .exit import ExitCheck
 from .holdings import held_in
 from .lights import LightSync
 from .pickup import Pickup
+from .reachable import Reachable
 from .returns import RUN_TTL_S, Returns
 from .shelf_audit import ShelfAudit
 from .shelving import Placement, Shelving
@@ -60,7 +61,8 @@ class StationCore:
         self.lights = LightSync(ctx)
         self.couriers = Couriers(ctx)
         self.accounts = Accounts(ctx)
-        self.shelving = Shelving(ctx, self.lights, self.couriers)
+        self.reachable = Reachable(ctx)
+        self.shelving = Shelving(ctx, self.lights, self.couriers, self.reachable)
         self.pickup = Pickup(ctx, self.lights)
         self.exit = ExitCheck(ctx, self.lights)
         self.returns = Returns(ctx, self.lights, self.shelving, self.couriers)

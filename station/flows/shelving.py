@@ -25,6 +25,7 @@ from .errors import FlowError, NotFound
 from .holdings import held_by_slot, held_in, reserved_in
 from .lights import LightSync
 from .ports import outcome_of
+from .reachable import PRE_ADVICE, Reachable
 
 # a put this soon after a take from the same slot is taken for a put-back, not a courier's
 # parcel placed beside its lit slot
@@ -70,6 +71,9 @@ class ScanResult:
     deadline: float
     repeated: bool = False
     lights_acked: bool | None = None
+    # the recipient is flagged as needing a slot within reach (ADR 0154): whether the slot
+    # named is in the reachable rows (False: none was free, the parcel goes higher or lower)
+    reachable: bool | None = None
 
 
 @dataclass
@@ -86,10 +90,12 @@ class Placement:
 
 
 class Shelving:
-    def __init__(self, ctx: Ctx, lights: LightSync, couriers: Any) -> None:
+    def __init__(self, ctx: Ctx, lights: LightSync, couriers: Any,
+                 reachable: Reachable | None = None) -> None:
         self.ctx = ctx
         self.lights = lights
         self.couriers = couriers
+        self.reachable = reachable or Reachable(ctx)
         # long polls of one scan, woken by a commit that names it (not by every commit)
         self._watch_lock = threading.Lock()
         self._watchers: dict[str, list[threading.Event]] = {}
@@ -192,7 +198,10 @@ class Shelving:
     # --- scanning ---------------------------------------------------------------------------
 
     def scan(self, session_id: str, waybill: str, phone: str, size: str,
-             courier_id: str | None = None, *, wait_lights: bool = True) -> ScanResult:
+             courier_id: str | None = None, *, wait_lights: bool = True,
+             needs_reachable_slot: bool | None = None) -> ScanResult:
+        """`needs_reachable_slot`: the carrier's pre-advice about the recipient (ADR 0154):
+        True flags them, False clears a flag this carrier's pre-advice set, None says nothing."""
         ctx = self.ctx
         ctx.store.check_room()  # the disk budget's reserve: refuse before anything is lit
         waybill = (waybill or "").strip() if isinstance(waybill, str) else ""
@@ -226,25 +235,44 @@ class Shelving:
                                 code="duplicate_waybill")
             now = ctx.clock()
             target = None
+            flagged = self.reachable.is_flagged(recipient)
+            if needs_reachable_slot is not None:
+                flagged = needs_reachable_slot or (
+                    flagged and not self.reachable.cleared_by(recipient, carrier.name))
             if session["mode"] == "free" and self._other_free_waiting(session_id):
                 # a sensed put names a slot, not a courier: with two free-mode scans waiting
                 # at once the station could not tell whose parcel went where
                 raise FlowError("Another courier is placing a parcel in free mode; wait a few "
                                 "seconds or switch to guided mode.", code="free_mode_busy")
+            reachable: bool | None = None
             if session["mode"] == "guided":
-                target = str(self._choose(size, recipient, session_id=session_id))
+                chosen = self._choose(size, recipient, session_id=session_id,
+                                      needs_reachable=flagged)
+                target = str(chosen)
+                if flagged and self.reachable.configured:
+                    reachable = chosen in self.reachable.slots
             deadline = now + ctx.config.station.placement_timeout_s
             pending_id = new_id("pnd")
+            data: dict[str, Any] = {
+                "pending_id": pending_id, "session_id": session_id, "waybill": waybill,
+                "carrier": carrier.name, "size": size, "recipient_hash": recipient,
+                "phone_masked": mask_phone(phone), "target_slot": target, "deadline": deadline}
+            if reachable is not None:
+                # noted on the scan: a flagged recipient's parcel outside the reachable rows
+                # (none was free) is one the operator may have to hand over
+                data["reachable"] = reachable
             with ctx.store.transaction() as tx:
-                tx.emit(Event("parcel.scanned", waybill, session["actor"], {
-                    "pending_id": pending_id, "session_id": session_id, "waybill": waybill,
-                    "carrier": carrier.name, "size": size, "recipient_hash": recipient,
-                    "phone_masked": mask_phone(phone), "target_slot": target,
-                    "deadline": deadline}))
+                if needs_reachable_slot is not None:
+                    self.reachable.change(tx, recipient, mask_phone(phone), needs_reachable_slot,
+                                          PRE_ADVICE, session["actor"], carrier.name)
+                tx.emit(Event("parcel.scanned", waybill, session["actor"], data))
                 contacts.save(ctx.sealer, tx, recipient, normalise_phone(phone))
+            if reachable is False:
+                ctx.log.warning("scan %s: no reachable slot free for a recipient who needs one;"
+                                " lit %s", pending_id, target)
         handles = self.lights.refresh(self.lights.devices_of([target])) if target else []
         result = ScanResult(pending_id, waybill, carrier.name, session["mode"], target,
-                            session["colour"], deadline)
+                            session["colour"], deadline, reachable=reachable)
         if wait_lights and handles:
             outcomes = [outcome_of(h, ctx.command_timeout) for h in handles]
             result.lights_acked = all(o.status == "acked" for o in outcomes)
@@ -256,14 +284,16 @@ class Shelving:
         return result
 
     def _choose(self, size: str, recipient: str, outbound: bool = False,
-                session_id: str | None = None) -> SlotAddress:
+                session_id: str | None = None, needs_reachable: bool = False) -> SlotAddress:
         occupancy, reserved, mine = self._occupancy(recipient)
         # slots beside another lit slot (another courier's, or this courier's previous
         # parcel) only when nothing else fits: a put there could be either parcel, and the
         # station would have to ask (docs/adr/0095)
         crowded = reach_of(self._unsettled_slots()) if session_id else set()
         return choose_slot(self.ctx.layout, occupancy, size, mine, outbound=outbound,
-                           reserved=reserved, crowded=crowded)
+                           reserved=reserved, crowded=crowded,
+                           reachable=() if outbound else self.reachable.slots,
+                           needs_reachable=needs_reachable)
 
     def _unsettled_slots(self, exclude_pending: str | None = None) -> list[SlotAddress]:
         """Where parcels on their way may land: the lit slot of each waiting scan, and the

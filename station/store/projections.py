@@ -365,6 +365,20 @@ def _parcel_refused(conn: sqlite3.Connection, e: EventRecord, at: float) -> None
             (e.seq, d["session_id"], d["slot"]))
 
 
+@applies("recipient.reachable.set")
+def _reachable_set(conn: sqlite3.Connection, e: EventRecord, at: float) -> None:
+    d = e.data
+    conn.execute(
+        "INSERT OR REPLACE INTO recipient_flags(recipient_hash, phone_masked, source, carrier,"
+        " actor, set_at) VALUES (?,?,?,?,?,?)",
+        (d["recipient_hash"], d["phone_masked"], d["source"], d.get("carrier"), e.actor, at))
+
+
+@applies("recipient.reachable.cleared")
+def _reachable_cleared(conn: sqlite3.Connection, e: EventRecord, at: float) -> None:
+    conn.execute("DELETE FROM recipient_flags WHERE recipient_hash = ?", (e.data["recipient_hash"],))
+
+
 _STATE_OF_EVENT = {
     "parcel.picked_up": "picked_up",
     "parcel.expired": "expired",

@@ -30,6 +30,7 @@ PROJECTION_TABLES = (
     "bundle_state",
     "takes",
     "session_exits",
+    "recipient_flags",
 )
 SIDE_TABLES = ("face_templates", "outbox", "otps", "upstream_cursor", "recipient_contacts",
                "log_checkpoint", "archive_segments", "session_seen", "pairing_codes")
@@ -409,6 +410,20 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE sessions ADD COLUMN closed_boot TEXT;
     ALTER TABLE sessions ADD COLUMN closed_mono REAL;
+    """,
+    # 15: recipients who need a reachable slot (#19.5, ADR 0154), by the keyed hash of their
+    # number (and its masked form for the operator's list): never the number itself. Who
+    # set the flag (`source` operator or pre-advice, and the carrier of a pre-advice) says
+    # who may clear it.
+    """
+    CREATE TABLE IF NOT EXISTS recipient_flags (
+        recipient_hash TEXT PRIMARY KEY,
+        phone_masked TEXT NOT NULL,
+        source TEXT NOT NULL,
+        carrier TEXT,
+        actor TEXT NOT NULL,
+        set_at REAL NOT NULL
+    );
     """,
 ]
 
