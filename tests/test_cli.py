@@ -91,3 +91,35 @@ def test_bad_arguments_end_with_one_clear_line(args: tuple[str, ...], fragment: 
 def test_an_unknown_subcommand_is_a_usage_error() -> None:
     res = run("frobnicate")
     assert res.returncode == 2 and "invalid choice" in res.stderr
+
+
+def test_reachable_flags_from_the_command_line_take_the_number_typed_in(setup: tuple[Path, Path]) -> None:
+    """#19.5, ADR 0154: the number is read from stdin (never an argument), hashed at once;
+    the log and the list hold only the hash and the masked form."""
+    config, secrets = setup
+    config.write_text(config.read_text().replace("# reachable_rows = [2, 3]", "reachable_rows = [2, 3]"))
+    number = "13957246813"
+    done = run("reachable", "set", "--phone-stdin", "--config", str(config), env_secrets=secrets,
+               input_=number + "\n")
+    assert done.returncode == 0 and "139****6813 needs a reachable slot" in done.stdout, done.stderr
+    again = run("reachable", "set", "--phone-stdin", "--config", str(config), env_secrets=secrets,
+                input_="+86 139 5724 6813\n")
+    assert "(unchanged)" in again.stdout
+    bad = run("reachable", "set", "--phone-stdin", "--config", str(config), env_secrets=secrets,
+              input_="12345\n")
+    assert bad.returncode == 2 and "not a mobile number" in bad.stderr and "Traceback" not in bad.stderr
+    listed = run("reachable", "list", "--config", str(config), env_secrets=secrets)
+    assert "rows: 2-3" in listed.stdout and "139****6813" in listed.stdout and number not in listed.stdout
+    cleared = run("reachable", "clear", "--phone-stdin", "--config", str(config), env_secrets=secrets,
+                  input_=number + "\n")
+    assert cleared.returncode == 0 and "no reachable-slot flag" in cleared.stdout
+    log = run("log", "export", "--config", str(config), "--type", "recipient.*")
+    types = [json.loads(line)["type"] for line in log.stdout.splitlines()]
+    assert types == ["recipient.reachable.set", "recipient.reachable.cleared"]
+    assert number not in log.stdout and "57246813" not in log.stdout
+    assert "139****6813" in log.stdout
+    wrong = config.read_text().replace("reachable_rows = [2, 3]", "reachable_rows = [4, 8]")
+    config.write_text(wrong)
+    refused = run("reachable", "list", "--config", str(config), env_secrets=secrets)
+    said = " ".join(refused.stderr.split())  # the console wraps long lines
+    assert refused.returncode == 2 and "reachable_rows [4, 8]: no inbound shelf has row 8" in said
