@@ -37,7 +37,6 @@ from paho.mqtt.enums import CallbackAPIVersion
 from fleet.core import parse_message
 from fleet.ingest import Ingest
 from fleet.pg import PostgresProcess
-from fleet.schema import create_schema
 from fleet.store import _b, ingest_batch, trace
 from fleet.synth import ChainWriter, bulk_load_parallel, sample_keys, station_stream
 from station.mosquitto import MosquittoProcess
@@ -51,17 +50,6 @@ ROOT = Path(__file__).resolve().parents[1]
 def _pct(xs: list[float], p: float) -> float:
     xs = sorted(xs)
     return xs[min(len(xs) - 1, int(round(p / 100 * (len(xs) - 1))))]
-
-
-def _db(pg: PostgresProcess, name: str) -> str:
-    with psycopg.connect(f"host={pg.host} port={pg.port} user={pg.user} dbname=postgres",
-                         autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
-        conn.execute(f'CREATE DATABASE "{name}"')
-    dsn = f"host={pg.host} port={pg.port} user={pg.user} dbname={name}"
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        create_schema(conn)
-    return dsn
 
 
 def _streams(stations: int, per_station: int) -> list[tuple[ChainWriter, list[Any]]]:
@@ -90,13 +78,13 @@ def bench_ingest(pg: PostgresProcess, events: int) -> dict[str, Any]:
     streams = _streams(50, max(20, events // 50))
     payloads = _interleaved(streams)
     parsed = [parse_message(p) for p in payloads]
-    dsn = _db(pg, "bench_ingest")
+    dsn = pg.fresh_database("bench_ingest")
     with psycopg.connect(dsn, autocommit=True) as conn:
         t0 = time.perf_counter()
         for i in range(0, len(parsed), 500):
             ingest_batch(conn, parsed[i:i + 500])
         ours = len(parsed) / (time.perf_counter() - t0)
-    raw_dsn = _db(pg, "bench_copy")
+    raw_dsn = pg.fresh_database("bench_copy")
     with psycopg.connect(raw_dsn, autocommit=True) as conn:
         t0 = time.perf_counter()
         for i in range(0, len(parsed), 500):
@@ -112,7 +100,7 @@ def bench_ingest(pg: PostgresProcess, events: int) -> dict[str, Any]:
 
 
 def bench_ingest_mqtt(pg: PostgresProcess, payloads: list[bytes]) -> dict[str, Any]:
-    dsn = _db(pg, "bench_mqtt")
+    dsn = pg.fresh_database("bench_mqtt")
     with MosquittoProcess(extra_conf=["max_queued_messages 1000000"]) as broker:
         ingest = Ingest(dsn, broker.host, broker.port, client_id="bench-ingest").start()
         assert ingest.subscribed.wait(10)
@@ -155,7 +143,7 @@ def bench_trace(pg: PostgresProcess, stations: int, per_station: int, queries: i
                 workers: int, small: int = 100) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for label, n in (("big", stations), ("small", small)):
-        dsn = _db(pg, f"bench_trace_{label}")
+        dsn = pg.fresh_database(f"bench_trace_{label}")
         t0 = time.perf_counter()
         total = bulk_load_parallel(dsn, n, per_station / 2000, 2000, seed=9, prefix="st", workers=workers)
         load_s = time.perf_counter() - t0
@@ -178,7 +166,7 @@ def bench_trace(pg: PostgresProcess, stations: int, per_station: int, queries: i
 
 
 def bench_lag(pg: PostgresProcess, samples: int) -> dict[str, Any]:
-    dsn = _db(pg, "bench_lag")
+    dsn = pg.fresh_database("bench_lag")
     tmp = Path(tempfile.mkdtemp(prefix="ps-bench-fleet-"))
     with MosquittoProcess(workdir=tmp / "broker") as broker:
         ingest = Ingest(dsn, broker.host, broker.port, client_id="bench-lag", batch_wait_s=0.0).start()

@@ -10,7 +10,6 @@ import psycopg
 import pytest
 
 from fleet.pg import PostgresProcess
-from fleet.schema import create_schema
 
 _numbers = itertools.count(1)
 
@@ -22,15 +21,7 @@ def pg() -> Iterator[PostgresProcess]:
 
 
 def new_database(pg: PostgresProcess) -> str:
-    name = f"t{next(_numbers)}"
-    with psycopg.connect(f"host={pg.host} port={pg.port} user={pg.user} dbname=postgres",
-                         autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
-        conn.execute(f'CREATE DATABASE "{name}"')
-    dsn = f"host={pg.host} port={pg.port} user={pg.user} dbname={name}"
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        create_schema(conn)
-    return dsn
+    return pg.fresh_database(f"t{next(_numbers)}")
 
 
 @pytest.fixture
