@@ -14,6 +14,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,17 @@ SESSION_KINDS = ("pickup", "shelving", "return", "dropoff")
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
+@dataclass(frozen=True)
+class _Levels:
+    parcels: list[tuple[str, str, int]]
+    on_shelf: int
+    sessions: dict[str, int]
+    outbox: tuple[int, float | None]
+    alarms: list[tuple[str, int]]
+    cursor: int | None
+    last_seq: int
+
+
 class StationCollector(Collector):
     """Everything that is a level, read at scrape time."""
 
@@ -44,22 +56,29 @@ class StationCollector(Collector):
         self.upstream = upstream
         self.clock = clock
 
+    def _levels(self) -> _Levels:
+        """The counts both the scrape and the dashboard summary show, in one read snapshot."""
+        with self.store.reading() as conn:
+            return _Levels(
+                parcels=conn.execute(
+                    "SELECT state, direction, COUNT(*) n FROM parcels GROUP BY state, direction").fetchall(),
+                on_shelf=conn.execute(
+                    f"SELECT COUNT(*) FROM parcels WHERE state IN ({','.join('?' * len(ON_SHELF))})",
+                    ON_SHELF).fetchone()[0],
+                sessions=dict(conn.execute(
+                    "SELECT kind, COUNT(*) n FROM sessions WHERE state = 'open' GROUP BY kind").fetchall()),
+                outbox=tuple(conn.execute(
+                    "SELECT COUNT(*) n, MIN(created_at) oldest FROM outbox WHERE state = 'pending'").fetchone()),
+                alarms=conn.execute(
+                    "SELECT kind, COUNT(*) n FROM alarms WHERE acknowledged_at IS NULL GROUP BY kind").fetchall(),
+                cursor=conn.execute("SELECT MIN(seq) FROM upstream_cursor").fetchone()[0],
+                last_seq=conn.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()[0])
+
     def collect(self) -> Iterator[Metric]:
         now = self.clock()
-        with self.store.reading() as conn:
-            parcels = conn.execute(
-                "SELECT state, direction, COUNT(*) n FROM parcels GROUP BY state, direction").fetchall()
-            on_shelf = conn.execute(
-                f"SELECT COUNT(*) FROM parcels WHERE state IN ({','.join('?' * len(ON_SHELF))})",
-                ON_SHELF).fetchone()[0]
-            sessions = conn.execute(
-                "SELECT kind, COUNT(*) n FROM sessions WHERE state = 'open' GROUP BY kind").fetchall()
-            outbox = conn.execute(
-                "SELECT COUNT(*) n, MIN(created_at) oldest FROM outbox WHERE state = 'pending'").fetchone()
-            alarms = conn.execute(
-                "SELECT kind, COUNT(*) n FROM alarms WHERE acknowledged_at IS NULL GROUP BY kind").fetchall()
-            cursor = conn.execute("SELECT MIN(seq) FROM upstream_cursor").fetchone()[0]
-            last_seq = conn.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()[0]
+        lv = self._levels()
+        parcels, on_shelf, outbox, alarms = lv.parcels, lv.on_shelf, lv.outbox, lv.alarms
+        cursor, last_seq = lv.cursor, lv.last_seq
 
         g = GaugeMetricFamily("ps_parcels", "Parcels at the station by state and direction",
                               labels=["state", "direction"])
@@ -73,7 +92,7 @@ class StationCollector(Collector):
         g = GaugeMetricFamily("ps_sessions_open", "Sessions open now (pickup: customers in the room)",
                               labels=["kind"])
         for kind in SESSION_KINDS:
-            g.add_metric([kind], dict(sessions).get(kind, 0))
+            g.add_metric([kind], lv.sessions.get(kind, 0))
         yield g
         yield GaugeMetricFamily("ps_outbox_pending", "Notifications waiting to be sent", value=outbox[0])
         yield GaugeMetricFamily("ps_outbox_oldest_age_seconds", "Age of the oldest waiting notification",
@@ -93,14 +112,10 @@ class StationCollector(Collector):
 
     def summary(self) -> dict[str, Any]:
         """The few levels a dashboard shows at a glance (the Home Assistant bridge's state)."""
-        with self.store.reading() as conn:
-            waiting = conn.execute("SELECT COUNT(*) FROM parcels WHERE state = 'shelved'").fetchone()[0]
-            on_shelf = conn.execute(
-                f"SELECT COUNT(*) FROM parcels WHERE state IN ({','.join('?' * len(ON_SHELF))})",
-                ON_SHELF).fetchone()[0]
-            inside = conn.execute(
-                "SELECT COUNT(*) FROM sessions WHERE state = 'open' AND kind = 'pickup'").fetchone()[0]
-            alarms = conn.execute("SELECT COUNT(*) FROM alarms WHERE acknowledged_at IS NULL").fetchone()[0]
+        lv = self._levels()
+        waiting = sum(n for state, _, n in lv.parcels if state == "shelved")
+        on_shelf, inside = lv.on_shelf, lv.sessions.get("pickup", 0)
+        alarms = sum(n for _, n in lv.alarms)
         status = self.device_status()
         doors = {}
         for door in self.doors:
