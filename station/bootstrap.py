@@ -84,6 +84,31 @@ class Vision:
         # simulated camera sources by name: the simulator and tests push frames into them
         self.simulated: dict[str, Any] = {}
         self._grabbers: dict[str, Any] = {}
+        self.room = self._room_cameras(config, store)
+
+    def _room_cameras(self, config: StationConfig, store: Store) -> Any:
+        """The room cameras and their picture writer (vision/room.py), hooked into the store so
+        each witnessed event names its pictures in its own transaction; None without any."""
+        cams = config.room_camera_list
+        if not cams:
+            return None
+        from station.vision.cameras import open_source
+        from station.vision.room import RoomCamera, RoomCameras, places_from_config
+
+        rc = config.room_cameras
+        room = RoomCameras(
+            [RoomCamera(c.id, open_source(c, self.simulated), tuple(c.sees)) for c in cams],
+            self.snapshots,
+            places_from_config({s.number: s.device for s in config.shelves},
+                               (config.doors.entry, config.doors.exit), config.doors.exit),
+            max_age_s=rc.max_age_s, clip_before_s=rc.clip_before_s, clip_after_s=rc.clip_after_s,
+            clip_fps=rc.clip_fps, queue_max=rc.queue_max)
+        store.witness = room.attach
+        return room
+
+    def start(self) -> None:
+        if self.room is not None:
+            self.room.start()
 
     def grabber(self, role: str) -> Any:
         """The camera of `role`, opened on first use and kept: the grabber always holds the
@@ -135,6 +160,16 @@ class Vision:
         for g in self._grabbers.values():
             g.stop()
         self._grabbers.clear()
+        if self.room is not None:
+            self.core.ctx.store.witness = None
+            self.room.stop()
+
+    def load_clip(self, ref: str) -> list[tuple[float, bytes]] | None:
+        """The decrypted frames of an alarm's clip, or None once pruned (or never written)."""
+        try:
+            return self.snapshots.load_clip(ref)
+        except FileNotFoundError:
+            return None
 
     def engine(self) -> Any:
         with self._lock:
@@ -236,6 +271,7 @@ class Station:
 
     def start(self) -> Station:
         self._lock_database()
+        self.vision.start()  # room cameras first: the first event may want a picture
         if self.device_log is not None:
             self.device_log.start()
         self.link.start()
@@ -356,6 +392,7 @@ def _assemble(config: StationConfig, secrets: Secrets, store: Store, client_id: 
         grab_document_frame=vision.grab_document_frame,
         save_snapshot=vision.save_snapshot,
         snapshot_load=vision.load_snapshot,
+        clip_load=vision.load_clip,
         device_status=device_status,
         observe_entry=metrics.latency.entry,
     )

@@ -103,6 +103,32 @@ class CameraConfig(_Strict):
     role: Literal["face", "document", "room", "kiosk"]
     # device index ("0"), file path, rtsp:// or http(s):// URL, or sim:NAME for the simulator
     source: str
+    # room cameras only: the shelf devices and doors this camera sees (the camera-to-shelf
+    # map, docs/cameras.md); a take, put, door opening, alarm or exit decision there gets a
+    # picture from every room camera that sees it
+    sees: list[Annotated[str, Field(pattern=ID_PATTERN)]] = Field(default_factory=list, max_length=64)
+
+    @model_validator(mode="after")
+    def _sees_is_for_room(self) -> CameraConfig:
+        if self.sees and self.role != "room":
+            raise ValueError(f"camera {self.id!r}: only a room camera has `sees` (this one is {self.role})")
+        if len(set(self.sees)) != len(self.sees):
+            raise ValueError(f"camera {self.id!r}: a device listed twice in `sees`")
+        return self
+
+
+class RoomCamerasSection(_Strict):
+    """Room cameras as witnesses (#21.3, docs/cameras.md, ADR 0142-0144)."""
+
+    # a frame older than this is no picture of the moment (the camera froze or lags)
+    max_age_s: float = Field(default=2.0, gt=0, le=60)
+    # alarms keep a clip: this long before the alarm (from the ring) and after (collected)
+    clip_before_s: float = Field(default=3.0, ge=0, le=30)
+    clip_after_s: float = Field(default=3.0, ge=0, le=30)
+    # frames per second kept in the ring and in clips: memory is ring seconds x fps x frame
+    clip_fps: float = Field(default=4.0, gt=0, le=30)
+    # pictures waiting to be encoded and written; beyond it an event records "writer_busy"
+    queue_max: int = Field(default=64, ge=1, le=4096)
 
 
 class FacesSection(_Strict):
@@ -355,6 +381,7 @@ class StationConfig(_Strict):
     doors: DoorsConfig = DoorsConfig()
     cameras: list[CameraConfig] = Field(default_factory=list)
     faces: FacesSection = FacesSection()
+    room_cameras: RoomCamerasSection = RoomCamerasSection()
     carriers: list[CarrierConfig] = Field(min_length=1)
     notify: NotifySection = NotifySection()
     care: CareSection = CareSection()
@@ -373,6 +400,12 @@ class StationConfig(_Strict):
         _unique([c.name for c in self.carriers], "carriers", "name")
         devices = [s.device for s in self.shelves] + [self.doors.entry, self.doors.exit]
         _unique(devices, "shelves/doors", "device")
+        for n, cam in enumerate(self.cameras):
+            unknown = [d for d in cam.sees if d not in devices]
+            if unknown:
+                raise ValueError(
+                    f"cameras[{n}] ({cam.id}).sees: {', '.join(map(repr, unknown))} is not a shelf"
+                    f" device or door of this station (known: {', '.join(devices)})")
         up = self.upstream
         if up.enabled and (up.host, up.port) == (self.mqtt.host, self.mqtt.port):
             raise ValueError("upstream points at the device broker ([mqtt]), where every device"
@@ -394,6 +427,10 @@ class StationConfig(_Strict):
 
     def camera(self, role: str) -> CameraConfig | None:
         return next((c for c in self.cameras if c.role == role), None)
+
+    @property
+    def room_camera_list(self) -> list[CameraConfig]:
+        return [c for c in self.cameras if c.role == "room"]
 
 
 def _reachable_rows_exist(rows: list[int], shelves: Sequence[ShelfConfig]) -> None:

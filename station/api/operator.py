@@ -7,6 +7,7 @@ import asyncio
 import csv
 import io
 import json
+import re
 import tempfile
 from collections.abc import AsyncIterator
 from dataclasses import asdict
@@ -31,6 +32,13 @@ from .auth import Principal, require
 from .images import MAX_IMAGE_BYTES, read_image
 from .models import ExtendBy, NewCourier, NewPin, PlacementReport, ReachableFlag, TakeResolution
 from .services import Services, services
+
+# a snapshot's SHA-256 or a room picture's / clip's random id (as vision/snapshots.py names them)
+_REF = re.compile(r"^(?:[0-9a-f]{64}|[0-9a-f]{32})$")
+
+
+def is_ref(ref: str) -> bool:
+    return bool(_REF.match(ref))
 
 router = APIRouter(prefix="/api/operator", tags=["operator"])
 operator_only = require("operator")
@@ -253,19 +261,47 @@ def resolve_take(take_seq: int = Path_(ge=1, le=MAX_SEQ), body: TakeResolution |
     return takes.resolve(svc.core.ctx, take_seq, who.subject, body.note if body else "")
 
 
-@router.get("/snapshots/{ref}", summary="A snapshot JPEG by its hash", response_class=Response,
+@router.get("/snapshots/{ref}", summary="A snapshot or room picture JPEG by its reference",
+            response_class=Response,
             responses={200: {"content": {"image/jpeg": {"schema": {"type": "string", "format": "binary"}}},
                              "description": "the JPEG (decrypted: on disk it is AES-GCM ciphertext)"}})
 def snapshot(ref: str, who: Principal = Depends(operator_only), svc: Services = Depends(services)) -> Response:
-    if svc.snapshot_load is None or not ref.isalnum() or len(ref) != 64 or ref != ref.lower():
+    if svc.snapshot_load is None or not is_ref(ref):
         raise NotFound("no such snapshot")
     data = svc.snapshot_load(ref)
     if data is None:
         # the event keeps its reference after the file is pruned (#14.13): say so
         raise NotFound("snapshot pruned: no longer on disk (past snapshot_retention_days, or "
-                       "removed to keep the disk free); the event keeps its reference",
-                       code="snapshot_pruned")
-    return Response(data, media_type="image/jpeg")
+                       "removed to keep the disk free, or never written); the event keeps its"
+                       " reference", code="snapshot_pruned")
+    return Response(data, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=3600"})
+
+
+@router.get("/clips/{ref}", summary="An alarm clip: its frames' offsets from the alarm (s)")
+def clip(ref: str, who: Principal = Depends(operator_only), svc: Services = Depends(services)) -> dict[str, Any]:
+    frames = _clip(svc, ref)
+    return {"clip": ref, "frames": [{"n": n, "t": t} for n, (t, _) in enumerate(frames)]}
+
+
+@router.get("/clips/{ref}/{n}", summary="Frame n of an alarm clip (JPEG, decrypted)",
+            response_class=Response,
+            responses={200: {"content": {"image/jpeg": {"schema": {"type": "string", "format": "binary"}}},
+                             "description": "the JPEG"}})
+def clip_frame(ref: str, n: int = Path_(ge=0, le=10_000), who: Principal = Depends(operator_only),
+               svc: Services = Depends(services)) -> Response:
+    frames = _clip(svc, ref)
+    if n >= len(frames):
+        raise NotFound(f"the clip has {len(frames)} frames")
+    return Response(frames[n][1], media_type="image/jpeg", headers={"Cache-Control": "private, max-age=3600"})
+
+
+def _clip(svc: Services, ref: str) -> list[tuple[float, bytes]]:
+    if svc.clip_load is None or not is_ref(ref):
+        raise NotFound("no such clip")
+    frames = svc.clip_load(ref)
+    if frames is None:
+        raise NotFound("clip pruned or never written (the camera gave no frames)", code="clip_pruned")
+    return frames
 
 
 @router.post("/placements", summary="Report a placement by hand (a stuck or missing sensor)")

@@ -23,6 +23,8 @@ class Services:
     enrol_face: Callable[[str, list[bytes]], dict[str, Any]] | None = None
     save_snapshot: Callable[[bytes], str | None] | None = None
     snapshot_load: Callable[[str], bytes | None] | None = None  # decrypted JPEG, None: pruned
+    # an alarm clip's (offset s, JPEG) frames, decrypted; None: pruned or never written
+    clip_load: Callable[[str], list[tuple[float, bytes]] | None] | None = None
     device_status: Callable[[], dict[str, Any]] = field(default=lambda: {})
     # (method, seconds) of each customer entry, for the metrics; a no-op where none are kept
     observe_entry: Callable[[str, float], None] = field(default=lambda method, seconds: None)

@@ -8,6 +8,7 @@ committed fact survives a power cut."""
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 import threading
 import time
@@ -29,6 +30,7 @@ from .projections import apply_event
 from .schema import migrate
 
 Listener = Callable[[Sequence[EventRecord]], None]
+log = logging.getLogger("station.store")
 
 
 class StoreError(RuntimeError):
@@ -102,6 +104,9 @@ class Store:
         # the disk budget (store/space.py), set by bootstrap: a sentence when new work must
         # be refused, None while there is room
         self.space_guard: Callable[[], str | None] | None = None
+        # the room cameras (vision/room.py), set by bootstrap: names the pictures an event is
+        # to carry before it is hashed, so the reference commits with the event; it never waits
+        self.witness: Callable[[Event], Event] | None = None
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -230,6 +235,11 @@ class Store:
             return [tx.emit(e) for e in events]
 
     def _append(self, tx: Tx, event: Event) -> EventRecord:
+        if self.witness is not None:
+            try:
+                event = self.witness(event)
+            except Exception:  # a camera's trouble never costs the fact its event records
+                log.exception("room witness failed for %s", event.type)
         seq = self._last_seq + 1
         ts = utc_iso(tx.now)
         if ts < self._last_ts:  # a clock step back must not reorder the log's times

@@ -196,11 +196,13 @@ class LatestFrameGrabber:
 
     def __init__(self, source: FrameSource, *, backoff_initial: float = 0.2,
                  backoff_max: float = 10.0, clock: Callable[[], float] = time.monotonic,
-                 history: int = 0) -> None:
+                 history: int = 0, history_interval: float = 0.0) -> None:
         self.source = source
-        # room cameras keep the last `history` frames too (an event clip's "before")
+        # room cameras keep the last `history` frames too (an event clip's "before"), at most
+        # one per `history_interval` s: a 25 fps stream need not fill memory with near twins
         self._ring: collections.deque[tuple[np.ndarray, float]] = collections.deque(maxlen=max(history, 1))
         self._history = history
+        self._history_interval = history_interval
         self.backoff_initial = backoff_initial
         self.backoff_max = backoff_max
         self._clock = clock
@@ -254,7 +256,8 @@ class LatestFrameGrabber:
                     frame = self.source.read()
                     with self._cond:
                         self._latest = (frame, self._clock())
-                        if self._history:
+                        if self._history and (not self._ring or self._latest[1] - self._ring[-1][1]
+                                              >= self._history_interval):
                             self._ring.append(self._latest)
                         self.frames_read += 1
                         self._cond.notify_all()
@@ -284,10 +287,14 @@ class LatestFrameGrabber:
             return None
         return got
 
-    def recent(self, since: float) -> list[tuple[np.ndarray, float]]:
-        """The kept frames captured at or after `since` (grabber clock), oldest first."""
+    def recent(self, since: float, until: float = float("inf")) -> list[tuple[np.ndarray, float]]:
+        """The kept frames captured in [since, until] (grabber clock), oldest first."""
         with self._cond:
-            return [f for f in self._ring if f[1] >= since] if self._history else []
+            return [f for f in self._ring if since <= f[1] <= until] if self._history else []
+
+    def now(self) -> float:
+        """The grabber's clock: what frame times are measured on."""
+        return self._clock()
 
     def wait_frame(self, after: float | None = None, timeout: float = 2.0
                    ) -> tuple[np.ndarray, float] | None:

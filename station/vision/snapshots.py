@@ -10,11 +10,18 @@ ciphertext (`<ref>.snap`) with its reference as associated data, so a stolen dis
 faces and a file swapped under another reference does not open. The reference stays the
 SHA-256 of the JPEG itself, so the event chain covers the picture, not the ciphertext. Files
 written before encryption was on (`<ref>.jpg`) stay readable until they are pruned.
+
+Room pictures (#21.3, ADR 0142) cannot be named by their hash: the event that references one
+is committed before the frame is encoded (encoding is off the station's hot path), so they get
+a random 32-hex id decided up front, stored the same way (`<id>.snap`), and alarm clips as
+`<id>.clip`: one sealed container of JPEG frames (`encode_clip`). Both are pruned with the
+snapshots, by age and by the disk budget.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import tempfile
@@ -27,10 +34,40 @@ import numpy as np
 from station.crypto import DecryptError, Sealer
 from station.vision.images import ensure_frame
 
-_REF = re.compile(r"^[0-9a-f]{64}$")
+# a JPEG's SHA-256 (content-named) or a room picture's random id (named before it exists)
+_REF = re.compile(r"^(?:[0-9a-f]{64}|[0-9a-f]{32})$")
 JPEG_QUALITY = 85
-PLAIN, SEALED = ".jpg", ".snap"
+PLAIN, SEALED, CLIP = ".jpg", ".snap", ".clip"
 _AAD = b"ps-snapshot/v1\x00"
+_CLIP_AAD = b"ps-clip/v1\x00"
+_CLIP_MAGIC = b"PSCLIP1\n"
+
+
+def is_ref(ref: str) -> bool:
+    """A well-formed snapshot, room picture or clip reference (nothing about whether it exists)."""
+    return bool(_REF.match(ref))
+
+
+def encode_clip(frames: list[tuple[float, bytes]]) -> bytes:
+    """(offset from the event in s, JPEG) pairs as one container: magic, a JSON index line,
+    then the JPEGs back to back. No video codec: no new dependency, and every frame is a
+    JPEG the console already shows."""
+    index = [{"t": round(t, 3), "n": len(jpeg)} for t, jpeg in frames]
+    return _CLIP_MAGIC + json.dumps(index, separators=(",", ":")).encode() + b"\n" + \
+        b"".join(jpeg for _, jpeg in frames)
+
+
+def decode_clip(blob: bytes) -> list[tuple[float, bytes]]:
+    if not blob.startswith(_CLIP_MAGIC):
+        raise SnapshotError("not a clip")
+    head, _, body = blob[len(_CLIP_MAGIC):].partition(b"\n")
+    out: list[tuple[float, bytes]] = []
+    at = 0
+    for item in json.loads(head):
+        n = int(item["n"])
+        out.append((float(item["t"]), body[at:at + n]))
+        at += n
+    return out
 
 
 class SnapshotError(ValueError):
@@ -76,23 +113,33 @@ class SnapshotStore:
             return ref
         if self._sealer is not None:
             data = self._sealer.seal(data, _AAD + ref.encode())
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-", suffix=target.suffix)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        dir_fd = os.open(target.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        _write_atomic(target, data)
         return ref
+
+    def save_as(self, ref: str, jpeg: bytes) -> None:
+        """A room picture under the id its event already carries (sealed like a snapshot)."""
+        if not jpeg.startswith(b"\xff\xd8\xff"):
+            raise SnapshotError("snapshot bytes are not a JPEG")
+        target = self.path(ref)
+        data = self._sealer.seal(jpeg, _AAD + ref.encode()) if self._sealer is not None else jpeg
+        _write_atomic(target, data)
+
+    def save_clip(self, ref: str, frames: list[tuple[float, bytes]]) -> None:
+        """An alarm's clip under the id its event carries; sealed when the store has a key."""
+        blob = encode_clip(frames)
+        if self._sealer is not None:
+            blob = self._sealer.seal(blob, _CLIP_AAD + ref.encode())
+        _write_atomic(self.path(ref, CLIP), blob)
+
+    def load_clip(self, ref: str) -> list[tuple[float, bytes]]:
+        """The clip's frames (decrypted); FileNotFoundError once pruned or never written."""
+        blob = self.path(ref, CLIP).read_bytes()
+        if self._sealer is not None:
+            try:
+                blob = self._sealer.open(blob, _CLIP_AAD + ref.encode())
+            except DecryptError:
+                raise SnapshotError(f"clip {ref[:12]}... does not decrypt") from None
+        return decode_clip(blob)
 
     def load(self, ref: str) -> bytes:
         """The JPEG bytes of `ref` (decrypted); FileNotFoundError once it has been pruned,
@@ -115,7 +162,7 @@ class SnapshotStore:
             if not sub.is_dir():
                 continue
             for file in sub.iterdir():
-                if file.suffix not in (PLAIN, SEALED) or not _REF.match(file.stem):
+                if file.suffix not in (PLAIN, SEALED, CLIP) or not _REF.match(file.stem):
                     continue
                 try:
                     st = file.stat()
@@ -177,3 +224,24 @@ class SnapshotStore:
             except OSError:
                 pass
         return removed
+
+
+def _write_atomic(target: Path, data: bytes) -> None:
+    """Temporary file, fsync, rename, fsync of the directory: a power cut leaves the whole
+    file or none, never half a picture that an event points at."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-", suffix=target.suffix)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(target.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
