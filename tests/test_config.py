@@ -226,3 +226,35 @@ def test_the_kiosk_section_sets_how_each_visit_starts(tmp_path: Path) -> None:
     assert "kiosk.idle_reset_s" in msg
     msg = refused(write(tmp_path, text + "\n[kiosk]\nlarge_txt = true\n"))
     assert "kiosk.large_txt: unknown key" in msg
+
+
+ROOM_CAMERA = '''
+[[cameras]]
+id = "cam-room-1"
+role = "room"
+source = "sim:room-1"
+sees = ["shelf-1", "door-entry"]
+'''
+
+
+def test_a_room_camera_map_names_shelves_and_doors(tmp_path: Path) -> None:
+    cfg = load_config(write(tmp_path, EXAMPLE + ROOM_CAMERA))
+    assert [c.sees for c in cfg.room_camera_list] == [["shelf-1", "door-entry"]]
+
+
+def test_a_room_camera_that_sees_an_unknown_shelf_is_refused_by_name(tmp_path: Path) -> None:
+    path = write(tmp_path, EXAMPLE + ROOM_CAMERA.replace('"shelf-1"', '"shelf-9"'))
+    msg = refused(path)
+    assert str(path) in msg and "cameras[3] (cam-room-1).sees: 'shelf-9' is not a shelf device or door" in msg
+    assert "known: shelf-1, shelf-2, shelf-out, door-entry, door-exit" in msg, msg
+
+
+def test_only_a_room_camera_has_a_map(tmp_path: Path) -> None:
+    text = EXAMPLE.replace('role = "face"\nsource = "sim:face"', 'role = "face"\nsource = "sim:face"\nsees = ["shelf-1"]')
+    msg = refused(write(tmp_path, text))
+    assert "cameras.0" in msg and "only a room camera has `sees` (this one is face)" in msg, msg
+
+
+def test_a_device_listed_twice_in_a_room_map_is_refused(tmp_path: Path) -> None:
+    msg = refused(write(tmp_path, EXAMPLE + ROOM_CAMERA.replace('"door-entry"', '"shelf-1"')))
+    assert "a device listed twice in `sees`" in msg, msg

@@ -84,6 +84,8 @@ class LiveStation:
     http: bool = False
     # other config sections' keys, e.g. {"home_assistant": {"enabled": True}}
     sections: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # top-level keys, validated like a config file's, e.g. {"cameras": [...]}
+    top: dict[str, Any] = field(default_factory=dict)
     broker: MosquittoProcess | None = None
     config: StationConfig | None = None
     station: Station | None = None
@@ -105,6 +107,8 @@ class LiveStation:
                 "senders": [SenderConfig(kind="webhook", url=self.webhook.url)],
                 "retry_initial_s": 0.2, "retry_max_s": 1.0}),
         })
+        if self.top:
+            cfg = StationConfig.model_validate({**cfg.model_dump(), **self.top})
         self.config = cfg
         secrets_path = self.tmp / "secrets.toml"
         if not secrets_path.exists():
