@@ -137,8 +137,11 @@ def replay(seq: int | None = Query(default=None, ge=0, le=MAX_SEQ), at: str | No
             when = parse_utc(ts_row["ts"]) if ts_row else 0.0
             view = room_state(ctx, past, now=when)
             view["at"] = ts_row["ts"] if ts_row else None
-            event = past.query_one("SELECT seq, ts, type, subject FROM events WHERE seq = ?", (last,))
-            view["event"] = dict(event) if event else None
+            event = past.query_one("SELECT seq, ts, type, actor, subject, data, snapshot FROM events"
+                                   " WHERE seq = ?", (last,))
+            if event:  # with its data: the step shows the room picture it references
+                event = {**event, "data": json.loads(event["data"])}
+            view["event"] = event
             return view
         finally:
             past.close()

@@ -139,6 +139,7 @@ class SimulatedSource:
         self._lock = threading.Lock()
         self._open = False
         self._dropped = False
+        self._unplugged = False
         self.opens = 0
 
     def push(self, frame: np.ndarray | bytes) -> None:
@@ -151,8 +152,16 @@ class SimulatedSource:
         with self._lock:
             self._dropped = True
 
+    def unplug(self, unplugged: bool = True) -> None:
+        """A camera that stays down: reads fail and opening fails until plugged in again."""
+        with self._lock:
+            self._unplugged = unplugged
+            self._dropped = self._dropped or unplugged
+
     def open(self) -> None:
         with self._lock:
+            if self._unplugged:
+                raise SourceError(f"{self.name}: unplugged")
             self._dropped = False
             self._open = True
             self.opens += 1

@@ -222,8 +222,83 @@
     return el("tr", { class: fresh ? "fresh" : null, dataset: { seq: String(ev.seq), type: ev.type },
                       title: "点击回放到此 · click to replay to here", onclick: () => replayTo(ev.seq) },
       el("td", {}, String(ev.seq)), el("td", {}, PS.fmtTime(ev.ts)), el("td", {}, ev.type),
-      el("td", {}, ev.actor), el("td", {}, ev.subject), el("td", { class: "data", title: data }, data),
-      el("td", {}, ev.snapshot ? el("button", { class: "snap", onclick: e => { e.stopPropagation(); showSnapshot(ev.snapshot); } }, "快照 photo") : ""));
+      el("td", {}, ev.actor), el("td", {}, ev.subject),
+      el("td", { class: "pics" }, ev.snapshot ? el("button", { class: "snap", onclick: e => { e.stopPropagation(); showSnapshot(ev.snapshot); } }, "快照 photo") : "",
+        ...roomPicture(ev, "thumb")),
+      el("td", { class: "data", title: data }, data));
+  }
+
+  // ---------- room pictures (#21.3) ----------------------------------------------------------
+  // A witnessed event carries `picture` (a room camera's picture id, or null and
+  // `picture_reason`), and an alarm `clip`. The files are sealed on disk; the station serves
+  // them decrypted to a logged-in operator only, so they are fetched with the session and
+  // shown from blob: URLs, lazily (a log of 300 rows must not fetch 300 pictures at once).
+
+  const REASONS = { camera_down: "摄像头离线 camera down", stale: "画面过旧 stale frame",
+                    not_seen: "无摄像头覆盖 no camera sees it", writer_busy: "写入繁忙 writer busy",
+                    snapshots_off: "快照已关闭 snapshots off" };
+
+  const lazy = "IntersectionObserver" in window ? new IntersectionObserver(entries => {
+    for (const en of entries) {
+      if (!en.isIntersecting) continue;
+      lazy.unobserve(en.target);
+      loadPicture(en.target);
+    }
+  }, { rootMargin: "200px" }) : null;
+
+  function roomPicture(ev, cls) {
+    const d = ev.data || {};
+    if (!("picture" in d)) return [];
+    const out = [];
+    if (d.picture) {
+      const img = el("img", { class: `room-pic ${cls}`, alt: "room picture 现场画面", dataset: { ref: d.picture },
+                              title: "现场画面 room picture (click to enlarge)",
+                              onclick: e => { e.stopPropagation(); showSnapshot(d.picture); } });
+      if (lazy && cls === "thumb") lazy.observe(img); else loadPicture(img);
+      out.push(img);
+    } else {
+      out.push(el("span", { class: "no-pic muted", dataset: { reason: d.picture_reason || "" } },
+                  "无画面 no picture: " + (REASONS[d.picture_reason] || d.picture_reason || "?")));
+    }
+    if (d.clip) out.push(el("button", { class: "clip", dataset: { clip: d.clip },
+                                        onclick: e => { e.stopPropagation(); showClip(d.clip); } }, "片段 clip"));
+    return out;
+  }
+
+  async function loadPicture(img) {
+    const r = await api(token, "GET", `/api/operator/snapshots/${encodeURIComponent(img.dataset.ref)}`, null, { raw: true });
+    if (!r.ok) {
+      img.replaceWith(el("span", { class: "no-pic muted", dataset: { reason: "pruned" } },
+                         r.status === 404 ? "画面已清理 picture pruned" : "画面不可用 not available"));
+      return;
+    }
+    img.addEventListener("load", () => { URL.revokeObjectURL(img.src); img.dataset.loaded = "true"; }, { once: true });
+    img.src = URL.createObjectURL(r.body);
+  }
+
+  async function showClip(ref) {
+    const r = await api(token, "GET", `/api/operator/clips/${encodeURIComponent(ref)}`);
+    if (!r.ok) { showError(r); return; }
+    const frames = [];
+    for (const f of r.body.frames) {
+      const fr = await api(token, "GET", `/api/operator/clips/${encodeURIComponent(ref)}/${f.n}`, null, { raw: true });
+      if (fr.ok) frames.push({ t: f.t, url: URL.createObjectURL(fr.body) });
+    }
+    if (!frames.length) return;
+    const img = $("#snapshot-img");
+    if (img.src.startsWith("blob:")) URL.revokeObjectURL(img.src);
+    let i = 0;
+    const step = () => {
+      const f = frames[i % frames.length];
+      img.src = f.url;
+      img.title = `${f.t >= 0 ? "+" : ""}${f.t.toFixed(2)} s`;
+      i++;
+    };
+    step();
+    const timer = setInterval(step, 250);
+    const dlg = $("#snapshot-dialog");
+    dlg.addEventListener("close", () => { clearInterval(timer); for (const f of frames) URL.revokeObjectURL(f.url); }, { once: true });
+    dlg.showModal();
   }
 
   async function loadEvents() {
@@ -317,6 +392,7 @@
     const info = $("#rp-info");
     info.dataset.seq = ev ? String(ev.seq) : "";
     info.textContent = ev ? `回放 replay · seq ${ev.seq} · ${PS.fmtTime(ev.ts)} · ${ev.type} · ${ev.subject}` : "回放 replay · 空 empty log";
+    $("#rp-picture").replaceChildren(...(ev ? roomPicture(ev, "step") : []));
     if (view.at) $("#rp-at").value = localFromIso(view.at);
   }
 
@@ -342,6 +418,7 @@
     st.replayReq++;
     document.body.classList.remove("replaying");
     $("#rp-info").textContent = "";
+    $("#rp-picture").replaceChildren();
     $("#rp-seq").value = "";
     $("#rp-at").value = "";
     markCurrent();
