@@ -103,6 +103,31 @@ def build_report(m: Metrics, plan_summary: dict[str, Any], meta: dict[str, Any],
     return report
 
 
+def picture_counts(database: str | Path) -> dict[str, Any]:
+    """Room pictures (#21.3): of the events a room camera witnesses, how many name a picture
+    and how many say none was available (and why), by event type; read from the station's
+    database (read-only, beside its writer)."""
+    import sqlite3
+
+    uri = Path(database).resolve().as_uri() + "?mode=ro"
+    conn = sqlite3.connect(uri, uri=True, timeout=10)
+    try:
+        rows = conn.execute(
+            "SELECT type, json_type(data, '$.picture') AS kind, json_extract(data, '$.picture_reason'),"
+            " COUNT(*) FROM events WHERE json_type(data, '$.picture') IS NOT NULL GROUP BY 1, 2, 3").fetchall()
+    finally:
+        conn.close()
+    out: dict[str, Any] = {"with_picture": 0, "without_picture": 0, "by_type": {}, "no_picture_because": {}}
+    for type_, kind, reason, n in rows:
+        has = kind == "text"
+        out["with_picture" if has else "without_picture"] += n
+        t = out["by_type"].setdefault(type_, {"with": 0, "without": 0})
+        t["with" if has else "without"] += n
+        if not has:
+            out["no_picture_because"][str(reason)] = out["no_picture_because"].get(str(reason), 0) + n
+    return out
+
+
 def deterministic_view(report: dict[str, Any]) -> dict[str, Any]:
     """The part of a report one seed decides: compare two runs with this."""
     return {k: report[k] for k in ("plan", "outcome", "invariants", "ok")}
@@ -187,6 +212,10 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
         f"mistakes made             {mistakes}",
         f"faults                    {faults}",
     ]
+    pics = report.get("pictures")
+    if pics:
+        lines.append(f"room pictures             {pics['with_picture']} events with one, "
+                     f"{pics['without_picture']} without {pics['no_picture_because'] or ''}")
     for k, v in inv.items():
         lines.append(f"{'OK  ' if v == 0 else 'FAIL'} {k:<38} {v}")
     lines.append(f"wall {t['wall_s']} s = {t['simulated_h']} simulated hours")

@@ -27,9 +27,10 @@ from typing import Any, Self
 
 import httpx
 
+from .camera import RoomCameraServer
 from .faults import FaultyNet
 from .images import WaybillRenderer
-from .kpi import Metrics, build_report
+from .kpi import Metrics, build_report, picture_counts
 from .people import Courier, Customer, Env, SlotInfo, Stranger
 from .scenario import CustomerPlan, FaultPlan, ParcelPlan, Plan, Scenario, build_plan
 from .world import Room, SimDoorHal, SimShelfHal, SmsInbox
@@ -110,10 +111,17 @@ START_TIMEOUT_S = 30.0
 
 
 def sim_station_config(base: Any, workdir: Path, broker_port: int, sms_url: str,
-                       station_overrides: dict[str, Any]) -> Any:
+                       station_overrides: dict[str, Any], room_camera: str | None = None) -> Any:
     """The station config of a simulated run: its files in `workdir`, our broker, SMS to our
-    inbox with retries quick enough for compressed time, and no upstream to report to."""
-    from station.config import SenderConfig
+    inbox with retries quick enough for compressed time, and no upstream to report to; with
+    `room_camera` (a simulated camera's URL, shelf_sim/camera.py) one room camera seeing every
+    shelf and door instead of the base config's."""
+    from station.config import CameraConfig, SenderConfig
+
+    cameras = list(base.cameras)
+    if room_camera:
+        cameras = [c for c in cameras if c.role != "room"] + [
+            CameraConfig(id="sim-room", role="room", source=room_camera, sees=base.device_ids)]
 
     st = base.station.model_copy(update={"database": str(workdir / "station.db"),
                                          "snapshots_dir": str(workdir / "snapshots"),
@@ -128,6 +136,7 @@ def sim_station_config(base: Any, workdir: Path, broker_port: int, sms_url: str,
         # the virtual people are machines holding stateless kiosk/operator tokens signed with
         # the station's key (ADR 0130: off at a real station, where people log in and pair)
         "api": base.api.model_copy(update={"service_tokens": True}),
+        "cameras": cameras,
     })
 
 
@@ -149,6 +158,7 @@ class _Room(ABC):
         self.secrets: Any = None
         self.base_url = ""
         self.kiosk_token = self.stranger_kiosk_token = self.operator_token = ""
+        self.camera: RoomCameraServer | None = None  # the simulated room camera (#21.3)
 
     def start(self) -> Self:
         """Broker, inbox, config, secrets, tokens and devices first: the station must find
@@ -161,8 +171,10 @@ class _Room(ABC):
         wd.mkdir(parents=True, exist_ok=True)
         self.broker = MosquittoProcess(workdir=wd / "mosquitto").start()
         self.sms = SmsInbox()
+        self.camera = RoomCameraServer() if self.scenario.room_camera else None
         self.config = cfg = sim_station_config(self.base_config, wd, self.broker.port, self.sms.url,
-                                               self.scenario.station)
+                                               self.scenario.station,
+                                               self.camera.url if self.camera else None)
         secrets_path = wd / "secrets.toml"
         if not secrets_path.exists():
             write_new_secrets(secrets_path)
@@ -174,6 +186,8 @@ class _Room(ABC):
         nets = {d: FaultyNet(self.seed, d, self.scenario.faults, self.metrics.net, self.metrics.net_lock)
                 for d in cfg.device_ids}
         self.devices = Devices(cfg, self.secrets, self.broker.url, wd, nets).start()
+        if self.camera is not None:
+            self.camera.attach(self.devices.shelf_hals, self.devices.door_hals)
         self._start_station()
         return self
 
@@ -203,6 +217,8 @@ class _Room(ABC):
                 self.devices.stop()
             if self.sms is not None:
                 self.sms.stop()
+            if self.camera is not None:
+                self.camera.stop()
             if self.broker is not None:
                 self.broker.stop()
 
@@ -634,6 +650,7 @@ def run_embedded(config: Any, scenario: Scenario, *, workdir: Path | None = None
                          db_parcels=stack.db_parcels, entry_door=stack.devices.door_hals[cfg.doors.entry],
                          progress=progress)
         report = sim.run()
+        report["pictures"] = picture_counts(cfg.station.database)
         if isinstance(stack, StationProcess):
             used = stack.cpu_seconds()
             report["station_process"] = {"cpu_s": None if used is None else used - stack.cpu_at_ready,

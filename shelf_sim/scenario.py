@@ -92,6 +92,8 @@ class Scenario:
     mistakes: Rates = Rates()
     faults: Faults = Faults()
     station: dict[str, Any] = field(default_factory=dict)
+    # a simulated room camera over the shelves and doors (shelf_sim/camera.py, #21.3)
+    room_camera: bool = True
 
 
 _ADAPTER = TypeAdapter(Scenario)

@@ -9,7 +9,7 @@ import pytest
 from station.store.eventlog import Event
 from station.vision.cameras import LatestFrameGrabber, SimulatedSource
 from station.vision.room import ROOM, RoomCamera, RoomCameras, places_from_config
-from station.vision.snapshots import SnapshotStore, decode_clip
+from station.vision.snapshots import SnapshotError, SnapshotStore, decode_clip
 from tests.support.stack import wait_until
 
 PLACES = places_from_config({1: "shelf-1", 2: "shelf-2"}, ("door-entry", "door-exit"), "door-exit")
@@ -52,7 +52,7 @@ def test_a_take_names_its_picture_at_once_and_the_file_is_sealed(tmp_path) -> No
         assert not on_disk.startswith(b"\xff\xd8") and b"JFIF" not in on_disk
         assert room.snapshots.load(ref).startswith(b"\xff\xd8\xff")
         # another key does not open it
-        with pytest.raises(Exception, match="decrypt"):
+        with pytest.raises(SnapshotError, match="decrypt"):
             SnapshotStore(tmp_path, key=bytes(32)).load(ref)
 
 
@@ -104,7 +104,7 @@ def test_an_alarm_keeps_a_sealed_clip_from_before_to_after(tmp_path) -> None:
         assert min(offsets) < 0 < max(offsets)  # before and after the alarm
         assert all(j.startswith(b"\xff\xd8\xff") for _, j in frames)
         raw = next(tmp_path.rglob(f"{ev.data['clip']}.clip")).read_bytes()
-        with pytest.raises(Exception):
+        with pytest.raises(SnapshotError, match="not a clip"):
             decode_clip(raw)  # ciphertext, not the container
 
 
