@@ -31,6 +31,15 @@ def _bgr(colour: str) -> tuple[int, int, int]:
     return (b, g, r)
 
 
+def with_room_camera(config: Any, url: str) -> list[Any]:
+    """The config's cameras with its room cameras replaced by one at `url` that sees every
+    shelf and door (what a simulated run and the demo give the station)."""
+    from station.config import CameraConfig
+
+    return [c for c in config.cameras if c.role != "room"] + [
+        CameraConfig(id="sim-room", role="room", source=url, sees=config.device_ids)]
+
+
 class RoomCameraServer:
     """`url` is the station's camera source; `attach` hands it the hardware to look at."""
 

@@ -18,6 +18,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from .camera import RoomCameraServer, with_room_camera
 from .kpi import Metrics
 from .people import Env
 from .runner import Simulation, check_station, slot_table
@@ -205,7 +206,10 @@ def run_demo(config_path: str, *, base: Path, port: int = 8080, speed: float = 1
     try:
         broker = MosquittoProcess(workdir=base / "mosquitto").start()
         stoppers.append(broker.stop)
+        camera = RoomCameraServer()  # a room camera over the shelves and doors (#21.3)
+        stoppers.append(camera.stop)
         config = config.model_copy(update={
+            "cameras": with_room_camera(config, camera.url),
             "station": config.station.model_copy(update={
                 "database": str(base / "station.db"), "snapshots_dir": str(base / "snapshots")}),
             "mqtt": config.mqtt.model_copy(update={"port": broker.port}),
@@ -217,6 +221,7 @@ def run_demo(config_path: str, *, base: Path, port: int = 8080, speed: float = 1
         })
         devices = start_devices(config, secrets, broker.url, base)
         stoppers.extend(d.stop for d in devices)
+        camera.attach(shelf_hals(devices), {d.device_id: d.hal for d in devices if getattr(d, "kind", "") == "door"})
         station = build_station(config, secrets)
         station.start()
         stoppers.append(station.stop)

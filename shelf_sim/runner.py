@@ -27,7 +27,7 @@ from typing import Any, Self
 
 import httpx
 
-from .camera import RoomCameraServer
+from .camera import RoomCameraServer, with_room_camera
 from .faults import FaultyNet
 from .images import WaybillRenderer
 from .kpi import Metrics, build_report, picture_counts
@@ -116,12 +116,9 @@ def sim_station_config(base: Any, workdir: Path, broker_port: int, sms_url: str,
     inbox with retries quick enough for compressed time, and no upstream to report to; with
     `room_camera` (a simulated camera's URL, shelf_sim/camera.py) one room camera seeing every
     shelf and door instead of the base config's."""
-    from station.config import CameraConfig, SenderConfig
+    from station.config import SenderConfig
 
-    cameras = list(base.cameras)
-    if room_camera:
-        cameras = [c for c in cameras if c.role != "room"] + [
-            CameraConfig(id="sim-room", role="room", source=room_camera, sees=base.device_ids)]
+    cameras = with_room_camera(base, room_camera) if room_camera else list(base.cameras)
 
     st = base.station.model_copy(update={"database": str(workdir / "station.db"),
                                          "snapshots_dir": str(workdir / "snapshots"),

@@ -27,7 +27,7 @@ from tests.reliability.harness import ProcStation, shelve
 EXAMPLES = 8
 SKIP = {"/api/operator/stream"}
 # routes whose real media type the document does not declare (see the xfail below)
-NOT_JSON = {"/api/operator/events/export", "/api/operator/snapshots/{ref}"}
+NOT_JSON = {"/api/operator/events/export", "/api/operator/snapshots/{ref}", "/api/operator/clips/{ref}/{n}"}
 # 503/507 a person can act on (station.flows.errors.Unavailable, StoreFull); never a 500
 UNAVAILABLE = {"door_offline", "door_failed", "camera_unavailable", "vision_unavailable",
                "storage_full"}  # server-sent events: a response that never ends by design
