@@ -12,6 +12,7 @@ import pytest
 from tests.browser.access import log_in, pair_kiosk
 from tests.support.stack import LiveStation
 
+from .conftest import shot
 from .test_flows import _shelve_by_api
 
 AXE = Path(__file__).parent / "node_modules" / "axe-core" / "axe.min.js"
@@ -81,13 +82,67 @@ def test_the_kiosk_in_both_modes_with_messages_and_answers(tmp_path: Path, page:
         _both_modes(page, "result, reported and left")
 
 
+def _both_modes_by_button(page: Any, where: str) -> None:
+    """The same on a personal screen, whose mode switch is the header button: reached and
+    pressed from the keyboard."""
+    for _ in range(2):
+        large = page.evaluate("() => document.documentElement.classList.contains('large-text')")
+        assert page.get_attribute("#large-text", "aria-pressed") == ("true" if large else "false")
+        assert serious(page) == [], f"{where}, {'large text' if large else 'normal'}"
+        page.focus("#large-text")
+        page.keyboard.press("Enter")
+
+
 def test_the_courier_page(tmp_path: Path, page: Any) -> None:
     with LiveStation(tmp_path, http=True) as ls:
+        ls.core.couriers.add("c1", "SF", "Li", "1234")
+        page.set_viewport_size({"width": 390, "height": 844})
         page.goto(ls.base_url + "/courier")
-        assert serious(page) == []
+        _both_modes_by_button(page, "courier log in")
+        page.fill("#courier-id", "c1")
+        page.fill("#pin", "9999")
+        page.click("#login-btn")
+        page.wait_for_selector("#error:not(.hidden)")
+        _both_modes_by_button(page, "courier wrong PIN")
+        page.fill("#pin", "1234")
+        page.click("#login-btn")
+        page.click("#open-btn")
+        page.fill("#waybill", "SF1234567890123")
+        page.fill("#phone", "13812341234")
+        page.click("#scan-btn")
+        page.wait_for_selector("#target[data-state=waiting]")
+        _both_modes_by_button(page, "courier scanned")
+        page.focus("#large-text")
+        page.keyboard.press("Enter")
+        page.reload()                                   # this handheld remembers it
+        page.wait_for_selector("html.large-text")
+        shot(page, "courier-large-text")
 
 
 def test_the_operator_page(tmp_path: Path, page: Any) -> None:
     with LiveStation(tmp_path, http=True) as ls:
+        _shelve_by_api(ls)
         log_in(page, ls)
-        assert serious(page) == []
+        page.wait_for_selector("#events tr")
+        _both_modes_by_button(page, "operator console")
+        page.focus("#large-text")
+        page.keyboard.press("Enter")
+        shot(page, "operator-large-text")
+
+
+def test_a_screen_asking_for_more_contrast_starts_in_the_mode(tmp_path: Path, browser: Any) -> None:
+    """The system's "more contrast" (prefers-contrast: more) until the person chooses."""
+    with LiveStation(tmp_path, http=True) as ls:
+        ctx = browser.new_context(viewport={"width": 390, "height": 844})
+        try:
+            pg = ctx.new_page()
+            pg.emulate_media(contrast="more")
+            pg.goto(ls.base_url + "/courier")
+            pg.wait_for_selector("html.large-text")
+            assert pg.get_attribute("#large-text", "aria-pressed") == "true"
+            pg.click("#large-text")
+            pg.reload()
+            pg.wait_for_selector("#large-text[aria-pressed=false]")
+            assert not pg.evaluate("() => document.documentElement.classList.contains('large-text')")
+        finally:
+            ctx.close()

@@ -102,5 +102,27 @@ const PS = (() => {
     return (L + 0.05) / (dark + 0.05) >= 1.05 / (L + 0.05) ? "#111" : "#fff";
   }
 
-  return { setToken, getToken, tokenInfo, api, download, $, $all, el, fmtTime, inkFor };
+  /**
+   * The large-text / high-contrast mode of a personal screen (courier handheld, operator
+   * console): the `#large-text` button switches it and this browser remembers it for `page`;
+   * until then it follows the system's "more contrast" setting. (The shared kiosk keeps it
+   * for one visit only: kiosk.js.)
+   */
+  function largeText(page) {
+    const key = "ps.large." + page;
+    const button = $("#large-text");
+    const set = on => {
+      document.documentElement.classList.toggle("large-text", on);
+      if (button) button.setAttribute("aria-pressed", String(on));
+    };
+    const stored = localStorage.getItem(key);
+    set(stored === null ? window.matchMedia("(prefers-contrast: more)").matches : stored === "1");
+    if (button) button.addEventListener("click", () => {
+      const on = !document.documentElement.classList.contains("large-text");
+      set(on);
+      localStorage.setItem(key, on ? "1" : "0");
+    });
+  }
+
+  return { setToken, getToken, tokenInfo, api, download, $, $all, el, fmtTime, inkFor, largeText };
 })();

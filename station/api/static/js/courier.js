@@ -115,7 +115,7 @@
     t.dataset.slot = item.slot || "";
     if (item.state === "placed") {
       t.replaceChildren(`✓ ${item.slot}`, el("small", {}, `已放入 ${item.slot} · placed in ${item.slot} (${item.waybill})`));
-      t.style.background = "#e6f4ea";
+      t.dataset.tone = "ok";
     } else if (item.state === "unverified") {
       const slot = item.confirm_slot;
       const yes = el("button", { class: "primary", id: "confirm-yes", type: "button" }, `是，在 ${slot} · Yes, it is in ${slot}`);
@@ -125,16 +125,16 @@
       t.replaceChildren(`? ${slot}`,
         el("small", {}, `包裹在 ${slot} 吗？确认前不发取件码 · Is this parcel in slot ${slot}? No pickup code is sent until you confirm (${item.waybill})`),
         el("div", { class: "row" }, yes, no));
-      t.style.background = "#fff4d6";
+      t.dataset.tone = "warn";
     } else if (item.state === "failed") {
       t.replaceChildren(`✗ ${item.slot || ""}`, el("small", {}, `失败 failed: ${item.reason || ""} (${item.waybill})`));
-      t.style.background = "#fdecec";
+      t.dataset.tone = "bad";
     } else if (item.slot && session.mode !== "free") {
       t.replaceChildren(`→ ${item.slot}`, el("small", {}, `请放入亮灯格口 ${item.slot} · put it in the lit slot ${item.slot} (${item.waybill})`));
-      t.style.background = "#fff4d6";
+      t.dataset.tone = "warn";
     } else {
       t.replaceChildren("→ ?", el("small", {}, `放入任意空格口，传感器会识别 · put it in any free slot; the sensor will tell (${item.waybill})`));
-      t.style.background = "#fff4d6";
+      t.dataset.tone = "warn";
     }
   }
 
@@ -191,6 +191,7 @@
   }
 
   document.addEventListener("DOMContentLoaded", async () => {
+    PS.largeText("courier");
     $("#login-form").addEventListener("submit", login);
     $("#open-form").addEventListener("submit", openSession);
     $("#scan-form").addEventListener("submit", scan);

@@ -573,6 +573,7 @@
   // ---------- start ------------------------------------------------------------------------
 
   document.addEventListener("DOMContentLoaded", async () => {
+    PS.largeText("operator");
     $("#login-form").addEventListener("submit", login);
     $("#logout").addEventListener("click", logout);
     const me = await api(token, "GET", "/api/operator/me");
