@@ -6,7 +6,11 @@ changes (a courier added, disabled, reassigned, a new PIN); the version is recor
 after the broker has acknowledged the message.
 
     python -m fleet.bundles keygen /etc/fleet/bundle-signing.pem    # prints the public key
-    python -m fleet.bundles run --dsn DSN --broker mqtt://H:P --signing-key FILE [--interval 2]
+    python -m fleet.bundles run --dsn DSN --broker mqtt://H:P --keys DIR [--secrets FILE] [--interval 2]
+
+`--keys DIR` is a key directory of fleet/keys.py (`fleet keys init|next|rotate`): the
+active key signs, re-read every round; when it changes, every station's bundle is signed
+again as a new version (ADR 0133). `--signing-key FILE` is one fixed key, as before.
 """
 
 from __future__ import annotations
@@ -57,10 +61,12 @@ def _digest(couriers: list[dict[str, Any]]) -> str:
     return hashlib.sha256(json.dumps(couriers, sort_keys=True).encode()).hexdigest()
 
 
-def due(conn: psycopg.Connection, cipher: Any = None) -> list[tuple[str, str, int, list[dict[str, Any]], str]]:
+def due(conn: psycopg.Connection, cipher: Any = None, kid: str | None = None
+        ) -> list[tuple[str, str, int, list[dict[str, Any]], str]]:
     """(station, its public key, next version, couriers, digest) for each station whose
-    couriers changed since its last published bundle. A station whose couriers cannot be
-    read (a template that does not open) is skipped with a message, not the others."""
+    couriers changed since its last published bundle, or whose last bundle another key than
+    `kid` signed (the fleet rolled its key). A station whose couriers cannot be read (a
+    template that does not open) is skipped with a message, not the others."""
     out = []
     for station_id, pub in conn.execute("SELECT station_id, x25519_public FROM fleet_station_keys"
                                         " ORDER BY station_id").fetchall():
@@ -70,18 +76,21 @@ def due(conn: psycopg.Connection, cipher: Any = None) -> list[tuple[str, str, in
             log.error("bundle for %s not made: %s", station_id, exc)
             continue
         digest = _digest(couriers)
-        row = conn.execute("SELECT version, content_digest FROM fleet_bundles WHERE station_id = %s",
+        row = conn.execute("SELECT version, content_digest, signed_by FROM fleet_bundles WHERE station_id = %s",
                            (station_id,)).fetchone()
-        if row is None or row[1] != digest:
+        if row is None or row[1] != digest or (kid is not None and row[2] != kid):
             out.append((station_id, pub, (row[0] if row else 0) + 1, couriers, digest))
     return out
 
 
 class Publisher:
-    def __init__(self, dsn: str, broker: str, signer: Ed25519PrivateKey, username: str | None = None,
+    def __init__(self, dsn: str, broker: str, signer: Ed25519PrivateKey | Any, username: str | None = None,
                  password: str | None = None, cipher: Any = None) -> None:
+        """`signer`: one key, or a fleet.keys.SigningKeys (the active key of a directory)."""
+        from fleet.keys import fixed
+
         self.dsn = dsn
-        self.signer = signer
+        self.keys = fixed(signer) if isinstance(signer, Ed25519PrivateKey) else signer
         self.cipher = cipher  # opens the face templates at rest (fleet template_key)
         url = urlparse(broker)
         self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"fleet-bundles-{os.getpid()}")
@@ -95,18 +104,19 @@ class Publisher:
         n = 0
         with psycopg.connect(self.dsn, autocommit=True) as conn:
             registry.create_tables(conn)
-            for station_id, pub, version, couriers, digest in due(conn, self.cipher):
+            kid, signer = self.keys.current()
+            for station_id, pub, version, couriers, digest in due(conn, self.cipher, kid):
                 raw = seal_bundle(station_id, version, time.time(), couriers,
-                                  X25519PublicKey.from_public_bytes(bytes.fromhex(pub)), self.signer)
+                                  X25519PublicKey.from_public_bytes(bytes.fromhex(pub)), signer)
                 info = self.client.publish(bundle_topic(station_id), raw, qos=1, retain=True)
                 info.wait_for_publish(timeout=30)
                 if not info.is_published():
                     continue  # not acknowledged: tried again next round, same version
                 with conn.transaction():
-                    conn.execute("INSERT INTO fleet_bundles(station_id, version, content_digest) VALUES (%s,%s,%s)"
-                                 " ON CONFLICT (station_id) DO UPDATE SET version = excluded.version,"
-                                 " content_digest = excluded.content_digest, published_at = now()",
-                                 (station_id, version, digest))
+                    conn.execute("INSERT INTO fleet_bundles(station_id, version, content_digest, signed_by)"
+                                 " VALUES (%s,%s,%s,%s) ON CONFLICT (station_id) DO UPDATE SET version = excluded.version,"
+                                 " content_digest = excluded.content_digest, signed_by = excluded.signed_by,"
+                                 " published_at = now()", (station_id, version, digest, kid))
                 n += 1
         return n
 
@@ -123,7 +133,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     r = sub.add_parser("run")
     r.add_argument("--dsn", default=os.environ.get("FLEET_DSN", ""))
     r.add_argument("--broker", required=True, help="mqtt://host:port")
-    r.add_argument("--signing-key", required=True)
+    which = r.add_mutually_exclusive_group(required=True)
+    which.add_argument("--keys", help="key directory (fleet keys init): its active key signs, re-read each round")
+    which.add_argument("--signing-key", help="one fixed signing key (PEM)")
     r.add_argument("--username")
     r.add_argument("--secrets", help="fleet secrets file: its template_key opens the face templates"
                                      " (or PS_SECRET_TEMPLATE_KEY; without it, no courier may have a face)")
@@ -143,8 +155,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         except ConfigError as exc:
             print(f"fleet bundles: {exc}", file=sys.stderr)
             return 2
-    pub = Publisher(args.dsn, args.broker, load_signing_key(Path(args.signing_key)), args.username,
-                    os.environ.get("FLEET_BROKER_PASSWORD"), cipher)
+    from fleet.keys import KeyError_, SigningKeys
+
+    try:
+        signer: Any = SigningKeys(Path(args.keys)) if args.keys else load_signing_key(Path(args.signing_key))
+    except (KeyError_, OSError, ValueError) as exc:
+        print(f"fleet bundles: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    pub = Publisher(args.dsn, args.broker, signer, args.username, os.environ.get("FLEET_BROKER_PASSWORD"), cipher)
     try:
         while True:
             n = pub.publish_due()

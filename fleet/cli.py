@@ -7,7 +7,8 @@
     fleet synth  --stations 10000 --days 5 [--events-per-day 2000]
     fleet init-db | fleet init-secrets PATH | fleet token [--role operator|admin]
     fleet courier add|enrol|disable|enable|assign|unassign|remove|forget-face|station-key|list ...
-    fleet bundles run ...  (fleet/couriers.py and fleet/bundles.py say more)
+    fleet bundles run ... | fleet keys init|next|rotate|list|status|retire DIR
+    (fleet/couriers.py, fleet/bundles.py and fleet/keys.py say more)
 
 Every error a person can cause ends with one clear line on stderr and a non-zero exit.
 """
@@ -296,13 +297,14 @@ def build_parser() -> argparse.ArgumentParser:
     tok.add_argument("--ttl", type=float, default=12 * 3600)
     tok.set_defaults(func=cmd_token)
     for name, what in (("courier", "the courier registry: add, enrol faces, disable, assign (fleet courier -h)"),
-                       ("bundles", "the courier bundle publisher (fleet bundles -h)")):
+                       ("bundles", "the courier bundle publisher (fleet bundles -h)"),
+                       ("keys", "the bundle signing keys: init, next, rotate, status (fleet keys -h)")):
         sub.add_parser(name, help=what, add_help=False)
     return p
 
 
 # commands with an argument parser of their own, in their own module
-_DELEGATED = {"courier": "fleet.couriers", "bundles": "fleet.bundles"}
+_DELEGATED = {"courier": "fleet.couriers", "bundles": "fleet.bundles", "keys": "fleet.keys"}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -64,6 +64,7 @@ CREATE TABLE IF NOT EXISTS fleet_bundles (
     content_digest TEXT NOT NULL,
     published_at TIMESTAMPTZ NOT NULL DEFAULT now()
 );
+ALTER TABLE fleet_bundles ADD COLUMN IF NOT EXISTS signed_by TEXT;
 """
 _ID = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
 _PIN = re.compile(r"^\d{4,8}$")

@@ -9,8 +9,10 @@ retained on `ps/v1/<station>/fleet/couriers`. A bundle is JSON:
 `body` is AES-256-GCM under a key agreed by X25519 between a one-off fleet key (`eph`) and
 the station's bundle key (derived from its `encryption_key`, so no new secret), with the
 station id and version as associated data: PIN hashes and face templates are readable by
-that station only, never on the broker. `sig` is Ed25519 by the fleet key the station trusts
-(`[bundles] trusted_key`) over every other field. The station refuses an unsigned, forged,
+that station only, never on the broker. `sig` is Ed25519 by a fleet key the station trusts
+(`[bundles] trusted_keys`, old and new while the fleet rolls its key, ADR 0133) over every
+other field; `kid` (outside the signature: a hint, never trusted by itself) names the key
+that signed, so a station can say which key it was given and does not trust. The station refuses an unsigned, forged,
 foreign (another station's), older or replayed bundle, and applies a good one in one
 transaction; while the fleet is away it keeps the couriers of the last good one.
 
@@ -75,6 +77,7 @@ class Bundle:
     issued_at: float
     couriers: tuple[BundleCourier, ...]
     digest: str  # of the raw bundle: what the log names it by
+    kid: str = ""  # the trusted key that verified it
 
 
 # --- keys --------------------------------------------------------------------------------
@@ -90,6 +93,19 @@ def public_hex(key: X25519PublicKey | Ed25519PublicKey) -> str:
 
 def load_trusted(hex_key: str) -> Ed25519PublicKey:
     return Ed25519PublicKey.from_public_bytes(bytes.fromhex(hex_key))
+
+
+def key_id(key: Ed25519PublicKey) -> str:
+    """A fleet signing key's short name: 16 hex digits of SHA-256 of its raw bytes."""
+    return hashlib.sha256(key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)).hexdigest()[:16]
+
+
+def trusted_set(keys: Ed25519PublicKey | dict[str, Ed25519PublicKey] | list[Ed25519PublicKey]
+                ) -> dict[str, Ed25519PublicKey]:
+    """kid -> key, from one key, a list or a dict."""
+    if isinstance(keys, dict):
+        return keys
+    return {key_id(k): k for k in ([keys] if isinstance(keys, Ed25519PublicKey) else keys)}
 
 
 def _b64(b: bytes) -> str:
@@ -125,6 +141,7 @@ def seal_bundle(station: str, version: int, issued_at: float, couriers: list[dic
     doc: dict[str, Any] = {"v": FORMAT, "station": station, "version": version, "issued_at": issued_at,
                            "eph": _b64(public_bytes(eph.public_key())), "nonce": _b64(nonce), "body": _b64(body)}
     doc["sig"] = _b64(signer.sign(_signed_part(doc)))
+    doc["kid"] = key_id(signer.public_key())
     return json.dumps(doc, sort_keys=True).encode()
 
 
@@ -132,8 +149,11 @@ def public_bytes(key: X25519PublicKey) -> bytes:
     return key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
 
 
-def open_bundle(raw: bytes, *, station: str, trusted: Ed25519PublicKey, private: X25519PrivateKey) -> Bundle:
-    """Check and open a bundle; BundleRefused says why not (unsigned, forged, foreign, bad)."""
+def open_bundle(raw: bytes, *, station: str, trusted: Ed25519PublicKey | dict[str, Ed25519PublicKey],
+                private: X25519PrivateKey) -> Bundle:
+    """Check and open a bundle; BundleRefused says why not (unsigned, signed by a key this
+    station does not trust, forged, foreign, bad)."""
+    keys = trusted_set(trusted)
     if len(raw) > MAX_BUNDLE_BYTES:
         raise BundleRefused("too_large", f"bundle of {len(raw)} bytes")
     try:
@@ -148,10 +168,24 @@ def open_bundle(raw: bytes, *, station: str, trusted: Ed25519PublicKey, private:
         raise
     except (ValueError, KeyError, TypeError) as exc:
         raise BundleRefused("malformed", f"not a courier bundle: {exc}") from None
-    try:
-        trusted.verify(sig, signed)
-    except InvalidSignature:
-        raise BundleRefused("bad_signature", "the bundle is not signed by the trusted fleet key") from None
+    kid = doc.get("kid")
+    if kid is not None and not isinstance(kid, str):
+        raise BundleRefused("malformed", "kid must be a key id")
+    if kid is not None and kid not in keys:
+        raise BundleRefused("untrusted_key", f"the bundle is signed by fleet key {str(kid)[:16]!r}, which this"
+                            f" station does not trust (it trusts {', '.join(sorted(keys))}; a rolled fleet key"
+                            " goes into [bundles] trusted_keys)")
+    verified = None
+    for name, candidate in ([(kid, keys[kid])] if kid is not None else sorted(keys.items())):
+        try:
+            candidate.verify(sig, signed)
+            verified = name
+            break
+        except InvalidSignature:
+            continue
+    if verified is None:
+        raise BundleRefused("bad_signature", "the bundle's signature does not verify with the trusted fleet key"
+                            f"{'s' if kid is None and len(keys) > 1 else ''} {kid or ', '.join(sorted(keys))}")
     if doc["station"] != station:
         raise BundleRefused("foreign", f"the bundle is for station {doc['station']!r}")
     version = doc["version"]
@@ -167,7 +201,7 @@ def open_bundle(raw: bytes, *, station: str, trusted: Ed25519PublicKey, private:
         raise BundleRefused("sealed_for_another", "the bundle does not open with this station's key") from None
     except (ValueError, KeyError, TypeError) as exc:
         raise BundleRefused("malformed", f"bad bundle body: {exc}") from None
-    return Bundle(station, version, float(doc["issued_at"]), couriers, hashlib.sha256(raw).hexdigest())
+    return Bundle(station, version, float(doc["issued_at"]), couriers, hashlib.sha256(raw).hexdigest(), verified)
 
 
 TEMPLATE_BYTES = 128 * 4
@@ -307,7 +341,7 @@ def apply_bundle(core: Any, bundle: Bundle) -> Applied:
                 tx.emit(Event("courier.removed", cid, "fleet", {"courier_id": cid, "face_templates_deleted": n}))
                 out.removed.append(cid)
         tx.emit(Event("courier.bundle.applied", ctx.station_id, "fleet", {
-            "version": bundle.version, "issued_at": bundle.issued_at, "digest": bundle.digest,
+            "version": bundle.version, "issued_at": bundle.issued_at, "digest": bundle.digest, "kid": bundle.kid,
             "added": out.added, "updated": out.updated, "removed": out.removed, "conflicts": out.conflicts,
             "held": out.held}))
         if out.conflicts:
@@ -350,7 +384,8 @@ def refuse(core: Any, reason: str, message: str, version: object = None) -> None
                       {"reason": reason, "message": message[:200], "version": version}))
 
 
-def receive(core: Any, raw: bytes, *, trusted: Ed25519PublicKey, private: X25519PrivateKey) -> Applied | None:
+def receive(core: Any, raw: bytes, *, trusted: Ed25519PublicKey | dict[str, Ed25519PublicKey],
+            private: X25519PrivateKey) -> Applied | None:
     """What the listener does with one message: open, apply, or record the refusal."""
     try:
         bundle = open_bundle(raw, station=core.ctx.station_id, trusted=trusted, private=private)
@@ -375,7 +410,7 @@ class BundleListener:
 
         self.core = core
         up = config.upstream
-        self.trusted = load_trusted(config.bundles.trusted_key)
+        self.trusted = {key_id(k): k for k in (load_trusted(h) for h in config.bundles.trusted)}
         self.private = station_bundle_key(secrets.encryption_key)
         self.topic = bundle_topic(config.station.id)
         self._lock = threading.Lock()

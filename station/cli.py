@@ -525,7 +525,7 @@ def cmd_reachable(args: argparse.Namespace) -> int:
 
 def cmd_bundle(args: argparse.Namespace) -> int:
     """The station's bundle public key (what the fleet seals couriers to), and the last bundle."""
-    from station.bundles import current_version, public_hex, station_bundle_key
+    from station.bundles import current_version, key_id, load_trusted, public_hex, station_bundle_key
 
     secrets = _secrets(args)
     if args.bundle_cmd == "pubkey":
@@ -534,6 +534,12 @@ def cmd_bundle(args: argparse.Namespace) -> int:
     core = _core(args)
     try:
         out.print(f"last courier bundle applied: version {current_version(core.ctx.store) or 'none'}")
+        row = core.ctx.store.query_one("SELECT data FROM events WHERE type = 'courier.bundle.applied'"
+                                       " ORDER BY seq DESC LIMIT 1")
+        if row is not None:
+            out.print(f"  signed by fleet key {json.loads(row['data']).get('kid') or '(not named)'}")
+        trusted = [key_id(load_trusted(h)) for h in core.ctx.config.bundles.trusted]
+        out.print(f"trusted fleet keys: {', '.join(trusted) or 'none ([bundles] is off)'}")
     finally:
         core.ctx.store.close()
     return 0

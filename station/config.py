@@ -332,12 +332,21 @@ class BundlesSection(_Strict):
 
     enabled: bool = False
     trusted_key: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")] | None = None  # the fleet's Ed25519 key
+    # every fleet key a bundle may be signed by: the old and the new one while the fleet rolls
+    # its key (ADR 0133); trusted_key, when set, counts as one of them
+    trusted_keys: list[Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]] = Field(default_factory=list,
+                                                                                 max_length=8)
 
     @model_validator(mode="after")
     def _usable(self) -> BundlesSection:
-        if self.enabled and not self.trusted_key:
-            raise ValueError("bundles.trusted_key (the fleet's public key, 64 hex) is required when enabled")
+        if self.enabled and not self.trusted:
+            raise ValueError("bundles.trusted_keys (the fleet's public keys, 64 hex each) is required when enabled")
         return self
+
+    @property
+    def trusted(self) -> list[str]:
+        """The fleet keys this station trusts, each once, in the order given."""
+        return list(dict.fromkeys(([self.trusted_key] if self.trusted_key else []) + self.trusted_keys))
 
 
 class RetentionSection(_Strict):

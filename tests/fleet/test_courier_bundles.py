@@ -133,7 +133,7 @@ def test_couriers_from_the_fleet_reach_real_stations_and_lose_access_everywhere(
             until(lambda: _count(a, "courier.bundle.refused") == refused_before + 2, 30, "the old bundle refused")
             reasons = [json.loads(r["data"])["reason"] for r in a.query(
                 "SELECT data FROM events WHERE type = 'courier.bundle.refused' ORDER BY seq")]
-            assert reasons[-2:] == ["bad_signature", "older"]
+            assert reasons[-2:] == ["untrusted_key", "older"]
             assert _login(a) == 403 and _login(a, "c-local") == 401
 
             # station b is down while the fleet re-enables f1 and enrols f2; back, it catches up

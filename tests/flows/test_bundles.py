@@ -78,14 +78,21 @@ def test_a_good_bundle_is_applied_and_its_couriers_log_in(station: Any) -> None:
     assert "$argon2" not in log
 
 
-@pytest.mark.parametrize("case", ["unsigned", "forged", "foreign", "sealed_for_another", "garbage"])
+@pytest.mark.parametrize("case", ["unsigned", "forged", "forged_kid_stripped", "forged_kid_claimed", "foreign",
+                                  "sealed_for_another", "garbage"])
 def test_a_bad_bundle_is_refused_and_changes_nothing(station: Any, case: str) -> None:
     good = json.loads(_bundle(station, 1, [_courier("f1")]))
     if case == "unsigned":
         del good["sig"]
         raw = json.dumps(good).encode()
-    elif case == "forged":
+    elif case.startswith("forged"):
         raw = _bundle(station, 1, [_courier("f1")], signer=Ed25519PrivateKey.generate())
+        doc = json.loads(raw)
+        if case == "forged_kid_stripped":
+            del doc["kid"]
+        elif case == "forged_kid_claimed":  # naming the trusted key does not make it verify
+            doc["kid"] = good["kid"]
+        raw = json.dumps(doc).encode()
     elif case == "foreign":
         raw = _bundle(station, 1, [_courier("f1")], station="another-station")
     elif case == "sealed_for_another":
@@ -100,7 +107,8 @@ def test_a_bad_bundle_is_refused_and_changes_nothing(station: Any, case: str) ->
     assert station.core.couriers.all() == []
     refused = station.store.query("SELECT data FROM events WHERE seq > ?", (before,))
     assert len(refused) == 1 and json.loads(refused[0]["data"])["reason"] in (
-        {"unsigned": "unsigned", "forged": "bad_signature", "foreign": "foreign",
+        {"unsigned": "unsigned", "forged": "untrusted_key", "forged_kid_stripped": "bad_signature",
+         "forged_kid_claimed": "bad_signature", "foreign": "foreign",
          "sealed_for_another": "sealed_for_another", "garbage": "malformed"}[case],)
 
 
@@ -227,3 +235,24 @@ def test_a_bundles_face_templates_replace_the_stations_and_go_with_it(station: A
         live = dump_projections(conn)
     again = dump_projections(sqlite3.connect(tmp_path / "replay.db"))
     assert {t: again[t] == live[t] for t in live} == {t: True for t in live}
+
+
+def test_during_a_key_roll_either_trusted_key_opens_a_bundle_and_a_third_is_named(station: Any) -> None:
+    """ADR 0133: old and new key both trusted; a bundle from before kids (no `kid`) is tried
+    against each trusted key; a key not trusted is refused by its id."""
+    from station.bundles import key_id
+
+    new, stranger = Ed25519PrivateKey.generate(), Ed25519PrivateKey.generate()
+    trusted = {key_id(k.public_key()): k.public_key() for k in (FLEET, new)}
+    private = station_bundle_key(station.secrets.encryption_key)
+    legacy = json.loads(_bundle(station, 1, [_courier("f1")]))
+    del legacy["kid"]
+    assert open_bundle(json.dumps(legacy).encode(), station=station.config.station.id, trusted=trusted,
+                       private=private).kid == key_id(FLEET.public_key())
+    got = open_bundle(_bundle(station, 2, [_courier("f1")], signer=new), station=station.config.station.id,
+                      trusted=trusted, private=private)
+    assert got.kid == key_id(new.public_key())
+    with pytest.raises(BundleRefused) as exc:
+        open_bundle(_bundle(station, 3, [_courier("f1")], signer=stranger), station=station.config.station.id,
+                    trusted=trusted, private=private)
+    assert exc.value.reason == "untrusted_key" and key_id(stranger.public_key()) in str(exc.value)
