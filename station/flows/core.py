@@ -102,6 +102,13 @@ class StationCore:
         etype = kind if kind.startswith(("door.", "command.", "device.", "light", "shelf.")) else f"device.{kind}"
         event = Event(etype, device, device, _safe(data))
         if self.trace_writer is not None and is_trace(etype):
+            witness = self.ctx.store.witness
+            if witness is not None and etype == "door.opened":
+                # the room picture of the moment the door opened, not of the batch's commit
+                try:
+                    event = witness(event)
+                except Exception:
+                    log.exception("room witness failed for %s", etype)
             self.trace_writer(event)
             return
         with self.ctx.store.transaction() as tx:

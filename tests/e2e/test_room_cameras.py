@@ -89,6 +89,23 @@ def test_a_customers_take_carries_a_sealed_room_picture_the_operator_sees(tmp_pa
         assert ref in {e["data"].get("picture") for e in log["events"]}
 
 
+def test_a_door_opening_carries_a_room_picture(tmp_path: Path) -> None:
+    with room_station(tmp_path, http=True) as ls:
+        room_source(ls).push(np.full((120, 160, 3), 90, np.uint8))
+        room = ls.station.vision.room
+        wait_until(lambda: room.grabbers["cam-room-1"].fresh(1.0) is not None)
+        _, code = shelve(ls)
+        kiosk = {"Authorization": "Bearer " + ls.token("kiosk", "kiosk-1")}
+        assert httpx.post(ls.base_url + "/api/kiosk/code", json={"code": code}, headers=kiosk).status_code == 200
+        door = next(d for d in ls.devices if d.device_id == ls.config.doors.entry)
+        door.hal.open_contact()  # the customer pushes the unlocked door open
+        import json
+
+        opened = json.loads(wait_until(lambda: events(ls, "door.opened"))[0]["data"])
+        assert opened["picture"] and opened.get("authorized") is not False, opened
+        assert room.drain() and ls.station.vision.snapshots.load(opened["picture"])[:3] == b"\xff\xd8\xff"
+
+
 def test_an_alarm_keeps_a_clip_from_before_and_after(tmp_path: Path) -> None:
     with room_station(tmp_path, http=True) as ls:
         src = room_source(ls)
