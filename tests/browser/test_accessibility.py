@@ -61,6 +61,10 @@ def test_the_kiosk_in_both_modes_with_messages_and_answers(tmp_path: Path, page:
     with LiveStation(tmp_path, http=True) as ls:
         slot, code = _shelve_by_api(ls)
         page.set_viewport_size({"width": 768, "height": 1024})
+        page.goto(ls.base_url + "/kiosk")                  # not paired yet: staff's screen
+        for _ in range(2):
+            assert serious(page) == [], "pairing"
+            page.click("#large-text")
         pair_kiosk(page, ls, "kiosk-1")
         _both_modes(page, "entry")
         page.keyboard.type(slot + "-00000000")
@@ -70,6 +74,9 @@ def test_the_kiosk_in_both_modes_with_messages_and_answers(tmp_path: Path, page:
         page.keyboard.press("Escape")
         page.keyboard.press("/")
         _both_modes(page, "entry, phone number")
+        page.keyboard.press("/")
+        page.wait_for_selector("#qr-pane:not(.hidden)")
+        _both_modes(page, "entry, QR code")
         page.keyboard.press("Escape")
         page.keyboard.type(code)
         page.keyboard.press("Enter")

@@ -116,13 +116,13 @@ def test_a_pickup_walked_with_the_keypad_alone(tmp_path: Path, page: Any) -> Non
             f = _focused(page)
             assert f["outline"] == "solid 4px", f
             order.append(f["id"] or f["label"])
-        assert order == [f"The slot is empty: slot {slot}", f"Not my parcel: slot {slot}",
-                         f"Damaged, I refuse it: slot {slot}", "done", "leave", "large-text"], order
+        assert order == [f"格口是空的 The slot is empty: slot {slot}", f"不是我的包裹 Not my parcel: slot {slot}",
+                         f"包裹破损，拒收 Damaged, I refuse it: slot {slot}", "done", "leave", "large-text"], order
         page.keyboard.press("Shift+NumpadAdd")                    # and back
         assert _focused(page)["id"] == "leave"
 
         page.keyboard.press("Numpad1")                            # the first slot's report buttons
-        assert _focused(page)["label"] == f"The slot is empty: slot {slot}"
+        assert _focused(page)["label"] == f"格口是空的 The slot is empty: slot {slot}"
         expect(page.locator("#announce")).to_contain_text(f"Slot {slot}")
 
         page.keyboard.press("NumpadDivide")                       # leave without parcels: focus, then Enter
@@ -208,3 +208,45 @@ def test_the_station_can_make_large_text_the_default(tmp_path: Path, page: Any) 
         page.click("#done")
         expect(page.locator("#entry")).to_be_visible()
         assert _large(page), "the next visit starts from the station's default"
+
+
+def test_phone_number_and_one_time_code_by_keypad(tmp_path: Path, page: Any) -> None:
+    expect = _expect()
+    with LiveStation(tmp_path, http=True) as ls:
+        slot, _code = _shelve_by_api(ls)
+        pair_kiosk(page, ls, "kiosk-1")
+        page.keyboard.press("NumpadDivide")                       # the phone number way in
+        expect(page.locator("#tab-phone")).to_have_attribute("aria-pressed", "true")
+        expect(page.locator("#announce")).to_contain_text("Phone number")
+        _type_on_keypad(page, "13812341234")
+        page.keyboard.press("NumpadEnter")
+        expect(page.locator("#step-label")).to_contain_text("138****1234")
+        _type_on_keypad(page, ls.wait_code_for("13812341234", kind="otp"))
+        page.keyboard.press("NumpadEnter")
+        expect(page.locator(f'#slot-list li[data-slot="{slot}"]')).to_be_visible()
+
+
+def test_the_screen_forgets_a_visit_left_alone(tmp_path: Path, page: Any) -> None:
+    """The page's clock run forward (Playwright's fake timers), no waiting: a half-typed code
+    and the large text are gone after idle_reset_s; the result goes back to the start after
+    result_reset_s, with the station's default mode."""
+    expect = _expect()
+    with LiveStation(tmp_path, http=True) as ls:
+        _slot, code = _shelve_by_api(ls)
+        page.clock.install()
+        pair_kiosk(page, ls, "kiosk-1")
+        page.keyboard.press("*")
+        _type_on_keypad(page, code[:5])
+        page.clock.run_for(30_000)
+        expect(page.locator("#display")).to_have_value(code[:5])  # not yet
+        assert _large(page)
+        page.clock.run_for(31_000)
+        expect(page.locator("#display")).to_have_value("")
+        assert not _large(page)
+        page.keyboard.press("*")
+        _type_on_keypad(page, code)
+        page.keyboard.press("NumpadEnter")
+        expect(page.locator("#result")).to_be_visible()
+        page.clock.run_for(91_000)
+        expect(page.locator("#entry")).to_be_visible()
+        assert not _large(page)

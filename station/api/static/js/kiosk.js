@@ -212,7 +212,7 @@
   function reportButtons(slot) {
     return el("span", { class: "report" }, ...PROBLEMS.map(([problem, zh, en]) => {
       const b = el("button", { class: "secondary", dataset: { problem, slot },
-        "aria-label": `${en}: slot ${slot}` }, zh, " ", el("span", { class: "en" }, en));
+        "aria-label": `${zh} ${en}: slot ${slot}` }, zh, " ", el("span", { class: "en" }, en));
       b.addEventListener("click", () => report(slot, problem, b));
       return b;
     }));
