@@ -377,23 +377,94 @@ def _opened(seal: Any, courier_id: str, stored: str) -> str | None:
         return None
 
 
-def refuse(core: Any, reason: str, message: str, version: object = None) -> None:
-    """A refused bundle is an event (what it claimed, never what it holds)."""
+def refuse(core: Any, reason: str, message: str, version: object = None, count: int = 1,
+           interval_s: float | None = None) -> None:
+    """A refused bundle is an event (what it claimed, never what it holds); `count` says how
+    many refusals of this cause it stands for (RefusalLog)."""
+    data: dict[str, Any] = {"reason": reason, "message": message[:200], "version": version, "count": count}
+    if interval_s is not None:
+        data["interval_s"] = interval_s
     with core.ctx.store.transaction() as tx:
-        tx.emit(Event("courier.bundle.refused", core.ctx.station_id, "fleet",
-                      {"reason": reason, "message": message[:200], "version": version}))
+        tx.emit(Event("courier.bundle.refused", core.ctx.station_id, "fleet", data))
+
+
+@dataclass
+class _Window:
+    opened: float  # steady clock
+    suppressed: int = 0
+    message: str = ""
+    version: object = None
+
+
+class RefusalLog:
+    """At most one `courier.bundle.refused` event (and one log line) per cause per interval,
+    each with the number of refusals it stands for (ADR 0134).
+
+    Anyone who can publish on the bundle topic can send refusals as fast as the broker
+    carries them; written one by one they would grow the event log (and the card) without
+    bound. The first refusal of a cause is written at once, so an operator sees it; the ones
+    that follow within `interval_s` are counted; when the interval is over, the count goes
+    into one event (at the next refusal of that cause, the listener's tick, or the station's
+    stop), which opens the next interval. So over any stretch of T seconds a cause writes at
+    most 1 + T / interval_s events, plus one at stop, and the counts add up to every refusal.
+    The interval is on the steady clock: a stepped wall clock neither floods nor silences."""
+
+    def __init__(self, core: Any, interval_s: float, clock: Any = None) -> None:
+        import time
+
+        self.core = core
+        self.interval_s = interval_s
+        self.clock = clock or time.monotonic
+        self._lock = threading.Lock()
+        self._windows: dict[str, _Window] = {}
+
+    def refused(self, reason: str, message: str, version: object = None) -> bool:
+        """Count one refusal; True when it was written as an event now."""
+        with self._lock:
+            now = self.clock()
+            w = self._windows.get(reason)
+            if w is not None and now - w.opened < self.interval_s:
+                w.suppressed += 1
+                w.message, w.version = message, version
+                return False
+            count = 1 + (w.suppressed if w is not None else 0)
+            self._windows[reason] = _Window(now)
+            self._write(reason, message, version, count)
+            return True
+
+    def flush(self, force: bool = False) -> int:
+        """Write the counts of intervals that are over (all of them with `force`, at stop);
+        returns how many events that wrote."""
+        written = 0
+        with self._lock:
+            now = self.clock()
+            for reason, w in list(self._windows.items()):
+                if w.suppressed and (force or now - w.opened >= self.interval_s):
+                    self._write(reason, w.message, w.version, w.suppressed)
+                    self._windows[reason] = _Window(now)
+                    written += 1
+        return written
+
+    def _write(self, reason: str, message: str, version: object, count: int) -> None:
+        log.warning("courier bundle refused: %s (%s)%s", reason, message,
+                    f"; {count} refusals of this cause since the last report" if count > 1 else "")
+        refuse(self.core, reason, message, version, count, self.interval_s)
 
 
 def receive(core: Any, raw: bytes, *, trusted: Ed25519PublicKey | dict[str, Ed25519PublicKey],
-            private: X25519PrivateKey) -> Applied | None:
-    """What the listener does with one message: open, apply, or record the refusal."""
+            private: X25519PrivateKey, refusals: RefusalLog | None = None) -> Applied | None:
+    """What the listener does with one message: open, apply, or record the refusal (through
+    `refusals`, the rate-limited log, when given; one event each otherwise)."""
     try:
         bundle = open_bundle(raw, station=core.ctx.station_id, trusted=trusted, private=private)
         return apply_bundle(core, bundle)
     except BundleRefused as exc:
         if exc.reason != "replayed":  # the retained copy again after a reconnect: nothing new
-            log.warning("courier bundle refused: %s (%s)", exc.reason, exc)
-            refuse(core, exc.reason, str(exc))
+            if refusals is not None:
+                refusals.refused(exc.reason, str(exc))
+            else:
+                log.warning("courier bundle refused: %s (%s)", exc.reason, exc)
+                refuse(core, exc.reason, str(exc))
         return None
 
 
@@ -426,21 +497,43 @@ class BundleListener:
         self.client.on_message = self._on_message
         self.client.reconnect_delay_set(1, 10)
         self.host, self.port = up.host, up.port
+        self.refusals = RefusalLog(core, config.bundles.refused_log_interval_s)
+        self._stop = threading.Event()
+        self._ticker: threading.Thread | None = None
 
     def _on_message(self, client: Any, userdata: Any, msg: Any) -> None:
         with self._lock:
             try:
-                receive(self.core, bytes(msg.payload), trusted=self.trusted, private=self.private)
+                receive(self.core, bytes(msg.payload), trusted=self.trusted, private=self.private,
+                        refusals=self.refusals)
             except Exception:  # a bad bundle must never stop the listener
                 log.exception("courier bundle: not applied")
+
+    def _tick(self) -> None:
+        """Writes the count of a flood that has stopped, once its interval is over."""
+        every = min(max(self.refusals.interval_s / 4, 0.5), 30.0)
+        while not self._stop.wait(every):
+            try:
+                self.refusals.flush()
+            except Exception:  # noqa: BLE001 - a failed write is retried at the next tick
+                log.exception("courier bundle: refusal count not written")
 
     def start(self) -> BundleListener:
         self.client.connect_async(self.host, self.port, keepalive=30)
         self.client.loop_start()
+        self._ticker = threading.Thread(target=self._tick, name="bundle-refusals", daemon=True)
+        self._ticker.start()
         return self
 
     def stop(self) -> None:
+        self._stop.set()
         self.client.loop_stop()
+        if self._ticker is not None:
+            self._ticker.join(5)
+        try:
+            self.refusals.flush(force=True)  # the counts of an interval still open
+        except Exception:  # noqa: BLE001 - stopping anyway
+            log.exception("courier bundle: refusal count not written at stop")
         try:
             self.client.disconnect()
         except Exception:  # noqa: BLE001 - stopping anyway

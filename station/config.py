@@ -336,6 +336,8 @@ class BundlesSection(_Strict):
     # its key (ADR 0133); trusted_key, when set, counts as one of them
     trusted_keys: list[Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]] = Field(default_factory=list,
                                                                                  max_length=8)
+    # refused bundles: at most one event per cause per interval, with a count (ADR 0134)
+    refused_log_interval_s: float = Field(default=300.0, ge=0.1, le=86400)
 
     @model_validator(mode="after")
     def _usable(self) -> BundlesSection:

@@ -256,3 +256,31 @@ def test_during_a_key_roll_either_trusted_key_opens_a_bundle_and_a_third_is_name
         open_bundle(_bundle(station, 3, [_courier("f1")], signer=stranger), station=station.config.station.id,
                     trusted=trusted, private=private)
     assert exc.value.reason == "untrusted_key" and key_id(stranger.public_key()) in str(exc.value)
+
+
+def test_refusals_are_one_event_per_cause_per_interval_with_a_count(station: Any) -> None:
+    """ADR 0134 with a hand-moved steady clock: 1 + T / interval events per cause over T
+    seconds, counts adding up to every refusal, the rest written by a tick or at stop."""
+    from station.bundles import RefusalLog
+
+    now = [1000.0]
+    refusals = RefusalLog(station.core, 60.0, clock=lambda: now[0])
+    private = station_bundle_key(station.secrets.encryption_key)
+    forged = _bundle(station, 1, [_courier("f1")], signer=Ed25519PrivateKey.generate())
+    sent = {"untrusted_key": 0, "malformed": 0}
+    for step in range(600):  # ten minutes, a forgery and a garbage message every second
+        now[0] = 1000.0 + step
+        for raw, cause in ((forged, "untrusted_key"), (b"{not json", "malformed")):
+            receive(station.core, raw, trusted=FLEET.public_key(), private=private, refusals=refusals)
+            sent[cause] += 1
+    assert refusals.flush() == 0           # the last interval is still open
+    assert refusals.flush(force=True) == 2  # the station stops: its counts are written
+    rows = [json.loads(r["data"]) for r in station.store.query(
+        "SELECT data FROM events WHERE type = 'courier.bundle.refused' ORDER BY seq")]
+    for cause, n in sent.items():
+        mine = [r for r in rows if r["reason"] == cause]
+        assert len(mine) == 11   # at t = 0, 60, ..., 540, and the stop
+        assert [r["count"] for r in mine] == [1] + [60] * 9 + [59]
+        assert sum(r["count"] for r in mine) == n
+    now[0] += 10_000  # a quiet hour: nothing more to say
+    assert refusals.flush() == 0
