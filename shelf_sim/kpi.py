@@ -213,7 +213,7 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
         f"faults                    {faults}",
     ]
     pics = report.get("pictures")
-    if pics:
+    if pics and pics["with_picture"] + pics["without_picture"]:
         lines.append(f"room pictures             {pics['with_picture']} events with one, "
                      f"{pics['without_picture']} without {pics['no_picture_because'] or ''}")
     for k, v in inv.items():
