@@ -186,7 +186,7 @@ def registry(conn: psycopg.Connection) -> list[dict[str, Any]]:
         " (SELECT count(*) FROM fleet_courier_faces f WHERE f.courier_id = c.id), c.updated_at"
         " FROM fleet_couriers c ORDER BY c.carrier, c.id").fetchall()
     return [{"id": r[0], "carrier": r[1], "name": r[2], "active": r[3], "valid_from": r[4], "valid_until": r[5],
-             "stations": list(r[6]), "face_templates": int(r[7]), "face_enrolled": r[7] > 0,
+             "stations": list(r[6]), "face_enrolled": r[7] > 0,
              "updated_at": r[8].isoformat()} for r in rows]
 
 

@@ -1,4 +1,4 @@
-"""`fleet serve`: the fleet API and its two pages (stations, trace), for operators.
+"""`fleet serve`: the fleet API and its pages (stations, trace, couriers), for operators.
 
 Operators log in with a role token like the station's (ADR 0004): `pf1.<role>.<subject>.
 <expires>.<mac>`, an HMAC with the fleet's own token key (`fleet token [--role admin]`). An
@@ -174,6 +174,14 @@ def create_app(dsn: str, secrets: FleetSecrets, config: FleetConfig | None = Non
             r["console_url"] = r["console_url"] or cfg.consoles.get(r["station"])
         return {"query": q, "events": rows, "took_ms": round((time.perf_counter() - started) * 1000, 1)}
 
+    @app.get("/api/couriers")
+    def api_couriers(who: str = Depends(operator)) -> dict[str, Any]:
+        """The courier registry, read-only: carrier, name, validity, stations, disabled, face
+        enrolled or not. Never a PIN hash or a template (fleet/couriers.py `registry`)."""
+        from fleet import couriers as registry
+
+        return {"couriers": query(registry.registry)}
+
     @app.post("/api/couriers/{courier_id}/faces")
     async def enrol_face(courier_id: str, request: Request, who: str = Depends(admin)) -> dict[str, Any]:
         """1-5 photos of the courier: one image body (image/jpeg, image/png) or
@@ -207,6 +215,10 @@ def create_app(dsn: str, secrets: FleetSecrets, config: FleetConfig | None = Non
     @app.get("/trace", response_class=HTMLResponse)
     def trace_page() -> str:
         return _page("Trace", TRACE_JS)
+
+    @app.get("/couriers", response_class=HTMLResponse)
+    def couriers_page() -> str:
+        return _page("Couriers", COURIERS_JS)
 
     return app
 
@@ -250,7 +262,7 @@ th,td{{border-bottom:1px solid #ddd;padding:.3rem .5rem;text-align:left;vertical
 tr.alarm td{{background:#fff1f0}} .off{{color:#a00}} .on{{color:#070}} code{{font-size:12px}}
 #login{{margin:1rem 0}} #err{{color:#a00}}
 </style></head><body>
-<nav><a href="/">Stations</a><a href="/trace">Trace</a>
+<nav><a href="/">Stations</a><a href="/trace">Trace</a><a href="/couriers">Couriers</a>
 <span id="login"><input id="token" size="50" placeholder="fleet operator token">
 <button id="save">Log in</button></span></nav>
 <h1>{title}</h1><div id="err"></div><div id="main"></div>
@@ -332,5 +344,42 @@ async function load() {
     const code = document.createElement("code"); code.textContent = e.data; cell(tr, "").appendChild(code);
   }
   $("main").replaceChildren(t);
+}
+"""
+
+COURIERS_JS = """
+const filter = document.createElement("input");
+filter.id = "filter"; filter.size = 30; filter.placeholder = "filter: carrier, name, id or station";
+filter.setAttribute("aria-label", "filter the couriers");
+document.querySelector("h1").after(filter);
+let couriers = [];
+filter.oninput = () => render();
+function day(t) { return t == null ? "" : new Date(t * 1000).toISOString().slice(0, 16).replace("T", " "); }
+function render() {
+  const f = filter.value.trim().toLowerCase();
+  const t = table(["courier", "carrier", "name", "state", "valid from (UTC)", "valid until (UTC)",
+                   "stations", "face enrolled"]);
+  t.id = "couriers";
+  let shown = 0;
+  for (const c of couriers) {
+    const text = [c.id, c.carrier, c.name, ...c.stations].join(" ").toLowerCase();
+    if (f && !text.includes(f)) continue;
+    const tr = t.insertRow();
+    tr.dataset.courier = c.id;
+    cell(tr, c.id); cell(tr, c.carrier); cell(tr, c.name);
+    cell(tr, c.active ? "active" : "disabled", c.active ? "on" : "off");
+    cell(tr, day(c.valid_from)); cell(tr, day(c.valid_until));
+    cell(tr, c.stations.join(", "));
+    cell(tr, c.face_enrolled ? "yes" : "no");
+    shown++;
+  }
+  const count = document.createElement("p");
+  count.id = "count"; count.textContent = shown + " of " + couriers.length + " couriers";
+  $("main").replaceChildren(count, t);
+}
+async function load() {
+  $("err").textContent = "";
+  try { couriers = (await api("/api/couriers")).couriers; } catch (e) { $("err").textContent = e.message; return; }
+  render();
 }
 """
