@@ -35,7 +35,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 from paho.mqtt.enums import CallbackAPIVersion
 
 from fleet import couriers as registry
-from station.bundles import bundle_topic, public_hex, seal_bundle
+from station.bundles import MAX_BUNDLE_BYTES, bundle_topic, public_hex, seal_bundle
 
 log = logging.getLogger("fleet.bundles")
 
@@ -108,6 +108,10 @@ class Publisher:
             for station_id, pub, version, couriers, digest in due(conn, self.cipher, kid):
                 raw = seal_bundle(station_id, version, time.time(), couriers,
                                   X25519PublicKey.from_public_bytes(bytes.fromhex(pub)), signer)
+                if len(raw) > MAX_BUNDLE_BYTES:  # the station would refuse it: say so here, send nothing
+                    log.error("bundle for %s is %d bytes, above the %d a station accepts (%d couriers):"
+                              " not published", station_id, len(raw), MAX_BUNDLE_BYTES, len(couriers))
+                    continue
                 info = self.client.publish(bundle_topic(station_id), raw, qos=1, retain=True)
                 info.wait_for_publish(timeout=30)
                 if not info.is_published():

@@ -278,6 +278,8 @@ def event_keys(ev: Incoming) -> set[str]:
             keys.update(f"{prefix}:{v}" for v in value if isinstance(v, str) and v)
     if ev.type.startswith("parcel.") and ev.subject:
         keys.add(f"p:{ev.subject}" if ev.type != "parcel.scanned" else f"w:{ev.subject}")
+    if ev.type == "courier.bundle.applied" and isinstance(data.get("kid"), str) and data["kid"]:
+        keys.add(f"k:{data['kid']}")
     if ev.actor not in NOT_PEOPLE and not ev.actor.startswith(("kiosk", "door", "cam", "shelf")):
         keys.add(f"c:{ev.actor}")
     return {k for k in keys if len(k) <= 200}

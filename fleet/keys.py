@@ -192,11 +192,14 @@ def fixed(key: Ed25519PrivateKey) -> Any:
 def status(conn: Any, active: str) -> list[dict[str, Any]]:
     """Per station: the last bundle published (version, the key that signed it) and the last
     one the station says it applied (its `courier.bundle.applied`, as ingested)."""
+    # the station's newest applied bundle of that key through the trace's keys (`k:<kid>`,
+    # fleet/core.py event_keys): a primary-key lookup per station, not a scan of its events
     rows = conn.execute(
         "SELECT b.station_id, b.version, b.signed_by,"
-        " (SELECT max((e.data::jsonb->>'version')::bigint) FROM events e WHERE e.station_id = b.station_id"
-        "  AND e.type = 'courier.bundle.applied' AND e.data::jsonb->>'kid' = %s)"
-        " FROM fleet_bundles b ORDER BY b.station_id", (active,)).fetchall()
+        " (SELECT (e.data::jsonb->>'version')::bigint FROM event_keys k JOIN events e"
+        "   ON e.station_id = k.station_id AND e.seq = k.seq"
+        "  WHERE k.station_id = b.station_id AND k.key = %s ORDER BY k.seq DESC LIMIT 1)"
+        " FROM fleet_bundles b ORDER BY b.station_id", (f"k:{active}",)).fetchall()
     return [{"station": r[0], "published_version": r[1], "signed_by": r[2], "applied_with_active": r[3]}
             for r in rows]
 
