@@ -100,6 +100,8 @@ def test_the_fleet_rolls_its_signing_key_without_a_gap(tmp_path: Path, fleet_dsn
             # a trusts the new key: the re-signed bundle (same couriers) is applied at once
             until(lambda: [x["kid"] for x in _applied(a)] == [old, new], WITHIN_S, "a on the new key")
             assert _login(a) == 200
+            shown = a.cli("bundle", "status").stdout
+            assert f"signed by fleet key {new}" in shown and f"trusted fleet keys: {old}, {new}" in shown, shown
             # b does not: refused, with the reason and the key's id in the log and its event
             until(lambda: _refused(b), WITHIN_S, "b refuses the new key")
             assert _refused(b)[0]["reason"] == "untrusted_key" and new in str(_refused(b)[0]["message"])
