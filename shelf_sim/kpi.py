@@ -22,7 +22,8 @@ OUTCOME = ("parcels_shelved", "parcels_not_shelved", "parcels_picked_up", "picku
            "customer_wrong_slot_takes", "wrong_parcels_caught_at_exit", "strangers_refused",
            "parcels_left_on_shelves", "customers_not_admitted", "exit_refused_own_parcels",
            "exit_leave_tries_with_foreign_parcel", "exit_leave_foreign_refused",
-           "reboots", "broker_restarts", "stuck_sensors", "dead_leds")
+           "reboots", "broker_restarts", "stuck_sensors", "dead_leds",
+           "customer_extend_asked", "customer_reports_empty", "customer_refusals")
 INVARIANTS = ("wrong_slots_lit", "parcels_lost", "doors_opened_without_waiting_parcel",
               "foreign_parcels_let_out", "strangers_let_in", "station_stalled")
 
@@ -210,6 +211,9 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
          f"{report['observed'].get('exit_leave_tries', 0)} tries in all, "
          f"{report['observed'].get('exit_leave_allowed', 0)} opened"),
         f"mistakes made             {mistakes}",
+        (f"customer care             {report['observed'].get('customer_extensions', 0)} extended of "
+         f"{o.get('customer_extend_asked', 0)} asked, {o.get('customer_reports_empty', 0)} slots "
+         f"reported empty, {o.get('customer_refusals', 0)} parcels refused"),
         f"faults                    {faults}",
     ]
     pics = report.get("pictures")

@@ -72,6 +72,9 @@ class Env:
     # a person held at the exit this many wall seconds calls staff (see call_staff)
     staff_after_s: float = 3.0
     _staff_lock: threading.Lock = field(default_factory=threading.Lock)
+    # waybills a customer refused as damaged and put back in their slot: the station must
+    # end them `refused`, lying where they were (the final checks hold it to that)
+    refused: set[str] = field(default_factory=set)
 
     def pause(self, sim_seconds: float) -> None:
         """A human-paced wait, compressed by the run's speed; returns early on stop."""
@@ -539,6 +542,7 @@ class Customer:
             m.inc("customer_codes_missing", example=plan.phone[-4:])
             if not codes:
                 return None
+        code = self._code_to_use(codes)
         deadline = time.monotonic() + env.retry_for_s
         busy_waits = 0
         while not env.stop.is_set():
@@ -551,15 +555,15 @@ class Customer:
                 otps = env.sms.wait_for(plan.phone, "otp", sent + 1, 10.0) if r.status_code == 200 else None
                 if otps is None:  # daily limit or lockout: fall back to the code, as a person would
                     m.inc("otp_fallback_to_code")
-                    res = http.post("/api/kiosk/code", json={"code": codes[-1]["code"]}, headers=self.kiosk)
+                    res = http.post("/api/kiosk/code", json={"code": code["code"]}, headers=self.kiosk)
                 else:
                     t0 = time.monotonic()
                     res = http.post("/api/kiosk/otp/verify", json={"phone": plan.phone, "otp": otps[-1]["code"]},
                                     headers=self.kiosk)
             elif plan.method == "qr":
-                res = http.post("/api/kiosk/qr", json={"payload": codes[-1]["qr"]}, headers=self.kiosk)
+                res = http.post("/api/kiosk/qr", json={"payload": code["qr"]}, headers=self.kiosk)
             else:
-                res = http.post("/api/kiosk/code", json={"code": codes[-1]["code"]}, headers=self.kiosk)
+                res = http.post("/api/kiosk/code", json={"code": code["code"]}, headers=self.kiosk)
             if res.status_code == 200:
                 entry: dict[str, Any] = res.json()
                 held = float(entry.get("held_s") or 0.0)
@@ -583,6 +587,64 @@ class Customer:
             m.inc(f"entry_retry:{code}")
             env.stop.wait(0.25)
         return None
+
+    def _code_to_use(self, codes: list[dict[str, Any]]) -> dict[str, Any]:
+        """The newest code; back for a parcel left behind, the newest whose slot (the code
+        begins with it) still holds one of ours: the parcels of the other codes are gone."""
+        if self.visit > 0:
+            room = self.env.room
+            here = {room.parcels[w].slot for w in self.waybills if w in room.parcels}
+            for msg in reversed(codes):
+                if "-".join(str(msg["code"]).split("-")[:3]) in here:
+                    return msg
+        return codes[-1]
+
+    def _extend(self, http: httpx.Client) -> None:
+        """At the kiosk, not going in: extend the deadline with the code (or the QR), once."""
+        env, m, plan = self.env, self.env.metrics, self.plan
+        codes = env.sms.wait_for(plan.phone, "pickup_code", len(self.waybills), env.retry_for_s) \
+            or env.sms.messages_for(plan.phone, "pickup_code")
+        if not codes:
+            m.inc("customer_codes_missing", example=plan.phone[-4:])
+            return
+        m.inc("customer_extend_asked")
+        body = {"payload": codes[-1]["qr"]} if plan.method == "qr" else {"code": codes[-1]["code"]}
+        res = http.post("/api/kiosk/extend", json=body, headers=self.kiosk)
+        if res.status_code == 200:
+            m.inc("customer_extensions")
+        else:  # short of space, or extended once already: the kiosk says so, they come anyway
+            m.inc(f"customer_extension_refused:{_err(res)}", example=plan.phone[-4:])
+
+    def _report(self, http: httpx.Client, session_id: str, slot: str, problem: str) -> dict[str, Any] | None:
+        res = http.post(f"/api/kiosk/sessions/{session_id}/report",
+                        json={"slot": slot, "problem": problem}, headers=self.kiosk)
+        if res.status_code != 200:
+            self.env.metrics.inc(f"customer_report_error:{_err(res)}", example=f"{problem} {slot}")
+            return None
+        answer: dict[str, Any] = res.json()
+        return answer
+
+    def _refuse(self, http: httpx.Client, session_id: str, taken: list[str]) -> str | None:
+        """The first parcel taken turns out damaged: reported at the kiosk, then put back in
+        the slot it came from (the station makes it `refused` when the shelf senses it)."""
+        env, m = self.env, self.env.metrics
+        w = taken[0]
+        slot = env.room.parcels[w].came_from
+        if slot is None:
+            return None
+        # looking it over takes a person seconds, whatever the --speed (the shelf's message
+        # of the lift reaches the station well before)
+        env.stop.wait(max(3.0 / env.speed, env.min_exit_walk_s))
+        answer = self._report(http, session_id, slot, "damaged")
+        if answer is None:
+            return None
+        if not answer.get("put_back_awaited"):
+            # the station had not heard the lift yet and refused it as lying there
+            m.inc("customer_refusal_before_the_lift_was_heard", example=f"{w} in {slot}")
+        env.refused.add(w)
+        env.put(w, slot)
+        m.inc("customer_refusals")
+        return w
 
     def _check_lights(self, entry: dict[str, Any]) -> None:
         """Wait until our listed slots light in our colour, then count every slot lit in our
@@ -699,6 +761,16 @@ class Customer:
 
     def _visit(self, http: httpx.Client) -> None:
         env, m, plan = self.env, self.env.metrics, self.plan
+        if plan.extend and self.visit == 0:
+            # at the kiosk, not today: extend and come back later
+            self._extend(http)
+            self.requeued = True
+            self.requeue(plan, 1)
+            return
+        # the first visit inside (after an extension), and the one they come to collect on
+        # (after a walk-off): where they walk off, and where they report or refuse
+        first_inside = self.visit == (1 if plan.extend else 0)
+        collecting = self.visit == (1 if plan.extend else 0) + (1 if plan.walk_off else 0)
         entry = self._enter(http)
         if entry is None:
             m.inc("customers_not_admitted", example=plan.phone[-4:])
@@ -706,7 +778,7 @@ class Customer:
         m.inc("customer_entries")
         env.pause(plan.walk_s)
         self._check_lights(entry)
-        if plan.walk_off and self.visit == 0:
+        if plan.walk_off and first_inside:
             # they change their mind, press "leave without parcels" and come back later; one
             # in two first tries the button with no session (a forged kiosk request)
             m.inc("walk_offs")
@@ -714,7 +786,7 @@ class Customer:
                 self._forged_leave(http)
             self._leave(http, entry["session_id"], wait=True)
             self.requeued = True
-            self.requeue(plan, 1)
+            self.requeue(plan, self.visit + 1)
             return
         me = plan.phone
         mine = set(self.waybills)
@@ -730,19 +802,40 @@ class Customer:
                     env.pause(2.0)
                     env.put(held[0], slot)
                 m.inc("customer_wrong_slot_takes")
+        overlooked: set[str] = set()
+        if plan.report_empty and collecting:
+            # they overlook the parcel at the back of their first slot and report it empty:
+            # it stays there (the station rightly keeps it shelved) and they come back for it
+            slot = next((s for s in entry["slots"] if mine & set(env.room.in_slot(s))), None)
+            if slot is not None and self._report(http, entry["session_id"], slot, "slot_empty"):
+                m.inc("customer_reports_empty")
+                overlooked = mine & set(env.room.in_slot(slot))
         taken: list[str] = []
         for slot in entry["slots"]:
             for w in env.room.in_slot(slot):
+                if w in overlooked:
+                    continue
                 # lift: another hand may have it by now (a foreign-parcel person)
                 if w in mine and env.lift(w, me) is not None:
                     taken.append(w)
             env.pause(1.0)
-        missed = [w for w in self.waybills if w in env.room.on_shelves()]
+        missed = [w for w in self.waybills if w in env.room.on_shelves() and w not in overlooked]
         if missed:
             m.inc("own_parcels_not_shown", len(missed), example=f"{missed[0]} for ...{me[-4:]}")
+        refused = None
+        if plan.refuse and collecting and taken:
+            refused = self._refuse(http, entry["session_id"], taken)
+            if refused is not None:
+                taken.remove(refused)
         if not taken:
-            m.inc("customers_found_nothing", example=me[-4:])
+            if refused is None and not overlooked:
+                m.inc("customers_found_nothing", example=me[-4:])
             self._leave(http, entry["session_id"], wait=True)
+            if overlooked:  # back later for what they overlooked
+                self.requeued = True
+                self.requeue(plan, self.visit + 1)
+            elif refused is not None and not missed:
+                m.inc("pickups_completed")  # nothing else to take: done
             return
         if plan.foreign_parcel:
             shelves = env.room.on_shelves()
@@ -763,7 +856,10 @@ class Customer:
         if plan.exit_frame and set(res.get("read", taken)) != set(taken):
             m.inc("exit_frame_misread")
         m.inc("parcels_picked_up", len(taken))
-        if not missed:
+        if overlooked:
+            self.requeued = True
+            self.requeue(plan, self.visit + 1)
+        elif not missed:
             m.inc("pickups_completed")
 
 

@@ -583,11 +583,14 @@ class Simulation:
         rows = self.db_parcels() if self.db_parcels else self._api_parcels()
         db = {r["waybill"]: r for r in rows if r["waybill"] in ours}
         physical = room.on_shelves()
+        refused = self.env.refused  # put back in their slots as damaged: `refused` there
         for w, slot in physical.items():
             r = db.get(w)
-            if r is None or r["state"] != "shelved" or r["slot"] != slot:
+            if r is None or r["state"] != ("refused" if w in refused else "shelved") or r["slot"] != slot:
                 m.inc("parcels_lost", example=f"{w} physically in {slot}, station: "
                       f"{(r['state'], r['slot']) if r else 'unknown'}")
+        for w in refused - set(physical):
+            m.inc("parcels_lost", example=f"{w} refused and put back, physically not on a shelf")
         for w, r in db.items():
             if r["state"] == "shelved" and physical.get(w) != r["slot"]:
                 holder = room.parcels[w].holder if w in room.parcels else None

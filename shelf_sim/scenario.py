@@ -49,6 +49,20 @@ class Rates:
 
 
 @dataclass(frozen=True)
+class Care:
+    """What customers ask of the station's care (#19, docs/customer-care.md), per customer:
+    extend the deadline at the kiosk (and come back later to collect), report a lit slot
+    empty (they overlooked the parcel: it stays, they come back for it), refuse a parcel as
+    damaged (lifted, reported, put back). Reporting and refusing exclude each other."""
+
+    __pydantic_config__ = _STRICT
+
+    customer_extend: Share = 0.0
+    customer_report_empty: Share = 0.0
+    customer_refuse: Share = 0.0
+
+
+@dataclass(frozen=True)
 class Faults:
     """Network faults are per message and per device; the rest are counts spread over the
     run. `drop_events` is separate because the firmware does not resend a lost event (see
@@ -90,6 +104,7 @@ class Scenario:
     walk_s: Span = (5.0, 20.0)
     customers_at_once: AtLeastOne = 4
     mistakes: Rates = Rates()
+    care: Care = Care()
     faults: Faults = Faults()
     station: dict[str, Any] = field(default_factory=dict)
     # a simulated room camera over the shelves and doors (shelf_sim/camera.py, #21.3)
@@ -115,7 +130,7 @@ def scenario_from_dict(data: dict[str, Any]) -> Scenario:
 
 
 def load_scenario(path: Path | str, **overrides: Any) -> Scenario:
-    """Read a scenario TOML (top-level keys and [mistakes], [faults], [station] tables)."""
+    """Read a scenario TOML (top-level keys and [mistakes], [care], [faults], [station] tables)."""
     try:
         data = tomllib.loads(Path(path).read_text("utf-8"))
         scenario = scenario_from_dict(data)
@@ -156,6 +171,11 @@ class CustomerPlan:
     wrong_slot_take: bool
     foreign_parcel: bool
     walk_off: bool
+    # customer care (Care): drawn from a stream of their own, so that turning them on
+    # leaves every other choice of a seed as it was
+    extend: bool = False
+    report_empty: bool = False
+    refuse: bool = False
 
 
 @dataclass(frozen=True)
@@ -209,6 +229,11 @@ class Plan:
                 "customer_foreign_parcel": sum(1 for x in c if x.foreign_parcel),
                 "customer_walk_off": sum(1 for x in c if x.walk_off),
             },
+            "care_planned": {
+                "customer_extend": sum(1 for x in c if x.extend),
+                "customer_report_empty": sum(1 for x in c if x.report_empty),
+                "customer_refuse": sum(1 for x in c if x.refuse),
+            },
             "faults_planned": {k: sum(1 for f in self.faults if f.kind == k)
                                for k in ("reboot", "broker_restart", "stuck_sensor", "dead_led")},
         }
@@ -261,13 +286,17 @@ def build_plan(sc: Scenario, shelves: list[tuple[str, int, int]] | None = None,
     for p in parcels:
         by_phone.setdefault(p.phone, []).append(p.waybill)
     customers = []
+    care_rng = random.Random(f"{sc.seed}/care")
     for i, phone in enumerate(by_phone):
-        m = sc.mistakes
+        m, care = sc.mistakes, sc.care
+        extend, problem = care_rng.random(), care_rng.random()  # two draws each, whatever the rates
         customers.append(CustomerPlan(
             i, phone, tuple(by_phone[phone]), _weighted(rng, sc.entry_mix),
             rng.uniform(*sc.arrival_delay_s), rng.uniform(*sc.walk_s),
             rng.random() < sc.exit_frame_fraction, rng.random() < m.customer_wrong_slot,
-            rng.random() < m.customer_foreign_parcel, rng.random() < m.customer_walk_off))
+            rng.random() < m.customer_foreign_parcel, rng.random() < m.customer_walk_off,
+            extend < care.customer_extend, problem < care.customer_report_empty,
+            care.customer_report_empty <= problem < care.customer_report_empty + care.customer_refuse))
     per_courier = sc.parcels / max(1, sc.couriers)
     span = per_courier * sum(sc.courier_pace_s) / 2 + sc.arrival_delay_s[1] + sc.walk_s[1]
     strangers = []
