@@ -638,12 +638,19 @@ class Customer:
         answer = self._report(http, session_id, slot, "damaged")
         if answer is None:
             return None
+        if answer.get("parcel_id") is None:
+            # the kiosk took the report but refused nothing (the records do not have one of
+            # ours lying there): they put it back all the same and it stays theirs, shelved
+            m.inc("customer_refusal_not_taken", example=f"{w} in {slot}: {answer}")
+            env.put(w, slot)
+            return w
         if not answer.get("put_back_awaited"):
             # the station had not heard the lift yet and refused it as lying there
             m.inc("customer_refusal_before_the_lift_was_heard", example=f"{w} in {slot}")
         env.refused.add(w)
         env.put(w, slot)
-        m.inc("customer_refusals")
+        m.inc("customer_refusals", example=f"{w} in {slot}: {answer.get('parcel_id')}"
+              f" {'awaited' if answer.get('put_back_awaited') else 'refused at once'}")
         return w
 
     def _check_lights(self, entry: dict[str, Any]) -> None:

@@ -26,6 +26,8 @@ FAULTY = {
     "customers_at_once": 3,
     "mistakes": {"customer_wrong_slot": 0.08, "customer_foreign_parcel": 0.08,
                  "courier_wrong_slot": 0.05, "customer_walk_off": 0.05},
+    # customer care (#19): a few extend, report a slot empty, refuse a parcel
+    "care": {"customer_extend": 0.05, "customer_report_empty": 0.05, "customer_refuse": 0.05},
     "faults": {"drop": 0.02, "duplicate": 0.02, "delay": 0.04, "delay_ms": [5, 120],
                "reboots": 2, "broker_restarts": 1, "stuck_sensors": 2, "stuck_for_s": 100,
                "dead_leds": 2},
@@ -56,6 +58,11 @@ def test_faults_and_mistakes_keep_the_invariants(faulty_report: tuple[dict[str, 
     assert out["strangers_refused"] == plan["strangers"]
     assert out["reboots"] == 2 and out["broker_restarts"] == 1 and out["dead_leds"] == 2
     assert out["wrong_parcels_caught_at_exit"] >= 1
+    care = plan["care_planned"]
+    assert min(care.values()) >= 1, care
+    assert out["customer_extend_asked"] == care["customer_extend"]
+    assert out["customer_reports_empty"] == care["customer_report_empty"]
+    assert out["customer_refusals"] == care["customer_refuse"]
     assert sum(report["timing"]["network_faults_injected"].values()) > 0
     assert (out_dir / "report.json").exists() and (out_dir / "kpi.png").exists()
 
