@@ -615,9 +615,10 @@ class Customer:
         else:  # short of space, or extended once already: the kiosk says so, they come anyway
             m.inc(f"customer_extension_refused:{_err(res)}", example=plan.phone[-4:])
 
-    def _report(self, http: httpx.Client, session_id: str, slot: str, problem: str) -> dict[str, Any] | None:
-        res = http.post(f"/api/kiosk/sessions/{session_id}/report",
-                        json={"slot": slot, "problem": problem}, headers=self.kiosk)
+    def _report(self, http: httpx.Client, session_id: str, slot: str, problem: str,
+                waybill: str | None = None) -> dict[str, Any] | None:
+        body = {"slot": slot, "problem": problem, **({"waybill": waybill} if waybill else {})}
+        res = http.post(f"/api/kiosk/sessions/{session_id}/report", json=body, headers=self.kiosk)
         if res.status_code != 200:
             self.env.metrics.inc(f"customer_report_error:{_err(res)}", example=f"{problem} {slot}")
             return None
@@ -635,7 +636,8 @@ class Customer:
         # looking it over takes a person seconds, whatever the --speed (the shelf's message
         # of the lift reaches the station well before)
         env.stop.wait(max(3.0 / env.speed, env.min_exit_walk_s))
-        answer = self._report(http, session_id, slot, "damaged")
+        # the kiosk reads the label: with two of theirs in that slot, this one is refused
+        answer = self._report(http, session_id, slot, "damaged", w)
         if answer is None:
             return None
         if answer.get("parcel_id") is None:
@@ -649,6 +651,7 @@ class Customer:
             m.inc("customer_refusal_before_the_lift_was_heard", example=f"{w} in {slot}")
         env.refused.add(w)
         env.put(w, slot)
+        env.walk_to_exit(3.0)  # back from the shelf to the exit
         m.inc("customer_refusals", example=f"{w} in {slot}: {answer.get('parcel_id')}"
               f" {'awaited' if answer.get('put_back_awaited') else 'refused at once'}")
         return w

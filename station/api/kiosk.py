@@ -116,7 +116,7 @@ def extend(body: ExtendEntry, who: Principal = Depends(kiosk_only),
 def report(session_id: str, body: KioskReport, who: Principal = Depends(kiosk_only),
            svc: Services = Depends(services)) -> dict[str, Any]:
     return svc.core.reports.report(session_id, body.slot, body.problem, kiosk=who.subject,
-                                   snapshot=body.snapshot)
+                                   snapshot=body.snapshot, waybill=body.waybill)
 
 
 @router.post("/dropoff", summary="Drop off a parcel for sending with a carrier's send code")

@@ -71,6 +71,9 @@ class ExtendEntry(_Body):
 class KioskReport(_Body):
     slot: str = Field(pattern=r"^\d{1,3}-\d{1,3}-\d{1,3}$")
     problem: Literal["slot_empty", "not_mine", "damaged"]
+    # damaged: the refused parcel's waybill, when the kiosk read it (two of the customer's
+    # parcels in one slot: which one)
+    waybill: str | None = Field(default=None, min_length=1, max_length=64)
     # the kiosk camera's snapshot reference (its hash), when it took one
     snapshot: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
 

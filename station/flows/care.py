@@ -283,7 +283,10 @@ class Reports:
         self.ctx = ctx
 
     def report(self, session_id: str, slot: str, problem: str, *, kiosk: str = "kiosk",
-               snapshot: str | None = None) -> dict[str, Any]:
+               snapshot: str | None = None, waybill: str | None = None) -> dict[str, Any]:
+        """`waybill`: the refused parcel's label, read at the kiosk; without it, with two of
+        the customer's parcels in the slot, the station cannot know which one is damaged and
+        refuses the first (the one put back is then not necessarily the one refused)."""
         ctx = self.ctx
         if problem not in PROBLEMS:
             raise FlowError(f"unknown problem {problem!r}", code="bad_problem", status=422)
@@ -298,6 +301,14 @@ class Reports:
                             (session_id, slot)).fetchone()
             if ss is None:
                 raise FlowError("That slot is not one of yours.", code="not_your_slot", status=422)
+            mine = [r[0] for r in tx.execute(
+                "SELECT id FROM parcels WHERE slot = ? AND recipient_hash = ? AND state = 'shelved'"
+                " ORDER BY waybill != ?, id", (slot, s[0], waybill or ""))]
+            if waybill is not None and problem == "damaged" and not tx.execute(
+                    "SELECT 1 FROM parcels WHERE slot = ? AND recipient_hash = ? AND state = 'shelved'"
+                    " AND waybill = ?", (slot, s[0], waybill)).fetchone():
+                raise FlowError("That parcel is not one of yours waiting in that slot.",
+                                code="not_your_parcel", status=422)
             tx.emit(Event("pickup.reported", session_id, kiosk,
                           {"session_id": session_id, "slot": slot, "problem": problem}, snapshot))
             out["alarm_id"] = guard.raise_alarm(
@@ -305,9 +316,6 @@ class Reports:
                 slot=slot, session_id=session_id, snapshot=snapshot)
             if problem != "damaged":
                 return out
-            mine = [r[0] for r in tx.execute(
-                "SELECT id FROM parcels WHERE slot = ? AND recipient_hash = ? AND state = 'shelved'"
-                " ORDER BY id", (slot, s[0]))]
             if not mine:
                 return out
             parcel_id = mine[0]

@@ -71,3 +71,27 @@ def test_a_damaged_parcel_taken_then_put_back_is_refused_on_the_put(station: Sta
     # shown at the exit, a refused parcel keeps it locked; with the rest it opens
     station.take(s1)
     assert station.core.exit.check([sf_waybill(1)]).allowed
+
+
+def test_of_two_parcels_in_one_slot_the_one_named_by_its_waybill_is_refused(station: Station) -> None:
+    """Both lifted from one slot: the kiosk reads the damaged one's label, so the station
+    refuses that one when it is put back, and the other leaves through the exit."""
+    sid = station.core.shelving.open_session("c1", "guided")["session_id"]
+    s1, code = station.shelve(sf_waybill(1), phone(1), "S", session_id=sid)
+    r = station.core.shelving.scan(sid, sf_waybill(2), phone(1), "S")
+    assert r.slot == s1  # one recipient's parcels go together
+    station.put(r.slot)
+    session = station.core.pickup.enter_with_code(code).session_id
+    station.take(s1)
+    station.take(s1)
+    with pytest.raises(FlowError) as exc:
+        station.core.reports.report(session, s1, "damaged", waybill=sf_waybill(3))
+    assert exc.value.code == "not_your_parcel"
+    out = station.core.reports.report(session, s1, "damaged", waybill=sf_waybill(2))
+    assert out["put_back_awaited"]
+    station.put(s1)
+    states = {r["waybill"]: r["state"] for r in station.store.query("SELECT waybill, state FROM parcels")}
+    assert states == {sf_waybill(1): "shelved", sf_waybill(2): "refused"}
+    assert station.core.exit.check([sf_waybill(1)]).allowed
+    states = {r["waybill"]: r["state"] for r in station.store.query("SELECT waybill, state FROM parcels")}
+    assert states == {sf_waybill(1): "picked_up", sf_waybill(2): "refused"}
