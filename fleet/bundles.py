@@ -61,20 +61,26 @@ def _digest(couriers: list[dict[str, Any]]) -> str:
     return hashlib.sha256(json.dumps(couriers, sort_keys=True).encode()).hexdigest()
 
 
-def due(conn: psycopg.Connection, cipher: Any = None, kid: str | None = None
-        ) -> list[tuple[str, str, int, list[dict[str, Any]], str]]:
+def due(conn: psycopg.Connection, cipher: Any = None, kid: str | None = None,
+        errors: dict[str, str] | None = None) -> list[tuple[str, str, int, list[dict[str, Any]], str]]:
     """(station, its public key, next version, couriers, digest) for each station whose
     couriers changed since its last published bundle, or whose last bundle another key than
     `kid` signed (the fleet rolled its key). A station whose couriers cannot be read (a
-    template that does not open) is skipped with a message, not the others."""
+    template that does not open) is skipped with a message, not the others; with `errors`
+    (station -> its last message) the same message is not repeated every round."""
     out = []
     for station_id, pub in conn.execute("SELECT station_id, x25519_public FROM fleet_station_keys"
                                         " ORDER BY station_id").fetchall():
         try:
             couriers = registry.couriers_for(conn, station_id, cipher)
         except registry.RegistryError as exc:
-            log.error("bundle for %s not made: %s", station_id, exc)
+            if errors is None or errors.get(station_id) != str(exc):
+                log.error("bundle for %s not made: %s", station_id, exc)
+            if errors is not None:
+                errors[station_id] = str(exc)
             continue
+        if errors is not None:
+            errors.pop(station_id, None)
         digest = _digest(couriers)
         row = conn.execute("SELECT version, content_digest, signed_by FROM fleet_bundles WHERE station_id = %s",
                            (station_id,)).fetchone()
@@ -92,6 +98,7 @@ class Publisher:
         self.dsn = dsn
         self.keys = fixed(signer) if isinstance(signer, Ed25519PrivateKey) else signer
         self.cipher = cipher  # opens the face templates at rest (fleet template_key)
+        self.errors: dict[str, str] = {}  # station -> why its bundle cannot be made (said once)
         url = urlparse(broker)
         self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"fleet-bundles-{os.getpid()}")
         if username:
@@ -105,7 +112,7 @@ class Publisher:
         with psycopg.connect(self.dsn, autocommit=True) as conn:
             registry.create_tables(conn)
             kid, signer = self.keys.current()
-            for station_id, pub, version, couriers, digest in due(conn, self.cipher, kid):
+            for station_id, pub, version, couriers, digest in due(conn, self.cipher, kid, self.errors):
                 raw = seal_bundle(station_id, version, time.time(), couriers,
                                   X25519PublicKey.from_public_bytes(bytes.fromhex(pub)), signer)
                 if len(raw) > MAX_BUNDLE_BYTES:  # the station would refuse it: say so here, send nothing

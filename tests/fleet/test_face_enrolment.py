@@ -190,3 +190,57 @@ def scene_bytes() -> bytes:
         if len(entry["faces"]) > 1:
             return face_file(entry["file"]).read_bytes()
     pytest.fail("no group photo in the face test data")
+
+
+def test_enrolment_without_the_template_key_is_one_clear_line(tmp_path: Path, fleet_dsn: str) -> None:
+    old_secrets = tmp_path / "old-secrets.toml"   # a fleet secrets file from before template_key
+    old_secrets.write_text('token_key = "' + "ab" * 32 + '"\n')
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PS_")}
+    done = subprocess.run([sys.executable, "-m", "fleet.cli", "courier", "--dsn", fleet_dsn, "--secrets",
+                           str(old_secrets), "enrol", "f1", "--face", str(face_file("faces/obama-1.png"))],
+                          capture_output=True, text=True, cwd=ROOT, timeout=120, check=False, env=env)
+    assert done.returncode == 2 and "template_key: missing secret" in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr
+    assert "template_key" in generate_fleet_secrets_toml()
+
+
+def test_the_publisher_sends_no_bundle_a_station_would_refuse_and_says_why_once(
+        tmp_path: Path, fleet_dsn: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+    import fleet.bundles as bundles
+    from station.bundles import public_hex
+    from tests.fleet.test_registry_page import _FakeEngine
+
+    cipher = registry.template_cipher(b"t" * 32)
+    with psycopg.connect(fleet_dsn, autocommit=True) as conn:
+        registry.create_tables(conn)
+        for sid in ("st-a", "st-b"):
+            registry.set_station_key(conn, sid, public_hex(X25519PrivateKey.generate().public_key()))
+        registry.add(conn, "f1", "SF", "Fleet Li", PIN, ["st-a"])
+        registry.add(conn, "f2", "SF", "Fleet Wang", PIN, ["st-b"])
+        registry.enrol_faces(conn, "f1", [b"x"], _FakeEngine(), cipher)
+    with MosquittoProcess(workdir=tmp_path / "broker") as broker, caplog.at_level(logging.ERROR, "fleet.bundles"):
+        # no template key: st-a (a courier with a face) gets nothing, st-b its bundle; said once
+        pub = bundles.Publisher(fleet_dsn, broker.url, Ed25519PrivateKey.generate())
+        try:
+            assert pub.publish_due() == 1 and pub.publish_due() == 0
+        finally:
+            pub.stop()
+        assert [r.getMessage().split(":")[0] for r in caplog.records] == ["bundle for st-a not made"]
+        caplog.clear()
+        monkeypatch.setattr(bundles, "MAX_BUNDLE_BYTES", 1000)
+        pub = bundles.Publisher(fleet_dsn, broker.url, Ed25519PrivateKey.generate(), cipher=cipher)
+        try:
+            # st-a's bundle, with the face now, is above the (lowered) limit: not sent; st-b's,
+            # without a face, goes out again under the new signing key
+            assert pub.publish_due() == 1
+        finally:
+            pub.stop()
+        assert [r.getMessage().split(" is ")[0] for r in caplog.records] == ["bundle for st-a"]
+        assert "above the 1000 a station accepts" in caplog.records[0].getMessage()
+    with psycopg.connect(fleet_dsn, autocommit=True) as conn:
+        assert [r[0] for r in conn.execute("SELECT station_id FROM fleet_bundles ORDER BY 1")] == ["st-b"]
