@@ -214,8 +214,18 @@ class ProcStation:
         return client
 
     def verify_log(self) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([PY, "-m", "station.cli", "log", "verify", "--db", str(self.db_path)],
-                              check=False, capture_output=True, text=True, cwd=ROOT, timeout=60)
+        """`station log verify` on the database, run in this process (the same code as the
+        command, without a Python start-up per check: the crash test checks after every kill)."""
+        import contextlib
+        import io
+
+        from station.cli import main as cli_main
+
+        out, err = io.StringIO(), io.StringIO()
+        args = ["log", "verify", "--db", str(self.db_path)]
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = cli_main(args)
+        return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
 
     def db(self) -> sqlite3.Connection:
         """A read-only look at the station's database (WAL: safe beside the writer)."""
