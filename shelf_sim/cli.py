@@ -93,9 +93,13 @@ def main(argv: list[str] | None = None) -> int:
     else:
         from .runner import run_embedded
 
-        report = _with_progress(args.quiet, lambda progress, on_plan: run_embedded(
-            config, scenario, workdir=args.workdir, frames=not args.no_frames, progress=progress,
-            on_plan=on_plan, station_process=args.station_process))
+        try:
+            report = _with_progress(args.quiet, lambda progress, on_plan: run_embedded(
+                config, scenario, workdir=args.workdir, frames=not args.no_frames, progress=progress,
+                on_plan=on_plan, station_process=args.station_process))
+        except ScenarioError as exc:  # e.g. a face scenario without the gathered test faces
+            print(f"shelf-sim: error: {exc}", file=sys.stderr)
+            return 2
     if args.report:
         for path in write_report(report, args.report):
             print(f"wrote {path}", file=sys.stderr)

@@ -23,9 +23,12 @@ OUTCOME = ("parcels_shelved", "parcels_not_shelved", "parcels_picked_up", "picku
            "parcels_left_on_shelves", "customers_not_admitted", "exit_refused_own_parcels",
            "exit_leave_tries_with_foreign_parcel", "exit_leave_foreign_refused",
            "reboots", "broker_restarts", "stuck_sensors", "dead_leds",
-           "customer_extend_asked", "customer_reports_empty", "customer_refusals")
+           "customer_extend_asked", "customer_reports_empty", "customer_refusals",
+           # courier entry by face (shelf_sim/facecam.py): live couriers admitted and refused
+           # (a false reject: they use their PIN), impostors' attacks tried and refused
+           "face_entries", "face_live_refused", "face_spoofs_tried", "face_spoofs_refused")
 INVARIANTS = ("wrong_slots_lit", "parcels_lost", "doors_opened_without_waiting_parcel",
-              "foreign_parcels_let_out", "strangers_let_in", "station_stalled")
+              "foreign_parcels_let_out", "strangers_let_in", "station_stalled", "spoofs_admitted")
 
 
 @dataclass
@@ -205,6 +208,11 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
         f"entry (code->door+lights) {pct('entry')}",
         f"held at the door          {pct('entry_held_for_colour')}",
         f"exit check                {pct('exit')}",
+        (f"courier entry by face     {o.get('face_entries', 0)} of "
+         f"{report['observed'].get('face_entry_tries', 0)} tries admitted, "
+         f"{o.get('face_live_refused', 0)} live refused (PIN instead); impostors "
+         f"{o.get('face_spoofs_refused', 0)} of {o.get('face_spoofs_tried', 0)} refused"),
+        f"face entry (camera->door) {pct('face_entry')}",
         f"wrong parcels caught      {o.get('wrong_parcels_caught_at_exit', 0)}",
         (f"leave without parcels     {o.get('exit_leave_tries_with_foreign_parcel', 0)} tries with a "
          f"foreign parcel, {o.get('exit_leave_foreign_refused', 0)} refused; "

@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 
 from .kpi import Metrics
-from .scenario import CourierPlan, CustomerPlan, ParcelPlan, StrangerPlan
+from .scenario import VAN_LOAD, CourierPlan, CustomerPlan, ParcelPlan, StrangerPlan
 from .world import Room, SmsInbox
 
 SIZE_ORDER = ("S", "M", "L", "XL")
@@ -75,6 +75,26 @@ class Env:
     # waybills a customer refused as damaged and put back in their slot: the station must
     # end them `refused`, lying where they were (the final checks hold it to that)
     refused: set[str] = field(default_factory=set)
+    # the entry's face camera (shelf_sim/facecam.py) and each face courier's face; None
+    # (a station we did not start) means every courier uses their PIN
+    face_camera: Any = None
+    faces: dict[str, Any] = field(default_factory=dict)     # courier id -> FaceKit
+    face_timeout_s: float = 120.0               # eight frames at 5 a second plus the decision
+    _face_lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def at_face_camera(self, http: httpx.Client, frames: tuple[bytes, ...]) -> tuple[httpx.Response, float]:
+        """Stand in front of the face camera showing `frames` and press "enter by face" on the
+        kiosk: the station grabs its frames from the camera and decides. One person at the
+        camera at a time (the others queue); returns the answer and its wall seconds."""
+        with self._face_lock:
+            self.face_camera.show(frames)
+            try:
+                t0 = time.monotonic()
+                res = http.post("/api/kiosk/courier/face", timeout=self.face_timeout_s,
+                                headers={"Authorization": "Bearer " + self.kiosk_token})
+                return res, time.monotonic() - t0
+            finally:
+                self.face_camera.clear()
 
     def pause(self, sim_seconds: float) -> None:
         """A human-paced wait, compressed by the run's speed; returns early on stop."""
@@ -195,7 +215,7 @@ class Courier:
     In free mode they wait for the tick before the next scan (a sensed put names a slot,
     not a parcel)."""
 
-    PER_SESSION = 40
+    PER_SESSION = VAN_LOAD
 
     def __init__(self, env: Env, plan: CourierPlan, parcels: list[ParcelPlan],
                  on_shelved: Callable[[ParcelPlan, bool], None]) -> None:
@@ -228,7 +248,7 @@ class Courier:
 
     def _shift(self, http: httpx.Client) -> None:
         env, m = self.env, self.env.metrics
-        if not self._enter(http):
+        if not self._enter(http, 0):
             for p in self.parcels:
                 self.on_shelved(p, False)
             return
@@ -248,6 +268,11 @@ class Courier:
                 previous = None
                 if i:
                     http.post(f"/api/courier/sessions/{self.session['session_id']}/close", headers=self.auth)
+                    # out to the van for the next load and in again through the entry door
+                    if not self._enter(http, i // self.PER_SESSION):
+                        for q in self.parcels[i:]:
+                            self.on_shelved(q, False)
+                        return
                 res = http.post("/api/courier/sessions", json={"mode": self.plan.mode}, headers=self.auth)
                 res.raise_for_status()
                 self.session = res.json()
@@ -271,8 +296,57 @@ class Courier:
         if placing is not None:
             self.on_shelved(placing.parcel, self._confirm(http, placing))
 
-    def _enter(self, http: httpx.Client) -> bool:
-        """In at the entry door by PIN (the face camera is not simulated)."""
+    def _enter(self, http: httpx.Client, visit: int) -> bool:
+        """In at the entry door: by face for a face courier (after the impostor the plan may
+        put at the camera first), by PIN otherwise or when the face is refused."""
+        env = self.env
+        kit = env.faces.get(self.plan.courier_id) if self.plan.face else None
+        if kit is not None and env.face_camera is not None:
+            spoof = self.plan.spoofs[visit] if visit < len(self.plan.spoofs) else ""
+            if spoof:
+                self._impostor(http, kit, spoof)
+            if self._face(http, kit, visit):
+                return True
+        return self._pin(http)
+
+    def _face(self, http: httpx.Client, kit: Any, visit: int) -> bool:
+        """The courier looks at the face camera and blinks; False: go on with the PIN."""
+        m = self.env.metrics
+        m.inc("legit_entry_calls")
+        m.inc("face_entry_tries")
+        res, took = self.env.at_face_camera(http, kit.live)
+        if res.status_code == 200:
+            m.inc("face_entries")
+            m.inc("courier_entries")
+            m.sample("face_entry", took)
+            return True
+        code = _err(res)
+        if code == "face_rejected":
+            m.inc("face_live_refused", example=f"{self.plan.courier_id} ({kit.name}) visit {visit}")
+            m.sample("face_refusal", took)
+        else:
+            m.inc(f"face_entry_error:{code}", example=f"{self.plan.courier_id} visit {visit}")
+        return False
+
+    def _impostor(self, http: httpx.Client, kit: Any, spoof: str) -> None:
+        """Somebody holds up `spoof` (a phone replaying the courier's blinking video, or a
+        print of their photo) to the face camera: the door must stay shut."""
+        m = self.env.metrics
+        m.inc("face_spoofs_tried")
+        res, took = self.env.at_face_camera(http, kit.scene(spoof))
+        if res.status_code == 200:
+            m.inc("spoofs_admitted", example=f"{spoof} of {self.plan.courier_id} ({kit.name})")
+            return
+        code = _err(res)
+        if code == "face_rejected":
+            m.inc("face_spoofs_refused")
+            m.inc(f"face_spoofs_refused:{spoof}")
+            m.sample("face_refusal", took)
+        else:
+            m.inc(f"face_spoof_error:{code}", example=f"{spoof} of {self.plan.courier_id}")
+
+    def _pin(self, http: httpx.Client) -> bool:
+        """In at the entry door by courier id and PIN."""
         env, m = self.env, self.env.metrics
         deadline = time.monotonic() + env.retry_for_s
         while not env.stop.is_set():

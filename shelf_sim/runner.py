@@ -28,11 +28,12 @@ from typing import Any, Self
 import httpx
 
 from .camera import RoomCameraServer, with_room_camera
+from .facecam import LIVE_FACES, CameraServer, FacesMissing, faces_dir, load_kits
 from .faults import FaultyNet
 from .images import WaybillRenderer
 from .kpi import Metrics, build_report, picture_counts
 from .people import Courier, Customer, Env, SlotInfo, Stranger
-from .scenario import CustomerPlan, FaultPlan, ParcelPlan, Plan, Scenario, build_plan
+from .scenario import CustomerPlan, FaultPlan, ParcelPlan, Plan, Scenario, ScenarioError, build_plan
 from .world import Room, SimDoorHal, SimShelfHal, SmsInbox
 
 log = logging.getLogger("shelf_sim")
@@ -111,14 +112,20 @@ START_TIMEOUT_S = 30.0
 
 
 def sim_station_config(base: Any, workdir: Path, broker_port: int, sms_url: str,
-                       station_overrides: dict[str, Any], room_camera: str | None = None) -> Any:
+                       station_overrides: dict[str, Any], room_camera: str | None = None,
+                       face_camera: str | None = None) -> Any:
     """The station config of a simulated run: its files in `workdir`, our broker, SMS to our
     inbox with retries quick enough for compressed time, and no upstream to report to; with
     `room_camera` (a simulated camera's URL, shelf_sim/camera.py) one room camera seeing every
-    shelf and door instead of the base config's."""
-    from station.config import SenderConfig
+    shelf and door instead of the base config's; with `face_camera` (shelf_sim/facecam.py)
+    the entry's face camera read from there."""
+    from station.config import CameraConfig, SenderConfig
 
     cameras = with_room_camera(base, room_camera) if room_camera else list(base.cameras)
+    if face_camera is not None:
+        cameras = [*(c for c in cameras if c.role != "face"),
+                   CameraConfig(id=next((c.id for c in cameras if c.role == "face"), "cam-face"),
+                                role="face", source=face_camera)]
 
     st = base.station.model_copy(update={"database": str(workdir / "station.db"),
                                          "snapshots_dir": str(workdir / "snapshots"),
@@ -151,6 +158,7 @@ class _Room(ABC):
         self.broker: Any = None
         self.devices: Devices | None = None
         self.sms: SmsInbox | None = None
+        self.face_cameras: CameraServer | None = None
         self.config: Any = None
         self.secrets: Any = None
         self.base_url = ""
@@ -169,9 +177,13 @@ class _Room(ABC):
         self.broker = MosquittoProcess(workdir=wd / "mosquitto").start()
         self.sms = SmsInbox()
         self.camera = RoomCameraServer() if self.scenario.room_camera else None
+        # the entry's face camera, an IP camera the station reads over HTTP (facecam.py)
+        self.face_cameras = CameraServer()
+        self.face_cameras.add("face")
         self.config = cfg = sim_station_config(self.base_config, wd, self.broker.port, self.sms.url,
                                                self.scenario.station,
-                                               self.camera.url if self.camera else None)
+                                               self.camera.url if self.camera else None,
+                                               self.face_cameras.source("face"))
         secrets_path = wd / "secrets.toml"
         if not secrets_path.exists():
             write_new_secrets(secrets_path)
@@ -216,6 +228,8 @@ class _Room(ABC):
                 self.sms.stop()
             if self.camera is not None:
                 self.camera.stop()
+            if self.face_cameras is not None:
+                self.face_cameras.stop()
             if self.broker is not None:
                 self.broker.stop()
 
@@ -574,6 +588,16 @@ class Simulation:
                 if res.status_code not in (200, 201, 409):
                     http.post(f"/api/operator/couriers/{cp.courier_id}/enable",
                               headers={"Authorization": "Bearer " + env.operator_token})
+                kit = env.faces.get(cp.courier_id)
+                if kit is not None:
+                    # the operator enrols the courier's photo, as at a real station
+                    res = http.post(f"/api/operator/couriers/{cp.courier_id}/face", content=kit.enrol_png,
+                                    timeout=env.face_timeout_s,
+                                    headers={"Authorization": "Bearer " + env.operator_token,
+                                             "content-type": "image/png"})
+                    if res.status_code != 200:
+                        self.m.inc(f"face_enrolment_failed:{res.status_code}", example=res.text[:200])
+                        del env.faces[cp.courier_id]   # they use their PIN
 
     def _final_checks(self) -> None:
         """Parcels lost: the station's parcels of this run against the physical shelves.
@@ -611,6 +635,7 @@ class Simulation:
         m.inc("wrong_slots_lit", 0)
         m.inc("parcels_lost", 0)
         m.inc("foreign_parcels_let_out", 0)
+        m.inc("spoofs_admitted", 0)
 
     def _api_parcels(self) -> list[dict[str, Any]]:
         with self.env.client() as http:
@@ -628,6 +653,10 @@ def run_embedded(config: Any, scenario: Scenario, *, workdir: Path | None = None
     `station_process` (then it is a child process: a core of its own, or the `station_cpus`
     it is pinned to); returns the report, with the station process's CPU time."""
     metrics = Metrics()
+    try:  # before anything starts: a face scenario without the test faces is refused
+        where = faces_dir(scenario.face_images) if scenario.face_entry_fraction > 0 else None
+    except FacesMissing as exc:
+        raise ScenarioError(f"face_entry_fraction: {exc}") from None
     tmp = None
     if workdir is None:
         tmp = tempfile.TemporaryDirectory(prefix="shelf-sim-")
@@ -638,14 +667,19 @@ def run_embedded(config: Any, scenario: Scenario, *, workdir: Path | None = None
         stack.start()
         cfg = stack.config
         shelves = [(s.device, s.rows, s.columns) for s in cfg.shelves if not getattr(s, "outbound", False)]
-        plan = build_plan(scenario, shelves, (cfg.doors.entry, cfg.doors.exit))
+        plan = build_plan(scenario, shelves, (cfg.doors.entry, cfg.doors.exit),
+                          faces=len(LIVE_FACES) if where is not None else 0)
         if on_plan:
             on_plan(plan)
-        assert stack.devices is not None and stack.sms is not None
+        assert stack.devices is not None and stack.sms is not None and stack.face_cameras is not None
+        face_couriers = [cp for cp in plan.couriers if cp.face]
+        kits = load_kits(len(face_couriers), where, spoofs=any(any(cp.spoofs) for cp in face_couriers))
         env = Env(stack.base_url, stack.kiosk_token, stack.operator_token, stack.stranger_kiosk_token,
                   Room(), stack.sms, dict(stack.devices.shelf_hals), slot_table(cfg), metrics,
                   scenario.speed, threading.Event(),
-                  render_waybills=WaybillRenderer().frame if frames else None)
+                  render_waybills=WaybillRenderer().frame if frames else None,
+                  face_camera=stack.face_cameras.cameras["face"],
+                  faces={cp.courier_id: kit for cp, kit in zip(face_couriers, kits, strict=True)})
         sim = Simulation(scenario, plan, env, devices=stack.devices, restart_broker=stack.restart_broker,
                          db_parcels=stack.db_parcels, entry_door=stack.devices.door_hals[cfg.doors.entry],
                          progress=progress)

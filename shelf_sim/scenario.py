@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import random
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -103,6 +103,13 @@ class Scenario:
     arrival_delay_s: Span = (5.0, 600.0)
     walk_s: Span = (5.0, 20.0)
     customers_at_once: AtLeastOne = 4
+    # couriers who enrolled their face and enter by it (at most one per test face the
+    # simulator has, shelf_sim/facecam.py LIVE_FACES; the rest use their PIN), and the share
+    # of their visits before which an impostor holds up a phone replay or a print of them
+    face_entry_fraction: Share = 0.0
+    face_spoof_fraction: Share = 0.0
+    # where `make testdata` gathered the test faces (empty: tests/data/cache of this checkout)
+    face_images: str = ""
     mistakes: Rates = Rates()
     care: Care = Care()
     faults: Faults = Faults()
@@ -198,12 +205,20 @@ class FaultPlan:
     duration_s: float = 0.0
 
 
+# parcels a courier brings per visit (a van load): each visit is one entry at the door and
+# one shelving session
+VAN_LOAD = 40
+
+
 @dataclass(frozen=True)
 class CourierPlan:
     index: int
     courier_id: str
     carrier: str
     mode: str
+    face: bool = False                 # enrolled: enters by face, PIN if refused
+    # per visit: "" or the attack an impostor tries at the face camera first (phone | print)
+    spoofs: tuple[str, ...] = ()
 
 
 @dataclass
@@ -222,6 +237,9 @@ class Plan:
             "couriers": len(self.couriers), "parcels": len(self.parcels), "customers": len(c),
             "strangers": len(self.strangers),
             "entry_methods": {m: sum(1 for x in c if x.method == m) for m in ("code", "qr", "otp")},
+            "face_couriers": sum(1 for x in self.couriers if x.face),
+            "face_visits": sum(len(x.spoofs) for x in self.couriers if x.face),
+            "face_spoofs_planned": {k: sum(x.spoofs.count(k) for x in self.couriers) for k in ("phone", "print")},
             "exit_by_frame": sum(1 for x in c if x.exit_frame),
             "mistakes_planned": {
                 "courier_wrong_slot": sum(1 for p in self.parcels if p.wrong_slot),
@@ -249,10 +267,27 @@ def waybill_for(rng: random.Random, carrier: str) -> str:
     return prefix + "".join(rng.choice(alphabet) for _ in range(n))
 
 
+def _faces(sc: Scenario, couriers: list[CourierPlan], parcels: list[ParcelPlan],
+           faces: int) -> list[CourierPlan]:
+    """Which couriers enter by face and which of their visits an impostor tries first. From
+    a generator of their own, so a scenario without faces keeps the plan it always had."""
+    rng = random.Random(f"faces:{sc.seed}")
+    out = []
+    for cp in couriers:
+        visits = -(-sum(1 for p in parcels if p.courier == cp.index) // VAN_LOAD)
+        face = rng.random() < sc.face_entry_fraction and faces > 0
+        faces -= face
+        spoofs = tuple(rng.choice(("phone", "print")) if face and rng.random() < sc.face_spoof_fraction
+                       else "" for _ in range(visits))
+        out.append(replace(cp, face=face, spoofs=spoofs if face else ()))
+    return out
+
+
 def build_plan(sc: Scenario, shelves: list[tuple[str, int, int]] | None = None,
-               doors: tuple[str, ...] = ()) -> Plan:
+               doors: tuple[str, ...] = (), faces: int = 0) -> Plan:
     """Draw everything a run will do from `sc.seed`. `shelves` is (device, rows, cols) of the
-    parcel shelves a stuck sensor or dead LED may hit; `doors` may reboot too."""
+    parcel shelves a stuck sensor or dead LED may hit; `doors` may reboot too; `faces` is
+    how many test faces the simulator can show at the face camera (one per face courier)."""
     rng = random.Random(sc.seed)
     carriers = sorted(CARRIER_FORMATS)
     couriers = [CourierPlan(i, f"sim-c{i + 1}", carriers[i % len(carriers)],
@@ -322,4 +357,4 @@ def build_plan(sc: Scenario, shelves: list[tuple[str, int, int]] | None = None,
             faults.append(FaultPlan(rng.uniform(0.0, 0.7) * span, kind, dev, rng.randint(1, rows),
                                     rng.randint(1, cols), f.stuck_for_s if kind == "stuck_sensor" else span))
     faults.sort(key=lambda x: x.at_s)
-    return Plan(couriers, parcels, customers, strangers, faults, span)
+    return Plan(_faces(sc, couriers, parcels, faces), parcels, customers, strangers, faults, span)

@@ -13,12 +13,12 @@ import cv2
 import numpy as np
 import pytest
 
+from shelf_sim.blinks import squashed_blink_sequence
+from shelf_sim.spoofs import phone_screen
 from station.vision.faces import FaceEngine
 from tests.api.test_http_flows import client, jpeg, png
 from tests.support.stack import LiveStation
 from tests.support.testdata import face_file
-from tests.vision.spoofs import phone_screen
-from tests.vision.synth import squashed_blink_sequence
 
 SAMPLES = Path(__file__).resolve().parent.parent / "data" / "antispoof"
 

@@ -222,8 +222,8 @@ def _portrait(name: str) -> np.ndarray:
 
 
 def test_face_entry_lets_the_enrolled_courier_in_and_refuses_a_photo(live: LiveStation) -> None:
+    from shelf_sim.blinks import live_sequence, still_sequence
     from station.vision.faces import FaceEngine
-    from tests.vision.synth import live_sequence, still_sequence
 
     with client(live, "operator", "op") as op:
         for name in ("obama-1", "obama-3"):

@@ -1,5 +1,5 @@
 """The passive spoof model on what we have (#21.2): the authors' three samples, the gathered
-test portraits, and attacks the suite renders from those portraits (tests/vision/spoofs.py).
+test portraits, and attacks the suite renders from those portraits (shelf_sim/spoofs.py).
 
 The figures these tests print (pytest -s) are the ones in docs/faces.md. They are bounds on
 our own renderings, not an attack-detection rate on real phones and printers."""
@@ -12,9 +12,9 @@ import cv2
 import numpy as np
 import pytest
 
+from shelf_sim.spoofs import ATTACKS, _camera
 from station.vision.antispoof import AntiSpoof, Box, PassiveSettings, crop_around, judge
 from station.vision.faces import FaceEngine
-from tests.vision.spoofs import ATTACKS, _camera
 
 SAMPLES = Path(__file__).resolve().parent.parent / "data" / "antispoof"
 SEEDS = range(3)

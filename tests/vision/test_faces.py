@@ -6,6 +6,7 @@ import cv2
 import numpy as np
 import pytest
 
+from shelf_sim.blinks import live_sequence, still_sequence
 from station.vision.faces import (
     EnrolmentRefused,
     FaceEngine,
@@ -13,7 +14,6 @@ from station.vision.faces import (
     FaceSettings,
     FaceVerifier,
 )
-from tests.vision.synth import live_sequence, still_sequence
 
 SUBJECTS = ("obama-1", "biden-1", "hanks-1", "kudrow-1")
 

@@ -3,8 +3,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from shelf_sim.blinks import live_sequence, moved_photo_sequence, still_sequence
 from station.vision.liveness import LivenessChecker
-from tests.vision.synth import live_sequence, moved_photo_sequence, still_sequence
 
 # the portraits on which dlib's landmarks follow the synthetic closed eye (docs/faces.md)
 BLINKERS = ("obama-2", "hanks-1", "leblanc-1", "collins-1")

@@ -1,4 +1,5 @@
-"""Presentation attacks the suite makes itself from the test faces: a phone screen replaying a
+"""Presentation attacks rendered from the test faces (used by the vision tests and by the
+simulator's impostors at the face camera): a phone screen replaying a
 face (bezel, glare, pixel grid), a printed photo (paper, halftone, white border), and a screen
 photographed close enough for moiré. Each takes a BGR portrait and returns a 640x480 BGR
 camera frame; a seed varies the pose and light so a sequence of frames is never identical.

@@ -1,4 +1,6 @@
-"""Synthetic inputs for the vision tests: a blinking "live" sequence and a moved photo.
+"""Synthetic face frames: a blinking "live" sequence and a moved photo, for the vision tests
+and for the simulator's couriers at the face camera (shelf_sim may not import tests/, so the
+code lives here and the tests import it).
 
 The live sequence is synthetic, and docs/faces.md says so: a real face image with the eyes
 painted shut for a few frames (skin from just above the eye pulled down over it, a dark lash
