@@ -89,6 +89,7 @@ class Env:
         with self._face_lock:
             self.face_camera.show(frames)
             try:
+                self.face_camera.wait_shown()   # in front of the camera before pressing the button
                 t0 = time.monotonic()
                 res = http.post("/api/kiosk/courier/face", timeout=self.face_timeout_s,
                                 headers={"Authorization": "Bearer " + self.kiosk_token})

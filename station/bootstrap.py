@@ -136,8 +136,12 @@ class Vision:
         from station.flows.errors import Unavailable
         from station.vision.cameras import SourceError
 
+        grabber = self.grabber("face")
         try:
-            frames = self.grabber("face").frames(n, interval)
+            # frames taken after the kiosk asked, never the newest one from before: at a
+            # snapshot camera's 5 frames a second that is the previous person's face, and
+            # one frame of somebody else makes the decision a "conflict" (shelf_sim found it)
+            frames = grabber.frames(n, interval, since=grabber.now())
         except (SourceError, TimeoutError) as exc:
             raise Unavailable(f"the face camera gives no picture: {exc}", code="camera_unavailable") from None
         return [self._jpeg(f) for f, _ in frames]

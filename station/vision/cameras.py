@@ -318,13 +318,19 @@ class LatestFrameGrabber:
                     return None
                 self._cond.wait(remaining)
 
-    def frames(self, n: int, interval: float = 0.1, timeout: float = 5.0
-               ) -> list[tuple[np.ndarray, float]]:
+    def now(self) -> float:
+        """The grabber's clock (the one frame times are on)."""
+        return self._clock()
+
+    def frames(self, n: int, interval: float = 0.1, timeout: float = 5.0,
+               since: float | None = None) -> list[tuple[np.ndarray, float]]:
         """n distinct frames at least `interval` apart (for multi-frame face decisions);
-        fewer if the camera stops delivering within `timeout`."""
+        fewer if the camera stops delivering within `timeout`. With `since` (the grabber's
+        clock), only frames captured after it: the newest frame at the moment of asking can
+        be a frame period old and show the person who stood there before."""
         out: list[tuple[np.ndarray, float]] = []
         deadline = time.monotonic() + timeout
-        after: float | None = None
+        after: float | None = since
         while len(out) < n and time.monotonic() < deadline:
             got = self.wait_frame(after=after, timeout=max(deadline - time.monotonic(), 0))
             if got is None:

@@ -49,7 +49,8 @@ def test_faults_and_mistakes_keep_the_invariants(faulty_report: tuple[dict[str, 
     report, out_dir = faulty_report
     assert report["invariants"] == {
         "wrong_slots_lit": 0, "parcels_lost": 0, "doors_opened_without_waiting_parcel": 0,
-        "foreign_parcels_let_out": 0, "strangers_let_in": 0, "station_stalled": 0}, report["examples"]
+        "foreign_parcels_let_out": 0, "strangers_let_in": 0, "station_stalled": 0,
+        "spoofs_admitted": 0}, report["examples"]
     assert report["ok"]
     plan, out = report["plan"], report["outcome"]
     assert plan["customers"] >= 40

@@ -96,6 +96,21 @@ def test_frames_returns_distinct_frames_spaced_in_time() -> None:
     assert all(b - a >= 0.02 for a, b in itertools.pairwise(stamps))
 
 
+def test_frames_since_a_moment_never_hand_out_the_frame_from_before_it() -> None:
+    """The previous person's face, still the newest frame when a courier asks, is not one of
+    the courier's frames."""
+    sim = SimulatedSource("s", period=0.005)
+    sim.push(numbered(1))
+    with LatestFrameGrabber(sim) as grabber:
+        before = grabber.wait_frame(timeout=2)
+        assert before is not None
+        asked = grabber.now()
+        sim.push(numbered(2))
+        frames = grabber.frames(3, interval=0.02, timeout=3, since=asked)
+    assert len(frames) == 3 and all(ts > asked > before[1] for _, ts in frames)
+    assert frames[-1][0].mean() == numbered(2).mean()
+
+
 def test_missing_camera_is_retried_not_fatal(tmp_path) -> None:
     grabber = LatestFrameGrabber(CaptureSource(str(tmp_path / "absent.avi")),
                                  backoff_initial=0.01, backoff_max=0.02).start()
