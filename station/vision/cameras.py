@@ -318,10 +318,6 @@ class LatestFrameGrabber:
                     return None
                 self._cond.wait(remaining)
 
-    def now(self) -> float:
-        """The grabber's clock (the one frame times are on)."""
-        return self._clock()
-
     def frames(self, n: int, interval: float = 0.1, timeout: float = 5.0,
                since: float | None = None) -> list[tuple[np.ndarray, float]]:
         """n distinct frames at least `interval` apart (for multi-frame face decisions);
