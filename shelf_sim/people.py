@@ -269,8 +269,10 @@ class Courier:
                 previous = None
                 if i:
                     http.post(f"/api/courier/sessions/{self.session['session_id']}/close", headers=self.auth)
-                    # out to the van for the next load and in again through the entry door
-                    if not self._enter(http, i // self.PER_SESSION):
+                    # a face courier goes out to the van for the next load and comes in again
+                    # through the entry door (a face entry per visit); PIN couriers enter once
+                    # per shift, as they always have here, so the week's figures stay comparable
+                    if self.plan.face and not self._enter(http, i // self.PER_SESSION):
                         for q in self.parcels[i:]:
                             self.on_shelved(q, False)
                         return

@@ -86,7 +86,7 @@ def test_same_seed_same_report(tmp_path: Path) -> None:
     assert build_plan(replace(tiny, seed=6), shelves).parcels != build_plan(tiny, shelves).parcels
 
 
-@pytest.mark.parametrize("name", ["day.toml", "week.toml"])
+@pytest.mark.parametrize("name", ["day.toml", "week.toml", "faces.toml"])
 def test_example_scenarios_load_and_plan(name: str) -> None:
     scenario = load_scenario(ROOT / "examples" / name)
     plan = build_plan(scenario, [("shelf-1", 5, 10), ("shelf-2", 5, 10)], ("door-entry", "door-exit"))
