@@ -32,7 +32,8 @@ def test_station_as_a_process_keeps_the_invariants(tmp_path: Path) -> None:
     print("\n".join(summary_lines(report)))
     assert report["invariants"] == {
         "wrong_slots_lit": 0, "parcels_lost": 0, "doors_opened_without_waiting_parcel": 0,
-        "foreign_parcels_let_out": 0, "strangers_let_in": 0, "station_stalled": 0}, report["examples"]
+        "foreign_parcels_let_out": 0, "strangers_let_in": 0, "station_stalled": 0,
+        "spoofs_admitted": 0}, report["examples"]
     assert report["ok"]
     plan, out = report["plan"], report["outcome"]
     assert out["parcels_shelved"] >= 0.9 * plan["parcels"], report["examples"]
