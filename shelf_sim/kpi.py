@@ -166,7 +166,8 @@ def write_chart(report: dict[str, Any], path: Path) -> Path | None:
     ax1.set_title("latency percentiles")
     ax1.legend()
     keys = ["parcels_shelved", "pickups_completed", "wrong_parcels_caught_at_exit",
-            "customer_wrong_slot_takes", "courier_wrong_slot_puts", "walk_offs", "strangers_refused"]
+            "customer_wrong_slot_takes", "courier_wrong_slot_puts", "walk_offs", "strangers_refused",
+            "face_entries", "face_spoofs_refused"]
     inv = report["invariants"]
     labels = keys + list(inv)
     values = [report["outcome"].get(k, 0) for k in keys] + [inv[k] for k in inv]
