@@ -243,7 +243,8 @@ async def _read_images(request: Request) -> list[bytes]:
             if not isinstance(items, list) or not 1 <= len(items) <= 5:
                 raise ValueError
             images = [base64.b64decode(item, validate=True) for item in items]
-        except (ValueError, KeyError, TypeError, binascii.Error):
+        # RecursionError: JSON nested deeper than the parser goes (a hostile body, not a 500)
+        except (ValueError, KeyError, TypeError, binascii.Error, RecursionError):
             raise HTTPException(422, 'send one image (image/jpeg, image/png) or {"images": [1-5 base64 photos]}') \
                 from None
     if not all(images):

@@ -166,6 +166,8 @@ def open_bundle(raw: bytes, *, station: str, trusted: Ed25519PublicKey | dict[st
         signed = _signed_part(doc)
     except BundleRefused:
         raise
+    except RecursionError:  # nested deeper than the parser goes: refused like any bad bundle
+        raise BundleRefused("malformed", "not a courier bundle: JSON nested too deep") from None
     except (ValueError, KeyError, TypeError) as exc:
         raise BundleRefused("malformed", f"not a courier bundle: {exc}") from None
     kid = doc.get("kid")
@@ -199,7 +201,7 @@ def open_bundle(raw: bytes, *, station: str, trusted: Ed25519PublicKey | dict[st
         couriers = tuple(_courier(c) for c in body["couriers"])
     except InvalidTag:
         raise BundleRefused("sealed_for_another", "the bundle does not open with this station's key") from None
-    except (ValueError, KeyError, TypeError) as exc:
+    except (ValueError, KeyError, TypeError, RecursionError) as exc:
         raise BundleRefused("malformed", f"bad bundle body: {exc}") from None
     return Bundle(station, version, float(doc["issued_at"]), couriers, hashlib.sha256(raw).hexdigest(), verified)
 

@@ -344,7 +344,7 @@ class UpstreamForwarder:
             try:
                 body = json.loads(msg.payload)
                 from_seq = body["from_seq"]
-            except (ValueError, TypeError, KeyError):
+            except (ValueError, TypeError, KeyError, RecursionError):  # never out into paho's loop
                 return
             if isinstance(from_seq, int) and not isinstance(from_seq, bool) and from_seq >= 1:
                 current = link.resend_from

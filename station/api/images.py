@@ -47,7 +47,8 @@ async def read_frames_json(request: Request) -> list[bytes]:
         if not isinstance(items, list) or not 1 <= len(items) <= MAX_FRAMES:
             raise ValueError
         frames = [base64.b64decode(item, validate=True) for item in items]
-    except (ValueError, KeyError, TypeError, binascii.Error):
+    # RecursionError: JSON nested deeper than the parser goes (a hostile body, not a 500)
+    except (ValueError, KeyError, TypeError, binascii.Error, RecursionError):
         raise FlowError(f'send {{"frames": [1-{MAX_FRAMES} base64 images]}}',
                         code="invalid_request", status=422) from None
     if not all(frames):

@@ -252,3 +252,12 @@ def test_face_entry_lets_the_enrolled_courier_in_and_refuses_a_photo(live: LiveS
     assert accepted["distance"] < 0.5 and "encoding" not in events[0]["data"]
     blob = live.core.ctx.store.query_one("SELECT blob FROM face_templates LIMIT 1")["blob"]
     assert np.float32(0).tobytes() not in blob[:8]  # ciphertext, not a raw float array
+
+
+def test_a_frames_body_nested_too_deep_is_a_clear_error(live: LiveStation) -> None:
+    """review: JSON deeper than the parser goes was a RecursionError, answered 500."""
+    with client(live, "kiosk", "kiosk-1") as k:
+        for body in (b"[" * 100_000, b'{"frames": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"):
+            res = k.post("/api/kiosk/courier/face", content=body, headers={"content-type": "application/json"})
+            assert res.status_code == 422 and res.json()["error"] == "invalid_request", res.text
+        assert k.get("/api/health").status_code == 200

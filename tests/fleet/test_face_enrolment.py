@@ -244,3 +244,52 @@ def test_the_publisher_sends_no_bundle_a_station_would_refuse_and_says_why_once(
         assert "above the 1000 a station accepts" in caplog.records[0].getMessage()
     with psycopg.connect(fleet_dsn, autocommit=True) as conn:
         assert [r[0] for r in conn.execute("SELECT station_id FROM fleet_bundles ORDER BY 1")] == ["st-b"]
+
+
+def _png_header(width: int, height: int) -> bytes:
+    """A PNG that claims `width` x `height` and holds almost nothing: a decompression bomb's
+    header (the decoder must refuse it by its size before decoding a pixel)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(b"\0" * 1000)) + chunk(b"IEND", b""))
+
+
+def test_hostile_enrolment_bodies_get_a_clear_error_and_store_nothing(fleet_dsn: str) -> None:
+    """review: every kind of bad body is a 4xx that says what to send, never a 500, and the
+    fleet answers afterwards. A deeply nested JSON body was a RecursionError (500) before."""
+    secrets = FleetSecrets(token_key=b"k" * 32, template_key=b"t" * 32)
+    client = TestClient(create_app(fleet_dsn, secrets), raise_server_exceptions=False)
+    with psycopg.connect(fleet_dsn, autocommit=True) as conn:
+        registry.create_tables(conn)
+        registry.add(conn, "f1", "SF", "Fleet Li", PIN, ["st-a"])
+    admin = {"Authorization": "Bearer " + make_token(secrets.token_key, "adm", 600, role="admin")}
+    url = "/api/couriers/f1/faces"
+    image_bodies = {
+        "a bomb's header": _png_header(100_000, 100_000),
+        "a GIF": b"GIF89a" + bytes(100),
+        "not an image": b"hello",
+        "a truncated JPEG": b"\xff\xd8\xff\xe0" + bytes(20),
+    }
+    for what, body in image_bodies.items():
+        res = client.post(url, content=body, headers={**admin, "content-type": "image/png"})
+        assert res.status_code == 422 and res.json()["error"] == "enrolment_image", (what, res.text)
+    json_bodies = {
+        "nested a hundred thousand deep": b"[" * 100_000,
+        "images nested deep": b'{"images": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+        "six photos": json.dumps({"images": ["aGk="] * 6}).encode(),
+        "a number for a photo": b'{"images": [1]}',
+        "null": b"null",
+        "not UTF-8": b"\xff\xfe",
+    }
+    for what, body in json_bodies.items():
+        res = client.post(url, content=body, headers={**admin, "content-type": "application/json"})
+        assert res.status_code == 422 and "images" in res.json()["detail"], (what, res.status_code, res.text)
+    huge = client.post(url, content=bytes(60 * 1024 * 1024), headers={**admin, "content-type": "image/png"})
+    assert huge.status_code == 413
+    assert _faces_at_rest(fleet_dsn, "f1") == []
+    assert client.get("/api/couriers", headers=admin).status_code == 200

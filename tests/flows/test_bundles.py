@@ -79,7 +79,7 @@ def test_a_good_bundle_is_applied_and_its_couriers_log_in(station: Any) -> None:
 
 
 @pytest.mark.parametrize("case", ["unsigned", "forged", "forged_kid_stripped", "forged_kid_claimed", "foreign",
-                                  "sealed_for_another", "garbage"])
+                                  "sealed_for_another", "garbage", "nested"])
 def test_a_bad_bundle_is_refused_and_changes_nothing(station: Any, case: str) -> None:
     good = json.loads(_bundle(station, 1, [_courier("f1")]))
     if case == "unsigned":
@@ -99,6 +99,8 @@ def test_a_bad_bundle_is_refused_and_changes_nothing(station: Any, case: str) ->
         from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
         raw = _bundle(station, 1, [_courier("f1")], key=X25519PrivateKey.generate())
+    elif case == "nested":  # review: JSON deeper than the parser goes was a RecursionError, no refusal
+        raw = b"[" * 100_000
     else:
         raw = b"\xff not json"
     before = station.store.last_seq
@@ -109,7 +111,7 @@ def test_a_bad_bundle_is_refused_and_changes_nothing(station: Any, case: str) ->
     assert len(refused) == 1 and json.loads(refused[0]["data"])["reason"] in (
         {"unsigned": "unsigned", "forged": "untrusted_key", "forged_kid_stripped": "bad_signature",
          "forged_kid_claimed": "bad_signature", "foreign": "foreign",
-         "sealed_for_another": "sealed_for_another", "garbage": "malformed"}[case],)
+         "sealed_for_another": "sealed_for_another", "garbage": "malformed", "nested": "malformed"}[case],)
 
 
 def test_an_older_or_replayed_bundle_is_refused(station: Any) -> None:
