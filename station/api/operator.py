@@ -34,11 +34,12 @@ from .models import ExtendBy, NewCourier, NewPin, PlacementReport, ReachableFlag
 from .services import Services, services
 
 # a snapshot's SHA-256 or a room picture's / clip's random id (as vision/snapshots.py names them)
-_REF = re.compile(r"^(?:[0-9a-f]{64}|[0-9a-f]{32})$")
+# matched whole (fullmatch): with match and "$" a trailing newline got in
+_REF = re.compile(r"[0-9a-f]{64}|[0-9a-f]{32}")
 
 
 def is_ref(ref: str) -> bool:
-    return bool(_REF.match(ref))
+    return bool(_REF.fullmatch(ref))
 
 router = APIRouter(prefix="/api/operator", tags=["operator"])
 operator_only = require("operator")

@@ -35,7 +35,8 @@ from station.crypto import DecryptError, Sealer
 from station.vision.images import ensure_frame
 
 # a JPEG's SHA-256 (content-named) or a room picture's random id (named before it exists)
-_REF = re.compile(r"^(?:[0-9a-f]{64}|[0-9a-f]{32})$")
+# matched whole (fullmatch): with match and "$" a trailing newline got in
+_REF = re.compile(r"[0-9a-f]{64}|[0-9a-f]{32}")
 JPEG_QUALITY = 85
 PLAIN, SEALED, CLIP = ".jpg", ".snap", ".clip"
 _AAD = b"ps-snapshot/v1\x00"
@@ -45,7 +46,7 @@ _CLIP_MAGIC = b"PSCLIP1\n"
 
 def is_ref(ref: str) -> bool:
     """A well-formed snapshot, room picture or clip reference (nothing about whether it exists)."""
-    return bool(_REF.match(ref))
+    return bool(_REF.fullmatch(ref))
 
 
 def encode_clip(frames: list[tuple[float, bytes]]) -> bytes:
@@ -87,7 +88,7 @@ class SnapshotStore:
 
     def path(self, ref: str, suffix: str | None = None) -> Path:
         """Where the snapshot `ref` is (or would be) kept: ciphertext when the store has a key."""
-        if not _REF.match(ref):
+        if not _REF.fullmatch(ref):
             raise SnapshotError(f"not a snapshot reference: {ref!r}")
         if suffix is None:
             suffix = SEALED if self._sealer is not None else PLAIN
@@ -162,7 +163,7 @@ class SnapshotStore:
             if not sub.is_dir():
                 continue
             for file in sub.iterdir():
-                if file.suffix not in (PLAIN, SEALED, CLIP) or not _REF.match(file.stem):
+                if file.suffix not in (PLAIN, SEALED, CLIP) or not _REF.fullmatch(file.stem):
                     continue
                 try:
                     st = file.stat()
@@ -210,7 +211,7 @@ class SnapshotStore:
                 continue
             for file in sub.iterdir():
                 is_tmp = file.name.startswith(".tmp-")
-                if not is_tmp and not _REF.match(file.stem):
+                if not is_tmp and not _REF.fullmatch(file.stem):
                     continue
                 try:
                     if file.stat().st_mtime < cutoff or (is_tmp and
