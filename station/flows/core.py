@@ -135,15 +135,31 @@ class StationCore:
         boot_id = data.get("boot_id")
         if shelf is None or not isinstance(boot_id, str):
             return
+        # a state that contradicts itself or the layout moves nothing where it does: an entry
+        # outside this shelf's rows and columns (or not a count) is ignored, and a slot listed
+        # twice with two counts keeps what the station knew (neither count can be trusted to
+        # make a take, which may close someone's pickup). One event says so, however many.
         sensed: dict[tuple[int, int], int] = {}
+        listed_twice: set[tuple[int, int]] = set()
+        ignored: list[str] = []
         for o in data["occupied"]:
-            try:
-                sensed[(int(o["row"]), int(o["col"]))] = int(o["count"])
-            except (KeyError, TypeError, ValueError):
-                self._log_device(device, "placement.invalid", {"occupied": o})
+            cell = _occupied_cell(o, shelf.rows, shelf.columns)
+            if cell is None:
+                ignored.append(repr(o)[:80])
+                continue
+            if cell[:2] in sensed and sensed[cell[:2]] != cell[2]:
+                listed_twice.add(cell[:2])
+            sensed[cell[:2]] = cell[2]
+        if ignored or listed_twice:
+            self._log_device(device, "placement.invalid", {
+                "boot_id": boot_id, "reason": "boot state entries not taken", "ignored": len(ignored),
+                "sample": " | ".join(ignored[:3]),
+                "listed_twice": ",".join(f"{r}-{c}" for r, c in sorted(listed_twice))})
         counts = {r["slot"]: r["count"] for r in self.ctx.store.query("SELECT slot, count FROM slot_counts")}
         for row in range(1, shelf.rows + 1):
             for col in range(1, shelf.columns + 1):
+                if (row, col) in listed_twice:
+                    continue
                 slot = SlotAddress(shelf.number, row, col)
                 key = str(slot)
                 before = counts[key] if key in counts else held_in(self.ctx.store, slot)
@@ -388,3 +404,16 @@ def _safe(data: dict[str, Any]) -> dict[str, Any]:
 def _utf8(text: str) -> str:
     """What UTF-8 cannot carry (a lone surrogate) as its escape: the log must take it."""
     return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _occupied_cell(o: Any, rows: int, columns: int) -> tuple[int, int, int] | None:
+    """(row, col, count) of one entry of a boot state's `occupied` list, or None when it is
+    not whole numbers inside the shelf (a bool is no number here)."""
+    if not isinstance(o, dict):
+        return None
+    row, col, count = o.get("row"), o.get("col"), o.get("count")
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in (row, col, count)):
+        return None
+    if not (1 <= row <= rows and 1 <= col <= columns and count >= 0):
+        return None
+    return row, col, count
