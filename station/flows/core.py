@@ -9,7 +9,7 @@ import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeGuard
 
 from station.domain.errors import InvalidSlotAddress
 from station.domain.layout import SlotAddress
@@ -412,8 +412,12 @@ def _occupied_cell(o: Any, rows: int, columns: int) -> tuple[int, int, int] | No
     if not isinstance(o, dict):
         return None
     row, col, count = o.get("row"), o.get("col"), o.get("count")
-    if not all(isinstance(v, int) and not isinstance(v, bool) for v in (row, col, count)):
+    if not (_whole(row) and _whole(col) and _whole(count)):
         return None
     if not (1 <= row <= rows and 1 <= col <= columns and count >= 0):
         return None
     return row, col, count
+
+
+def _whole(v: Any) -> TypeGuard[int]:
+    return isinstance(v, int) and not isinstance(v, bool)
