@@ -112,3 +112,32 @@ def test_a_flagged_recipients_parcel_is_shelved_in_a_reachable_row_end_to_end(
         assert (parcel["slot"], parcel["state"]) == (slot, "shelved")
         dump = repr(live.core.ctx.store.query("SELECT * FROM events"))
         assert NUMBER not in dump and "57246813" not in dump
+
+
+def test_concurrent_flag_requests_write_one_event_per_real_change(app: Any) -> None:
+    """review: 32 admins setting the same number at once write exactly one set event; a storm
+    of mixed sets and clears leaves the flag as its last event says, each event a real change."""
+    import json
+    from concurrent.futures import ThreadPoolExecutor
+
+    c = TestClient(app, raise_server_exceptions=False)
+    admin = _admin(app)
+
+    def post(needs: bool) -> int:
+        return c.post(URL, json={"phone": NUMBER, "needs_reachable_slot": needs}, headers=admin).status_code
+
+    with ThreadPoolExecutor(16) as pool:
+        assert set(pool.map(post, [True] * 32)) == {200}
+        flags = c.get(URL, headers=admin).json()["flags"]
+        assert len(flags) == 1
+        assert set(pool.map(post, [i % 2 == 0 for i in range(64)])) == {200}
+    listed = c.get(URL, headers=admin).json()["flags"]
+    events = c.get("/api/operator/events", params={"type": "recipient.reachable.set", "limit": 500},
+                   headers=admin).json()["events"]
+    cleared = c.get("/api/operator/events", params={"type": "recipient.reachable.cleared", "limit": 500},
+                    headers=admin).json()["events"]
+    kinds = [e["type"] for e in sorted(events + cleared, key=lambda e: e["seq"])]
+    assert kinds[0] == "recipient.reachable.set" and kinds.count("recipient.reachable.set") >= 1
+    assert all(a != b for a, b in zip(kinds, kinds[1:])), "an event that changed nothing"
+    assert (kinds[-1] == "recipient.reachable.set") == (len(listed) == 1)
+    assert NUMBER not in json.dumps(events + cleared)
