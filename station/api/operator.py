@@ -38,6 +38,11 @@ from .services import Services, services
 _REF = re.compile(r"[0-9a-f]{64}|[0-9a-f]{32}")
 
 
+# a picture served decrypted is personal data: no copy in the browser's cache on disk, where it
+# would outlive the session and the encryption at rest (the console keeps it as a blob: URL)
+_NO_STORE = {"Cache-Control": "private, no-store"}
+
+
 def is_ref(ref: str) -> bool:
     return bool(_REF.fullmatch(ref))
 
@@ -278,7 +283,7 @@ def snapshot(ref: str, who: Principal = Depends(operator_only), svc: Services = 
         raise NotFound("snapshot pruned: no longer on disk (past snapshot_retention_days, or "
                        "removed to keep the disk free, or never written); the event keeps its"
                        " reference", code="snapshot_pruned")
-    return Response(data, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=3600"})
+    return Response(data, media_type="image/jpeg", headers=_NO_STORE)
 
 
 @router.get("/clips/{ref}", summary="An alarm clip: its frames' offsets from the alarm (s)")
@@ -296,7 +301,7 @@ def clip_frame(ref: str, n: int = Path_(ge=0, le=10_000), who: Principal = Depen
     frames = _clip(svc, ref)
     if n >= len(frames):
         raise NotFound(f"the clip has {len(frames)} frames")
-    return Response(frames[n][1], media_type="image/jpeg", headers={"Cache-Control": "private, max-age=3600"})
+    return Response(frames[n][1], media_type="image/jpeg", headers=_NO_STORE)
 
 
 def _clip(svc: Services, ref: str) -> list[tuple[float, bytes]]:

@@ -84,6 +84,8 @@ def test_a_customers_take_carries_a_sealed_room_picture_the_operator_sees(tmp_pa
         res = httpx.get(f"{ls.base_url}/api/operator/snapshots/{ref}", headers=op)
         assert res.status_code == 200 and res.headers["content-type"] == "image/jpeg"
         assert res.content[:3] == b"\xff\xd8\xff"
+        # review: decrypted, so never kept in the operator's browser cache on disk
+        assert "no-store" in res.headers["cache-control"], res.headers
         assert httpx.get(f"{ls.base_url}/api/operator/snapshots/{ref}", headers=kiosk).status_code in (401, 403)
         log = httpx.get(ls.base_url + "/api/operator/events", params={"type": "slot.sensed"}, headers=op).json()
         assert ref in {e["data"].get("picture") for e in log["events"]}
@@ -125,6 +127,7 @@ def test_an_alarm_keeps_a_clip_from_before_and_after(tmp_path: Path) -> None:
         assert offsets and min(offsets) < 0 < max(offsets), offsets
         frame = httpx.get(f"{ls.base_url}/api/operator/clips/{data['clip']}/0", headers=op)
         assert frame.status_code == 200 and frame.content[:3] == b"\xff\xd8\xff"
+        assert "no-store" in frame.headers["cache-control"], frame.headers
 
 
 def test_a_camera_that_is_down_costs_the_picture_not_the_light_or_the_door(tmp_path: Path) -> None:
