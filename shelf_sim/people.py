@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -72,6 +72,9 @@ class Env:
     # a person held at the exit this many wall seconds calls staff (see call_staff)
     staff_after_s: float = 3.0
     _staff_lock: threading.Lock = field(default_factory=threading.Lock)
+    # the count the station last sensed in a slot (None: never), read from its database;
+    # None where we cannot read it (a station we did not start): walks are not waited on
+    sensed_count: Callable[[str], int | None] | None = None
     # waybills a customer refused as damaged and put back in their slot: the station must
     # end them `refused`, lying where they were (the final checks hold it to that)
     refused: set[str] = field(default_factory=set)
@@ -101,9 +104,34 @@ class Env:
         """A human-paced wait, compressed by the run's speed; returns early on stop."""
         self.stop.wait(max(0.0, sim_seconds) / self.speed)
 
-    def walk_to_exit(self, sim_seconds: float) -> None:
-        """From the shelves to the exit: compressed by the speed, never below the floor."""
+    def walk_to_exit(self, sim_seconds: float, touched: Sequence[str] = ()) -> None:
+        """From the shelves to the exit: compressed by the speed, never below the floor.
+
+        A real walk of `sim_seconds` gives the shelves that long to tell the station what a
+        hand did in the `touched` slots; the exit's promise rests on that (ADR 0075). At a
+        compressed pace under load the walk would beat the message, which no person can do:
+        so the person also waits, for at most the uncompressed walk, until the station has
+        heard each touched slot as its sensor now reads it. Longer than that, they press
+        the button regardless and the exit's answer counts."""
         self.stop.wait(max(max(0.0, sim_seconds) / self.speed, self.min_exit_walk_s))
+        if not touched or self.sensed_count is None:
+            return
+        deadline = time.monotonic() + max(0.0, sim_seconds) - self.min_exit_walk_s
+        waited = False
+        while not self.stop.is_set():
+            behind = [s for s in touched if self.sensed_count(s) != self._sensor_reads(s)]
+            if not behind or time.monotonic() >= deadline:
+                if behind:
+                    self.metrics.inc("exit_walks_beat_the_shelf", example=", ".join(behind))
+                break
+            waited = True
+            self.stop.wait(0.02)
+        if waited:
+            self.metrics.inc("exit_walks_waited_for_the_shelf")
+
+    def _sensor_reads(self, slot: str) -> int:
+        hal, row, col = self.hal_of(slot)
+        return int(hal.sensor(row, col).read())
 
     def client(self) -> httpx.Client:
         """One HTTP client per person: each is a thread, like a separate phone or kiosk."""
@@ -165,16 +193,9 @@ class Env:
         self.room.place(waybill, slot)
         self.touch(slot, "put")
 
-    def take(self, waybill: str, holder: str) -> str | None:
-        """Pick a parcel up (ledger and sensor); returns the slot it lay in."""
-        slot = self.room.remove(waybill, holder)
-        if slot is not None:
-            self.touch(slot, "take")
-        return slot
-
     def lift(self, waybill: str, holder: str) -> str | None:
-        """Pick up somebody else's parcel if it still lies on a shelf (ledger and sensor
-        together, so a hand never "takes" from a slot another hand just emptied)."""
+        """Pick a parcel up if it still lies on a shelf (ledger and sensor together, so a hand
+        never "takes" from a slot another hand just emptied, nor out of another's hands)."""
         slot = self.room.lift(waybill, holder)
         if slot is not None:
             hal, row, col = self.hal_of(slot)
@@ -504,7 +525,17 @@ class Courier:
                     m.inc("parcels_bound_to_other_slot", example=f"{p.waybill} put {slot} bound {item.get('slot')}")
                 return True
             m.inc("courier_placement_retries", example=f"{p.waybill} at {slot}")
-            env.take(p.waybill, self.plan.courier_id)
+            if env.lift(p.waybill, self.plan.courier_id) is None:
+                # not in the slot any more: a hand was quicker (its recipient, once the station
+                # had bound it and lit it for them). Nobody takes a parcel out of another's
+                # hands: the courier looks at the handheld once more, and is done with it.
+                gone = self._answer(http, scan, self._wait_bound(http, scan["pending_id"]), p.waybill)
+                m.inc("courier_parcel_gone_before_the_retry", example=f"{p.waybill} from {slot}")
+                if gone is not None and gone.get("parcel_id"):
+                    m.inc("courier_late_confirmations", example=f"{p.waybill} at {gone.get('slot')}")
+                    m.inc("parcels_shelved")
+                    return True
+                break
             late = self._answer(http, scan, self._wait_bound(http, scan["pending_id"], 0.0), p.waybill)
             if late is not None and late.get("parcel_id"):
                 # the handheld says "shelved" after all: it belongs where it was, put it back
@@ -970,7 +1001,7 @@ class Customer:
         origin = env.lift(w, self.plan.phone)
         if origin is None:
             return True
-        env.walk_to_exit(5.0)
+        env.walk_to_exit(5.0, [origin])
         for sid in (session_id, None):
             res = self._leave(http, sid, wait=False)
             if res is not None and res.get("allowed"):

@@ -217,6 +217,10 @@ class _Room(ABC):
     def db_parcels(self) -> list[dict[str, Any]]:
         """waybill, state and slot of every parcel the station knows (final checks)."""
 
+    @abstractmethod
+    def db_slot_count(self, slot: str) -> int | None:
+        """The count the station last sensed in `slot` (None: never sensed)."""
+
     def stop(self) -> None:
         """Station first, so it does not log the devices and the broker going away as faults."""
         try:
@@ -266,6 +270,10 @@ class EmbeddedStation(_Room):
     def db_parcels(self) -> list[dict[str, Any]]:
         return [dict(r) for r in self.station.core.ctx.store.query(
             "SELECT waybill, state, slot FROM parcels")]
+
+    def db_slot_count(self, slot: str) -> int | None:
+        row = self.station.core.ctx.store.query_one("SELECT count FROM slot_counts WHERE slot = ?", (slot,))
+        return None if row is None else int(row["count"])
 
     def _stop_station(self) -> None:
         if self._server is not None:
@@ -363,6 +371,15 @@ class StationProcess(_Room):
         conn.row_factory = sqlite3.Row
         try:
             return [dict(r) for r in conn.execute("SELECT waybill, state, slot FROM parcels")]
+        finally:
+            conn.close()
+
+    def db_slot_count(self, slot: str) -> int | None:
+        uri = Path(self.config.station.database).resolve().as_uri() + "?mode=ro"
+        conn = sqlite3.connect(uri, uri=True, timeout=10)
+        try:
+            row = conn.execute("SELECT count FROM slot_counts WHERE slot = ?", (slot,)).fetchone()
+            return None if row is None else int(row[0])
         finally:
             conn.close()
 
@@ -678,7 +695,7 @@ def run_embedded(config: Any, scenario: Scenario, *, workdir: Path | None = None
                   Room(), stack.sms, dict(stack.devices.shelf_hals), slot_table(cfg), metrics,
                   scenario.speed, threading.Event(),
                   render_waybills=WaybillRenderer().frame if frames else None,
-                  face_camera=stack.face_cameras.cameras["face"],
+                  face_camera=stack.face_cameras.cameras["face"], sensed_count=stack.db_slot_count,
                   faces={cp.courier_id: kit for cp, kit in zip(face_couriers, kits, strict=True)})
         sim = Simulation(scenario, plan, env, devices=stack.devices, restart_broker=stack.restart_broker,
                          db_parcels=stack.db_parcels, entry_door=stack.devices.door_hals[cfg.doors.entry],
