@@ -170,10 +170,14 @@ class Vision:
 
     def load_clip(self, ref: str) -> list[tuple[float, bytes]] | None:
         """The decrypted frames of an alarm's clip, or None once pruned (or never written)."""
+        from station.vision.snapshots import SnapshotError
+
         try:
             return self.snapshots.load_clip(ref)
         except FileNotFoundError:
             return None
+        except SnapshotError as exc:
+            raise _unreadable(exc) from None
 
     def engine(self) -> Any:
         with self._lock:
@@ -225,10 +229,14 @@ class Vision:
 
     def load_snapshot(self, ref: str) -> bytes | None:
         """The decrypted JPEG, or None once pruned (the event keeps its reference)."""
+        from station.vision.snapshots import SnapshotError
+
         try:
             return self.snapshots.load(ref)
         except FileNotFoundError:
             return None
+        except SnapshotError as exc:
+            raise _unreadable(exc) from None
 
     def save_snapshot(self, image: bytes) -> str | None:
         """A JPEG of what the camera saw, named by its hash; a failure to keep it must never
@@ -435,3 +443,12 @@ def _retention(config: StationConfig, store: Store) -> Retention | None:
     # with [upstream] on, nothing the fleet has not acknowledged leaves the database
     return Retention(store, r.archive_dir, keep_days=r.keep_days, segment_events=r.segment_events,
                      batch_events=r.batch_events, upstream=config.upstream.enabled)
+
+
+def _unreadable(exc: Exception) -> Exception:
+    """A picture file that does not open (another station's key after a restore, a damaged
+    or swapped file): a clear answer naming it, not a 500 with a traceback."""
+    from station.flows.errors import FlowError
+
+    return FlowError(f"{exc}: the file is on disk but does not open with this station's key",
+                     code="snapshot_unreadable", status=409)

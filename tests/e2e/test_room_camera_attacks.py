@@ -94,3 +94,11 @@ def test_a_camera_that_never_answers_delays_no_door_and_refs_are_checked(
                 r = httpx.get(f"{ls.base_url}/api/operator/{path}", headers=op)
                 assert r.status_code == 404 and r.json()["error"] == "not_found", (path, r.status_code, r.text)
         assert httpx.get(f"{ls.base_url}/api/operator/clips/{ref}/-1", headers=op).status_code == 422
+        # a file that is there but does not open (a damaged one, another station's key after a
+        # restore): a clear 409 naming it, not a 500 with a traceback
+        snaps = ls.station.vision.snapshots
+        for path, url in ((snaps.path(ref), f"snapshots/{ref}"), (snaps.path(ref, ".clip"), f"clips/{ref}")):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(b"\x00" * 64)
+            r = httpx.get(f"{ls.base_url}/api/operator/{url}", headers=op)
+            assert r.status_code == 409 and r.json()["error"] == "snapshot_unreadable", (url, r.text)
