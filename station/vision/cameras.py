@@ -86,6 +86,10 @@ class CaptureSource:
             self._cap = None
 
 
+# one still image from an IP camera is well under this (a 4K JPEG is a few MiB)
+MAX_SNAPSHOT_BYTES = 16 * 1024 * 1024
+
+
 class HttpSnapshotSource:
     """An IP camera's still-image URL, fetched once per read."""
 
@@ -107,14 +111,26 @@ class HttpSnapshotSource:
         if wait > 0:
             time.sleep(wait)
         self._last = time.monotonic()
+        deadline = self._last + self.timeout
+        body = bytearray()
         try:
-            response = self._client.get(self.url)
+            # streamed, capped in bytes and in time: a video URL given as the still-image URL
+            # never ends, and a camera that drips a byte at a time never trips the per-read
+            # timeout; read whole, either would fill the station's memory or hold the grabber
+            with self._client.stream("GET", self.url) as response:
+                if response.status_code != 200:
+                    raise SourceError(f"{self.name}: HTTP {response.status_code}")
+                for chunk in response.iter_bytes():
+                    body.extend(chunk)
+                    if len(body) > MAX_SNAPSHOT_BYTES:
+                        raise SourceError(f"{self.name}: the snapshot is larger than {MAX_SNAPSHOT_BYTES} bytes"
+                                          " (a video URL given as the still-image URL?)")
+                    if time.monotonic() > deadline:
+                        raise SourceError(f"{self.name}: the snapshot took longer than {self.timeout:g} s")
         except httpx.HTTPError as exc:
             raise SourceError(f"{self.name}: {exc}") from None
-        if response.status_code != 200:
-            raise SourceError(f"{self.name}: HTTP {response.status_code}")
         try:
-            return decode_image(response.content)
+            return decode_image(bytes(body))
         except ImageError as exc:
             raise SourceError(f"{self.name}: {exc}") from None
 

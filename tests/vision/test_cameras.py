@@ -167,3 +167,65 @@ def test_http_snapshot_source_fetches_one_jpeg_per_read() -> None:
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_http_snapshot_source_refuses_an_endless_or_dripping_answer() -> None:
+    """review: a snapshot URL that streams without end (a camera's MJPEG video URL given as
+    its still-image URL) was read into memory until the station ran out of it; one that
+    drips a byte at a time never hit the per-read timeout. Both are now a SourceError: the
+    body is capped in bytes and the whole answer in time."""
+    from station.vision import cameras
+
+    stop = threading.Event()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", "multipart/x-mixed-replace; boundary=frame")
+            self.end_headers()
+            chunk = b"\xff" * 65536
+            try:
+                while not stop.is_set():
+                    if self.path == "/drip":
+                        self.wfile.write(b"\xff")
+                        self.wfile.flush()
+                        stop.wait(0.05)
+                    else:
+                        self.wfile.write(chunk)
+            except OSError:
+                pass
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    outcome: dict[str, object] = {}
+
+    def read_both() -> None:
+        port = server.server_address[1]
+        for path in ("/stream", "/drip"):
+            source = HttpSnapshotSource(f"snapshot+http://127.0.0.1:{port}{path}", period=0, timeout=0.5)
+            source.open()
+            try:
+                source.read()
+                outcome[path] = "a frame?"
+            except SourceError as exc:
+                outcome[path] = str(exc)
+            finally:
+                source.close()
+
+    try:
+        reader = threading.Thread(target=read_both, daemon=True)
+        reader.start()
+        reader.join(60)  # a fuse, not a measurement: an unbounded read never comes back
+        assert not reader.is_alive(), "the snapshot read never ended"
+        assert "larger than" in str(outcome["/stream"]), outcome
+        assert "took longer than" in str(outcome["/drip"]), outcome
+        assert cameras.MAX_SNAPSHOT_BYTES <= 32 * 1024 * 1024
+    finally:
+        stop.set()
+        server.shutdown()
+        server.server_close()
