@@ -150,7 +150,10 @@ def enrol_faces(conn: psycopg.Connection, courier_id: str, images: Sequence[byte
         raise FaceRefused(exc.image_index, exc.check, f"photo {exc.image_index + 1}: {exc.check}: {exc.detail}") \
             from None
     with conn.transaction():
-        _must_exist(conn, courier_id)
+        # the courier's row locked: two enrolments at once replace one another whole (without
+        # it the second's DELETE missed the first's new rows and its INSERT hit their key)
+        if conn.execute("SELECT 1 FROM fleet_couriers WHERE id = %s FOR UPDATE", (courier_id,)).fetchone() is None:
+            raise RegistryError(f"no courier {courier_id}")
         conn.execute("DELETE FROM fleet_courier_faces WHERE courier_id = %s", (courier_id,))
         for idx, template in enumerate(enrolment.templates):
             conn.execute("INSERT INTO fleet_courier_faces(courier_id, idx, template) VALUES (%s,%s,%s)",

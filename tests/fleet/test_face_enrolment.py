@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import cv2
 import httpx
@@ -57,7 +58,7 @@ def _faces_at_rest(dsn: str, courier: str) -> list[bytes]:
 
 def test_a_face_enrolled_at_the_fleet_opens_the_station_door(tmp_path: Path, fleet_dsn: str) -> None:
     from station.vision.faces import FaceEngine
-    from tests.vision.synth import live_sequence, still_sequence
+    from shelf_sim.blinks import live_sequence, still_sequence
 
     secrets_file = tmp_path / "fleet-secrets.toml"
     secrets_file.write_text(generate_fleet_secrets_toml())
@@ -293,3 +294,43 @@ def test_hostile_enrolment_bodies_get_a_clear_error_and_store_nothing(fleet_dsn:
     assert huge.status_code == 413
     assert _faces_at_rest(fleet_dsn, "f1") == []
     assert client.get("/api/couriers", headers=admin).status_code == 200
+
+
+
+def test_concurrent_enrolments_of_one_courier_all_succeed_and_keep_one_set(fleet_dsn: str) -> None:
+    """review: two admins (or a double click) enrolling one courier at once hit the primary
+    key of the other's fresh templates: a 500 (UniqueViolation) from the API. The courier's
+    row is now locked for the replacement, so each enrolment replaces the one before, whole.
+    (The registry call itself, with an encoder that answers at once: the race is in the
+    database, and a real encoder spaces the requests out too much to meet it reliably.)"""
+    import threading
+    from types import SimpleNamespace
+
+    with psycopg.connect(fleet_dsn, autocommit=True) as conn:
+        registry.create_tables(conn)
+        registry.add(conn, "f1", "SF", "Fleet Li", PIN, ["st-a"])
+
+    class Instant:
+        def enrol(self, images: list[bytes]) -> Any:
+            return SimpleNamespace(templates=[np.full(128, i, np.float32) for i in range(3)])
+
+    cipher = registry.template_cipher(b"t" * 32)
+    start = threading.Barrier(8)
+    failures: list[str] = []
+
+    def enrol() -> None:
+        with psycopg.connect(fleet_dsn, autocommit=True) as conn:
+            for _ in range(15):
+                try:
+                    start.wait(10)
+                    registry.enrol_faces(conn, "f1", [b"x"], Instant(), cipher)
+                except Exception as exc:  # noqa: BLE001 - what the API answered with a 500
+                    failures.append(type(exc).__name__)
+
+    threads = [threading.Thread(target=enrol) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert failures == []
+    assert len(_faces_at_rest(fleet_dsn, "f1")) == 3
