@@ -57,8 +57,8 @@ def _faces_at_rest(dsn: str, courier: str) -> list[bytes]:
 
 
 def test_a_face_enrolled_at_the_fleet_opens_the_station_door(tmp_path: Path, fleet_dsn: str) -> None:
-    from station.vision.faces import FaceEngine
     from shelf_sim.blinks import live_sequence, still_sequence
+    from station.vision.faces import FaceEngine
 
     secrets_file = tmp_path / "fleet-secrets.toml"
     secrets_file.write_text(generate_fleet_secrets_toml())
