@@ -44,11 +44,25 @@ class FrameSource(Protocol):
     def close(self) -> None: ...
 
 
+def redacted(url: str) -> str:
+    """A camera URL as it may be shown: `rtsp://user:pass@cam/...` names its password, and a
+    source's name goes into errors (a courier's 503, the log); the user stays, the password not."""
+    head, sep, rest = url.partition("://")
+    if not sep:
+        return url
+    authority, slash, path = rest.partition("/")
+    if "@" not in authority:
+        return url
+    userinfo, _, host = authority.rpartition("@")
+    user = userinfo.split(":", 1)[0]
+    return f"{head}://{user}:***@{host}{slash}{path}" if ":" in userinfo else url
+
+
 class CaptureSource:
     """cv2.VideoCapture: device index, stream URL or video file."""
 
     def __init__(self, target: str, *, realtime: bool | None = None) -> None:
-        self.name = target
+        self.name = redacted(target)
         self._target: int | str = int(target) if target.isdigit() else target
         is_file = isinstance(self._target, str) and "://" not in self._target
         # files would otherwise be read as fast as the CPU allows
@@ -94,7 +108,7 @@ class HttpSnapshotSource:
     """An IP camera's still-image URL, fetched once per read."""
 
     def __init__(self, url: str, *, timeout: float = 3.0, period: float = 0.2) -> None:
-        self.name = url
+        self.name = redacted(url)
         self.url = url.removeprefix("snapshot+")
         self.timeout = timeout
         self.period = period  # do not hammer a small camera's web server

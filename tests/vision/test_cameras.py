@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import itertools
+import socket
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -229,3 +230,25 @@ def test_http_snapshot_source_refuses_an_endless_or_dripping_answer() -> None:
         stop.set()
         server.shutdown()
         server.server_close()
+
+
+def test_a_camera_urls_password_is_never_in_its_name_or_errors() -> None:
+    """review: a source's name (the configured URL) goes into every SourceError, and the
+    document camera's last error into a courier's 503: `http://user:pass@cam/...` named the
+    camera's password there."""
+    from station.vision.cameras import CaptureSource, redacted
+
+    assert redacted("rtsp://admin:s3cret@10.0.0.9:554/stream1") == "rtsp://admin:***@10.0.0.9:554/stream1"
+    assert redacted("snapshot+http://admin:s3cret@cam/snap.jpg?x=@") == "snapshot+http://admin:***@cam/snap.jpg?x=@"
+    assert redacted("http://cam/snap.jpg") == "http://cam/snap.jpg"
+    assert redacted("0") == "0"
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    source = HttpSnapshotSource(f"snapshot+http://admin:s3cret@127.0.0.1:{port}/snap.jpg", period=0, timeout=0.5)
+    source.open()
+    with pytest.raises(SourceError) as err:
+        source.read()
+    source.close()
+    assert "s3cret" not in str(err.value) and "s3cret" not in source.name
+    assert "s3cret" not in CaptureSource("rtsp://admin:s3cret@127.0.0.1:1/x").name
