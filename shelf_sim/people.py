@@ -175,33 +175,51 @@ class Env:
                     out[addr] = tuple(led.colours)
         return out
 
-    def touch(self, slot: str, action: str) -> None:
-        """A hand in `slot` moves one item in ("put") or out ("take"): the sensor sees it."""
+    def _wait_for_the_hand_gap(self, slot: str) -> None:
         while True:
             with self._touch_lock:
                 wait = self._touched.get(slot, 0.0) + self.hand_gap_s - time.monotonic()
                 if wait <= 0:
-                    self._touched[slot] = time.monotonic()
-                    break
+                    return
             time.sleep(wait)
+
+    def _touch(self, slot: str, action: str) -> None:
+        """The sensor sees a hand move one item; the caller holds `_touch_lock` and has just
+        changed the ledger, so ledger and sensor change in one step: two hands in one slot
+        at once cannot leave the sensor's order different from the ledger's."""
+        self._touched[slot] = time.monotonic()
         hal, row, col = self.hal_of(slot)
         sensor = hal.sensor(row, col)
         sensor.put() if action == "put" else sensor.take()
 
     def put(self, waybill: str, slot: str) -> None:
         """Put a parcel down: the ledger and the placement sensor change together."""
-        self.room.place(waybill, slot)
-        self.touch(slot, "put")
+        while True:
+            self._wait_for_the_hand_gap(slot)
+            with self._touch_lock:
+                if self._touched.get(slot, 0.0) + self.hand_gap_s > time.monotonic():
+                    continue  # another hand got there first
+                self.room.place(waybill, slot)
+                self._touch(slot, "put")
+                return
 
     def lift(self, waybill: str, holder: str) -> str | None:
         """Pick a parcel up if it still lies on a shelf (ledger and sensor together, so a hand
         never "takes" from a slot another hand just emptied, nor out of another's hands)."""
-        slot = self.room.lift(waybill, holder)
-        if slot is not None:
-            hal, row, col = self.hal_of(slot)
-            self.room.parcels[waybill].unsensed = bool(getattr(hal.sensor(row, col), "stuck", False))
-            self.touch(slot, "take")
-        return slot
+        while True:
+            slot = self.room.parcels[waybill].slot
+            if slot is None:
+                return None
+            self._wait_for_the_hand_gap(slot)
+            with self._touch_lock:
+                if self.room.parcels[waybill].slot != slot or \
+                        self._touched.get(slot, 0.0) + self.hand_gap_s > time.monotonic():
+                    continue  # moved, or another hand got there first: look again
+                self.room.lift(waybill, holder)
+                hal, row, col = self.hal_of(slot)
+                self.room.parcels[waybill].unsensed = bool(getattr(hal.sensor(row, col), "stuck", False))
+                self._touch(slot, "take")
+                return slot
 
 
 def _err(res: httpx.Response) -> str:
