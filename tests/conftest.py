@@ -11,6 +11,9 @@ import pytest
 from station.config import Secrets, StationConfig, load_config, load_secrets, write_new_secrets
 from station.mosquitto import MosquittoProcess
 
+# the browser fixtures for every package (one Playwright driver per run)
+pytest_plugins = ("tests.support.browser",)
+
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE_CONFIG = ROOT / "examples" / "station.toml"
 

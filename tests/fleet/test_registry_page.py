@@ -18,7 +18,6 @@ from fleet import couriers as registry
 from fleet.config import FleetSecrets
 from fleet.web import create_app, make_token
 from station.mosquitto import free_port
-from tests.browser.conftest import browser, page, playwright  # noqa: F401 - the browser fixtures
 from tests.reliability.harness import until
 
 SECRETS = FleetSecrets(token_key=b"k" * 32, template_key=b"t" * 32)
@@ -80,7 +79,7 @@ def served(fleet_dsn: str) -> Iterator[str]:
     thread.join(10)
 
 
-def test_the_registry_page_shows_each_courier_in_a_browser(served: str, page: Any) -> None:  # noqa: F811
+def test_the_registry_page_shows_each_courier_in_a_browser(served: str, page: Any) -> None:
     from playwright.sync_api import expect
 
     page.goto(served + "/couriers")
