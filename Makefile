@@ -47,9 +47,12 @@ testdata: $(STAMP)
 demo: $(STAMP) system-deps
 	$(BIN)/shelf-sim demo --config examples/station.toml --dir $(DEMO_DIR)
 
-# The suite includes a quick run of every benchmark (tests/test_bench_smoke.py).
+# The suite includes a quick run of every benchmark (tests/test_bench_smoke.py). Two workers,
+# one test file each at a time (docs/adr/0160): most tests wait on brokers, processes and
+# browsers, so a 2-core machine runs two at once in about two thirds of the time.
+TEST_WORKERS ?= 2
 test: $(STAMP) system-deps browser-deps testdata
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 lint: $(STAMP)
 	$(BIN)/ruff check station firmware_stubs shelf_sim fleet tests bench
