@@ -284,9 +284,10 @@ class Reports:
 
     def report(self, session_id: str, slot: str, problem: str, *, kiosk: str = "kiosk",
                snapshot: str | None = None, waybill: str | None = None) -> dict[str, Any]:
-        """`waybill`: the refused parcel's label, read at the kiosk; without it, with two of
-        the customer's parcels in the slot, the station cannot know which one is damaged and
-        refuses the first (the one put back is then not necessarily the one refused)."""
+        """`waybill`: the refused parcel's label, read at the kiosk. Without it, with two or
+        more of the customer's parcels in the slot, the station cannot know which one is
+        damaged: it does not guess (a guess refuses one and lets the damaged one out as a
+        pickup), it asks for the label (`which_parcel`), before anything is written."""
         ctx = self.ctx
         if problem not in PROBLEMS:
             raise FlowError(f"unknown problem {problem!r}", code="bad_problem", status=422)
@@ -309,6 +310,9 @@ class Reports:
                     " AND waybill = ?", (slot, s[0], waybill)).fetchone():
                 raise FlowError("That parcel is not one of yours waiting in that slot.",
                                 code="not_your_parcel", status=422)
+            if waybill is None and problem == "damaged" and len(mine) > 1:
+                raise FlowError("Two of your parcels are in that slot: show the damaged one's label "
+                                "under the camera, or ask staff.", code="which_parcel", status=409)
             tx.emit(Event("pickup.reported", session_id, kiosk,
                           {"session_id": session_id, "slot": slot, "problem": problem}, snapshot))
             out["alarm_id"] = guard.raise_alarm(

@@ -87,6 +87,10 @@ def test_of_two_parcels_in_one_slot_the_one_named_by_its_waybill_is_refused(stat
     with pytest.raises(FlowError) as exc:
         station.core.reports.report(session, s1, "damaged", waybill=sf_waybill(3))
     assert exc.value.code == "not_your_parcel"
+    before = len(station.events("pickup.reported"))
+    with pytest.raises(FlowError) as exc:  # which of the two: asked, not guessed
+        station.core.reports.report(session, s1, "damaged")
+    assert exc.value.code == "which_parcel" and len(station.events("pickup.reported")) == before
     out = station.core.reports.report(session, s1, "damaged", waybill=sf_waybill(2))
     assert out["put_back_awaited"]
     station.put(s1)

@@ -227,6 +227,12 @@
     box.className = r.ok ? "msg info" : "msg error";
     if (!r.ok) {
       button.disabled = false;
+      if (r.body && r.body.error === "which_parcel") {
+        // two of theirs in that slot: the station will not guess which one is damaged
+        box.replaceChildren("此格口有您的两件包裹，请联系工作人员指明破损的一件。 ",
+          el("span", { class: "en" }, "Two of your parcels are in this slot: please ask staff which one to refuse."));
+        return;
+      }
       box.replaceChildren("未能提交，请联系工作人员。 ", el("span", { class: "en" }, "Could not report; please call staff."));
       return;
     }
