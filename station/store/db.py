@@ -91,6 +91,9 @@ class Store:
         self._last_seq = 0
         self._last_hash = GENESIS
         self._last_ts = ""
+        # PRAGMA data_version as last seen: it moves only when another connection commits,
+        # so while it stands still the chain's tip is the one this process last wrote
+        self._data_version: int | None = None
         self._listeners: list[Listener] = []
         self._current: Tx | None = None  # the open transaction; only its thread sees it (the lock)
         self._tx_thread: int | None = None  # the thread that has it open
@@ -122,6 +125,7 @@ class Store:
                 row = _tip(conn)
                 if row:
                     self._last_seq, self._last_hash, self._last_ts = row
+                self._data_version = _data_version(conn)
         return self
 
     def close(self) -> None:
@@ -170,14 +174,19 @@ class Store:
                 yield self._current
                 return
             conn = self.conn
-            saved = (self._last_seq, self._last_hash, self._last_ts)
+            saved = (self._last_seq, self._last_hash, self._last_ts, self._data_version)
             try:
                 conn.execute("BEGIN IMMEDIATE")
                 # another process (the CLI beside a running station) may have appended:
-                # the chain continues from what is on disk, read under the write lock
-                row = _tip(conn)
-                if row:
-                    self._last_seq, self._last_hash, self._last_ts = row
+                # the chain continues from what is on disk, read under the write lock. Only
+                # a commit by another connection moves data_version (our own never do), so
+                # the tip is read again only then, not on every transaction
+                version = _data_version(conn)
+                if version != self._data_version:
+                    row = _tip(conn)
+                    if row:
+                        self._last_seq, self._last_hash, self._last_ts = row
+                    self._data_version = version
             except sqlite3.OperationalError as exc:
                 try:
                     conn.execute("ROLLBACK")
@@ -192,7 +201,7 @@ class Store:
                 conn.execute("COMMIT")
             except BaseException as exc:
                 self._current, self._tx_thread = None, None
-                self._last_seq, self._last_hash, self._last_ts = saved
+                self._last_seq, self._last_hash, self._last_ts, self._data_version = saved
                 try:
                     conn.execute("ROLLBACK")
                 except sqlite3.OperationalError:
@@ -348,6 +357,10 @@ class _Reader:
             if self._conn is not None:
                 self._conn.close()
                 self._conn = None
+
+
+def _data_version(conn: sqlite3.Connection) -> int:
+    return int(conn.execute("PRAGMA data_version").fetchone()[0])
 
 
 def _tip(conn: sqlite3.Connection) -> tuple[int, str, str] | None:

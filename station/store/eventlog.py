@@ -14,13 +14,19 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from json.encoder import encode_basestring
 from typing import Any
 
 GENESIS = "0" * 64
 
+# json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False) builds this
+# encoder anew on every call; built once, the same bytes cost a third less on the commit path
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
 
 def canonical_json(data: Any) -> str:
-    return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    """Sorted keys, no spaces, UTF-8 as is: the form every hash and signature is taken of."""
+    return _CANONICAL.encode(data)
 
 
 def utc_iso(epoch: float) -> str:
@@ -88,7 +94,20 @@ def row_hash(
     seq: int, ts: str, type_: str, actor: str, subject: str, data_json: str,
     snapshot: str | None, prev_hash: str,
 ) -> str:
-    canonical = canonical_json([seq, ts, type_, actor, subject, data_json, snapshot, prev_hash])
+    """SHA-256 of canonical_json([seq, ts, type, actor, subject, data, snapshot, prev_hash]).
+
+    A row of the usual types is written out directly with the JSON encoder's own string
+    escaping (the same characters, byte for byte: tests/store/test_eventlog.py holds it to
+    canonical_json), since every append and every verified row pays for it; anything else
+    goes through canonical_json itself."""
+    if type(seq) is int and type(ts) is str and type(type_) is str and type(actor) is str \
+            and type(subject) is str and type(data_json) is str and type(prev_hash) is str \
+            and (snapshot is None or type(snapshot) is str):
+        canonical = (f"[{seq},{encode_basestring(ts)},{encode_basestring(type_)},{encode_basestring(actor)},"
+                     f"{encode_basestring(subject)},{encode_basestring(data_json)},"
+                     f"{'null' if snapshot is None else encode_basestring(snapshot)},{encode_basestring(prev_hash)}]")
+    else:
+        canonical = canonical_json([seq, ts, type_, actor, subject, data_json, snapshot, prev_hash])
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 

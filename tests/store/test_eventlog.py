@@ -233,3 +233,57 @@ def test_utc_iso_is_datetimes_format_to_the_digit(epoch: float) -> None:
     from station.store.eventlog import utc_iso
 
     assert utc_iso(epoch) == datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _reference_row_hash(*row: object) -> str:
+    """The chain's definition, spelled out the slow way (json.dumps of the row)."""
+    import hashlib
+    import json
+
+    text = json.dumps(list(row), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+@pytest.mark.parametrize("text", ["", "plain", 'quote " and \\ backslash', "tab\tnew\nline\r\x00\x1f\x7f",
+                                  "中文 ünïcödé 😀", "\u2028\u2029"])
+def test_row_hash_is_the_canonical_json_of_the_row_byte_for_byte(text: str) -> None:
+    """The hash written out directly is the hash of canonical_json([...]): every chain ever
+    written (and the fleet's check of it) depends on the two being the same."""
+    import json
+
+    from station.store.eventlog import canonical_json
+
+    data = canonical_json({"t": text, "n": 1.5, "z": None, "k": [1, True]})
+    assert data == json.dumps({"t": text, "n": 1.5, "z": None, "k": [1, True]}, sort_keys=True,
+                              separators=(",", ":"), ensure_ascii=False)
+    for snapshot in (None, text, "ab" * 32):
+        for seq in (1, 2**63 - 1):
+            row = (seq, "2026-01-01T00:00:00.000000Z", "slot." + text, text, text, data, snapshot, "f" * 64)
+            assert row_hash(*row) == _reference_row_hash(*row)
+    # rows of other types (a float seq, a None subject) take the reference path
+    assert row_hash(3.0, "t", "x", "a", None, "{}", None, GENESIS) == _reference_row_hash(  # type: ignore[arg-type]
+        3.0, "t", "x", "a", None, "{}", None, GENESIS)
+
+
+def test_the_chain_continues_from_an_append_by_another_connection(tmp_path: Path) -> None:
+    """The tip is read again only when another connection has committed (data_version): a
+    CLI appending beside the running station, in either order, leaves one unbroken chain."""
+    from station.store.db import Store
+
+    path = tmp_path / "s.db"
+    station, cli = Store(path).open(), Store(path).open()
+    station.append(Event("a.one", "s"))
+    cli.append(Event("b.cli", "s"), Event("b.cli", "s"))
+    station.append(Event("a.two", "s"))
+    station.append(Event("a.three", "s"))
+    cli.append(Event("b.cli", "s"))
+    with pytest.raises(RuntimeError):  # a rolled-back transaction leaves the tip as it was
+        with station.transaction() as tx:
+            tx.emit(Event("a.undone", "s"))
+            raise RuntimeError("undo")
+    station.append(Event("a.four", "s"))
+    result = verify_chain(station.conn)
+    assert result.ok and result.checked == 7, result
+    assert [e.type for e in iter_events(station.conn)][-1] == "a.four"
+    station.close()
+    cli.close()
