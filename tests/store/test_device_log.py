@@ -96,3 +96,21 @@ def test_a_report_the_store_can_never_take_does_not_hold_back_the_others(tmp_pat
     writer.start().stop()
     assert _ns(store, "command.acked") == [0, 2]
     assert verify_chain(store.conn).ok
+
+
+def test_reports_arriving_apart_within_the_linger_share_one_commit(tmp_path: Path) -> None:
+    """The first report waits for the others (ADR 0121) instead of paying a transaction and
+    an fsync of its own; a stop ends the wait and writes the batch."""
+    import threading
+
+    store = Store(tmp_path / "t.db").open()
+    commits: list[int] = []
+    store.subscribe(lambda events: commits.append(len(events)))
+    writer = DeviceLogWriter(store, linger_s=30.0).start()
+    writer.submit(Event("command.acked", "shelf-1", "shelf-1", {"n": 0}))
+    threading.Event().wait(0.2)  # without a linger the first report is committed alone by now
+    for i in range(1, 5):
+        writer.submit(Event("command.acked", "shelf-1", "shelf-1", {"n": i}))
+    writer.stop()
+    assert commits == [5]
+    assert _ns(store, "command.acked") == list(range(5))
