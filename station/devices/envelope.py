@@ -111,6 +111,11 @@ def decode(payload: bytes) -> dict[str, Any]:
         raise EnvelopeError("malformed", f"not JSON: {exc}"[:200]) from None
     if not isinstance(obj, dict):
         raise EnvelopeError("malformed", "not a JSON object")
+    if b"\\u" not in payload and payload.count(b"[") + payload.count(b"{") < 64:
+        # valid UTF-8 carries no surrogate, so only a \u escape can name one, and a message
+        # with fewer brackets than that cannot nest deeply: the check below (a whole second
+        # serialisation of every device message) has nothing to find
+        return obj
     try:  # a JSON escape may name a lone surrogate ("\\ud800"): no UTF-8 bytes can carry it,
         # so it could neither be signed nor stored; refuse it here, not deep in a handler
         json.dumps(obj, ensure_ascii=False).encode("utf-8")

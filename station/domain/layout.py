@@ -5,6 +5,7 @@ digits so printed codes line up on a label and sort as text)."""
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -35,12 +36,27 @@ class SlotAddress:
     def parse(cls, text: str) -> SlotAddress:
         if not isinstance(text, str):
             raise InvalidSlotAddress("a slot address is text like 3-2-05")
+        if cls is SlotAddress:
+            return _parse_slot(text)
+        return cls._from_text(text)
+
+    @classmethod
+    def _from_text(cls, text: str) -> SlotAddress:
         match = _ADDRESS_RE.match(text)
         if not match:
             raise InvalidSlotAddress(
                 f"{text!r} is not a slot address: expected shelf-row-column like 3-2-05"
             )
         return cls(int(match[1]), int(match[2]), int(match[3]))
+
+
+# Every query the flows make about slots parses the printed addresses it returns (the
+# light sync, slot choice and the exit, several times per parcel), and a station has a few
+# hundred slots: the addresses are immutable, so each text is parsed once. A bad text
+# raises and is never cached.
+@functools.lru_cache(maxsize=4096)
+def _parse_slot(text: str) -> SlotAddress:
+    return SlotAddress._from_text(text)
 
 
 @dataclass(frozen=True)
