@@ -30,5 +30,6 @@ class Services:
     observe_entry: Callable[[str, float], None] = field(default=lambda method, seconds: None)
 
 
-def services(request: Request) -> Services:
+async def services(request: Request) -> Services:
+    """A coroutine: FastAPI runs a plain `def` dependency in the thread pool (auth.require)."""
     return request.app.state.services  # type: ignore[no-any-return]
