@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-import time
 
 from station.store.db import Store, StoreError, Tx
 from station.store.eventlog import Event
@@ -65,11 +64,13 @@ class DeviceLogWriter:
         self.linger_s = linger_s
         self._queue: queue.SimpleQueue[Event] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
+        self._stopping = threading.Event()  # ends a linger at once
 
     def submit(self, event: Event) -> None:
         self._queue.put(event)
 
     def start(self) -> DeviceLogWriter:
+        self._stopping.clear()
         self._thread = threading.Thread(target=self._run, name="device-log", daemon=True)
         self._thread.start()
         return self
@@ -77,6 +78,7 @@ class DeviceLogWriter:
     def stop(self) -> None:
         """Write what is queued (one last try for anything the store refused), then end."""
         if self._thread is not None:
+            self._stopping.set()
             self._queue.put(_STOP)
             self._thread.join(timeout=10)
             self._thread = None
@@ -95,11 +97,13 @@ class DeviceLogWriter:
                     stopping = True
                 else:
                     batch.append(event)
-            until = time.monotonic() + self.linger_s
+            if batch and not stopping and self.linger_s > 0:
+                # one wake-up per batch: the reports that come meanwhile queue up without
+                # waking this thread for each (a stop ends the wait)
+                self._stopping.wait(self.linger_s)
             while not stopping and len(batch) < limit:
-                left = until - time.monotonic()
                 try:
-                    event = self._queue.get(timeout=left) if left > 0 else self._queue.get_nowait()
+                    event = self._queue.get_nowait()
                 except queue.Empty:
                     break
                 if event is _STOP:
