@@ -15,9 +15,10 @@ Faces on one core are bench_faces' figures (that benchmark always pins itself to
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import os
-import sys
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -38,17 +39,37 @@ def slice_of_week(parcels: int, seed: int = 7) -> Any:
     return dataclasses.replace(week, parcels=parcels, faults=faults, name=f"week slice {parcels}")
 
 
-def _run(parcels: int, cpus: set[int] | None) -> dict[str, Any]:
+def _run(parcels: int, cpus: set[int] | None, py_spy: str | None = None) -> dict[str, Any]:
     import logging
 
-    from shelf_sim.runner import run_embedded
+    from shelf_sim import runner
     from station.config import load_config
 
     logging.getLogger().setLevel(logging.WARNING)
     config = load_config(ROOT / "examples" / "station.toml")
+    spy: list[subprocess.Popen[bytes]] = []
+    if py_spy:
+        # attach to the station process once it is ready, for the slice only (start-up and
+        # imports left out, like the CPU figure)
+        started = runner.StationProcess._start_station
+
+        def start_and_attach(self: Any) -> None:
+            started(self)
+            spy.append(subprocess.Popen(
+                ["py-spy", "record", "--pid", str(self.proc.pid), "--rate", "50", "--nonblocking",
+                 "--threads", "--gil", "--format", "speedscope" if py_spy.endswith(".json") else "raw",
+                 "-o", py_spy], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+
+        runner.StationProcess._start_station = start_and_attach  # type: ignore[method-assign]
     t0 = time.perf_counter()
-    report = run_embedded(config, slice_of_week(parcels), frames=False, station_process=True,
-                          station_cpus=cpus)
+    try:
+        report = runner.run_embedded(config, slice_of_week(parcels), frames=False, station_process=True,
+                                     station_cpus=cpus)
+    finally:
+        if py_spy:
+            runner.StationProcess._start_station = started  # type: ignore[method-assign]
+            for proc in spy:
+                proc.wait(timeout=120)  # py-spy ends with the process and writes its file
     wall = time.perf_counter() - t0
     out = report["outcome"]
     done = min(out["parcels_shelved"], out["parcels_picked_up"])
@@ -60,8 +81,8 @@ def _run(parcels: int, cpus: set[int] | None) -> dict[str, Any]:
             "ok": report["ok"], "invariants": {k: v for k, v in report["invariants"].items() if v}}
 
 
-def run(quick: bool = False) -> dict[str, Any]:
-    parcels = 50 if quick else 5_000
+def run(quick: bool = False, parcels: int | None = None) -> dict[str, Any]:
+    parcels = parcels or (50 if quick else 5_000)
     both = _run(parcels, None)
     one_cpu = max(os.sched_getaffinity(0))
     one = _run(parcels, {one_cpu})
@@ -88,9 +109,32 @@ def run(quick: bool = False) -> dict[str, Any]:
             "week_minutes_at_this_rate": WEEK_PARCELS / rate(both) / 60}
 
 
-if __name__ == "__main__":
-    res = run("--quick" in sys.argv)
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="50 parcels (the smoke of make test)")
+    ap.add_argument("--parcels", type=int, help="the slice's size (default 5,000; --quick 50)")
+    ap.add_argument("--unpinned-only", action="store_true",
+                    help="only the station's CPU per parcel: no second run pinned to one core")
+    ap.add_argument("--py-spy", metavar="OUT",
+                    help="record the station process during the slice with py-spy --gil (GIL-holding "
+                         "samples: its Python CPU) to OUT, raw collapsed stacks (speedscope if OUT ends "
+                         "in .json); needs py-spy on PATH (pip install py-spy)")
+    args = ap.parse_args(argv)
+    if args.unpinned_only or args.py_spy:
+        parcels = args.parcels or (50 if args.quick else 5_000)
+        r = _run(parcels, None, args.py_spy)
+        per = 1000.0 * r["cpu_s"] / r["parcels"]
+        print(f"station CPU per parcel, week slice ({parcels:,} parcels, seed 7): {per:.2f} ms "
+              f"({r['cpu_s']:.1f} s over {r['parcels']:,} parcels; wall {r['wall_s']:.0f} s)")
+        print(r)
+        return
+    res = run(args.quick, args.parcels)
     for r in res["rows"]:
         print(f"{r['figure']:<110} {r['ours']:10.2f} {r['unit']:<9} baseline {r['baseline']:10.2f}")
     print(f"unpinned: {res['unpinned']}\none core: {res['one_core']}")
     print(f"the week at this rate: {res['week_minutes_at_this_rate']:.0f} min")
+
+
+if __name__ == "__main__":
+    main()
