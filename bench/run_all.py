@@ -329,6 +329,11 @@ def main(argv: list[str] | None = None) -> int:
             "every lights command acked; growth keeps 0..49 other sessions open.")
     result["notes"].append("Baselines for the broker figures are bench.bench_mqtt_roundtrip's raw paho "
                            "publish -> echo -> publish QoS 1 round trip on the same broker, same run.")
+    result["notes"].append("CPU per parcel: the station process's user + system CPU seconds (/proc) over "
+                           "the week slice, start-up excluded. Its profile (py-spy --gil, top hot spots "
+                           "before and after the issue 18.3 work, per-thread CPU) and what is left to "
+                           "halve it are in docs/simulator.md, 'CPU per parcel'; "
+                           "`python -m bench.bench_cpu --parcels 1000 --py-spy out.raw` takes a new one.")
     if growth.get("curves"):
         from bench.bench_growth import chart
 
