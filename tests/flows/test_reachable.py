@@ -5,6 +5,7 @@ recipient's scan lit in the reachable rows; the fall-back noted; no number in cl
 from __future__ import annotations
 
 import logging
+import re
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -156,7 +157,10 @@ def test_no_number_in_clear_in_events_flags_or_logs(st: Station, tmp_path: Path,
         sid = st.core.shelving.open_session("z1", "guided")["session_id"]
         st.core.shelving.scan(sid, "ZT000000000002", number, "S", needs_reachable_slot=True)
     dump = repr(st.store.query("SELECT * FROM events")) + repr(flags(st))
-    assert number not in dump and number[3:7] not in dump
+    assert number not in dump
+    # the middle digits in no number of the dump (random hex ids and hashes may hold them by
+    # chance; a leaked fragment of the phone would be a run of digits of its own)
+    assert not [t for t in re.findall(r"[0-9A-Za-z]+", dump) if t.isdigit() and number[3:7] in t]
     assert phone_hash(number, st.ctx.secrets.hash_key) in dump   # the keyed hash instead
     assert "139****6813" in dump
     assert number not in caplog.text
