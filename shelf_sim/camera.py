@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Mapping
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import cv2
 import numpy as np
+
+from .facecam import CameraServer
 
 WIDTH, HEIGHT = 160, 120
 
@@ -50,36 +51,12 @@ class RoomCameraServer:
         self._cached: tuple[Any, bytes] | None = None
         self.served = 0
         self.down = False  # a fault: the camera answers 503 (the station records no picture)
-        camera = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-            disable_nagle_algorithm = True
-
-            def do_GET(self) -> None:  # noqa: N802
-                if camera.down or self.path.split("?")[0] != "/room.jpg":
-                    self.send_response(503 if camera.down else 404)
-                    self.send_header("content-length", "0")
-                    self.end_headers()
-                    return
-                body = camera.jpeg()
-                self.send_response(200)
-                self.send_header("content-type", "image/jpeg")
-                self.send_header("content-length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self._server = ThreadingHTTPServer((host, port), Handler)
-        self._server.daemon_threads = True
-        threading.Thread(target=self._server.serve_forever, name="sim-room-camera", daemon=True).start()
+        self._http = CameraServer(host, port)
+        self._url = self._http.serve("room", lambda: None if self.down else self.jpeg())
 
     @property
     def url(self) -> str:
-        host, port = self._server.server_address[:2]
-        return f"snapshot+http://{host}:{port}/room.jpg"
+        return self._url
 
     def attach(self, shelves: Mapping[str, Any], doors: Mapping[str, Any]) -> None:
         with self._lock:
@@ -127,5 +104,4 @@ class RoomCameraServer:
         return buf.tobytes()
 
     def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+        self._http.stop()

@@ -23,7 +23,7 @@ station's engine finds the eye landmarks they need (run once per face, at the st
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -197,25 +197,26 @@ class SimCamera:
 
 
 class CameraServer:
-    """IP cameras for a simulated room: GET /<name>.jpg is the camera's current still."""
+    """IP cameras for a simulated room: GET /<name>.jpg is the camera's current still (503
+    while a camera's reader has none: a camera that is down)."""
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
         self.cameras: dict[str, SimCamera] = {}
+        self._readers: dict[str, Callable[[], bytes | None]] = {}
         server = self
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"  # the station's httpx client keeps its connection
             disable_nagle_algorithm = True
 
-            def do_GET(self) -> None:
-                name = self.path.strip("/").removesuffix(".jpg")
-                camera = server.cameras.get(name)
-                if camera is None:
-                    self.send_response(404)
+            def do_GET(self) -> None:  # noqa: N802
+                read = server._readers.get(self.path.split("?")[0].strip("/").removesuffix(".jpg"))
+                body = None if read is None else read()
+                if body is None:
+                    self.send_response(404 if read is None else 503)
                     self.send_header("content-length", "0")
                     self.end_headers()
                     return
-                body = camera.read()
                 self.send_response(200)
                 self.send_header("content-type", "image/jpeg")
                 self.send_header("content-length", str(len(body)))
@@ -231,8 +232,14 @@ class CameraServer:
         self._thread = threading.Thread(target=self.server.serve_forever, name="sim-cameras", daemon=True)
         self._thread.start()
 
+    def serve(self, name: str, read: Callable[[], bytes | None]) -> str:
+        """Serve `read()` as camera `name`'s still; returns the station's `source` for it."""
+        self._readers[name] = read
+        return self.source(name)
+
     def add(self, name: str, idle: bytes | None = None) -> SimCamera:
         camera = self.cameras[name] = SimCamera(idle if idle is not None else empty_room())
+        self.serve(name, camera.read)
         return camera
 
     def source(self, name: str) -> str:
