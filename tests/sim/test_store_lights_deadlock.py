@@ -29,9 +29,11 @@ def test_colour_allocation_in_a_transaction_vs_a_light_refresh(tmp_path):
     a = threading.Thread(target=entry, daemon=True)
     a.start()
     time.sleep(0.1)
-    threading.Thread(target=lambda: core.lights.refresh(force=True), daemon=True).start()
+    refresh = threading.Thread(target=lambda: core.lights.refresh(force=True), daemon=True)
+    refresh.start()
     ok = done.wait(10)
     if ok:
+        refresh.join(10)  # before the store closes under it
         ls.__exit__(None, None, None)
     else:  # the threads stay stuck; stop only what does not need them
         ls.broker.stop()
