@@ -13,7 +13,6 @@ from tests.browser.access import log_in, pair_kiosk
 from tests.support.stack import LiveStation
 
 from .conftest import shot
-from .test_flows import _shelve_by_api
 
 AXE = Path(__file__).parent / "node_modules" / "axe-core" / "axe.min.js"
 TAGS = ["wcag2a", "wcag2aa", "wcag21a", "wcag21aa"]
@@ -35,7 +34,7 @@ def serious(page: Any) -> list[dict[str, Any]]:
 
 def test_the_kiosk_page_entry_and_result(tmp_path: Path, page: Any) -> None:
     with LiveStation(tmp_path, http=True) as ls:
-        _slot, code = _shelve_by_api(ls)
+        _slot, code = ls.shelve_one()
         pair_kiosk(page, ls, "kiosk-1")
         assert serious(page) == []
         page.fill("#display", code)
@@ -59,7 +58,7 @@ def test_the_kiosk_in_both_modes_with_messages_and_answers(tmp_path: Path, page:
     """Every state a customer sees: entry, a refusal, the result with its slot list, a
     report answered, the exit open after "leave without parcels"."""
     with LiveStation(tmp_path, http=True) as ls:
-        slot, code = _shelve_by_api(ls)
+        slot, code = ls.shelve_one()
         page.set_viewport_size({"width": 768, "height": 1024})
         page.goto(ls.base_url + "/kiosk")                  # not paired yet: staff's screen
         for _ in range(2):
@@ -128,7 +127,7 @@ def test_the_courier_page(tmp_path: Path, page: Any) -> None:
 
 def test_the_operator_page(tmp_path: Path, page: Any) -> None:
     with LiveStation(tmp_path, http=True) as ls:
-        _shelve_by_api(ls)
+        ls.shelve_one()
         log_in(page, ls)
         page.wait_for_selector("#events tr")
         _both_modes_by_button(page, "operator console")

@@ -10,13 +10,13 @@ from tests.browser.access import pair_kiosk
 from tests.support.stack import LiveStation, wait_until
 
 from .conftest import shot
-from .test_flows import _expect, _shelve_by_api
+from .test_flows import _expect
 
 
 def test_customer_reports_an_empty_slot_and_refuses_a_damaged_parcel(tmp_path: Path, page: Any) -> None:
     expect = _expect()
     with LiveStation(tmp_path, http=True) as ls:
-        slot, code = _shelve_by_api(ls)
+        slot, code = ls.shelve_one()
         page.set_viewport_size({"width": 768, "height": 1024})
         pair_kiosk(page, ls, "kiosk-1")
         page.fill("#display", code)

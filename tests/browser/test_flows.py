@@ -30,16 +30,6 @@ def _expect() -> Any:
     return expect
 
 
-def _shelve_by_api(ls: LiveStation, waybill: str = WAYBILL, phone: str = PHONE) -> tuple[str, str]:
-    """Shelve one parcel the way a courier's handheld would, without the page: (slot, code)."""
-    core = ls.core
-    core.couriers.add("c1", "SF", "Li", "1234")
-    s = core.shelving.open_session("c1")
-    r = core.shelving.scan(s["session_id"], waybill, phone, "S")
-    ls.put(r.slot)
-    return r.slot, ls.wait_code_for(phone)
-
-
 def test_courier_shelves_a_parcel_in_the_courier_page(tmp_path: Path, page: Any) -> None:
     expect = _expect()
     with LiveStation(tmp_path, http=True) as ls:
@@ -132,7 +122,7 @@ def test_courier_confirms_a_put_the_station_could_not_attribute(tmp_path: Path, 
 def test_customer_enters_the_code_in_the_kiosk_page(tmp_path: Path, page: Any) -> None:
     expect = _expect()
     with LiveStation(tmp_path, http=True) as ls:
-        slot, code = _shelve_by_api(ls)
+        slot, code = ls.shelve_one()
         page.set_viewport_size({"width": 768, "height": 1024})   # a portrait kiosk screen
         pair_kiosk(page, ls, "kiosk-1")
 
@@ -192,7 +182,7 @@ def test_customer_enters_the_code_in_the_kiosk_page(tmp_path: Path, page: Any) -
 def test_operator_sees_the_lit_slot_live_and_replays_the_morning(tmp_path: Path, page: Any) -> None:
     expect = _expect()
     with LiveStation(tmp_path, http=True) as ls:
-        slot, code = _shelve_by_api(ls)                          # the morning: one parcel shelved
+        slot, code = ls.shelve_one()                          # the morning: one parcel shelved
         ok, photo = cv2.imencode(".jpg", np.full((240, 320, 3), (40, 120, 200), np.uint8))
         assert ok                                                # and a photo held up to the face camera
         res = httpx.post(ls.base_url + "/api/kiosk/courier/face", content=photo.tobytes(),

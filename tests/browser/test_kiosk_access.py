@@ -14,7 +14,7 @@ from tests.browser.access import pair_kiosk
 from tests.support.stack import LiveStation
 
 from .conftest import shot
-from .test_flows import _expect, _shelve_by_api
+from .test_flows import _expect
 
 # Records every tone started (its frequency) and every utterance (text, lang) in window.__cues.
 STUB_AUDIO = """
@@ -77,7 +77,7 @@ def _words(slot: str) -> str:
 def test_a_pickup_walked_with_the_keypad_alone(tmp_path: Path, page: Any) -> None:
     expect = _expect()
     with LiveStation(tmp_path, http=True) as ls:
-        slot, code = _shelve_by_api(ls)
+        slot, code = ls.shelve_one()
         page.add_init_script(STUB_AUDIO)
         page.set_viewport_size({"width": 768, "height": 1024})
         pair_kiosk(page, ls, "kiosk-1")
@@ -144,7 +144,7 @@ def test_a_pickup_walked_with_the_keypad_alone(tmp_path: Path, page: Any) -> Non
 def test_the_door_and_the_lit_slots_are_heard_and_announced(tmp_path: Path, page: Any) -> None:
     expect = _expect()
     with LiveStation(tmp_path, http=True) as ls:
-        slot, code = _shelve_by_api(ls)
+        slot, code = ls.shelve_one()
         page.add_init_script(STUB_AUDIO)
         pair_kiosk(page, ls, "kiosk-1")
         page.keyboard.type(code)                                  # a plain keyboard's digits and dash
@@ -174,7 +174,7 @@ def test_a_browser_without_sound_or_speech_still_announces(tmp_path: Path, page:
     and the live region still says it."""
     expect = _expect()
     with LiveStation(tmp_path, http=True) as ls:
-        slot, code = _shelve_by_api(ls)
+        slot, code = ls.shelve_one()
         page.add_init_script(NO_AUDIO)
         pair_kiosk(page, ls, "kiosk-1")
         assert page.evaluate("() => typeof window.AudioContext + typeof window.speechSynthesis") == "undefinedundefined"
@@ -190,7 +190,7 @@ def test_the_station_can_make_large_text_the_default(tmp_path: Path, page: Any) 
     back for the next one. sound = false: no tone, the voice and the live region stay."""
     expect = _expect()
     with LiveStation(tmp_path, http=True, sections={"kiosk": {"large_text": True, "sound": False}}) as ls:
-        slot, code = _shelve_by_api(ls)
+        slot, code = ls.shelve_one()
         page.add_init_script(STUB_AUDIO)
         page.set_viewport_size({"width": 768, "height": 1024})
         pair_kiosk(page, ls, "kiosk-1")
@@ -213,7 +213,7 @@ def test_the_station_can_make_large_text_the_default(tmp_path: Path, page: Any) 
 def test_phone_number_and_one_time_code_by_keypad(tmp_path: Path, page: Any) -> None:
     expect = _expect()
     with LiveStation(tmp_path, http=True) as ls:
-        slot, _code = _shelve_by_api(ls)
+        slot, _code = ls.shelve_one()
         pair_kiosk(page, ls, "kiosk-1")
         page.keyboard.press("NumpadDivide")                       # the phone number way in
         expect(page.locator("#tab-phone")).to_have_attribute("aria-pressed", "true")
@@ -232,7 +232,7 @@ def test_the_screen_forgets_a_visit_left_alone(tmp_path: Path, page: Any) -> Non
     result_reset_s, with the station's default mode."""
     expect = _expect()
     with LiveStation(tmp_path, http=True) as ls:
-        _slot, code = _shelve_by_api(ls)
+        _slot, code = ls.shelve_one()
         page.clock.install()
         pair_kiosk(page, ls, "kiosk-1")
         page.keyboard.press("*")

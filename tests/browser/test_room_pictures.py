@@ -8,11 +8,10 @@ import json
 from pathlib import Path
 from typing import Any
 
-import httpx
 import numpy as np
 
 from tests.browser.access import log_in
-from tests.e2e.test_room_cameras import room_source, room_station, sensed, shelve
+from tests.e2e.test_room_cameras import customer_takes_with_the_camera_on, room_source, room_station, sensed
 from tests.support.stack import wait_until
 
 from .conftest import shot
@@ -24,14 +23,8 @@ def test_the_console_shows_the_takes_room_picture_in_the_log_and_the_replay(tmp_
     with room_station(tmp_path, http=True) as ls:
         frame = np.zeros((240, 320, 3), np.uint8)
         frame[:, :160] = (20, 200, 60)  # a picture the test can recognise by its pixels
-        room_source(ls).push(frame)
+        take = customer_takes_with_the_camera_on(ls, frame)
         room = ls.station.vision.room
-        wait_until(lambda: room.grabbers["cam-room-1"].fresh(1.0) is not None)
-        slot, code = shelve(ls)
-        kiosk = {"Authorization": "Bearer " + ls.token("kiosk", "kiosk-1")}
-        assert httpx.post(ls.base_url + "/api/kiosk/code", json={"code": code}, headers=kiosk).status_code == 200
-        ls.take(slot)
-        take = wait_until(lambda: sensed(ls, "take"))[0]
         ref, seq = take["picture"], take["seq"]
         assert ref and room.drain()
 

@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from station.vision import cameras
-from tests.e2e.test_room_cameras import base_cameras, events, shelve
+from tests.e2e.test_room_cameras import base_cameras, events
 from tests.support.stack import LiveStation, wait_until
 
 
@@ -68,7 +68,7 @@ def test_a_camera_that_never_answers_delays_no_door_and_refs_are_checked(
             "sees": ["shelf-1", "shelf-2", "shelf-out", "door-entry", "door-exit"]}
     with LiveStation(tmp_path, top={"cameras": [*base_cameras(), room]}, http=True) as ls:
         wait_until(lambda: hanging.accepted)  # the grabber is inside a read that never returns
-        slot, code = shelve(ls)
+        slot, code = ls.shelve_one()
         kiosk = {"Authorization": "Bearer " + ls.token("kiosk", "kiosk-1")}
         res = httpx.post(ls.base_url + "/api/kiosk/code", json={"code": code}, headers=kiosk, timeout=20)
         assert res.status_code == 200, res.text

@@ -36,15 +36,6 @@ def room_source(ls: LiveStation) -> SimulatedSource:
     return ls.station.vision.simulated["room-1"]
 
 
-def shelve(ls: LiveStation) -> tuple[str, str]:
-    core = ls.core
-    core.couriers.add("c1", "SF", "Li", "1234")
-    s = core.shelving.open_session("c1")
-    r = core.shelving.scan(s["session_id"], WAYBILL, PHONE, "S")
-    ls.put(r.slot)
-    return r.slot, ls.wait_code_for(PHONE)
-
-
 def events(ls: LiveStation, type_: str) -> list[Any]:
     return [e for e in ls.core.ctx.store.query("SELECT seq, type, data FROM events WHERE type = ? ORDER BY seq",
                                                (type_,))]
@@ -57,18 +48,25 @@ def sensed(ls: LiveStation, action: str) -> list[dict[str, Any]]:
             if json.loads(e["data"])["action"] == action]
 
 
+def customer_takes_with_the_camera_on(ls: LiveStation, frame: np.ndarray) -> dict[str, Any]:
+    """The room camera shows `frame`; a parcel is shelved and its recipient, let in by code,
+    takes it: the take's `slot.sensed` data (with its seq)."""
+    room_source(ls).push(frame)
+    room = ls.station.vision.room
+    wait_until(lambda: room.grabbers["cam-room-1"].fresh(1.0) is not None)
+    slot, code = ls.shelve_one()
+    kiosk = {"Authorization": "Bearer " + ls.token("kiosk", "kiosk-1")}
+    assert httpx.post(ls.base_url + "/api/kiosk/code", json={"code": code}, headers=kiosk).status_code == 200
+    ls.take(slot)
+    return wait_until(lambda: sensed(ls, "take"))[0]
+
+
 def test_a_customers_take_carries_a_sealed_room_picture_the_operator_sees(tmp_path: Path) -> None:
     with room_station(tmp_path, http=True) as ls:
         frame = np.zeros((240, 320, 3), np.uint8)
         frame[60:180, 80:240] = (30, 160, 220)
-        room_source(ls).push(frame)
+        take = customer_takes_with_the_camera_on(ls, frame)
         room = ls.station.vision.room
-        wait_until(lambda: room.grabbers["cam-room-1"].fresh(1.0) is not None)
-        slot, code = shelve(ls)
-        kiosk = {"Authorization": "Bearer " + ls.token("kiosk", "kiosk-1")}
-        assert httpx.post(ls.base_url + "/api/kiosk/code", json={"code": code}, headers=kiosk).status_code == 200
-        ls.take(slot)
-        take = wait_until(lambda: sensed(ls, "take"))[0]
         assert events(ls, "pickup.slot.taken"), "the customer's own take, not an unexpected one"
         ref = take["picture"]
         assert isinstance(ref, str) and len(ref) == 32, take
@@ -86,6 +84,7 @@ def test_a_customers_take_carries_a_sealed_room_picture_the_operator_sees(tmp_pa
         assert res.content[:3] == b"\xff\xd8\xff"
         # review: decrypted, so never kept in the operator's browser cache on disk
         assert "no-store" in res.headers["cache-control"], res.headers
+        kiosk = {"Authorization": "Bearer " + ls.token("kiosk", "kiosk-1")}
         assert httpx.get(f"{ls.base_url}/api/operator/snapshots/{ref}", headers=kiosk).status_code in (401, 403)
         log = httpx.get(ls.base_url + "/api/operator/events", params={"type": "slot.sensed"}, headers=op).json()
         assert ref in {e["data"].get("picture") for e in log["events"]}
@@ -96,7 +95,7 @@ def test_a_door_opening_carries_a_room_picture(tmp_path: Path) -> None:
         room_source(ls).push(np.full((120, 160, 3), 90, np.uint8))
         room = ls.station.vision.room
         wait_until(lambda: room.grabbers["cam-room-1"].fresh(1.0) is not None)
-        _, code = shelve(ls)
+        _, code = ls.shelve_one()
         kiosk = {"Authorization": "Bearer " + ls.token("kiosk", "kiosk-1")}
         assert httpx.post(ls.base_url + "/api/kiosk/code", json={"code": code}, headers=kiosk).status_code == 200
         door = next(d for d in ls.devices if d.device_id == ls.config.doors.entry)
@@ -133,7 +132,7 @@ def test_an_alarm_keeps_a_clip_from_before_and_after(tmp_path: Path) -> None:
 def test_a_camera_that_is_down_costs_the_picture_not_the_light_or_the_door(tmp_path: Path) -> None:
     with room_station(tmp_path, http=True) as ls:
         # no frame ever pushed: the room camera is down from the start
-        slot, code = shelve(ls)  # the slot lit, the put bound, the code sent: nothing waited
+        slot, code = ls.shelve_one()  # the slot lit, the put bound, the code sent: nothing waited
         put = sensed(ls, "put")[0]
         assert put["picture"] is None and put["picture_reason"] == "camera_down"
         shelved = events(ls, "parcel.shelved")[0]

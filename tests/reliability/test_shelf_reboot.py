@@ -12,26 +12,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 from firmware_stubs.shelf import ShelfController
 from tests.support.stack import LiveStation, wait_until
 
 PHONE = "13900000001"
 WAYBILL = "SF0000000000011"
-
-
-def _shelve(ls: LiveStation, http: httpx.Client) -> str:
-    ls.core.couriers.add("c1", "SF", "Li", "2468")
-    ctok = {"Authorization": "Bearer " + ls.token("courier", "c1")}
-    sid = http.post("/api/courier/sessions", json={}, headers=ctok).json()["session_id"]
-    res = http.post(f"/api/courier/sessions/{sid}/scans", headers=ctok,
-                    json={"waybill": WAYBILL, "phone": PHONE, "size": "S"})
-    assert res.status_code == 200, res.text
-    slot = str(res.json()["slot"])
-    ls.put(slot)
-    wait_until(lambda: _state(ls) == "shelved", 10)
-    return slot
 
 
 def _state(ls: LiveStation) -> str | None:
@@ -55,9 +40,8 @@ def _events(ls: LiveStation, etype: str, slot: str) -> list[Any]:
 
 
 def test_a_parcel_lifted_while_its_shelf_was_off_holds_the_exit(tmp_path: Path) -> None:
-    with LiveStation(tmp_path, http=True) as ls:
-        http = httpx.Client(base_url=ls.base_url, timeout=15)
-        slot = _shelve(ls, http)
+    with LiveStation(tmp_path) as ls:
+        slot, _ = ls.shelve_one(WAYBILL, PHONE)
         ctrl, row, col = ls.shelf(slot)
         _power_cycle(ls, slot, lambda hal: hal.sensor(row, col).take())
         wait_until(lambda: _events(ls, "slot.lifted", slot), 15)
@@ -75,13 +59,11 @@ def test_a_parcel_lifted_while_its_shelf_was_off_holds_the_exit(tmp_path: Path) 
         wait_until(lambda: ls.station.link.held == 0, 5)
         assert len(_events(ls, "slot.lifted", slot)) == 1
         assert len(_events(ls, "slot.sensed", slot)) == 2  # the put, the take seen at boot
-        http.close()
 
 
 def test_a_shelf_that_comes_back_as_it_was_changes_nothing(tmp_path: Path) -> None:
-    with LiveStation(tmp_path, http=True) as ls:
-        http = httpx.Client(base_url=ls.base_url, timeout=15)
-        slot = _shelve(ls, http)
+    with LiveStation(tmp_path) as ls:
+        slot, _ = ls.shelve_one(WAYBILL, PHONE)
         before = ls.station.store.query_one("SELECT MAX(seq) n FROM events")["n"]
         _power_cycle(ls, slot, lambda hal: None)
         new, _, _ = ls.shelf(slot)
@@ -91,4 +73,3 @@ def test_a_shelf_that_comes_back_as_it_was_changes_nothing(tmp_path: Path) -> No
         assert not ls.station.store.query(
             "SELECT type FROM events WHERE seq > ? AND type LIKE 'slot.%'", (before,))
         assert _state(ls) == "shelved"
-        http.close()

@@ -159,6 +159,15 @@ class LiveStation:
         ctrl = next(d for d in self.devices if d.device_id == device)
         return ctrl, addr.row, addr.col
 
+    def shelve_one(self, waybill: str = "SF1234567890123", phone: str = "13812341234") -> tuple[str, str]:
+        """One parcel shelved the way a courier's handheld would (through the flows, no page),
+        by courier c1: (slot, the pickup code the recipient got)."""
+        self.core.couriers.add("c1", "SF", "Li", "1234")
+        s = self.core.shelving.open_session("c1")
+        r = self.core.shelving.scan(s["session_id"], waybill, phone, "S")
+        self.put(r.slot)
+        return r.slot, self.wait_code_for(phone)
+
     def put(self, slot: str | SlotAddress) -> None:
         ctrl, row, col = self.shelf(slot)
         ctrl.hal.sensor(row, col).put()
