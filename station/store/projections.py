@@ -162,9 +162,13 @@ def _exit_passed(conn: sqlite3.Connection, e: EventRecord, at: float) -> None:
     if not sid:
         return
     conn.execute("INSERT OR IGNORE INTO session_exits(session_id, seq) VALUES (?, ?)", (sid, e.seq))
+    # only the takes from slots whose parcels it showed: a take from a slot lit for this
+    # session whose parcel it did not show may be a stranger's lift, still open for the exit
+    picked = [p for p in e.data.get("picked_up") or [] if isinstance(p, str)]
     conn.execute(
-        "UPDATE takes SET resolved_seq = ?, how = 'shown' WHERE session_id = ? AND resolved_seq IS NULL",
-        (e.seq, sid),
+        "UPDATE takes SET resolved_seq = ?, how = 'shown' WHERE session_id = ? AND resolved_seq IS NULL"
+        f" AND slot IN (SELECT slot FROM parcels WHERE id IN ({','.join('?' * len(picked))}))",
+        (e.seq, sid, *picked),
     )
 
 

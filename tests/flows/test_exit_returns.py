@@ -207,3 +207,22 @@ def test_a_timed_out_customer_counts_as_inside_on_the_steady_clock(station: Stat
     station.clock.advance(1800)
     assert station.core.exit._session_inside(e.session_id, station.clock()) is None
     assert station.core.exit._sessions_inside(station.clock()) == {}
+
+
+def test_a_lift_from_the_owners_lit_slot_stays_open_when_the_owner_shows_another_parcel(station: Station) -> None:
+    """Found by the final suite's simulator run: a stranger lifts a parcel from a slot lit for
+    its owner (the take counts against the owner's session); the owner shows another parcel
+    of theirs at the exit. That exit must not settle the take from the slot whose parcel was
+    never shown, so the stranger's "leave without parcels" stays shut."""
+    sid = station.core.shelving.open_session("c1", "guided")["session_id"]
+    a, owner_code = station.shelve(sf_waybill(1), phone(1), "S", session_id=sid)
+    b, _ = station.shelve(sf_waybill(2), phone(1), "L", session_id=sid)
+    _, stranger_code = station.shelve(sf_waybill(3), phone(2), "S", session_id=sid)
+    assert a != b
+    owner = station.core.pickup.enter_with_code(owner_code)
+    stranger = station.core.pickup.enter_with_code(stranger_code)
+    station.take(b)                                   # the stranger's hand, in the owner's slot
+    station.take(a)                                   # the owner's own
+    assert station.core.exit.check([sf_waybill(1)]).allowed
+    assert not station.core.exit.leave_empty_handed(stranger.session_id).allowed
+    assert owner.session_id != stranger.session_id
