@@ -107,15 +107,16 @@ def _env_secrets() -> Any:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
     from fleet.web import create_app
+    from station.api.serve import ServeError, serve
 
     cfg = _config(args)
     secrets = load_fleet_secrets(args.secrets)
     app = create_app(_dsn(args, cfg), secrets, cfg)
-    uvicorn.run(app, host=args.host or cfg.serve.host, port=args.port or cfg.serve.port,
-                log_level="warning")
+    try:
+        serve(app, args.host or cfg.serve.host, args.port or cfg.serve.port)
+    except ServeError as exc:
+        raise CliError(str(exc)) from None
     return 0
 
 

@@ -68,6 +68,8 @@ def main(argv: list[str] | None = None) -> int:
     from station.config import ConfigError, load_config
 
     if args.command == "demo":
+        from station.api.serve import ServeError
+
         from .demo import run_demo
 
         if not args.speed > 0:
@@ -76,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             return run_demo(args.config, base=args.dir, port=args.port, speed=args.speed,
                             people=not args.no_people, secrets_path=args.secrets)
-        except ConfigError as exc:
+        except (ConfigError, ServeError) as exc:
             print(f"shelf-sim: error: {exc}", file=sys.stderr)
             return 2
     try:

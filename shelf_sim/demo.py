@@ -182,9 +182,9 @@ def run_demo(config_path: str, *, base: Path, port: int = 8080, speed: float = 1
     """Everything `make demo` runs, until SIGINT or SIGTERM; then everything stops."""
     import signal
 
-    import uvicorn
     from rich.console import Console
 
+    from station.api.serve import serve
     from station.bootstrap import build_station
     from station.config import load_config, load_secrets, write_new_secrets
     from station.demo import demo_notify, start_devices
@@ -260,7 +260,7 @@ def run_demo(config_path: str, *, base: Path, port: int = 8080, speed: float = 1
         if people:
             demo = start_demo_people(config, url, kiosk, op, sms=sms, devices=devices, speed=speed)
             stoppers.append(demo.stop)
-        uvicorn.run(station.app, host="127.0.0.1", port=port, log_level="warning")
+        serve(station.app, "127.0.0.1", port)
     except KeyboardInterrupt:
         pass
     finally:

@@ -65,8 +65,7 @@ def _open_db(args: argparse.Namespace) -> sqlite3.Connection:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    import uvicorn
-
+    from station.api.serve import ServeError, serve
     from station.bootstrap import build_station
 
     config = _config(args)
@@ -84,8 +83,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     port = args.port if args.port is not None else config.api.port
     out.print(f"[bold green]station {config.station.id}[/] API on http://{host}:{port}/  "
               f"(broker {config.mqtt.host}:{config.mqtt.port})")
+    # systemd's SIGTERM unwinds through the `finally` like Ctrl-C: the station stops its
+    # link and forwarder before the process ends, and the stop is a clean exit
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
-        uvicorn.run(station.app, host=host, port=port, log_level="warning")
+        serve(station.app, host, port)
+    except ServeError as exc:
+        raise CliError(str(exc)) from None
     finally:
         station.stop()
     return 0
@@ -720,5 +724,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     sys.exit(main())

@@ -1,0 +1,67 @@
+"""A stop signal that lands while the HTTP server is still starting is a stop, not a failure.
+
+uvicorn.run turned a Ctrl-C in its first milliseconds into exit status 3 ("startup
+failure"): CI saw `shelf-sim demo` stopped by SIGINT exit with 3. The signal is sent here at
+spread moments across the server's start, many times, to the real process."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.support.demo import ROOT
+
+SERVER = """
+import sys, time
+from fastapi import FastAPI
+from station.api.serve import ServeError, serve
+
+app = FastAPI()
+print("serving", flush=True)
+try:
+    serve(app, "127.0.0.1", int(sys.argv[1]))
+except KeyboardInterrupt:
+    sys.exit(0)
+except ServeError as exc:
+    print(exc, flush=True)
+    sys.exit(2)
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _start(port: int) -> subprocess.Popen[str]:
+    proc = subprocess.Popen([sys.executable, "-c", SERVER, str(port)], cwd=ROOT, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    assert proc.stdout is not None
+    assert proc.stdout.readline().strip() == "serving"
+    return proc
+
+
+@pytest.mark.parametrize("delay_ms", [0, 1, 2, 3, 5, 8, 12, 20, 40, 80])
+def test_a_ctrl_c_while_the_server_starts_is_a_clean_stop(delay_ms: int) -> None:
+    proc = _start(_free_port())
+    time.sleep(delay_ms / 1000)
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 0, (delay_ms, proc.returncode, out)
+
+
+def test_a_server_that_cannot_listen_says_where() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        proc = _start(port)
+        out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 2, out
+    assert f"could not start on 127.0.0.1:{port}" in out
