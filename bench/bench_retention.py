@@ -49,9 +49,13 @@ _WAYBILL = re.compile(r"\bSF\d{13}\b")
 _HEX64 = re.compile(r"\b[0-9a-f]{64}\b")
 
 
-def capture_block(tmp: Path) -> tuple[list[tuple[str, str, str, str, float]], int]:
+Block = list[tuple[str, str, str, str, float, int | None]]
+
+
+def capture_block(tmp: Path) -> tuple[Block, int]:
     """One shelving session of three parcels and their pickups, through the real flows:
-    [(type, actor, subject, data_json, seconds after the first event)], parcels."""
+    [(type, actor, subject, data_json, seconds after the first event, its seq there or None)],
+    parcels. The seq lets each copy point an accepted code at its own copy's attempt."""
     from station.config import load_secrets, write_new_secrets
     from tests.flows.harness import make_station, phone, sf_waybill
 
@@ -70,10 +74,12 @@ def capture_block(tmp: Path) -> tuple[list[tuple[str, str, str, str, float]], in
         st.core.pickup.enter_with_code(code, "k1")
         st.take(slot)
         st.core.exit.check([waybill])
-    rows = st.store.query("SELECT ts, type, actor, subject, data FROM events WHERE seq > ? ORDER BY seq", (start,))
+    rows = st.store.query("SELECT seq, ts, type, actor, subject, data FROM events WHERE seq > ? ORDER BY seq",
+                          (start,))
     st.store.close()
     t_first = parse_utc(rows[0]["ts"])
-    block = [(r["type"], r["actor"], r["subject"], r["data"], parse_utc(r["ts"]) - t_first) for r in rows]
+    block: Block = [(r["type"], r["actor"], r["subject"], r["data"], parse_utc(r["ts"]) - t_first, r["seq"])
+                    for r in rows]
     # what a real station also logs per parcel: the door's own reports of the entry, the
     # lights command, and the notification's queueing and delivery
     for k in range(3):
@@ -81,17 +87,18 @@ def capture_block(tmp: Path) -> tuple[list[tuple[str, str, str, str, float]], in
         pickup_session = "pks_" + "0" * 15 + str(k)
         block += [
             ("notify.queued", "station", f"msg_{k:016x}", json.dumps({"channel": "sms", "kind": "pickup_code",
-             "message_id": f"msg_{k:016x}", "phone_masked": "138****0001"}, sort_keys=True, separators=(",", ":")), 1.0),
+             "message_id": f"msg_{k:016x}", "phone_masked": "138****0001"}, sort_keys=True, separators=(",", ":")), 1.0,
+             None),
             ("notify.sent", "station", f"msg_{k:016x}", json.dumps({"attempts": 1, "channel": "sms",
-             "message_id": f"msg_{k:016x}"}, sort_keys=True, separators=(",", ":")), 2.0),
+             "message_id": f"msg_{k:016x}"}, sort_keys=True, separators=(",", ":")), 2.0, None),
             ("light.set", "station", "shelf-1", json.dumps({"device": "shelf-1", "lights": {"1-1-01": {
              "colours": ["#00C853"], "pattern": "solid", "ttl_s": 600}}, "session_id": pickup_session},
-             sort_keys=True, separators=(",", ":")), at + 0.2),
+             sort_keys=True, separators=(",", ":")), at + 0.2, None),
         ]
         for j, kind in enumerate(("door.unlocked", "door.opened", "door.closed", "door.locked")):
             block.append((kind, "door-entry", "door-entry", json.dumps(
                 {"boot_id": "b-0000000000000000", "evt_seq": 4 * k + j, "cmd_id": f"cmd_{k:016x}"},
-                sort_keys=True, separators=(",", ":")), at + 0.3 + j))
+                sort_keys=True, separators=(",", ":")), at + 0.3 + j, None))
     block.sort(key=lambda b: b[4])
     return block, 3
 
@@ -102,7 +109,7 @@ class Copier:
     def __init__(self) -> None:
         self.n = 0
 
-    def copy(self, block: list[tuple[str, str, str, str, float]]) -> list[tuple[str, str, str, str, float]]:
+    def copy(self, block: Block) -> Block:
         mapping: dict[str, str] = {}
 
         def fresh(kind: str, old: str) -> str:
@@ -122,18 +129,18 @@ class Copier:
             return _HEX64.sub(lambda m: fresh("hex", m.group(0)), text)
 
         out = []
-        for type_, actor, subject, data, dt in block:
+        for type_, actor, subject, data, dt, orig_seq in block:
             data = sub(data)
             if '"evt_seq":' in data:
                 self.n += 1
                 obj = json.loads(data)
                 obj["evt_seq"] = self.n
                 data = json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-            out.append((type_, actor, sub(subject), data, dt))
+            out.append((type_, actor, sub(subject), data, dt, orig_seq))
         return out
 
 
-def build_history(path: Path, days: int, per_day: int, block: list[Any], parcels_per_block: int) -> dict[str, Any]:
+def build_history(path: Path, days: int, per_day: int, block: Block, parcels_per_block: int) -> dict[str, Any]:
     """`days` of history at `per_day` parcels, batched: one transaction a simulated day."""
     store = Store(path).open()
     store.close()
@@ -148,8 +155,15 @@ def build_history(path: Path, days: int, per_day: int, block: list[Any], parcels
         conn.execute("BEGIN")
         for b in range(blocks):
             base = T0 + d * DAY + b * (DAY / blocks) * 0.5
-            for type_, actor, subject, data, dt in copier.copy(block):
+            copied: dict[int, int] = {}  # the captured seq -> this copy's
+            for type_, actor, subject, data, dt, orig_seq in copier.copy(block):
                 seq += 1
+                if orig_seq is not None:
+                    copied[orig_seq] = seq
+                if '"attempt":' in data:  # an accepted code clears its own copy's attempt
+                    obj = json.loads(data)
+                    obj["attempt"] = copied[obj["attempt"]]
+                    data = json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
                 ts = utc_iso(base + dt)
                 digest = row_hash(seq, ts, type_, actor, subject, data, None, prev)
                 conn.execute("INSERT INTO events(seq, ts, type, actor, subject, data, snapshot, prev_hash, hash)"

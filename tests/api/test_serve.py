@@ -50,9 +50,13 @@ def _start(port: int) -> subprocess.Popen[str]:
 @pytest.mark.parametrize("delay_ms", [0, 1, 2, 3, 5, 8, 12, 20, 40, 80])
 def test_a_ctrl_c_while_the_server_starts_is_a_clean_stop(delay_ms: int) -> None:
     proc = _start(_free_port())
-    time.sleep(delay_ms / 1000)
-    proc.send_signal(signal.SIGINT)
-    out, _ = proc.communicate(timeout=30)
+    try:
+        time.sleep(delay_ms / 1000)
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=30)
+    finally:
+        proc.kill()  # a server that ignored the signal must not outlive the test
+        proc.wait()
     assert proc.returncode == 0, (delay_ms, proc.returncode, out)
 
 
