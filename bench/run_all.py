@@ -2,6 +2,7 @@
 
     python -m bench.run_all            # full run (< 15 min on 2 cores), rewrites docs/
     python -m bench.run_all --quick    # a fast smoke of every bench (writes to var/bench-quick/)
+    python -m bench.run_all --only retention   # measure one section again, keep the others' rows
 
 Exits 1 when any section raised (its rows are not written; the document lists it under
 "Benchmarks that did not run"), so a benchmark that rots fails `make bench`, and `make test`
@@ -158,9 +159,14 @@ def write_docs(result: dict[str, Any], out_dir: Path) -> None:
         "| figure | ours | baseline | ratio | unit | target | met | machine | date |",
         "|---|---:|---:|---:|---|---|---|---|---|",
     ]
-    short_machine = f"{m['cpus']} CPU {m['cpu'][:28]}"
-    day = result["date"][:10]
+    kept = [s["name"] for s in result["sections"] if s.get("date", result["date"]) != result["date"]]
+    if kept:
+        lines[6:6] = [f"- **Kept from earlier runs** (`--only` measured the rest): {', '.join(kept)}; "
+                      "each of their rows names the machine and the date that measured it"]
     for sec in result["sections"]:
+        sm = sec.get("machine", m)
+        short_machine = f"{sm['cpus']} CPU {sm['cpu'][:28]}"
+        day = sec.get("date", result["date"])[:10]
         for row in sec.get("rows", []):
             ok, _ = verdict(row)
             r = _ratio(row)
@@ -198,13 +204,45 @@ def write_docs(result: dict[str, Any], out_dir: Path) -> None:
     (out_dir / "benchmarks.md").write_text("\n".join(lines) + "\n")
 
 
+def keep_earlier(result: dict[str, Any], earlier_path: Path) -> dict[str, Any]:
+    """`--only`: the sections measured now take their place among an earlier run's, whose rows,
+    profiles, notes and chart stay as they were, each row still dated by the run that measured
+    it (so a slow section can be measured again without running the hour-long rest)."""
+    try:
+        earlier = json.loads(earlier_path.read_text())
+    except (OSError, ValueError):
+        return result
+    fresh = {s["name"]: s for s in result["sections"]}
+    merged = []
+    for sec in earlier.get("sections", []):
+        if sec["name"] in fresh:
+            merged.append(fresh.pop(sec["name"]))
+        elif not sec.get("error"):
+            merged.append({**sec, "date": sec.get("date", earlier["date"]),
+                           "machine": sec.get("machine", earlier["machine"])})
+    merged += fresh.values()
+    out = {**result, "sections": merged,
+           "profiles": {**earlier.get("profiles", {}), **result["profiles"]},
+           "notes": list(dict.fromkeys([*earlier.get("notes", []), *result["notes"]]))}
+    if "chart" not in result and "chart" in earlier:
+        out["chart"], out["growth_curves"] = earlier["chart"], earlier.get("growth_curves", {})
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="a fast smoke run (writes var/bench-quick/)")
     ap.add_argument("--out", type=Path, default=None, help="where the docs go (default docs/)")
     ap.add_argument("--skip", action="append", default=[], help="skip a section (mqtt, shelving, "
                     "entry, eventlog, faces, codes, growth, or a PLAIN_SECTIONS name)")
+    ap.add_argument("--only", action="append", default=[],
+                    help="measure only this section (repeatable); the other sections' rows are kept "
+                         "from the benchmarks.json already in the output directory, with their own date")
     args = ap.parse_args(argv)
+    known = {"mqtt", "shelving", "entry", "eventlog", "faces", "codes", "growth", *(n for n, _ in PLAIN_SECTIONS)}
+    unknown = sorted(set(args.only) - known)
+    if unknown:
+        ap.error(f"--only {', '.join(unknown)}: no such section (known: {', '.join(sorted(known))})")
     quick = args.quick
     out_dir = args.out or (ROOT / "var" / "bench-quick" if quick else ROOT / "docs")
     started = time.perf_counter()
@@ -212,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
                               "machine": machine(), "sections": [], "profiles": {}, "notes": []}
 
     def section(name: str, fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
-        if name in args.skip:
+        if name in args.skip or (args.only and name not in args.only):
             return {}
         print(f"== {name}", flush=True)
         t0 = time.perf_counter()
@@ -223,7 +261,8 @@ def main(argv: list[str] | None = None) -> int:
             data, err = {}, traceback.format_exc()
             print(err, file=sys.stderr)
         entry = {"name": name, "seconds": time.perf_counter() - t0, "rows": data.get("rows", []),
-                 "data": {k: v for k, v in data.items() if k != "rows"}}
+                 "data": {k: v for k, v in data.items() if k != "rows"},
+                 "date": result["date"], "machine": result["machine"]}
         if err:
             entry["error"] = err
         result["sections"].append(entry)
@@ -343,6 +382,8 @@ def main(argv: list[str] | None = None) -> int:
         result["growth_curves"] = growth["curves"]
     result["seconds"] = time.perf_counter() - started
     result["machine"]["load_average_1min_end"] = os.getloadavg()[0]
+    if args.only:
+        result = keep_earlier(result, out_dir / "benchmarks.json")
     write_docs(result, out_dir)
     print(f"wrote {out_dir / 'benchmarks.md'} in {result['seconds']:.0f} s")
     failed = [s["name"] for s in result["sections"] if s.get("error")]

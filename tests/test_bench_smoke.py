@@ -44,3 +44,37 @@ def test_a_raising_benchmark_fails_the_run(tmp_path: Path, monkeypatch: pytest.M
     assert run_all.main(["--quick", "--out", str(tmp_path), *skip]) == 1
     doc = (tmp_path / "benchmarks.md").read_text()
     assert "`canary`: RuntimeError: canary benchmark broke" in doc
+
+
+def test_only_measures_one_section_and_keeps_the_others_rows_with_their_date(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A slow section (two simulated years) can be measured again without the rest: the
+    earlier run's rows stay, dated by the run that measured them."""
+    import json
+    import types
+
+    from bench import run_all
+
+    earlier = {"quick": False, "date": "2026-11-29 20:57 UTC", "seconds": 267.0, "profiles": {},
+               "notes": ["an earlier note"],
+               "machine": {"cpu": "AMD EPYC", "cpus": 2, "python": "3.11.7", "os": "Linux", "sqlite": "3.40.1",
+                           "mosquitto": "mosquitto", "load_average_1min": 1.0},
+               "sections": [{"name": "mqtt", "seconds": 1.0, "data": {}, "rows": [
+                   {"figure": "MQTT: an earlier figure", "ours": 1.5, "baseline": 1.0, "unit": "ms", "target": None}]},
+                   {"name": "canary", "seconds": 1.0, "data": {}, "rows": [
+                       {"figure": "canary: the old figure", "ours": 9.0, "baseline": 1.0, "unit": "ms", "target": None}]}]}
+    (tmp_path / "benchmarks.json").write_text(json.dumps(earlier))
+    canary = types.ModuleType("bench._canary")
+    canary.run = lambda quick=False: {"rows": [  # type: ignore[attr-defined]
+        {"figure": "canary: a new figure", "ours": 2.0, "baseline": 1.0, "unit": "ms", "target": None}]}
+    monkeypatch.setitem(sys.modules, "bench._canary", canary)
+    monkeypatch.setattr(run_all, "PLAIN_SECTIONS", (("canary", "_canary"),))
+    assert run_all.main(["--out", str(tmp_path), "--only", "canary"]) == 0
+    doc = (tmp_path / "benchmarks.md").read_text()
+    assert "| MQTT: an earlier figure | 1.50 |" in doc and "| 2 CPU AMD EPYC | 2026-11-29 |" in doc
+    assert "canary: a new figure" in doc and "canary: the old figure" not in doc
+    assert "Kept from earlier runs" in doc and "an earlier note" in doc
+    kept = json.loads((tmp_path / "benchmarks.json").read_text())
+    assert [s["name"] for s in kept["sections"]] == ["mqtt", "canary"]
+    with pytest.raises(SystemExit):
+        run_all.main(["--out", str(tmp_path), "--only", "no-such-section"])
