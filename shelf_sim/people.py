@@ -153,8 +153,7 @@ class Env:
                 res = http.get("/api/operator/takes", headers=headers)
                 if res.status_code != 200:
                     return 0
-                out = {p.came_from for p in list(self.room.parcels.values())
-                       if p.slot is None and p.came_from and p.holder not in (None, p.phone)}
+                out = {p.came_from for p in self.room.in_wrong_hands() if p.came_from}
                 settled = 0
                 for take in res.json():
                     if take["slot"] not in out:
@@ -880,9 +879,8 @@ class Customer:
 
     def _holding_foreign(self) -> list[str]:
         """Parcels in this person's hands that are not theirs."""
-        me, mine = self.plan.phone, set(self.waybills)
-        return [w for w, p in list(self.env.room.parcels.items())
-                if p.slot is None and p.holder == me and w not in mine]
+        mine = set(self.waybills)
+        return [w for w in self.env.room.held_by(self.plan.phone) if w not in mine]
 
     def _check_left_with(self, answer: dict[str, Any]) -> None:
         """The invariant at the door: whatever path opened it, nobody walks out holding a

@@ -72,15 +72,34 @@ class Room:
     parcels: dict[str, PhysicalParcel] = field(default_factory=dict)
     slots: dict[str, list[str]] = field(default_factory=dict)
     _lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
+    # who holds what, kept beside `parcels`: every exit asks what its customer holds, and a
+    # week's room has 100,000 parcels (walking them all at each exit made the run quadratic)
+    _held: dict[str, set[str]] = field(default_factory=dict, repr=False)
+    _wrong_hands: set[str] = field(default_factory=set, repr=False)
+
+    def _hold(self, p: PhysicalParcel, holder: str | None) -> None:
+        if p.holder is not None:
+            self._held.get(p.holder, set()).discard(p.waybill)
+        self._wrong_hands.discard(p.waybill)
+        p.holder = holder
+        if holder is not None:
+            self._held.setdefault(holder, set()).add(p.waybill)
+            if holder != p.phone:
+                self._wrong_hands.add(p.waybill)
 
     def add(self, waybill: str, phone: str, size: str, holder: str) -> None:
         with self._lock:
-            self.parcels[waybill] = PhysicalParcel(waybill, phone, size, None, holder)
+            old = self.parcels.get(waybill)
+            if old is not None:
+                self._hold(old, None)
+            self.parcels[waybill] = p = PhysicalParcel(waybill, phone, size, None, None)
+            self._hold(p, holder)
 
     def place(self, waybill: str, slot: str) -> None:
         with self._lock:
             p = self.parcels[waybill]
-            p.slot, p.holder = slot, None
+            p.slot = slot
+            self._hold(p, None)
             self.slots.setdefault(slot, []).append(waybill)
 
     def remove(self, waybill: str, holder: str) -> str | None:
@@ -89,10 +108,21 @@ class Room:
             slot = p.slot
             if slot is not None:
                 self.slots[slot].remove(waybill)
-            p.slot, p.holder = None, holder
+            p.slot = None
+            self._hold(p, holder)
             if slot is not None:
                 p.came_from = slot
             return slot
+
+    def held_by(self, holder: str) -> list[str]:
+        """The parcels in `holder`'s hands (off the shelves)."""
+        with self._lock:
+            return list(self._held.get(holder, ()))
+
+    def in_wrong_hands(self) -> list[PhysicalParcel]:
+        """Parcels off the shelves in the hands of somebody other than their recipient."""
+        with self._lock:
+            return [self.parcels[w] for w in self._wrong_hands]
 
     def lift(self, waybill: str, holder: str) -> str | None:
         """Take `waybill` off its shelf into `holder`'s hands, only if it lies on a shelf
