@@ -377,7 +377,11 @@ def _assemble(config: StationConfig, secrets: Secrets, store: Store, client_id: 
             core.on_device_event(ev.device, ev.kind, ev.data)
 
     seq_path = Path(config.station.database).with_suffix(".devseq")
-    link = DeviceLink(config, secrets, on_event, client_id=client_id, seq_path=seq_path)
+    # each device's boot as the log last knew it: a shelf that rebooted while the station was
+    # down is reconciled from its first state like one that rebooted while it ran (#22.4)
+    known_boots = {r["id"]: r["boot_id"] for r in store.query("SELECT id, boot_id FROM devices WHERE boot_id IS NOT NULL")}
+    link = DeviceLink(config, secrets, on_event, client_id=client_id, seq_path=seq_path,
+                      known_boots=known_boots)
     link_box["link"] = link
     outbox = Outbox(store, secrets.encryption_key)
     ctx = Ctx(config, secrets, store, LinkPort(link, metrics.latency), outbox)

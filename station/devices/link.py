@@ -275,6 +275,9 @@ class _Device:
     claim_at: float = 0.0  # monotonic time it arrived
     alive_at: float = -math.inf  # monotonic time of the last fresh signed word from it
     uptime: float | None = None  # the highest uptime_s its states reported in this boot
+    # the boot the station's log last knew (the `devices` projection), for the first state
+    # after a start: a shelf that rebooted while the station was down is a reboot too
+    last_boot: str | None = None
     evt_high: int = 0  # the highest evt_seq seen in this boot
     probe_cmd_id: str | None = None  # our last `ping`: its ack is proof of life
     probes: int = 0  # sent for the pending claim
@@ -295,6 +298,7 @@ class DeviceLink:
         retry_s: float = 0.5,
         tick_s: float = 0.02,
         clock: StationClock | None = None,
+        known_boots: Mapping[str, str] | None = None,
     ) -> None:
         self.config = config
         # durations on `mono`, stamps on `wall`; `boot` names the monotonic clock (ADR 0090)
@@ -332,6 +336,7 @@ class DeviceLink:
             self._devices[door] = _Device(door, "door")
         for device in self._devices:
             self._keys[device] = secrets.device_key(self.station_id, device)
+            self._devices[device].last_boot = (known_boots or {}).get(device)
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -865,7 +870,10 @@ class DeviceLink:
             return
         first = dev.online is None
         dev.online = online
-        self._emit(dev.id, "device.online" if online else "device.offline", {"first_seen": first})
+        data: dict[str, Any] = {"first_seen": first}
+        if online and dev.boot_id is not None:
+            data["boot_id"] = dev.boot_id  # kept in the `devices` projection for the next start
+        self._emit(dev.id, "device.online" if online else "device.offline", data)
         if online:
             if not first:
                 dev.reconcile = True
@@ -951,6 +959,13 @@ class DeviceLink:
             self._bad(dev, "state", "malformed", f"{dev.id} is a {dev.kind}", b"")
             return
         previous = dev.boot_id
+        if previous is None and dev.last_boot is not None and state.boot_id != dev.last_boot \
+                and _boot_counter(state.boot_id) > _boot_counter(dev.last_boot):
+            # the first state since the station started is of a boot after the one its log
+            # knew: the shelf rebooted while the station was down, and what the old boot never
+            # sent (or what changed while it was off) is only in what the new one senses
+            previous = dev.last_boot
+        dev.last_boot = None
         fresh = self._fresh_state(dev, state)
         dev.reported = {k: v for k, v in obj.items() if k != "sig"}
         if previous is not None and state.boot_id != previous:

@@ -416,6 +416,13 @@ def _device(conn: sqlite3.Connection, e: EventRecord, at: float) -> None:
     )
 
 
+@applies("device.rebooted")
+def _device_rebooted(conn: sqlite3.Connection, e: EventRecord, at: float) -> None:
+    # the boot the next start compares a shelf's first state with (station/devices/link.py)
+    if isinstance(e.data.get("boot_id"), str):
+        conn.execute("UPDATE devices SET boot_id = ? WHERE id = ?", (e.data["boot_id"], e.subject))
+
+
 def _auth_kind(event_type: str) -> str:
     # auth.code.rejected -> code; auth.pin.rejected -> pin; auth.otp.rejected -> otp
     return event_type.split(".")[1]

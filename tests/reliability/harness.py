@@ -144,8 +144,6 @@ class ProcStation:
         return self.proc
 
     def start(self, wait_devices: bool = True, timeout: float = 30.0) -> ProcStation:
-        self.spawn()
-
         def healthy() -> bool:
             if self.proc is not None and self.proc.poll() is not None:
                 raise AssertionError(f"station exited with {self.proc.returncode}:\n{self.log_tail()}")
@@ -154,7 +152,20 @@ class ProcStation:
             except httpx.TransportError:
                 return False
 
-        wait_until(healthy, timeout, 0.05)
+        for attempt in range(3):
+            self.spawn()
+            try:
+                wait_until(healthy, timeout, 0.05)
+                break
+            except AssertionError as exc:
+                # another process took the free port between free_port() and the bind (the
+                # suite runs on two workers): the station said so; try a new port
+                if attempt == 2 or "HTTP server could not start" not in str(exc):
+                    raise
+                self.port = free_port()
+                self.base_url = f"http://127.0.0.1:{self.port}"
+                self.http.close()
+                self.http = httpx.Client(base_url=self.base_url, timeout=15.0)
         if wait_devices and self.with_devices:
             wanted = set(self.config.device_ids)
             wait_until(lambda: wanted <= self.online_devices(), timeout, 0.05)

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from firmware_stubs.shelf import ShelfController
+from station.bootstrap import build_station
 from tests.support.stack import LiveStation, wait_until
 
 PHONE = "13900000001"
@@ -72,4 +73,47 @@ def test_a_shelf_that_comes_back_as_it_was_changes_nothing(tmp_path: Path) -> No
         wait_until(lambda: ls.station.link.held == 0, 5)
         assert not ls.station.store.query(
             "SELECT type FROM events WHERE seq > ? AND type LIKE 'slot.%'", (before,))
+        assert _state(ls) == "shelved"
+
+
+def test_a_parcel_lifted_while_its_shelf_rebooted_and_the_station_was_down_holds_the_exit(
+        tmp_path: Path) -> None:
+    """The station down, the shelf power-cycled with a parcel lifted meanwhile: the first
+    state the station sees after its start is of a boot after the one its log knew, and is
+    reconciled like a reboot seen live (before: only the shelf audit's alarm)."""
+    with LiveStation(tmp_path) as ls:
+        slot, _ = ls.shelve_one(WAYBILL, PHONE)
+        wait_until(lambda: ls.station.store.query_one(
+            "SELECT boot_id FROM devices WHERE id = ? AND boot_id IS NOT NULL", (ls.shelf(slot)[0].device_id,)), 10)
+        ls.station.stop()
+        ctrl, row, col = ls.shelf(slot)
+        _power_cycle(ls, slot, lambda hal: hal.sensor(row, col).take())
+        ls.station = build_station(ls.config, ls.secrets).start()
+        wait_until(lambda: _events(ls, "slot.lifted", slot), 15)
+        takes = ls.station.store.query("SELECT session_id FROM takes WHERE slot = ? AND resolved_seq IS NULL",
+                                       (slot,))
+        assert len(takes) == 1  # open: the exit waits for whoever holds it
+        assert _state(ls) == "shelved"
+        rebooted = ls.station.store.query("SELECT data FROM events WHERE type = 'device.rebooted' AND subject = ?",
+                                          (ctrl.device_id,))
+        assert len(rebooted) == 1
+
+        # a second start with the shelf as it is now moves nothing more
+        ls.station.stop()
+        ls.station = build_station(ls.config, ls.secrets).start()
+        assert ls.station.link.wait_online(ls.config.device_ids, 15)
+        wait_until(lambda: ls.station.link.held == 0, 5)
+        assert len(_events(ls, "slot.lifted", slot)) == 1
+        assert len(ls.station.store.query("SELECT 1 FROM events WHERE type = 'device.rebooted'")) == 1
+
+
+def test_a_shelf_that_did_not_reboot_while_the_station_was_down_is_no_reboot(tmp_path: Path) -> None:
+    with LiveStation(tmp_path) as ls:
+        slot, _ = ls.shelve_one(WAYBILL, PHONE)
+        ls.station.stop()
+        ls.station = build_station(ls.config, ls.secrets).start()
+        assert ls.station.link.wait_online(ls.config.device_ids, 15)
+        wait_until(lambda: ls.station.link.held == 0, 5)
+        assert not ls.station.store.query("SELECT 1 FROM events WHERE type = 'device.rebooted'")
+        assert not _events(ls, "slot.lifted", slot)
         assert _state(ls) == "shelved"
