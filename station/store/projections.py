@@ -574,6 +574,11 @@ def _retention_applied(conn: sqlite3.Connection, e: EventRecord, at: float) -> N
     # cleared guesses count for no lockout any more; uncleared ones are left to the lockout
     conn.execute("DELETE FROM auth_failures WHERE cleared = 1 AND at < ?", (before,))
     conn.execute("DELETE FROM operator_sessions WHERE ended_at IS NOT NULL AND ended_at < ?", (before,))
+    # a take some customer answered for, and the exit of a session that is gone, are history:
+    # one row each per parcel ever, they were what still grew after retention (#16). An open
+    # take stays whatever its age; a session that is gone can pass no exit anyway
+    conn.execute("DELETE FROM takes WHERE resolved_seq IS NOT NULL AND at < ?", (before,))
+    conn.execute("DELETE FROM session_exits WHERE session_id NOT IN (SELECT id FROM sessions)")
 
 
 def known_types() -> list[str]:

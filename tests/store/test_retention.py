@@ -211,6 +211,26 @@ def test_retention_never_drops_a_live_parcel(tmp_path: Path, secrets: Secrets) -
     st.store.close()
 
 
+def test_answered_takes_and_the_exits_of_gone_sessions_leave_with_them(tmp_path: Path, secrets: Secrets) -> None:
+    """They were one row each per parcel ever, and grew after retention at 150 parcels a day
+    (the two-years benchmark, #16); an open take stays whatever its age."""
+    st = make_station(tmp_path, secrets, seed=3)
+    walk = RandomWalk(st, random.Random(4))
+    walk.run(300, lambda i: st.clock.advance(600))
+    answered = st.store.query_one("SELECT COUNT(*) n FROM takes WHERE resolved_seq IS NOT NULL")["n"]
+    exits = st.store.query_one("SELECT COUNT(*) n FROM session_exits")["n"]
+    assert answered and exits
+    with st.store.transaction() as tx:  # a take nobody answered for, older than the cut
+        tx.execute("INSERT INTO takes(seq, slot, session_id, at) VALUES (?, '1-1-01', NULL, ?)",
+                   (st.store.last_seq, st.clock() - 2 * DAY))
+    st.clock.advance(30 * DAY)
+    Retention(st.store, tmp_path / "a", keep_days=1, segment_events=50).run(st.clock())
+    assert not st.store.query("SELECT 1 FROM takes WHERE resolved_seq IS NOT NULL")
+    assert len(st.store.query("SELECT 1 FROM takes WHERE resolved_seq IS NULL")) >= 1
+    assert not st.store.query("SELECT 1 FROM session_exits WHERE session_id NOT IN (SELECT id FROM sessions)")
+    st.store.close()
+
+
 CHILD = textwrap.dedent("""
     import sys
     from station.store.db import Store
