@@ -17,11 +17,13 @@ import pytest
 from tests.support.demo import ROOT
 
 SERVER = """
-import sys, time
+import signal, sys, time
 from fastapi import FastAPI
 from station.api.serve import ServeError, serve
 
 app = FastAPI()
+# like the demo: SIGTERM unwinds as SystemExit(143) through the caller's `finally`
+signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
 print("serving", flush=True)
 try:
     serve(app, "127.0.0.1", int(sys.argv[1]))
@@ -58,6 +60,23 @@ def test_a_ctrl_c_while_the_server_starts_is_a_clean_stop(delay_ms: int) -> None
         proc.kill()  # a server that ignored the signal must not outlive the test
         proc.wait()
     assert proc.returncode == 0, (delay_ms, proc.returncode, out)
+
+
+@pytest.mark.parametrize("delay_ms", [0, 1, 2, 3, 5, 8, 12, 20, 40, 80])
+def test_a_sigterm_while_the_server_starts_reaches_the_callers_handler_once_it_has_stopped(
+        delay_ms: int) -> None:
+    """The caller's SIGTERM handler raises SystemExit: run inside the event loop (before
+    uvicorn's own handlers were in place) it tore the loop down with a traceback and exit 1."""
+    proc = _start(_free_port())
+    try:
+        time.sleep(delay_ms / 1000)
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == 128 + signal.SIGTERM, (delay_ms, proc.returncode, out)
+    assert "Traceback" not in out, out
 
 
 def test_a_server_that_cannot_listen_says_where() -> None:
