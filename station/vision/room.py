@@ -160,7 +160,10 @@ class RoomCameras:
             grabber = self.grabbers[cam]
             got = grabber.fresh(self.max_age_s)
             if got is None:
-                reasons[cam] = "camera_down" if not grabber.connected else "stale"
+                # stale: connected, but its newest frame is too old; down: not connected, or
+                # never a frame yet (a source that opens and then delivers nothing is down,
+                # however its connection flickers between reads)
+                reasons[cam] = "stale" if grabber.connected and grabber.latest() is not None else "camera_down"
                 refs[cam] = None
                 continue
             ref = secrets.token_hex(16)
