@@ -49,17 +49,22 @@ def _start(port: int) -> subprocess.Popen[str]:
     return proc
 
 
-@pytest.mark.parametrize("delay_ms", [0, 1, 2, 3, 5, 8, 12, 20, 40, 80])
-def test_a_ctrl_c_while_the_server_starts_is_a_clean_stop(delay_ms: int) -> None:
+def _signal_while_starting(sig: int, delay_ms: int) -> tuple[int, str]:
     proc = _start(_free_port())
     try:
         time.sleep(delay_ms / 1000)
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(sig)
         out, _ = proc.communicate(timeout=30)
     finally:
         proc.kill()  # a server that ignored the signal must not outlive the test
         proc.wait()
-    assert proc.returncode == 0, (delay_ms, proc.returncode, out)
+    return proc.returncode, out
+
+
+@pytest.mark.parametrize("delay_ms", [0, 1, 2, 3, 5, 8, 12, 20, 40, 80])
+def test_a_ctrl_c_while_the_server_starts_is_a_clean_stop(delay_ms: int) -> None:
+    status, out = _signal_while_starting(signal.SIGINT, delay_ms)
+    assert status == 0, (delay_ms, status, out)
 
 
 @pytest.mark.parametrize("delay_ms", [0, 1, 2, 3, 5, 8, 12, 20, 40, 80])
@@ -67,15 +72,8 @@ def test_a_sigterm_while_the_server_starts_reaches_the_callers_handler_once_it_h
         delay_ms: int) -> None:
     """The caller's SIGTERM handler raises SystemExit: run inside the event loop (before
     uvicorn's own handlers were in place) it tore the loop down with a traceback and exit 1."""
-    proc = _start(_free_port())
-    try:
-        time.sleep(delay_ms / 1000)
-        proc.send_signal(signal.SIGTERM)
-        out, _ = proc.communicate(timeout=30)
-    finally:
-        proc.kill()
-        proc.wait()
-    assert proc.returncode == 128 + signal.SIGTERM, (delay_ms, proc.returncode, out)
+    status, out = _signal_while_starting(signal.SIGTERM, delay_ms)
+    assert status == 128 + signal.SIGTERM, (delay_ms, status, out)
     assert "Traceback" not in out, out
 
 
