@@ -50,5 +50,5 @@ def serve(app: Any, host: str, port: int, *, access_log: bool = True) -> None:
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
-    for s in dict.fromkeys(caught):
-        signal.raise_signal(s)
+    for signum in dict.fromkeys(caught):
+        signal.raise_signal(signum)
