@@ -3,9 +3,10 @@
 The model is dlib's ResNet (the one face_recognition wraps): 128-d encodings compared by
 Euclidean distance. We call dlib directly with face_recognition_models' files instead of the
 face_recognition module because that module loads five models into module globals at import
-(including the CNN detector we never use); an engine instance owns exactly the three it needs.
-The HOG detector, 5-point aligner and encoder are the same ones face_recognition uses, so its
-published behaviour and our measured distances (docs/faces.md) apply unchanged.
+(including the CNN detector we never use); an engine instance owns exactly what it needs.
+The HOG detector, 5-point aligner and encoder network are the same ones face_recognition uses
+(the encoder run by OpenCV, station/vision/encoder.py), so its published behaviour and our
+measured distances (docs/faces.md) apply unchanged.
 
 Thresholds are stricter than the library's 0.6 because the model is weaker on Asian faces and
 children and this station serves Chinese cities (DESIGN §6): 0.5 by default, a margin to the
@@ -27,6 +28,7 @@ import dlib
 import numpy as np
 
 from station.vision.antispoof import AntiSpoof, Box, PassiveResult, PassiveSettings, judge
+from station.vision.encoder import FaceEncoder
 from station.vision.images import ImageError, decode_image, ensure_frame
 from station.vision.liveness import LivenessChecker, LivenessResult
 
@@ -129,8 +131,7 @@ class FaceEngine:
         self._aligner = dlib.shape_predictor(str(models / "shape_predictor_5_face_landmarks.dat"))
         self._landmarker = dlib.shape_predictor(
             str(models / "shape_predictor_68_face_landmarks.dat"))
-        self._encoder = dlib.face_recognition_model_v1(
-            str(models / "dlib_face_recognition_resnet_model_v1.dat"))
+        self._encoder = FaceEncoder()
         self._lock = threading.Lock()
 
     @property
@@ -206,8 +207,7 @@ class FaceEngine:
                 rects = rects[:max_faces]
             for rect in rects:
                 shape = self._aligner(rgb, rect)
-                encoding = np.array(self._encoder.compute_face_descriptor(
-                    rgb, shape, self.settings.num_jitters), dtype=np.float64)
+                encoding = self._encoder.encode(rgb, shape, self.settings.num_jitters)
                 points = None
                 if landmarks:
                     full = self._landmarker(rgb, rect)
