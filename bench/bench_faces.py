@@ -1,8 +1,12 @@
 """Face verification: one frame against 1,000 and 10,000 enrolled templates, on ONE core.
 
-What is timed (DESIGN §8: p95 under 300 ms at 1,000 templates, one core):
+What is timed (DESIGN §8: p95 under 300 ms at 1,000 templates, one core, for the door):
+  the door's path:      FaceVerifier.decide's per-frame work: detection on the frame scaled for
+                        faces of verify_min_face_px, the 68 liveness landmarks, encoding by
+                        cv2.dnn, matching; beside the path before ADRs 0120 and 0162
+                        (full-resolution detection, dlib's encoder), in CPU and wall time
   full path, ours:      FaceEngine.analyse(frame, landmarks=True, max_faces=1) + FaceMatcher.match
-                        (the per-frame work of FaceVerifier.decide, liveness landmarks included)
+                        (enrolment's full-resolution search, upsample 1)
   full path, baseline:  face_recognition.face_encodings(frame) + compare_faces(templates, tol 0.5)
   matching alone:       FaceMatcher.match  vs  face_recognition.compare_faces / face_distance
                         over the same templates (the baseline gets a ready (N, 128) float64
@@ -149,16 +153,19 @@ def _verify_path(engine: Any, matcher: Any, frames: list[np.ndarray],
     if not usable:
         raise RuntimeError(f"no query frame has a face of {min_px} px or more")
     fast_cpu, full_cpu, floor_cpu, fdet, udet, enc, spoof, enc_dlib = [], [], [], [], [], [], [], []
+    fast_wall, full_wall = [], []
     antispoof = engine.antispoof  # loaded before timing, as the station keeps it loaded
     for i in range(iters):
         frame = usable[i % len(usable)]
         rgb = np.ascontiguousarray(frame[:, :, ::-1])
-        c0 = time.process_time()
+        c0, w0 = time.process_time(), time.perf_counter()
         face = engine.analyse(frame, landmarks=True, max_faces=1, min_face_px=min_px)[0]
         matcher.match(face.encoding)
-        c1 = time.process_time()
+        c1, w1 = time.process_time(), time.perf_counter()
         matcher.match(_baseline_analyse(engine, dlib_encoder, frame).encoding)
-        c2 = time.process_time()
+        c2, w2 = time.process_time(), time.perf_counter()
+        fast_wall.append(w1 - w0)
+        full_wall.append(w2 - w1)
         rects = engine._detect_from(rgb, min_px)
         c3 = time.process_time()
         shape = engine._aligner(rgb, rects[0])
@@ -207,6 +214,7 @@ def _verify_path(engine: Any, matcher: Any, frames: list[np.ndarray],
     return {"min_face_px": min_px, "frames": len(usable), "fast_cpu": fast_cpu, "full_cpu": full_cpu,
             "floor_cpu": floor_cpu, "fast_detect_cpu": fdet, "full_detect_cpu": udet, "encode_cpu": enc,
             "encode_dlib_cpu": enc_dlib, "antispoof_cpu": spoof,
+            "fast_wall": fast_wall, "full_wall": full_wall,
             "distances": distances, "skipped": skipped}
 
 
@@ -387,16 +395,17 @@ def _measure(quick: bool) -> dict[str, Any]:
         f = out[n]
         for p in (50, 95):
             rows.append({
-                "figure": f"faces: frame verified vs {n:,} templates (detect+encode+match), p{p}",
+                "figure": f"faces: frame analysed at full resolution (enrolment's search: upsample 1, "
+                          f"68 landmarks) + matched vs {n:,} templates, p{p} (baseline face_recognition)",
                 "ours": _pct(f["ours_full"], p) * ms,
                 "baseline": _pct(f["base_full"], p) * ms,
                 "unit": "ms",
-                "target": "p95 < 300 ms" if (n == 1_000 and p == 95) else None,
+                "target": None,
             })
     for p in (50, 95):
         rows.append({
-            "figure": f"faces: frame verified vs 1,000 templates, CPU time p{p} (process "
-                      "time: what the path costs on an uncontended core)",
+            "figure": f"faces: frame analysed at full resolution + matched vs 1,000 templates, CPU "
+                      f"time p{p} (process time: what the path costs on an uncontended core)",
             "ours": _pct(out[1_000]["ours_cpu"], p) * ms,
             "baseline": _pct(out[1_000]["base_cpu"], p) * ms,
             "unit": "ms", "target": None,
@@ -440,6 +449,12 @@ def _measure(quick: bool) -> dict[str, Any]:
             "unit": "ms", "target": None,
         })
     v = verify
+    for p in (50, 95):  # DESIGN §8: the door's verification, one core, p95 under 300 ms
+        rows.append({
+            "figure": f"faces: frame verified at the door (the verifier's path) vs 1,000 templates, "
+                      f"wall p{p} (baseline: the full-resolution path with dlib's encoder)",
+            "ours": _pct(v["fast_wall"], p) * ms, "baseline": _pct(v["full_wall"], p) * ms,
+            "unit": "ms", "target": "p95 < 300 ms" if p == 95 else None})
     for p in (50, 95):
         rows.append({
             "figure": f"faces: verification path (detect on the frame scaled for faces >= "

@@ -3,8 +3,8 @@
 Same network, same weights, same 150 px chip as dlib's compute_face_descriptor, so the
 encodings, the thresholds and every distance in docs/faces.md are unchanged (the two agree to
 1e-6; tests/vision/test_face_encoder.py). The prebuilt dlib the station installs has no BLAS,
-and its encoder cost about 100 ms of CPU a face; OpenCV's convolutions take a tenth of that
-(ADR 0162). tools/export_dlib_encoder.py made the ONNX file from face_recognition_models'
+and its encoder cost 110-160 ms of CPU a face here; OpenCV's convolutions take an eighth of
+that (ADR 0162). tools/export_dlib_encoder.py made the ONNX file from face_recognition_models'
 dlib_face_recognition_resnet_model_v1.dat.
 """
 
