@@ -97,12 +97,15 @@ class _Weights:
     fc: np.ndarray | None = None  # (inputs, outputs)
 
 
-def _tail(s: _Stream) -> None:
-    """add_layer's own fields after a layer's details (version 2: three flags, three tensors)."""
+def _tail(s: _Stream, *, on_input: bool) -> None:
+    """add_layer's own fields after a layer's details: three flags and three tensors; the one
+    over the input layer (version 3) also its sample expansion factor."""
     for _ in range(3):
         s.boolean()
     for _ in range(3):
         s.tensor()
+    if on_input:
+        s.int()
 
 
 def read_weights(data: bytes) -> _Weights:
@@ -156,15 +159,8 @@ def read_weights(data: bytes) -> _Weights:
             for _ in range(4):
                 s.scalar()
             w.fc = params[:inputs * outputs].reshape(inputs, outputs).copy()
-        if first:  # the input's add_layer: version 3 also carries the sample expansion factor
-            for _ in range(3):
-                s.boolean()
-            for _ in range(3):
-                s.tensor()
-            s.int()
-            first = False
-        else:
-            _tail(s)
+        _tail(s, on_input=first)
+        first = False
         if name == "fc_2":
             break
     if s.pos != len(data):
