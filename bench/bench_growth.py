@@ -5,6 +5,9 @@
   templates 100 -> 10,000:    vision.faces.FaceMatcher.match of one encoding (median).
   live sessions 1 -> 8:       entry latency, measured by bench_entry (over the real broker).
   log 10,000 -> 1,000,000:    the filtered query, measured by bench_eventlog.
+  snapshots 1,000 -> 100,000: the housekeeper's disk check of the snapshot store (prune by
+                              age, by budget, usage) once the store has its index, beside the
+                              walk of the directory every check did before (the baseline).
 Each curve's baseline is its own smallest point (ratio = growth factor); `chart()` draws
 all four on a log-log PNG.
 """
@@ -71,6 +74,40 @@ def templates_curve(quick: bool = False) -> dict[int, float]:
     return out
 
 
+SNAPSHOT_POINTS = (1_000, 10_000, 100_000)
+
+
+def snapshots_curve(quick: bool = False) -> dict[int, tuple[float, float]]:
+    """{files: (disk check ms with the index, ms of one walk of the same directory)}."""
+    import tempfile
+
+    from station.vision.snapshots import SnapshotStore
+
+    out = {}
+    for n in ((500, 5_000) if quick else SNAPSHOT_POINTS):
+        with tempfile.TemporaryDirectory(prefix="bench-snaps-") as tmp:
+            root = Path(tmp)
+            for i in range(n):  # written directly: the store's fsyncs are not what is measured
+                ref = f"{i:064x}"[::-1]
+                sub = root / ref[:2]
+                sub.mkdir(exist_ok=True)
+                (sub / f"{ref}.snap").write_bytes(b"x" * 100)
+            store = SnapshotStore(root)
+
+            def check(st: SnapshotStore = store) -> None:
+                st.prune(30)
+                st.prune_to(10**12)
+                st.usage()
+
+            def walk(st: SnapshotStore = store) -> None:
+                st._index = None
+                st.usage()
+
+            check()
+            out[n] = (_median_ms(check, 20 if quick else 100), _median_ms(walk, 3 if quick else 5))
+    return out
+
+
 def rows_for(curve: dict[int, float], name: str, unit_of_n: str) -> list[dict[str, Any]]:
     lo, hi = min(curve), max(curve)
     return [{"figure": f"growth: {name}, {hi:,} {unit_of_n} (baseline: {lo:,} {unit_of_n})",
@@ -85,7 +122,13 @@ def run(quick: bool = False, sessions: dict[int, Any] | None = None,
         "choose_slot (ms) vs slots": slots,
         "FaceMatcher.match (ms) vs templates": templates,
     }
+    snaps = snapshots_curve(quick)
+    curves["snapshot disk check (ms) vs files"] = {n: v[0] for n, v in snaps.items()}
     rows = rows_for(slots, "choose_slot", "slots") + rows_for(templates, "FaceMatcher.match, one encoding", "templates")
+    top = max(snaps)
+    rows.append({"figure": f"growth: snapshot disk check with {top:,} files, the store's index "
+                           "(baseline: the walk of every file each check did before)",
+                 "ours": snaps[top][0], "baseline": snaps[top][1], "unit": "ms", "target": None})
     if sessions:
         curves["entry p50 (ms) vs live sessions"] = {int(k): v["p50_ms"] for k, v in sessions.items()}
         rows += rows_for(curves["entry p50 (ms) vs live sessions"], "entry p50 over the broker", "live sessions")

@@ -25,7 +25,10 @@ import json
 import os
 import re
 import tempfile
+import threading
 import time
+from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
 
 import cv2
@@ -42,6 +45,10 @@ PLAIN, SEALED, CLIP = ".jpg", ".snap", ".clip"
 _AAD = b"ps-snapshot/v1\x00"
 _CLIP_AAD = b"ps-clip/v1\x00"
 _CLIP_MAGIC = b"PSCLIP1\n"
+# the directory is walked once, then at most this often (steady clock): between walks the
+# store keeps its own index of what it wrote and removed, so a disk check costs what it
+# prunes, not a stat of every file (222,000 files by the middle of the week scenario)
+REWALK_S = 86400.0
 
 
 def is_ref(ref: str) -> bool:
@@ -81,10 +88,19 @@ class SnapshotStore:
     `save` stores nothing and returns None, so callers need no branch of their own."""
 
     def __init__(self, directory: Path | str, enabled: bool = True,
-                 key: bytes | None = None) -> None:
+                 key: bytes | None = None, *,
+                 monotonic: Callable[[], float] = time.monotonic) -> None:
         self.directory = Path(directory)
         self.enabled = enabled
         self._sealer = Sealer(key, "snapshot") if key is not None else None
+        self._monotonic = monotonic
+        # every snapshot as path -> (mtime, bytes), oldest first; None until the first walk.
+        # The station is the directory's only writer (station.lock); a file put there by
+        # anything else (a restore) is counted from the next walk on.
+        self._index: OrderedDict[Path, tuple[float, int]] | None = None
+        self._total = 0
+        self._walked_at = 0.0
+        self._lock = threading.Lock()
 
     def path(self, ref: str, suffix: str | None = None) -> Path:
         """Where the snapshot `ref` is (or would be) kept: ciphertext when the store has a key."""
@@ -115,6 +131,7 @@ class SnapshotStore:
         if self._sealer is not None:
             data = self._sealer.seal(data, _AAD + ref.encode())
         _write_atomic(target, data)
+        self._wrote(target, len(data))
         return ref
 
     def save_as(self, ref: str, jpeg: bytes) -> None:
@@ -124,13 +141,16 @@ class SnapshotStore:
         target = self.path(ref)
         data = self._sealer.seal(jpeg, _AAD + ref.encode()) if self._sealer is not None else jpeg
         _write_atomic(target, data)
+        self._wrote(target, len(data))
 
     def save_clip(self, ref: str, frames: list[tuple[float, bytes]]) -> None:
         """An alarm's clip under the id its event carries; sealed when the store has a key."""
         blob = encode_clip(frames)
         if self._sealer is not None:
             blob = self._sealer.seal(blob, _CLIP_AAD + ref.encode())
-        _write_atomic(self.path(ref, CLIP), blob)
+        target = self.path(ref, CLIP)
+        _write_atomic(target, blob)
+        self._wrote(target, len(blob))
 
     def load_clip(self, ref: str) -> list[tuple[float, bytes]]:
         """The clip's frames (decrypted); FileNotFoundError once pruned or never written."""
@@ -154,77 +174,88 @@ class SnapshotStore:
                     raise SnapshotError(f"snapshot {ref[:12]}... does not decrypt") from None
         return self.path(ref, PLAIN).read_bytes()
 
-    def _files(self) -> list[tuple[float, int, Path]]:
-        """Every snapshot as (mtime, bytes, path), oldest first."""
-        out: list[tuple[float, int, Path]] = []
-        if not self.directory.is_dir():
-            return out
-        for sub in self.directory.iterdir():
-            if not sub.is_dir():
-                continue
-            for file in sub.iterdir():
-                if file.suffix not in (PLAIN, SEALED, CLIP) or not _REF.fullmatch(file.stem):
+    def _wrote(self, path: Path, size: int) -> None:
+        with self._lock:
+            if self._index is None:
+                return
+            old = self._index.pop(path, None)
+            self._total += size - (old[1] if old else 0)
+            self._index[path] = (time.time(), size)
+
+    def _indexed(self, now: float | None = None) -> OrderedDict[Path, tuple[float, int]]:
+        """The index, walking the directory first if it has none or its walk is a day old.
+        A walk also removes what a crash left: temporary files over an hour old and empty
+        fan-out directories. Caller holds the lock."""
+        if self._index is not None and self._monotonic() - self._walked_at < REWALK_S:
+            return self._index
+        now = time.time() if now is None else now
+        found: list[tuple[float, int, Path]] = []
+        if self.directory.is_dir():
+            for sub in self.directory.iterdir():
+                if not sub.is_dir():
                     continue
+                for file in sub.iterdir():
+                    try:
+                        if file.name.startswith(".tmp-"):
+                            if file.stat().st_mtime < now - 3600:
+                                file.unlink()
+                            continue
+                        if file.suffix not in (PLAIN, SEALED, CLIP) or not _REF.fullmatch(file.stem):
+                            continue
+                        st = file.stat()
+                    except FileNotFoundError:
+                        continue
+                    found.append((st.st_mtime, st.st_size, file))
                 try:
-                    st = file.stat()
-                except FileNotFoundError:
-                    continue
-                out.append((st.st_mtime, st.st_size, file))
-        out.sort(key=lambda f: (f[0], f[2].name))
-        return out
+                    sub.rmdir()  # only succeeds when empty
+                except OSError:
+                    pass
+        found.sort(key=lambda f: (f[0], f[2].name))
+        self._index = OrderedDict((path, (mtime, size)) for mtime, size, path in found)
+        self._total = sum(size for _, size, _ in found)
+        self._walked_at = self._monotonic()
+        return self._index
+
+    def _remove_oldest(self, keep: Callable[[float, int], bool]) -> tuple[int, int]:
+        """Delete from the oldest on until `keep(mtime, total bytes left)` holds for the next
+        one; returns (removed, bytes freed). The events that referenced them keep the
+        reference: the console shows such a snapshot as pruned. Caller holds the lock."""
+        assert self._index is not None
+        removed = freed = 0
+        while self._index:
+            path, (mtime, size) = next(iter(self._index.items()))
+            if keep(mtime, self._total):
+                break
+            del self._index[path]
+            self._total -= size
+            try:
+                path.unlink()
+            except FileNotFoundError:  # gone already (an operator's hand): nothing freed
+                continue
+            removed += 1
+            freed += size
+        return removed, freed
 
     def usage(self) -> tuple[int, int]:
         """(snapshots, bytes) on disk."""
-        files = self._files()
-        return len(files), sum(size for _, size, _ in files)
+        with self._lock:
+            index = self._indexed()
+            return len(index), self._total
 
     def prune_to(self, max_bytes: int) -> tuple[int, int]:
         """Delete the oldest snapshots until at most `max_bytes` remain (the disk budget,
-        #14.13); returns (removed, bytes freed). The events that referenced them keep the
-        reference: the console shows such a snapshot as pruned."""
-        files = self._files()
-        total = sum(size for _, size, _ in files)
-        removed = freed = 0
-        for _, size, file in files:
-            if total <= max_bytes:
-                break
-            try:
-                file.unlink()
-            except FileNotFoundError:
-                pass
-            total -= size
-            freed += size
-            removed += 1
-        return removed, freed
+        #14.13); returns (removed, bytes freed)."""
+        with self._lock:
+            self._indexed()
+            return self._remove_oldest(lambda _mtime, total: total <= max_bytes)
 
     def prune(self, retention_days: float, now: float | None = None) -> int:
-        """Delete snapshots older than the retention (by file time); returns how many.
-
-        Leftover temporary files from a crash are removed too."""
+        """Delete snapshots older than the retention (by file time); returns how many."""
         now = time.time() if now is None else now
         cutoff = now - retention_days * 86400.0
-        removed = 0
-        if not self.directory.is_dir():
-            return 0
-        for sub in self.directory.iterdir():
-            if not sub.is_dir():
-                continue
-            for file in sub.iterdir():
-                is_tmp = file.name.startswith(".tmp-")
-                if not is_tmp and not _REF.fullmatch(file.stem):
-                    continue
-                try:
-                    if file.stat().st_mtime < cutoff or (is_tmp and
-                                                         file.stat().st_mtime < now - 3600):
-                        file.unlink()
-                        removed += 0 if is_tmp else 1
-                except FileNotFoundError:
-                    continue
-            try:
-                sub.rmdir()  # only succeeds when empty
-            except OSError:
-                pass
-        return removed
+        with self._lock:
+            self._indexed(now)
+            return self._remove_oldest(lambda mtime, _total: mtime >= cutoff)[0]
 
 
 def _write_atomic(target: Path, data: bytes) -> None:
