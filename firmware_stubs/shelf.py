@@ -68,6 +68,12 @@ class ShelfController(DeviceRuntime):
         self.hal = hal or ShelfHal(rows, cols, self.clock)
         self.debounce_s = debounce_s
         self._expires: dict[tuple[int, int], float] = {}  # monotonic deadline per lit LED
+        # a controller that boots knows no TTL for anything an LED shows (RAM is gone, and
+        # the state it reports lists no lights), so it starts every LED dark: a colour left
+        # from before a reset would otherwise stay up for good, in the colour of whoever the
+        # station gives it to next (the week at seed 8: 6 wrong slots lit after reboots)
+        for rc in self.hal.slots():
+            self.hal.led(*rc).off()
         self._sense = {rc: _SlotSense(raw=self.hal.sensor(*rc).read(),
                                       reported=self.hal.sensor(*rc).read())
                        for rc in self.hal.slots()}

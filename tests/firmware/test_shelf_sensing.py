@@ -77,3 +77,16 @@ def test_a_board_without_a_change_counter_is_read_every_tick() -> None:
         clock.t += 0.01
         ctrl.tick(clock.t)
     assert [(e["action"], e["row"], e["col"]) for e in events] == [("put", 1, 1)]
+
+
+def test_a_shelf_that_boots_starts_every_led_dark() -> None:
+    """A reset keeps the hardware (the parcels, the LED driver's last frame in a board that
+    keeps power to its strip) but not the firmware's RAM: no TTL is known for what an LED
+    shows, and the reported state lists no lights, so the station would never clear it."""
+    clock, hal = Clock(), CountingHal()
+    hal.led(1, 2).show(("#2962FF",), "solid")
+    hal.sensor(2, 3).put()
+    ctrl, _events = _shelf(hal, clock)
+    assert not any(hal.led(*rc).lit for rc in hal.slots())
+    assert ctrl.snapshot()["lights"] == [] and ctrl.snapshot()["occupied"] == [
+        {"row": 2, "col": 3, "count": 1}]
