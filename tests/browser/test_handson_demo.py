@@ -6,6 +6,8 @@ demo's alone: `station run` answers 404 for it."""
 
 from __future__ import annotations
 
+import re
+import time
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +19,25 @@ from .conftest import shot
 
 PHONE = "13955550123"
 WAYBILL = "SF7777000011112"
+
+
+def _leave(room: Any, expect: Any) -> None:
+    """Show the parcel at the exit until it opens. The demo's simulated people make mistakes
+    (shelf_sim/demo.py): one of them lifting a parcel lit for nobody holds every exit until
+    it is back in its slot (ADR 0075), which is the station doing its job; any other refusal
+    fails the test."""
+    result = room.locator("#exit-result")
+    deadline = time.monotonic() + 60.0
+    while True:
+        result.evaluate("el => el.removeAttribute('data-allowed')")  # wait for this answer
+        room.click("#exit-btn")
+        expect(result).to_have_attribute("data-allowed", re.compile("^(true|false)$"))
+        if result.get_attribute("data-allowed") == "true":
+            return
+        text = result.inner_text()
+        assert "not lit for anyone" in text, text
+        assert time.monotonic() < deadline, f"the exit stayed held for a minute: {text}"
+        room.wait_for_timeout(1000)
 
 
 def test_a_newcomer_shelves_picks_up_and_leaves_by_hand(tmp_path: Path, browser: Any) -> None:
@@ -87,8 +108,7 @@ def test_a_newcomer_shelves_picks_up_and_leaves_by_hand(tmp_path: Path, browser:
         room.select_option("#hand", "take")
         button.click()
         expect(room.locator(f'#held li[data-waybill="{WAYBILL}"]')).to_be_visible()
-        room.click("#exit-btn")
-        expect(room.locator("#exit-result")).to_have_attribute("data-allowed", "true")
+        _leave(room, expect)
         expect(room.locator(f'#held li[data-waybill="{WAYBILL}"]')).to_have_count(0)
         shot(room, "demo-room-3-left")
         assert not errors, errors
