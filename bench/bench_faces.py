@@ -121,18 +121,19 @@ def _synthetic(real: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
     return out
 
 
-def _baseline_analyse(engine: Any, dlib_encoder: Any, frame: np.ndarray) -> Any:
-    """The verification path before ADRs 0120 and 0162: HOG on the full frame with one
-    upsampling, dlib's own encoder, the 68 landmarks for liveness; the largest face."""
-    from station.vision.faces import Face
+class _DlibEncoder:
+    """dlib's own compute_face_descriptor, for the baseline engine (the path before ADR 0162)."""
 
-    rgb, scale = engine._prepare(frame)
-    rect = engine._detect_from(rgb, None)[0]
-    shape = engine._aligner(rgb, rect)
-    encoding = np.array(dlib_encoder.compute_face_descriptor(rgb, shape, 1), dtype=np.float64)
-    full = engine._landmarker(rgb, rect)
-    points = np.array([(p.x, p.y) for p in full.parts()], dtype=np.float64) / scale
-    return Face(engine._boxes([rect], scale, frame.shape)[0], encoding, points)
+    def __init__(self) -> None:
+        import dlib
+
+        from station.vision.faces import _models_dir
+
+        self._model = dlib.face_recognition_model_v1(
+            str(_models_dir() / "dlib_face_recognition_resnet_model_v1.dat"))
+
+    def encode(self, rgb: np.ndarray, shape: Any, num_jitters: int = 1) -> np.ndarray:
+        return np.array(self._model.compute_face_descriptor(rgb, shape, num_jitters), dtype=np.float64)
 
 
 def _verify_path(engine: Any, matcher: Any, frames: list[np.ndarray],
@@ -142,12 +143,10 @@ def _verify_path(engine: Any, matcher: Any, frames: list[np.ndarray],
     beside the path before ADRs 0120 and 0162 (full-resolution detection, dlib's encoder), in
     CPU time; its floor (fast detection + encoding alone); the encoder alone both ways; and
     the pairwise distances of the test portraits by both paths."""
-    import dlib
+    from station.vision.faces import FaceEngine
 
-    from station.vision.faces import _models_dir
-
-    dlib_encoder = dlib.face_recognition_model_v1(
-        str(_models_dir() / "dlib_face_recognition_resnet_model_v1.dat"))
+    dlib_encoder = _DlibEncoder()
+    baseline = FaceEngine(engine.settings, encoder=dlib_encoder)
     min_px = engine.settings.verify_min_face_px
     usable = [f for f in frames if any(b.size >= min_px for b in engine.detect(f))]
     if not usable:
@@ -162,7 +161,9 @@ def _verify_path(engine: Any, matcher: Any, frames: list[np.ndarray],
         face = engine.analyse(frame, landmarks=True, max_faces=1, min_face_px=min_px)[0]
         matcher.match(face.encoding)
         c1, w1 = time.process_time(), time.perf_counter()
-        matcher.match(_baseline_analyse(engine, dlib_encoder, frame).encoding)
+        # the path before ADRs 0120 and 0162: HOG on the full frame with one upsampling,
+        # dlib's own encoder, the 68 landmarks for liveness; the largest face
+        matcher.match(baseline.analyse(frame, landmarks=True, max_faces=1)[0].encoding)
         c2, w2 = time.process_time(), time.perf_counter()
         fast_wall.append(w1 - w0)
         full_wall.append(w2 - w1)
@@ -176,7 +177,7 @@ def _verify_path(engine: Any, matcher: Any, frames: list[np.ndarray],
         antispoof.score(frame, face.box.xywh())
         c6 = time.process_time()
         shape = engine._aligner(rgb, rects[0])
-        dlib_encoder.compute_face_descriptor(rgb, shape, 1)
+        dlib_encoder.encode(rgb, shape)
         c7 = time.process_time()
         spoof.append(c6 - c5)
         fast_cpu.append(c1 - c0)
@@ -192,7 +193,7 @@ def _verify_path(engine: Any, matcher: Any, frames: list[np.ndarray],
     for name, person, path in portraits:
         image = _imread(str(path))
         fast = engine.analyse(image, max_faces=1, min_face_px=min_px)
-        full = [_baseline_analyse(engine, dlib_encoder, image)] if engine.detect(image) else []
+        full = baseline.analyse(image, max_faces=1)
         if not fast or not full:
             skipped.append(name)
             continue

@@ -14,6 +14,7 @@ all four on a log-log PNG.
 
 from __future__ import annotations
 
+import itertools
 import random
 import statistics
 import sys
@@ -81,7 +82,7 @@ def snapshots_curve(quick: bool = False) -> dict[int, tuple[float, float]]:
     """{files: (disk check ms with the index, ms of one walk of the same directory)}."""
     import tempfile
 
-    from station.vision.snapshots import SnapshotStore
+    from station.vision.snapshots import REWALK_S, SnapshotStore
 
     out = {}
     for n in ((500, 5_000) if quick else SNAPSHOT_POINTS):
@@ -99,8 +100,10 @@ def snapshots_curve(quick: bool = False) -> dict[int, tuple[float, float]]:
                 st.prune_to(10**12)
                 st.usage()
 
-            def walk(st: SnapshotStore = store) -> None:
-                st._index = None
+            days = itertools.count(0.0, REWALK_S)  # a clock a day on at every look: each walks
+            walker = SnapshotStore(root, monotonic=days.__next__)
+
+            def walk(st: SnapshotStore = walker) -> None:
                 st.usage()
 
             check()

@@ -50,6 +50,33 @@ def wait_for_port(host: str, port: int, timeout: float = 10.0) -> None:
     raise BrokerError(f"nothing is listening on {host}:{port} after {timeout:.0f} s")
 
 
+def _listens(pid: int, port: int) -> bool:
+    """Whether process `pid` holds a TCP socket listening on `port` (Linux /proc)."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            rows = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            cols = row.split()
+            if cols[3] == "0A" and int(cols[1].rsplit(":", 1)[1], 16) == port:  # 0A: LISTEN
+                inodes.add(f"socket:[{cols[9]}]")
+    if not inodes:
+        return False
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return False
+    for fd in fds:
+        try:
+            if os.readlink(f"/proc/{pid}/fd/{fd}") in inodes:
+                return True
+        except OSError:
+            continue
+    return False
+
+
 @dataclass
 class MosquittoProcess:
     """One broker on a loopback port; `stop()` and `start()` again keep the same port.
@@ -79,10 +106,14 @@ class MosquittoProcess:
     # the window a SIGKILL can lose; a save rewrites the whole (small) file, a few ms here
     autosave_interval_s: int = 5
     _proc: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
+    # a port we chose may be taken by another process between choosing and binding; until the
+    # broker has listened once we may move, after that `restart()` keeps the port clients know
+    _port_movable: bool = field(default=False, init=False, repr=False)
 
     def __post_init__(self) -> None:
         if not self.port:
             self.port = free_port(self.host)
+            self._port_movable = True
         if self.workdir is None:
             self.workdir = Path(tempfile.mkdtemp(prefix="ps-mosquitto-"))
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -139,24 +170,43 @@ class MosquittoProcess:
     def start(self, timeout: float = 10.0) -> MosquittoProcess:
         if self.running:
             return self
+        for _attempt in range(5):
+            if self._spawn(timeout):
+                self._port_movable = False
+                return self
+            self.port = free_port(self.host)  # someone took the port we chose: another one
+        raise BrokerError(f"mosquitto found every port it was given taken; see {self._log_path}")
+
+    @property
+    def _log_path(self) -> Path:
+        assert self.workdir is not None
+        return self.workdir / "mosquitto.log"
+
+    def _spawn(self, timeout: float) -> bool:
+        """Start the broker and wait until it listens; False if its chosen port was taken."""
         binary = find_mosquitto()
         self.write_conf()
-        assert self.workdir is not None
-        log = open(self.workdir / "mosquitto.log", "ab")
-        self._proc = subprocess.Popen(
-            [binary, "-c", str(self.conf_path)],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-        )
-        try:
-            wait_for_port(self.host, self.port, timeout)
-        except BrokerError:
-            self.stop()
-            raise BrokerError(
-                f"mosquitto did not start on port {self.port}; see {self.workdir / 'mosquitto.log'}"
-            ) from None
-        return self
+        log_start = self._log_path.stat().st_size if self._log_path.exists() else 0
+        with open(self._log_path, "ab") as log:
+            proc = self._proc = subprocess.Popen(
+                [binary, "-c", str(self.conf_path)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and proc.poll() is None:
+            # a connection alone could reach whoever took the port: the listener must be ours
+            if _listens(proc.pid, self.port):
+                return True
+            time.sleep(0.02)
+        self.stop()
+        with open(self._log_path, "rb") as log:
+            log.seek(log_start)
+            said = log.read().decode(errors="replace")
+        if self._port_movable and "Address already in use" in said:
+            return False
+        raise BrokerError(f"mosquitto did not start on port {self.port}; see {self._log_path}")
 
     @property
     def running(self) -> bool:

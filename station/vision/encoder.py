@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import cv2
 import dlib
@@ -22,6 +22,12 @@ MODEL = Path(__file__).with_name("models") / "dlib_face_encoder.onnx"
 # dlib's get_face_chip_details(shape, 150, 0.25): the chip compute_face_descriptor encodes
 CHIP_PX = 150
 CHIP_PADDING = 0.25
+
+
+class Encoder(Protocol):
+    """What FaceEngine needs of an encoder: a benchmark passes dlib's own as the baseline."""
+
+    def encode(self, rgb: np.ndarray, shape: Any, num_jitters: int = 1) -> np.ndarray: ...
 
 
 class FaceEncoder:

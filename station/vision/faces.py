@@ -28,7 +28,7 @@ import dlib
 import numpy as np
 
 from station.vision.antispoof import AntiSpoof, Box, PassiveResult, PassiveSettings, judge
-from station.vision.encoder import FaceEncoder
+from station.vision.encoder import Encoder, FaceEncoder
 from station.vision.images import ImageError, decode_image, ensure_frame
 from station.vision.liveness import LivenessChecker, LivenessResult
 
@@ -123,7 +123,7 @@ class FaceEngine:
     """Owns the dlib models; thread-safe (one lock: dlib objects are not re-entrant)."""
 
     def __init__(self, settings: FaceSettings | None = None,
-                 models_dir: Path | None = None) -> None:
+                 models_dir: Path | None = None, encoder: Encoder | None = None) -> None:
         self.settings = settings or FaceSettings()
         self._antispoof: AntiSpoof | None = None
         models = models_dir or _models_dir()
@@ -131,7 +131,7 @@ class FaceEngine:
         self._aligner = dlib.shape_predictor(str(models / "shape_predictor_5_face_landmarks.dat"))
         self._landmarker = dlib.shape_predictor(
             str(models / "shape_predictor_68_face_landmarks.dat"))
-        self._encoder = FaceEncoder()
+        self._encoder = encoder or FaceEncoder()
         self._lock = threading.Lock()
 
     @property

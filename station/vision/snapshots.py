@@ -226,11 +226,14 @@ class SnapshotStore:
             path, (mtime, size) = next(iter(self._index.items()))
             if keep(mtime, self._total):
                 break
+            existed = True
+            try:
+                path.unlink()  # any other refusal (permissions) escapes to the housekeeper's
+            except FileNotFoundError:  # log with the file still counted: the counts stay true
+                existed = False  # gone already (an operator's hand): nothing freed
             del self._index[path]
             self._total -= size
-            try:
-                path.unlink()
-            except FileNotFoundError:  # gone already (an operator's hand): nothing freed
+            if not existed:
                 continue
             removed += 1
             freed += size

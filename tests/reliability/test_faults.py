@@ -232,12 +232,17 @@ def test_disk_full_refuses_new_work_with_507_and_corrupts_nothing(tmp_path: Path
 
 @needs_mount
 def test_a_really_full_filesystem_under_station_run(tmp_path: Path) -> None:
-    """The same promise on a real full disk: `station run` with its database on a 4 MB tmpfs
+    """The same promise on a real full disk: `station run` with its database on a 16 MB tmpfs
     filled to the last byte. Whatever SQLite says (SQLITE_FULL, an I/O error on the WAL),
     the API refuses with 507/503 and a JSON error, the door opens only when the entry was
     recorded, the process stays up, and everything is whole again once space is freed and
-    after a SIGKILL and restart on the same disk."""
-    with small_tmpfs(tmp_path / "disk", 4) as disk:
+    after a SIGKILL and restart on the same disk.
+
+    The disk is bigger than the station needs before the filler: a fresh database's WAL is
+    about 1.1 MB after one parcel and grows to 4 MB before its first checkpoint, so on a 4 MB
+    disk a slow machine's heartbeats filled it before the test did (the suite failed once so).
+    The filler takes whatever is left, so the size changes nothing of what is tested."""
+    with small_tmpfs(tmp_path / "disk", 16) as disk:
         # the disk budget's reserve below what this test fills: the real full disk is the
         # point here (the budget's own refusal: tests/flows/test_housekeeping.py)
         with ProcStation(tmp_path / "st", database=str(disk / "station.db"),

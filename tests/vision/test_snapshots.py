@@ -166,3 +166,25 @@ def test_files_gone_by_hand_or_added_by_another_writer_are_found_by_the_next_wal
     clock[0] += 86400.0 + 1
     assert store.usage()[0] == 1 and store.path(restored).exists()
     assert not leftover.exists() and not (tmp_path / "ab").exists()
+
+
+def test_a_snapshot_that_cannot_be_removed_stays_counted_and_its_error_is_raised(tmp_path, monkeypatch) -> None:
+    """A refusal other than "not found" (permissions, a read-only remount) reaches the
+    housekeeper's log, and the file stays in the counts: the budget still sees its bytes."""
+    store = SnapshotStore(tmp_path)
+    refs = [store.save(frame(i)) for i in range(3)]
+    before = store.usage()
+    real_unlink = type(tmp_path).unlink
+    stuck = store.path(refs[0])
+
+    def unlink(self, missing_ok=False):
+        if self == stuck:
+            raise PermissionError(13, "Permission denied", str(self))
+        return real_unlink(self, missing_ok)
+
+    monkeypatch.setattr(type(tmp_path), "unlink", unlink)
+    with pytest.raises(PermissionError):
+        store.prune_to(0)
+    assert store.usage() == before and stuck.exists()
+    monkeypatch.undo()
+    assert store.prune_to(0)[0] == 3 and store.usage() == (0, 0)
