@@ -97,7 +97,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def _setup_logging(as_json: bool) -> None:
     level = os.environ.get("PS_LOG_LEVEL", "INFO")
-    # httpx logs every request URL at INFO; a gateway key in a webhook URL must not reach logs
+    # httpx (the camera grabber) logs every request URL at INFO; a key in a camera URL must not
+    # reach logs
     logging.getLogger("httpx").setLevel(logging.WARNING)
     logging.getLogger("httpcore").setLevel(logging.WARNING)
     if as_json:

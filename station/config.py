@@ -14,6 +14,7 @@ import os
 import re
 import secrets as pysecrets
 import tomllib
+import urllib.parse
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Literal
@@ -173,6 +174,10 @@ class SenderConfig(_Strict):
     def _needs(self) -> SenderConfig:
         if self.kind == "webhook" and not self.url:
             raise ValueError("a webhook sender needs url")
+        if self.kind == "webhook" and self.url:
+            parts = urllib.parse.urlsplit(self.url)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ValueError("a webhook url must be http:// or https:// with a host")
         if self.show_codes and self.kind != "console":
             raise ValueError("show_codes is a console sender setting")
         return self

@@ -67,6 +67,9 @@ BAD = {
     "bad_station_id": (('id = "st-demo"', 'id = "St Demo!"'), "station.id", "pattern"),
     "bad_mode": (('placement_mode = "guided"', 'placement_mode = "psychic"'), "station.placement_mode",
                  "'guided' or 'free'"),
+    "webhook_url_not_http": (('senders = [{ kind = "console" }]',
+                              'senders = [{ kind = "webhook", url = "ftp://gw.example/sms" }]'),
+                             "notify.senders.0", "http:// or https:// with a host"),
 }
 
 

@@ -66,6 +66,7 @@ class WriterStats:
     clips: int = 0
     failed: int = 0
     busy: int = 0  # pictures not taken because the queue was full
+    shared: int = 0  # events given the picture an earlier event had of the same frame
     outstanding: int = 0
     _cond: threading.Condition = field(default_factory=threading.Condition, repr=False)
 
@@ -94,6 +95,10 @@ class RoomCameras:
         self._queue: queue.Queue[_Job | None] = queue.Queue(maxsize=queue_max)
         self._pending: list[_Job] = []  # clips waiting for their "after" frames (writer thread only)
         self.stats = WriterStats()
+        # per camera, the last frame handed to the writer (its capture time) and its picture:
+        # events in the same instant share that picture instead of writing the frame again
+        self._last_picture: dict[str, tuple[float, str]] = {}
+        self._picture_lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
 
@@ -166,8 +171,8 @@ class RoomCameras:
                 reasons[cam] = "stale" if grabber.connected and grabber.latest() is not None else "camera_down"
                 refs[cam] = None
                 continue
-            ref = secrets.token_hex(16)
-            if not self._submit(_Job(ref, cam, frame=got[0])):
+            ref = self._picture_of(cam, got)
+            if ref is None:
                 reasons[cam] = "writer_busy"
                 refs[cam] = None
                 continue
@@ -189,6 +194,21 @@ class RoomCameras:
         if clip:
             out["clip"] = clip_ref
         return out
+
+    def _picture_of(self, cam: str, got: tuple[np.ndarray, float]) -> str | None:
+        """The picture of this frame: the one already handed to the writer if this frame was
+        (a camera gives a few frames a second, a busy room many events in that time), else
+        a new one queued; None if the writer's queue is full."""
+        with self._picture_lock:
+            last = self._last_picture.get(cam)
+            if last is not None and last[0] == got[1]:
+                self.stats.shared += 1
+                return last[1]
+            ref = secrets.token_hex(16)
+            if not self._submit(_Job(ref, cam, frame=got[0])):
+                return None
+            self._last_picture[cam] = (got[1], ref)
+            return ref
 
     def _submit(self, job: _Job) -> bool:
         s = self.stats

@@ -115,11 +115,38 @@ def test_a_full_queue_costs_the_picture_not_the_event(tmp_path) -> None:
         src["room-1"].push(_frame(1))
         wait_until(lambda: room.grabbers["room-1"].latest() is not None)
         first = room.attach(Event("slot.sensed", "1-1-01", "shelf-1", {"slot": "1-1-01"}))
+        taken = room.grabbers["room-1"].latest()[1]
+        wait_until(lambda: room.grabbers["room-1"].latest()[1] > taken)  # a new frame to write
         second = room.attach(Event("slot.sensed", "1-1-02", "shelf-1", {"slot": "1-1-02"}))
         assert first.data["picture"] and second.data["picture"] is None
         assert second.data["picture_reason"] == "writer_busy" and room.stats.busy == 1
     finally:
         room.stop()
+
+
+def test_events_in_the_same_frame_share_its_picture_and_a_new_frame_gets_its_own(tmp_path) -> None:
+    """A camera gives a few frames a second and a busy room many events in that time: the
+    same frame is written once (#18: most picture writes of the week were repeats)."""
+    room, src = _room(tmp_path, {"room-1": ("shelf-1",)})
+    grabber = room.grabbers["room-1"]
+    grabber.source.period = 0.5  # a frame every 0.5 s: the two events below fall in one
+    with _started(room):
+        src["room-1"].push(_frame(1))
+        wait_until(lambda: grabber.latest() is not None)
+        frame_at = grabber.latest()[1]
+        a = room.attach(Event("slot.sensed", "1-1-01", "shelf-1", {"slot": "1-1-01"}))
+        b = room.attach(Event("slot.sensed", "1-1-03", "shelf-1", {"slot": "1-1-03"}))
+        same = grabber.latest()[1] == frame_at  # not moved on in between (a slow machine)
+        src["room-1"].push(_frame(2))
+        wait_until(lambda: grabber.latest()[1] > frame_at)
+        c = room.attach(Event("slot.sensed", "1-1-02", "shelf-1", {"slot": "1-1-02"}))
+        assert room.drain()
+        files = len(list(tmp_path.rglob("*.snap")))
+    assert a.data["picture"] and c.data["picture"] and c.data["picture"] != a.data["picture"]
+    if same:
+        assert b.data["picture"] == a.data["picture"] and room.stats.shared == 1
+        assert room.stats.written == 2 and files == 2
+    assert all(room.snapshots.load(e.data["picture"]) for e in (a, b, c))
 
 
 def test_room_pictures_are_pruned_by_age_and_budget(tmp_path) -> None:
