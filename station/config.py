@@ -178,6 +178,10 @@ class SenderConfig(_Strict):
             parts = urllib.parse.urlsplit(self.url)
             if parts.scheme not in ("http", "https") or not parts.hostname:
                 raise ValueError("a webhook url must be http:// or https:// with a host")
+            try:
+                parts.port  # noqa: B018 - parsed only when read: "host:99999" fails here, not at start
+            except ValueError as exc:
+                raise ValueError(f"a webhook url's port: {exc}") from None
         if self.show_codes and self.kind != "console":
             raise ValueError("show_codes is a console sender setting")
         return self

@@ -70,6 +70,9 @@ BAD = {
     "webhook_url_not_http": (('senders = [{ kind = "console" }]',
                               'senders = [{ kind = "webhook", url = "ftp://gw.example/sms" }]'),
                              "notify.senders.0", "http:// or https:// with a host"),
+    "webhook_url_bad_port": (('senders = [{ kind = "console" }]',
+                              'senders = [{ kind = "webhook", url = "https://gw.example:99999/sms" }]'),
+                             "notify.senders.0", "port"),
 }
 
 
