@@ -42,10 +42,11 @@ def test_a_chosen_port_taken_before_the_broker_binds_it_is_given_up_for_another(
 def test_a_port_the_caller_gave_is_never_changed(tmp_path: Path) -> None:
     thief = _listening_on(0)
     port = thief.getsockname()[1]
+    broker = MosquittoProcess(port=port, workdir=tmp_path)
     try:
-        broker = MosquittoProcess(port=port, workdir=tmp_path)
         with pytest.raises(BrokerError, match=f"did not start on port {port}"):
             broker.start(timeout=5)
         assert broker.port == port and not broker.running
     finally:
+        broker.stop()  # a broker that did start must not outlive the test
         thief.close()
