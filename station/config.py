@@ -14,7 +14,6 @@ import os
 import re
 import secrets as pysecrets
 import tomllib
-import urllib.parse
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Literal
@@ -175,13 +174,9 @@ class SenderConfig(_Strict):
         if self.kind == "webhook" and not self.url:
             raise ValueError("a webhook sender needs url")
         if self.kind == "webhook" and self.url:
-            parts = urllib.parse.urlsplit(self.url)
-            if parts.scheme not in ("http", "https") or not parts.hostname:
-                raise ValueError("a webhook url must be http:// or https:// with a host")
-            try:
-                parts.port  # noqa: B018 - parsed only when read: "host:99999" fails here, not at start
-            except ValueError as exc:
-                raise ValueError(f"a webhook url's port: {exc}") from None
+            from station.notify.senders import WebhookEndpoint  # the sender's own check
+
+            WebhookEndpoint.parse(self.url)
         if self.show_codes and self.kind != "console":
             raise ValueError("show_codes is a console sender setting")
         return self

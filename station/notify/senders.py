@@ -14,6 +14,7 @@ import logging
 import ssl
 import threading
 import urllib.parse
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 from .messages import Notification, StationInfo, gateway_body, summary_line
@@ -73,6 +74,35 @@ class ConsoleSender:
                                           show_codes=self._show_codes))
 
 
+@dataclass(frozen=True)
+class WebhookEndpoint:
+    """A gateway URL taken apart once: the one check of it, for the configuration (which
+    names the key) and for the sender alike."""
+
+    https: bool
+    host: str
+    port: int | None
+    target: str  # path and query
+    auth_headers: dict[str, str]  # HTTP Basic from credentials in the URL, or nothing
+
+    @classmethod
+    def parse(cls, url: str) -> WebhookEndpoint:
+        parts = urllib.parse.urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("a webhook url must be http:// or https:// with a host")
+        try:
+            port = parts.port  # parsed only when read: "host:99999" fails here, not at start
+        except ValueError as exc:
+            raise ValueError(f"a webhook url's port: {exc}") from None
+        auth = {}
+        if parts.username is not None:
+            user = urllib.parse.unquote(parts.username)
+            password = urllib.parse.unquote(parts.password or "")
+            auth["Authorization"] = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+        return cls(parts.scheme == "https", parts.hostname, port,
+                   (parts.path or "/") + (f"?{parts.query}" if parts.query else ""), auth)
+
+
 class WebhookSender:
     """A generic SMS gateway: POST JSON, any 2xx is accepted, anything else is a failure.
 
@@ -88,19 +118,8 @@ class WebhookSender:
 
     def __init__(self, url: str, station: StationInfo, *, name: str = "webhook",
                  timeout_s: float = 10.0) -> None:
-        parts = urllib.parse.urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError("a webhook url must be http:// or https:// with a host")
-        self._https = parts.scheme == "https"
-        self._host = parts.hostname
-        self._port = parts.port
-        self._target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-        self._headers = {"Content-Type": "application/json"}
-        if parts.username is not None:
-            user = urllib.parse.unquote(parts.username)
-            password = urllib.parse.unquote(parts.password or "")
-            self._headers["Authorization"] = "Basic " + base64.b64encode(
-                f"{user}:{password}".encode()).decode()
+        self._endpoint = WebhookEndpoint.parse(url)
+        self._headers = {"Content-Type": "application/json", **self._endpoint.auth_headers}
         self._station = station
         self._name = name
         self._timeout_s = timeout_s
@@ -113,13 +132,12 @@ class WebhookSender:
 
     def _connection(self) -> http.client.HTTPConnection:
         if self._conn is None:
-            if self._https:
+            e = self._endpoint
+            if e.https:
                 self._conn = http.client.HTTPSConnection(
-                    self._host, self._port, timeout=self._timeout_s,
-                    context=ssl.create_default_context())
+                    e.host, e.port, timeout=self._timeout_s, context=ssl.create_default_context())
             else:
-                self._conn = http.client.HTTPConnection(self._host, self._port,
-                                                        timeout=self._timeout_s)
+                self._conn = http.client.HTTPConnection(e.host, e.port, timeout=self._timeout_s)
         return self._conn
 
     def _drop(self) -> None:
@@ -135,7 +153,7 @@ class WebhookSender:
             for fresh in (self._conn is None, True):
                 conn = self._connection()
                 try:
-                    conn.request("POST", self._target, body=payload, headers=headers)
+                    conn.request("POST", self._endpoint.target, body=payload, headers=headers)
                     response = conn.getresponse()
                     response.read()
                 except TimeoutError:

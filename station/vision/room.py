@@ -202,7 +202,8 @@ class RoomCameras:
         with self._picture_lock:
             last = self._last_picture.get(cam)
             if last is not None and last[0] == got[1]:
-                self.stats.shared += 1
+                with self.stats._cond:
+                    self.stats.shared += 1
                 return last[1]
             ref = secrets.token_hex(16)
             if not self._submit(_Job(ref, cam, frame=got[0])):
@@ -271,6 +272,9 @@ class RoomCameras:
                 setattr(s, ok_kind, getattr(s, ok_kind) + 1)
         except Exception as exc:  # a full disk, a bad frame: the event says the id, the file is absent
             log.warning("room picture %s from %s not kept: %s", job.ref[:8], job.camera, exc)
+            with self._picture_lock:  # later events on this frame try a picture of their own
+                if self._last_picture.get(job.camera, (0.0, ""))[1] == job.ref:
+                    del self._last_picture[job.camera]
             with s._cond:
                 s.failed += 1
         finally:

@@ -3,6 +3,8 @@ path, sealed at rest, clips for alarms, and a camera that is down costing only t
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 
@@ -147,6 +149,31 @@ def test_events_in_the_same_frame_share_its_picture_and_a_new_frame_gets_its_own
         assert b.data["picture"] == a.data["picture"] and room.stats.shared == 1
         assert room.stats.written == 2 and files == 2
     assert all(room.snapshots.load(e.data["picture"]) for e in (a, b, c))
+
+
+def test_a_shared_picture_that_could_not_be_written_is_not_given_to_later_events(tmp_path) -> None:
+    room, src = _room(tmp_path, {"room-1": ("shelf-1",)})
+    grabber = room.grabbers["room-1"]
+    real_save, failures = room.snapshots.save_as, []
+
+    def save_once_failing(ref, jpeg):
+        if not failures:
+            failures.append(ref)
+            raise OSError(28, "No space left on device")
+        return real_save(ref, jpeg)
+
+    room.snapshots.save_as = save_once_failing
+    with _started(room):
+        src["room-1"].push(_frame(1))
+        wait_until(lambda: grabber.latest() is not None)
+        grabber.source.period = 1.0  # no new frame for a second: both events see this one
+        time.sleep(0.05)  # a read already under way ends
+        a = room.attach(Event("slot.sensed", "1-1-01", "shelf-1", {"slot": "1-1-01"}))
+        assert room.drain() and room.stats.failed == 1
+        b = room.attach(Event("slot.sensed", "1-1-02", "shelf-1", {"slot": "1-1-02"}))
+        assert room.drain()
+    assert failures == [a.data["picture"]] and b.data["picture"] != a.data["picture"]
+    assert room.snapshots.load(b.data["picture"])
 
 
 def test_room_pictures_are_pruned_by_age_and_budget(tmp_path) -> None:
