@@ -25,7 +25,7 @@ from station.store.db import connect
 from station.store.eventlog import verify_chain
 from tests.reliability.harness import ProcStation, shelve, until
 from tests.support.stack import LiveStation
-from tests.support.tmpfs import needs_mount, small_tmpfs
+from tests.support.tmpfs import fill_to_the_last_byte, needs_mount, small_tmpfs
 
 PHONE_A, PHONE_B = "13900000001", "13900000002"
 
@@ -238,10 +238,10 @@ def test_a_really_full_filesystem_under_station_run(tmp_path: Path) -> None:
     recorded, the process stays up, and everything is whole again once space is freed and
     after a SIGKILL and restart on the same disk.
 
-    The disk is bigger than the station needs before the filler: a fresh database's WAL is
-    about 1.1 MB after one parcel and grows to 4 MB before its first checkpoint, so on a 4 MB
-    disk a slow machine's heartbeats filled it before the test did (the suite failed once so).
-    The filler takes whatever is left, so the size changes nothing of what is tested."""
+    The disk is bigger than the station needs before the filler (a fresh database's WAL is
+    about 1.1 MB after one parcel and grows to 4 MB before its first checkpoint); the filler
+    takes whatever is left, so the size changes nothing of what is tested. (The suite's two
+    failures here, once blamed on heartbeats, were the filler's own buffered close().)"""
     with small_tmpfs(tmp_path / "disk", 16) as disk:
         # the disk budget's reserve below what this test fills: the real full disk is the
         # point here (the budget's own refusal: tests/flows/test_housekeeping.py)
@@ -253,13 +253,7 @@ def test_a_really_full_filesystem_under_station_run(tmp_path: Path) -> None:
             entry = UnlockRecorder(ps.controller("door-entry"))
             sid = ps.api("post", "/api/courier/sessions", "courier", "c1", json={}).json()["session_id"]
             filler = disk / "filler"
-            with open(filler, "wb") as fh:
-                try:
-                    while True:
-                        fh.write(b"\0" * 65536)
-                        fh.flush()
-                except OSError:
-                    pass
+            fill_to_the_last_byte(filler)
             refusals = []
             for n in range(2, 400):
                 res = ps.api("post", f"/api/courier/sessions/{sid}/scans", "courier", "c1",
