@@ -7,7 +7,6 @@ committed fact survives a power cut."""
 
 from __future__ import annotations
 
-import json
 import logging
 import sqlite3
 import threading
@@ -23,8 +22,10 @@ from .eventlog import (
     Event,
     EventRecord,
     canonical_json,
+    parse_utc,
+    read_back,
     row_hash,
-    utc_iso,
+    stamp,
 )
 from .projections import apply_event
 from .schema import migrate
@@ -104,6 +105,10 @@ class Store:
         # worker threads that come and go (anyio retires idle ones) leave no file open
         self._reader_conns: weakref.WeakSet[_Reader] = weakref.WeakSet()
         self._committed = threading.Condition()  # notified after every commit (long polls)
+        # how many wait on it: counted under its lock before they read last_seq, so a commit
+        # that sees none waiting may skip the lock (a waiter that comes later reads the new
+        # seq and does not wait); most commits have nobody waiting
+        self._waiters = 0
         # the disk budget (store/space.py), set by bootstrap: a sentence when new work must
         # be refused, None while there is room
         self.space_guard: Callable[[], str | None] | None = None
@@ -210,8 +215,9 @@ class Store:
                     raise _translate(exc) from None
                 raise
         if tx.events:
-            with self._committed:
-                self._committed.notify_all()
+            if self._waiters:
+                with self._committed:
+                    self._committed.notify_all()
             for listener in list(self._listeners):
                 try:
                     listener(tx.events)
@@ -232,11 +238,15 @@ class Store:
         lets a caller wait for a fact instead of polling the database for it."""
         deadline = time.monotonic() + timeout
         with self._committed:
-            while self._last_seq <= after_seq:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return False
-                self._committed.wait(left)
+            self._waiters += 1
+            try:
+                while self._last_seq <= after_seq:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        return False
+                    self._committed.wait(left)
+            finally:
+                self._waiters -= 1
         return True
 
     def append(self, *events: Event) -> list[EventRecord]:
@@ -250,9 +260,9 @@ class Store:
             except Exception:  # a camera's trouble never costs the fact its event records
                 log.exception("room witness failed for %s", event.type)
         seq = self._last_seq + 1
-        ts = utc_iso(tx.now)
+        ts, at = stamp(tx.now)
         if ts < self._last_ts:  # a clock step back must not reorder the log's times
-            ts = self._last_ts
+            ts, at = self._last_ts, parse_utc(self._last_ts)
         data_json = canonical_json(event.data)
         digest = row_hash(
             seq, ts, event.type, event.actor, event.subject, data_json, event.snapshot,
@@ -265,10 +275,10 @@ class Store:
              self._last_hash, digest),
         )
         record = EventRecord(
-            seq, ts, event.type, event.actor, event.subject, json.loads(data_json),
+            seq, ts, event.type, event.actor, event.subject, read_back(event.data, data_json),
             event.snapshot, self._last_hash, digest,
         )
-        apply_event(tx.conn, record)
+        apply_event(tx.conn, record, at)
         self._last_seq, self._last_hash, self._last_ts = seq, digest, ts
         tx.events.append(record)
         return record

@@ -6,6 +6,7 @@ first row that does not hold."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -14,7 +15,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from json.encoder import encode_basestring
+from json.encoder import c_make_encoder, encode_basestring  # type: ignore[attr-defined]
 from typing import Any
 
 GENESIS = "0" * 64
@@ -22,24 +23,62 @@ GENESIS = "0" * 64
 # json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False) builds this
 # encoder anew on every call; built once, the same bytes cost a third less on the commit path
 _CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+# and JSONEncoder.encode still builds its C encoder on every call: this is that encoder,
+# built once (a quarter less again; #18.4). No circular-reference markers: an event's data
+# is a tree, and a cycle ends in RecursionError instead of ValueError.
+_C_CANONICAL = None if c_make_encoder is None else c_make_encoder(
+    None, _CANONICAL.default, encode_basestring, None, ":", ",", True, False, True)
 
 
 def canonical_json(data: Any) -> str:
     """Sorted keys, no spaces, UTF-8 as is: the form every hash and signature is taken of."""
-    return _CANONICAL.encode(data)
+    if _C_CANONICAL is None:
+        return _CANONICAL.encode(data)
+    return "".join(_C_CANONICAL(data, 0))
+
+
+_PLAIN = frozenset((str, int, float, bool, type(None)))
+
+
+def read_back(data: dict[str, Any], data_json: str) -> dict[str, Any]:
+    """What `json.loads(canonical_json(data))` returns, without parsing it again when the
+    data is flat (most events): a copy with the keys in the canonical order, so what a
+    listener sees of a live event is what it would read from the log."""
+    if type(data) is dict:
+        for k, v in data.items():
+            if type(k) is not str or type(v) not in _PLAIN:
+                break
+        else:
+            return {k: data[k] for k in sorted(data)}
+    result: dict[str, Any] = json.loads(data_json)
+    return result
 
 
 def utc_iso(epoch: float) -> str:
     """`datetime.fromtimestamp(epoch, UTC)` as ISO with microseconds and Z, to the digit
     (the same rounding: half to even on the fraction), at a tenth of its cost: every event
     is stamped on the commit path."""
-    frac, whole = math.modf(epoch)
+    return stamp(epoch)[0]
+
+
+def stamp(epoch: float) -> tuple[str, float]:
+    """utc_iso(epoch) and parse_utc of that text, to the bit, without parsing it back: the
+    projections take an event's time from its stamp, and the commit path has both at hand
+    (timedelta.total_seconds() is (whole seconds * 10**6 + micros) / 10**6, as here)."""
+    frac, whole_f = math.modf(epoch)
     micros = round(frac * 1e6)
+    whole = int(whole_f)
     if micros >= 1_000_000:
         whole, micros = whole + 1, micros - 1_000_000
     elif micros < 0:
         whole, micros = whole - 1, micros + 1_000_000
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(int(whole))) + f".{micros:06d}Z"
+    return _second(whole) + f".{micros:06d}Z", (whole * 1_000_000 + micros) / 1_000_000
+
+
+@functools.lru_cache(maxsize=8)
+def _second(whole: int) -> str:
+    # the events of one second share it: formatted once, not on every append (#18.4)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole))
 
 
 def parse_utc(text: str) -> float:

@@ -25,10 +25,11 @@ def applies(*types: str) -> Callable[[Applier], Applier]:
     return register
 
 
-def apply_event(conn: sqlite3.Connection, event: EventRecord) -> None:
+def apply_event(conn: sqlite3.Connection, event: EventRecord, at: float | None = None) -> None:
+    """`at` is parse_utc(event.ts) when the caller has it already (the commit path)."""
     applier = APPLIERS.get(event.type)
     if applier is not None:
-        applier(conn, event, parse_utc(event.ts))
+        applier(conn, event, parse_utc(event.ts) if at is None else at)
 
 
 # --- couriers ----------------------------------------------------------------------------

@@ -235,6 +235,89 @@ def test_utc_iso_is_datetimes_format_to_the_digit(epoch: float) -> None:
     assert utc_iso(epoch) == datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+@settings(max_examples=3000, deadline=None)
+@given(st.floats(min_value=-1e9, max_value=4.2e9, allow_nan=False, allow_infinity=False))
+def test_an_events_time_from_its_stamp_is_what_parsing_the_stamp_gives(epoch: float) -> None:
+    """The commit path hands the projections the time of the stamp it wrote without
+    parsing it back; replay parses it. The two must agree to the bit, or a replayed
+    projection would differ from the live one."""
+    from station.store.eventlog import parse_utc, stamp, utc_iso
+
+    text, at = stamp(epoch)
+    assert text == utc_iso(epoch)
+    assert at == parse_utc(text)
+
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner, max_size=4),
+    max_leaves=12)
+
+
+@settings(max_examples=1500, deadline=None)
+@given(st.dictionaries(st.text(max_size=8), _JSON, max_size=8))
+def test_canonical_json_and_its_read_back_are_json_dumps_and_loads(data: dict) -> None:
+    """canonical_json keeps a C encoder built once and a live event's data is copied instead
+    of parsed again when it is flat: both must give what the slow way gives, key order too."""
+    import json
+
+    from station.store.eventlog import canonical_json, read_back
+
+    text = canonical_json(data)
+    assert text == json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    back = read_back(data, text)
+    assert back == json.loads(text) and list(back) == list(json.loads(text))
+    assert back is not data
+
+
+def test_read_back_parses_what_a_copy_would_get_wrong() -> None:
+    """A tuple, a str or int subclass, a non-str key: JSON turns them into something else,
+    and the live event must carry that something else, as the log does."""
+    import enum
+
+    from station.store.eventlog import canonical_json, read_back
+
+    class Colour(enum.StrEnum):
+        RED = "red"
+
+    class Size(enum.IntEnum):
+        S = 1
+
+    for data in ({"a": (1, 2)}, {"c": Colour.RED}, {"s": Size.S}, {1: "x"}, {"b": True, "n": None}):
+        back = read_back(data, canonical_json(data))  # type: ignore[arg-type]
+        assert back == json_loads(canonical_json(data))
+        assert [type(v) for v in back.values()] == [type(v) for v in json_loads(canonical_json(data)).values()]
+
+
+def json_loads(text: str) -> dict:
+    import json
+
+    result: dict = json.loads(text)
+    return result
+
+
+def test_a_waiter_that_starts_while_commits_go_on_never_misses_one(tmp_path: Path) -> None:
+    """A commit skips the condition's lock when nobody waits; a waiter registers before it
+    reads the tip, so one that comes while commits race past still sees the next one."""
+    import threading
+
+    store = build_log(tmp_path / "r.db", 1)
+    stop = threading.Event()
+
+    def commits() -> None:
+        while not stop.is_set():
+            store.append(Event("test.poke", "s", "t", {}))
+
+    writer = threading.Thread(target=commits)
+    writer.start()
+    try:
+        for _ in range(300):
+            assert store.wait_for_commit(store.last_seq, 10.0) is True
+    finally:
+        stop.set()
+        writer.join(10)
+
+
 def _reference_row_hash(*row: object) -> str:
     """The chain's definition, spelled out the slow way (json.dumps of the row)."""
     import hashlib
