@@ -10,7 +10,9 @@ What is measured, in the same run:
                            p99 and parcels/s, each beside the same figure unpinned.
 The slice keeps the week's per-message network faults and mistakes; its counted faults
 (reboots, broker restarts, stuck sensors, dead LEDs) are scaled to the slice's size.
-Faces on one core are bench_faces' figures (that benchmark always pins itself to one core).
+Faces on one core are bench_faces' figures (that benchmark always pins itself to one core);
+entry and scan -> lit on one core at a room's pace are bench_entry's and bench_shelving's
+"one core, paced" rows (a station started on one CPU with its broker and firmware).
 """
 
 from __future__ import annotations
@@ -96,12 +98,14 @@ def run(quick: bool = False, parcels: int | None = None) -> dict[str, Any]:
          "ours": per(both), "baseline": wall_per(both), "unit": "ms", "target": None},
         {"figure": f"one core: station CPU per parcel, {label} (baseline: unpinned)",
          "ours": per(one), "baseline": per(both), "unit": "ms", "target": None},
-        {"figure": f"one core: entry p99, {label} (baseline: unpinned)",
-         "ours": one["entry_p99_ms"], "baseline": both["entry_p99_ms"], "unit": "ms",
-         "target": "p99 < 150 ms", "target_ms": 150},
-        {"figure": f"one core: shelving scan -> lit p99, {label} (baseline: unpinned)",
+        # the slice runs as fast as its people can go: these are a queue at saturation, not
+        # the latency at a room's pace, which the shelving and entry sections' "one core,
+        # paced" rows hold to DESIGN §8's targets
+        {"figure": f"one core: entry p99 at saturation (info), {label} (baseline: unpinned)",
+         "ours": one["entry_p99_ms"], "baseline": both["entry_p99_ms"], "unit": "ms", "target": None},
+        {"figure": f"one core: shelving scan -> lit p99 at saturation (info), {label} (baseline: unpinned)",
          "ours": one["scan_to_lit_p99_ms"], "baseline": both["scan_to_lit_p99_ms"], "unit": "ms",
-         "target": "p99 < 50 ms", "target_ms": 50},
+         "target": None},
         {"figure": f"one core: parcels/s through the station, {label} (baseline: unpinned)",
          "ours": rate(one), "baseline": rate(both), "unit": "parcels/s", "target": None},
     ]

@@ -61,6 +61,8 @@ from typing import Any
 
 import numpy as np
 
+from bench.cpus import pin_one_cpu
+
 ROOT = Path(__file__).resolve().parents[1]
 CACHE = ROOT / "tests" / "data" / "cache"
 SIZES = (1_000, 10_000)
@@ -76,16 +78,6 @@ def _pct(values: list[float], p: float) -> float:
 
 def _med(values: list[float]) -> float:
     return float(np.median(np.asarray(values)))
-
-
-def _pin_one_core() -> tuple[set[int] | None, int | None]:
-    """Pin this process to one CPU; returns (previous affinity, chosen cpu)."""
-    if not hasattr(os, "sched_setaffinity"):
-        return None, None
-    before = os.sched_getaffinity(0)
-    cpu = max(before)
-    os.sched_setaffinity(0, {cpu})
-    return before, cpu
 
 
 def _imread(path: str) -> np.ndarray:
@@ -246,7 +238,7 @@ def _measure(quick: bool) -> dict[str, Any]:
         raise RuntimeError("face data missing: run `python -m tests.data.gather` first")
     manifest = json.loads(manifest_path.read_text())
     load_before = os.getloadavg()
-    before, cpu = _pin_one_core()
+    before, cpu = pin_one_cpu()
     try:
         engine = FaceEngine()
         portraits: list[tuple[str, str, Path]] = []
