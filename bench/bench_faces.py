@@ -61,7 +61,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.cpus import pin_one_cpu
+from bench.cpus import one_cpu
 
 ROOT = Path(__file__).resolve().parents[1]
 CACHE = ROOT / "tests" / "data" / "cache"
@@ -238,8 +238,7 @@ def _measure(quick: bool) -> dict[str, Any]:
         raise RuntimeError("face data missing: run `python -m tests.data.gather` first")
     manifest = json.loads(manifest_path.read_text())
     load_before = os.getloadavg()
-    before, cpu = pin_one_cpu()
-    try:
+    with one_cpu() as cpu:
         engine = FaceEngine()
         portraits: list[tuple[str, str, Path]] = []
         for entry in manifest["portraits"]:
@@ -378,9 +377,6 @@ def _measure(quick: bool) -> dict[str, Any]:
                                                  / (n_known - n_one))
             cli["fixed_ms_estimate"] = (1000 * _med(cli_one)
                                         - cli["marginal_per_image_ms"] * (n_one + 1))
-    finally:
-        if before is not None:
-            os.sched_setaffinity(0, before)
 
     ms = 1000.0
     rows: list[dict[str, Any]] = []
