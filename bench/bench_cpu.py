@@ -41,7 +41,8 @@ def slice_of_week(parcels: int, seed: int = 7) -> Any:
     return dataclasses.replace(week, parcels=parcels, faults=faults, name=f"week slice {parcels}")
 
 
-def _run(parcels: int, cpus: set[int] | None, py_spy: str | None = None) -> dict[str, Any]:
+def _run(parcels: int, cpus: set[int] | None, py_spy: str | None = None,
+         waits: bool = False) -> dict[str, Any]:
     import logging
 
     from shelf_sim import runner
@@ -59,7 +60,7 @@ def _run(parcels: int, cpus: set[int] | None, py_spy: str | None = None) -> dict
             started(self)
             spy.append(subprocess.Popen(
                 ["py-spy", "record", "--pid", str(self.proc.pid), "--rate", "50", "--nonblocking",
-                 "--threads", "--gil", "--format", "speedscope" if py_spy.endswith(".json") else "raw",
+                 "--threads", "--idle" if waits else "--gil", "--format", "speedscope" if py_spy.endswith(".json") else "raw",
                  "-o", py_spy], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
 
         runner.StationProcess._start_station = start_and_attach  # type: ignore[method-assign]
@@ -124,10 +125,15 @@ def main(argv: list[str] | None = None) -> None:
                     help="record the station process during the slice with py-spy --gil (GIL-holding "
                          "samples: its Python CPU) to OUT, raw collapsed stacks (speedscope if OUT ends "
                          "in .json); needs py-spy on PATH (pip install py-spy)")
+    ap.add_argument("--py-spy-waits", action="store_true",
+                    help="with --py-spy: sample every thread, waiting ones too (py-spy --idle instead of "
+                         "--gil), to see where requests and device messages wait, not only where the CPU goes")
     args = ap.parse_args(argv)
+    if args.py_spy_waits and not args.py_spy:
+        ap.error("--py-spy-waits needs --py-spy OUT")
     if args.unpinned_only or args.py_spy:
         parcels = args.parcels or (50 if args.quick else 5_000)
-        r = _run(parcels, None, args.py_spy)
+        r = _run(parcels, None, args.py_spy, args.py_spy_waits)
         per = 1000.0 * r["cpu_s"] / r["parcels"]
         print(f"station CPU per parcel, week slice ({parcels:,} parcels, seed 7): {per:.2f} ms "
               f"({r['cpu_s']:.1f} s over {r['parcels']:,} parcels; wall {r['wall_s']:.0f} s)")

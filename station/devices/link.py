@@ -6,8 +6,11 @@ answers device time challenges, and turns everything devices say into `DeviceEve
 `on_event` exactly once (the service writes them to the event log).
 
 Threads: paho's network thread runs the message callbacks; one timer thread retries, expires
-and reconciles. Both change link state under one lock and hand events to `on_event` outside
-it, in order, so `on_event` may call back into the link (but must not `wait()` on a handle).
+and reconciles. Both change link state under one lock and queue events; a third thread,
+`devicelink-events`, hands them to `on_event` outside the lock, in order, so `on_event` may
+call back into the link (but must not `wait()` on a handle). The flows `on_event` runs (a
+placement's commit, its lights) therefore never hold up the network thread: the ack a door
+or an HTTP request waits for is read while a placement commits (docs/adr/0165).
 
 Commands to one device are sent one at a time, in order (docs/adr/0013): a retry can then
 never overtake a newer command, and a replay window cannot open. Lights commands waiting
@@ -325,6 +328,8 @@ class DeviceLink:
         self._seen_evts: OrderedDict[tuple[str, str, int], _Inbound | None] = OrderedDict()
         self._stop = threading.Event()
         self._timer: threading.Thread | None = None
+        self._wake = threading.Event()  # events are queued: the delivery thread takes them
+        self._deliverer: threading.Thread | None = None
         self._client: mqtt.Client | None = None
         self.connected = threading.Event()
         self._ever_connected = False
@@ -366,6 +371,9 @@ class DeviceLink:
         client.loop_start()
         self._timer = threading.Thread(target=self._timer_loop, name="devicelink-timer", daemon=True)
         self._timer.start()
+        self._deliverer = threading.Thread(target=self._delivery_loop, name="devicelink-events",
+                                           daemon=True)
+        self._deliverer.start()
         return self
 
     def stop(self) -> None:
@@ -385,6 +393,11 @@ class DeviceLink:
             client.loop_stop()
         if self._timer is not None:
             self._timer.join(timeout=2)
+        deliverer, self._deliverer = self._deliverer, None
+        if deliverer is not None:
+            self._wake.set()
+            deliverer.join(timeout=5)
+            self._flush()  # what the last messages queued (their outcomes' events) is taken here
         self.connected.clear()
 
     def __enter__(self) -> DeviceLink:
@@ -1003,6 +1016,26 @@ class DeviceLink:
         self._outbox.append((DeviceEvent(device, kind, data, time.time()), token))
 
     def _flush(self) -> None:
+        """Have the queued events taken: by the delivery thread while the link runs (this
+        returns at once), here and now on a link that was never started or has stopped."""
+        deliverer = self._deliverer
+        if deliverer is not None and deliverer is not threading.current_thread():
+            if self._outbox or self._held:  # the timer calls every tick: no wake-up for nothing
+                self._wake.set()
+            return
+        self._take_events()
+
+    def _delivery_loop(self) -> None:
+        # a held event is retried from the timer's _flush, at most every tick
+        while not self._stop.is_set():
+            self._wake.wait()
+            self._wake.clear()
+            try:
+                self._take_events()
+            except Exception:
+                log.exception("device event delivery failed")
+
+    def _take_events(self) -> None:
         """Hand queued events to on_event, in order, outside the state lock.
 
         An event on_event refuses (raises: its transaction did not commit) is held and offered
@@ -1022,7 +1055,7 @@ class DeviceLink:
                 self._delivering = False
 
     def _deliver(self) -> None:
-        """The loop of `_flush` (under `_deliver_lock`, not re-entered)."""
+        """The loop of `_take_events` (under `_deliver_lock`, not re-entered)."""
         while True:
             with self._lock:
                 if self._held:

@@ -74,6 +74,12 @@ def wait_until(check: Callable[[], Any], timeout: float = 5.0, what: str = "cond
         time.sleep(0.01)
 
 
+def taken(link: Any, timeout: float = 5.0) -> None:
+    """Every event the link has queued so far has been handed to on_event: they are taken on
+    the link's delivery thread, a moment after the waiters on a command's outcome woke."""
+    wait_until(lambda: not link._outbox, timeout, "the link's queued events taken")
+
+
 def link_config(config: StationConfig, broker: MosquittoProcess, **mqtt: Any) -> StationConfig:
     """The example config on this broker, a unique station id, short expiries and pulses."""
     station = config.station.model_copy(update={"id": f"t-{pysecrets.token_hex(4)}"})

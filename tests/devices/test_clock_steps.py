@@ -20,7 +20,7 @@ import pytest
 from station.devices.link import Light
 
 from .clocks import DeviceClock, SteppedStationClock
-from .conftest import Fleet, link_config, mosquitto_pub, wait_until
+from .conftest import Fleet, link_config, mosquitto_pub, taken, wait_until
 from .test_door_security import RecordingDoorHal, cmd_topic
 
 STEPS = [10, 120, 3600, 86400]
@@ -230,6 +230,7 @@ def test_an_unlock_given_up_while_the_link_was_down_never_runs(
         assert given_up.cmd_id not in gate.received  # never sent after it was given up
         assert hal.unlocks == 0 and hal.locked
         assert given_up.outcome is not None and given_up.outcome.status == "expired"
+        taken(link)
         assert not [e for e in events.of("command.acked") if e.data["cmd_id"] == given_up.cmd_id]
     finally:
         fleet.stop()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from station.devices.link import Light
 
-from .conftest import wait_until
+from .conftest import taken, wait_until
 
 RED = Light(("#FF0000",), "solid", 30.0)
 BLUE = Light(("#0000FF", "#00FF00"), "alternate", 30.0)
@@ -32,6 +32,7 @@ def test_light_a_slot_then_clear_it(cfg, secrets, fleet, make_link, events):
     assert not shelf.hal.led(2, 3).lit
     assert link.wait_reported("shelf-1", lambda s: s["lights"] == []) is not None
     assert link.desired_lights("shelf-1") == {}
+    taken(link)
     acked = events.of("command.acked", "shelf-1")
     assert [e.data["op"] for e in acked] == ["lights.set", "lights.clear"]
 
@@ -48,6 +49,7 @@ def test_batch_of_fifty_slots_all_acked_and_reported(cfg, secrets, fleet, make_l
     want = expected({rc: BLUE for rc in everything})
     assert link.wait_reported("shelf-1", lambda s: lit_slots(s) == want) is not None
     assert {rc: (led.colours, led.pattern) for rc, led in shelf.hal.lit().items()} == want
+    taken(link)
     acked = events.of("command.acked", "shelf-1")
     # singles queued behind the one in flight were folded into one replace: every handle is
     # accounted for, by its own ack or as superseded by the command that carried it
@@ -73,6 +75,8 @@ def test_lights_queued_behind_a_slow_shelf_are_sent_once_as_the_newest_picture(
     assert len({o.cmd_id for o in outcomes}) == 1, "the queued changes were sent one by one"
     assert {rc: (led.colours, led.pattern) for rc, led in shelf.hal.lit().items()} == \
         expected({(2, 2): RED, (1, 4): BLUE})
+    # the outcome's event is taken on the delivery thread, maybe a moment after the waiters woke
+    events.wait("command.acked", "shelf-1", lambda e: bool(e.data.get("superseded")))
     carrier = [e for e in events.of("command.acked", "shelf-1") if e.data.get("superseded")]
     assert len(carrier) == 1 and len(carrier[0].data["superseded"]) == len(later) - 1
 

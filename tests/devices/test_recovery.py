@@ -7,7 +7,7 @@ import time
 
 from station.devices.link import DeviceLink, Light, SeqSource
 
-from .conftest import Fleet, link_config, wait_until
+from .conftest import Fleet, link_config, taken, wait_until
 from .test_door_security import RecordingDoorHal
 
 GREEN = Light(("#00FF00",), "blink", 60.0)
@@ -74,6 +74,7 @@ def test_broker_outage_longer_than_expiry_runs_no_stale_command(config, secrets,
         assert hal.unlocks == 1 and hal.locked
         assert stale.cmd_id not in fleet.running["door-entry"]._acks
         assert stale_light.cmd_id not in shelf._acks
+        taken(link)
         assert {e.data["cmd_id"] for e in events.of("command.expired")} == {stale.cmd_id, stale_light.cmd_id}
         assert len(events.of("door.unlocked", "door-entry")) == 1
     finally:
@@ -104,9 +105,11 @@ def test_duplicate_acks_do_not_produce_a_second_outcome(cfg, secrets, fleet, mak
     assert link.wait_reported("door-entry", lambda s: s["time"]["trusted"], 5)
     handle = link.lock("door-entry")
     assert handle.wait(5).ok
-    ack = next(e for e in events.of("command.acked") if e.data["cmd_id"] == handle.cmd_id)
+    ack = events.wait("command.acked", pred=lambda e: e.data["cmd_id"] == handle.cmd_id)
     # resend the device's exact ack bytes (QoS 1 may do that)
     fleet.running["door-entry"]._publish("ack", fleet.running["door-entry"]._acks[handle.cmd_id])
-    link.lock("door-entry").wait(5)  # a later command's ack arrives after the duplicate
+    later = link.lock("door-entry")  # a later command's ack arrives after the duplicate
+    assert later.wait(5).ok
+    events.wait("command.acked", pred=lambda e: e.data["cmd_id"] == later.cmd_id)  # taken in order
     assert len([e for e in events.of("command.acked") if e.data["cmd_id"] == handle.cmd_id]) == 1
     assert ack.data["tries"] == 1

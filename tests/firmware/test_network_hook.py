@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 
 from station.devices.link import Light
+from tests.devices.conftest import taken
 
 
 def test_duplicated_incoming_commands_run_once_and_dropped_acks_are_retried(cfg, secrets, fleet, make_link, events):
@@ -34,6 +35,7 @@ def test_duplicated_incoming_commands_run_once_and_dropped_acks_are_retried(cfg,
     assert out.status == "acked"
     assert opened.count(False) == 1  # one unlock despite duplicates and a retry
     assert seen == ["dropped", "dropped"]
+    taken(link)
     acked = [e for e in events.of("command.acked") if e.data["cmd_id"] == out.cmd_id]
     assert len(acked) == 1 and acked[0].data["tries"] >= 2
 
