@@ -698,18 +698,18 @@ class Customer:
                 if not has_parcel:
                     m.inc("doors_opened_without_waiting_parcel", example=plan.phone[-4:])
                 return entry
-            code = _err(res)
-            if code == "room_busy" and busy_waits < 60:
+            err = _err(res)  # not `code`: that is the SMS the next try types again
+            if err == "room_busy" and busy_waits < 60:
                 # every colour is taken by people inside: the kiosk asks to wait a moment
                 busy_waits += 1
                 m.inc("entry_waits_room_busy")
                 env.pause(20.0)
                 deadline = time.monotonic() + env.retry_for_s
                 continue
-            if res.status_code < 500 and code != "locked_out" or time.monotonic() > deadline:
-                m.inc(f"entry_refused:{code}", example=plan.phone[-4:])
+            if res.status_code < 500 and err != "locked_out" or time.monotonic() > deadline:
+                m.inc(f"entry_refused:{err}", example=plan.phone[-4:])
                 return None
-            m.inc(f"entry_retry:{code}")
+            m.inc(f"entry_retry:{err}")
             env.stop.wait(0.25)
         return None
 
