@@ -618,9 +618,8 @@ class DeviceLink:
                  result: dict[str, Any] | None = None) -> None:
         outcome = CommandOutcome(status, reason, pending.cmd_id, dev.id, pending.op,  # type: ignore[arg-type]
                                  result or {})
-        for rider in pending.riders:
-            rider._resolve(outcome)
-        if pending.handle._resolve(outcome):
+        if not pending.handle.done():  # (under the lock: one outcome, one event)
+            # queued before the waiters wake: whoever waited can then wait for it to be taken
             data: dict[str, Any] = {
                 "cmd_id": pending.cmd_id, "op": pending.op, "seq": pending.seq,
                 "reason": reason, "tries": pending.tries, "result": result or {},
@@ -628,6 +627,9 @@ class DeviceLink:
             if pending.riders:
                 data["superseded"] = [h.cmd_id for h in pending.riders]
             self._emit(dev.id, f"command.{status}", data)
+        for rider in pending.riders:
+            rider._resolve(outcome)
+        pending.handle._resolve(outcome)
 
     # --- internals: timer -----------------------------------------------------------------
 
