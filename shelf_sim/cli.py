@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import threading
 from pathlib import Path
@@ -21,6 +22,31 @@ from typing import Any
 
 from .kpi import summary_lines, write_report
 from .scenario import Plan, ScenarioError, load_scenario
+
+
+def cpu_list(text: str) -> set[int]:
+    """A CPU list as `taskset -c` takes it: "1", "0,2", "0-3"; only CPUs this process may use."""
+    cpus: set[int] = set()
+    try:
+        for part in text.split(","):
+            lo, _, hi = part.strip().partition("-")
+            first, last = int(lo), int(hi or lo)
+            if first < 0 or last < first:
+                raise ValueError
+            cpus.update(range(first, last + 1))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a CPU list (such as 0, 0,2 or 0-3)") from None
+    allowed = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set()
+    if not allowed:
+        raise argparse.ArgumentTypeError("this system cannot pin a process to CPUs")
+    if not cpus <= allowed:
+        raise argparse.ArgumentTypeError(
+            f"CPU {min(cpus - allowed)} is not available here (this process may use {_cpus_text(allowed)})")
+    return cpus
+
+
+def _cpus_text(cpus: set[int]) -> str:
+    return ",".join(str(c) for c in sorted(cpus))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -40,6 +66,12 @@ def build_parser() -> argparse.ArgumentParser:
                        help="embedded mode: the station as its own process, on a core of its own (default)")
     where.add_argument("--in-process", dest="station_process", action="store_false",
                        help="embedded mode: the station in this process too (one GIL for everything)")
+    run.add_argument("--station-cpus", type=cpu_list, metavar="LIST",
+                     help="embedded mode: the CPUs the station process may run on, as `taskset -c` "
+                          "takes them (0 | 0,2 | 0-3); default any")
+    run.add_argument("--sim-cpus", type=cpu_list, metavar="LIST",
+                     help="embedded mode: the CPUs the simulator (people, firmware) and its broker run "
+                          "on; with --station-cpus on others, the two never hand a core to each other")
     run.add_argument("--station-url", help="drive an existing station instead (see docs/simulator.md)")
     run.add_argument("--broker", help="with --station-url: mqtt://host:port for the virtual devices")
     run.add_argument("--secrets", help="with --station-url: the station's secrets TOML (device keys)")
@@ -81,6 +113,14 @@ def main(argv: list[str] | None = None) -> int:
         except (ConfigError, ServeError) as exc:
             print(f"shelf-sim: error: {exc}", file=sys.stderr)
             return 2
+    pinned = [opt for opt, v in (("--station-cpus", args.station_cpus), ("--sim-cpus", args.sim_cpus)) if v]
+    if pinned and args.station_url:
+        print(f"shelf-sim: error: {pinned[0]} pins what this run starts: not with --station-url", file=sys.stderr)
+        return 2
+    if args.station_cpus and not args.station_process:
+        print("shelf-sim: error: --station-cpus needs the station as its own process (not --in-process)",
+              file=sys.stderr)
+        return 2
     try:
         scenario = load_scenario(args.scenario, speed=args.speed, seed=args.seed)
         config = load_config(args.config)
@@ -98,7 +138,8 @@ def main(argv: list[str] | None = None) -> int:
         try:
             report = _with_progress(args.quiet, lambda progress, on_plan: run_embedded(
                 config, scenario, workdir=args.workdir, frames=not args.no_frames, progress=progress,
-                on_plan=on_plan, station_process=args.station_process))
+                on_plan=on_plan, station_process=args.station_process, station_cpus=args.station_cpus,
+                sim_cpus=args.sim_cpus))
         except ScenarioError as exc:  # e.g. a face scenario without the gathered test faces
             print(f"shelf-sim: error: {exc}", file=sys.stderr)
             return 2

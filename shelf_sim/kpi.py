@@ -232,4 +232,11 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
     for k, v in inv.items():
         lines.append(f"{'OK  ' if v == 0 else 'FAIL'} {k:<38} {v}")
     lines.append(f"wall {t['wall_s']} s = {t['simulated_h']} simulated hours")
+    done = min(o.get("parcels_shelved", 0), o.get("parcels_picked_up", 0))
+    for who in ("station", "simulator"):
+        proc = report.get(f"{who}_process") or {}
+        if proc.get("cpu_s") is not None:
+            per = f", {1000 * proc['cpu_s'] / done:.1f} ms a parcel" if done else ""
+            where = f" on CPUs {','.join(map(str, proc['cpus']))}" if proc.get("cpus") else ""
+            lines.append(f"CPU  {who} {proc['cpu_s']:.0f} s{per}{where}")
     return lines

@@ -13,6 +13,7 @@ import heapq
 import itertools
 import logging
 import os
+import resource
 import sqlite3
 import subprocess
 import sys
@@ -665,10 +666,39 @@ class Simulation:
 def run_embedded(config: Any, scenario: Scenario, *, workdir: Path | None = None,
                  frames: bool = True, progress: Callable[[str, int], None] | None = None,
                  on_plan: Callable[[Plan], None] | None = None,
-                 station_process: bool = False, station_cpus: set[int] | None = None) -> dict[str, Any]:
+                 station_process: bool = False, station_cpus: set[int] | None = None,
+                 sim_cpus: set[int] | None = None) -> dict[str, Any]:
     """Broker, devices and people in this process, and the station too unless
     `station_process` (then it is a child process: a core of its own, or the `station_cpus`
-    it is pinned to); returns the report, with the station process's CPU time."""
+    it is pinned to); returns the report, with the station process's CPU time.
+
+    `sim_cpus` pins this thread for the run, so that the broker, the firmware and the people,
+    all started from it, inherit the CPUs (Linux pins threads, and a new thread or child
+    takes its creator's CPUs); the caller's own come back afterwards. With the station on
+    other CPUs, neither process's threads hand a core's interpreter lock across cores to the
+    other's (docs/simulator.md, the week pinned)."""
+    before = os.sched_getaffinity(0) if sim_cpus else None
+    if sim_cpus:
+        os.sched_setaffinity(0, sim_cpus)
+    try:
+        used = resource.getrusage(resource.RUSAGE_SELF)
+        report = _run_embedded(config, scenario, workdir=workdir, frames=frames, progress=progress,
+                               on_plan=on_plan, station_process=station_process, station_cpus=station_cpus)
+        now = resource.getrusage(resource.RUSAGE_SELF)
+        # the simulator's own share of the machine (people, firmware, the embedded station
+        # unless it is a process of its own; not the broker), start-up included
+        report["simulator_process"] = {
+            "cpu_s": round(now.ru_utime - used.ru_utime + now.ru_stime - used.ru_stime, 2),
+            "cpus": sorted(sim_cpus) if sim_cpus else None}
+        return report
+    finally:
+        if before is not None:
+            os.sched_setaffinity(0, before)
+
+
+def _run_embedded(config: Any, scenario: Scenario, *, workdir: Path | None, frames: bool,
+                  progress: Callable[[str, int], None] | None, on_plan: Callable[[Plan], None] | None,
+                  station_process: bool, station_cpus: set[int] | None) -> dict[str, Any]:
     metrics = Metrics()
     try:  # before anything starts: a face scenario without the test faces is refused
         where = faces_dir(scenario.face_images) if scenario.face_entry_fraction > 0 else None
