@@ -28,6 +28,8 @@ from typing import Any, Self
 
 import httpx
 
+from firmware_stubs.nvstore import MemoryNvStore
+
 from .camera import RoomCameraServer, with_room_camera
 from .facecam import LIVE_FACES, CameraServer, FacesMissing, faces_dir, load_kits
 from .faults import FaultyNet
@@ -55,14 +57,21 @@ def slot_table(config: Any) -> dict[str, SlotInfo]:
 @dataclass
 class Devices:
     """The virtual devices: the real firmware classes over simulated HALs, each with its own
-    faulty network. Reboots replace a controller by a fresh one on the same HAL and NV file."""
+    faulty network. Reboots replace a controller by a fresh one on the same HAL and NV store.
+
+    With `nv_dir` each controller keeps its NV record (last accepted command, boot counter)
+    in a file there, fsynced per command, so it outlives this process (a simulator run against
+    a station that stays). Without, in memory that survives the reboots, as a board's FRAM
+    survives a reset: the room's devices then spend no fsync on the disk the station commits
+    to, two per command, which a real board's FRAM does not cost (docs/simulator.md)."""
 
     config: Any
     secrets: Any
     broker_url: str
-    nv_dir: Path
+    nv_dir: Path | None
     nets: dict[str, FaultyNet]
     shelf_hals: dict[str, SimShelfHal] = field(default_factory=dict)
+    nv_stores: dict[str, MemoryNvStore] = field(default_factory=dict)
     door_hals: dict[str, SimDoorHal] = field(default_factory=dict)
     controllers: dict[str, Any] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -73,17 +82,18 @@ class Devices:
 
         sid = self.config.station.id
         key = self.secrets.device_key(sid, device)
-        nv = str(self.nv_dir / f"{device}.json")
+        nv: dict[str, Any] = ({"nv_path": str(self.nv_dir / f"{device}.json")} if self.nv_dir is not None
+                              else {"nv": self.nv_stores.setdefault(device, MemoryNvStore())})
         shelf = self.config.shelf_devices.get(device)
         if shelf is not None:
             hal = self.shelf_hals.setdefault(device, SimShelfHal(shelf.rows, shelf.columns))
             # the retained state is a summary the station only monitors: at most twice a
             # second, so a hundred shelvings a second do not mean a hundred snapshots
             return ShelfController(sid, device, shelf.rows, shelf.columns, key, self.broker_url, hal=hal,
-                                   nv_path=nv, trust_host_clock=True, net=self.nets.get(device),
+                                   trust_host_clock=True, net=self.nets.get(device), **nv,
                                    state_min_interval_s=0.5)
         door_hal = self.door_hals.setdefault(device, SimDoorHal())
-        return DoorController(sid, device, key, self.broker_url, hal=door_hal, nv_path=nv,
+        return DoorController(sid, device, key, self.broker_url, hal=door_hal, **nv,
                               pulse_s=self.config.doors.unlock_pulse_s, trust_host_clock=True,
                               net=self.nets.get(device))
 
@@ -195,7 +205,7 @@ class _Room(ABC):
         self.operator_token = make_token(key, "operator", "sim-operator", TOKEN_TTL_S)
         nets = {d: FaultyNet(self.seed, d, self.scenario.faults, self.metrics.net, self.metrics.net_lock)
                 for d in cfg.device_ids}
-        self.devices = Devices(cfg, self.secrets, self.broker.url, wd, nets).start()
+        self.devices = Devices(cfg, self.secrets, self.broker.url, None, nets).start()
         if self.camera is not None:
             self.camera.attach(self.devices.shelf_hals, self.devices.door_hals)
         self._start_station()
