@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -250,7 +251,8 @@ class Courier:
     the lit slot (guided) or pick a slot that fits (free), put it down, and check the
     handheld for "shelved". In guided mode a courier does as real ones do: put the parcel
     down, take the next one and scan it, and glance at the handheld for the previous
-    parcel's tick meanwhile (a watcher long-polls it); only a missing tick sends them back.
+    parcels' ticks meanwhile (a watcher long-polls them in turn); they stop to look once
+    `ticks_behind` parcels put down are not ticked yet, and only a missing tick sends them back.
     In free mode they wait for the tick before the next scan (a sensed put names a slot,
     not a parcel)."""
 
@@ -300,11 +302,10 @@ class Courier:
         self.auth = {"Authorization": "Bearer " + res.json()["token"]}
         # one session per van load: a real courier unloads a few dozen parcels per visit, and
         # the handheld lists the whole session
-        previous: _Placing | None = None
+        unticked: deque[_Placing] = deque()              # put down, tick not looked at yet
         for i, p in enumerate(self.parcels):
             if i % self.PER_SESSION == 0:
-                self._settle(http, previous)              # closing fails a waiting scan
-                previous = None
+                self._settle_all(http, unticked)           # closing fails a waiting scan
                 if i:
                     http.post(f"/api/courier/sessions/{self.session['session_id']}/close", headers=self.auth)
                     # a face courier goes out to the van for the next load and comes in again
@@ -321,14 +322,17 @@ class Courier:
                 self.on_shelved(p, False)
                 continue
             placing = self._place(http, p)
-            self._settle(http, previous)
+            while len(unticked) >= self.plan.ticks_behind:
+                self._settle(http, unticked.popleft())
+            if placing is not None:
+                unticked.append(placing)
+                if len(unticked) > 1:  # on with an earlier parcel's tick still to come
+                    m.inc("courier_went_on_with_ticks_to_come")
             if self._abort or self.plan.mode != "guided":
-                self._settle(http, placing)
-                placing = None
+                self._settle_all(http, unticked)
             if self._abort:
                 self._new_session(http)
-            previous = placing
-        self._settle(http, previous)
+        self._settle_all(http, unticked)
         if self.parcels:
             http.post(f"/api/courier/sessions/{self.session['session_id']}/close", headers=self.auth)
 
@@ -336,6 +340,10 @@ class Courier:
         """Look at the handheld for `placing` and deal with a missing tick."""
         if placing is not None:
             self.on_shelved(placing.parcel, self._confirm(http, placing))
+
+    def _settle_all(self, http: httpx.Client, unticked: deque[_Placing]) -> None:
+        while unticked:
+            self._settle(http, unticked.popleft())
 
     def _enter(self, http: httpx.Client, visit: int) -> bool:
         """In at the entry door: by face for a face courier (after the impostor the plan may

@@ -95,6 +95,11 @@ class Scenario:
     parcels: Count = 60
     guided_fraction: Share = 0.7
     courier_pace_s: Span = (2.0, 3.0)
+    # parcels a guided courier has put down and not yet seen ticked on the handheld before
+    # they stop to look (1: the one before the parcel in hand). At a person's pace the tick
+    # comes long before the next parcel; at a compressed pace it is a real wait, which a
+    # courier who glances at the whole session's list does not make after every parcel
+    courier_ticks_behind: AtLeastOne = 1
     sizes: dict[str, Weight] = field(default_factory=lambda: {"S": 0.5, "M": 0.35, "L": 0.15})
     second_parcel_fraction: Share = 0.15
     strangers: Count = 2
@@ -217,6 +222,7 @@ class CourierPlan:
     carrier: str
     mode: str
     face: bool = False                 # enrolled: enters by face, PIN if refused
+    ticks_behind: int = 1              # guided: parcels put down whose tick is not looked at yet
     # per visit: "" or the attack an impostor tries at the face camera first (phone | print)
     spoofs: tuple[str, ...] = ()
 
@@ -291,7 +297,8 @@ def build_plan(sc: Scenario, shelves: list[tuple[str, int, int]] | None = None,
     rng = random.Random(sc.seed)
     carriers = sorted(CARRIER_FORMATS)
     couriers = [CourierPlan(i, f"sim-c{i + 1}", carriers[i % len(carriers)],
-                            "guided" if rng.random() < sc.guided_fraction else "free")
+                            "guided" if rng.random() < sc.guided_fraction else "free",
+                            ticks_behind=sc.courier_ticks_behind)
                 for i in range(sc.couriers)]
     parcels: list[ParcelPlan] = []
     seen_wb: set[str] = set()
