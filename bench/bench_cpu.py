@@ -42,7 +42,7 @@ def slice_of_week(parcels: int, seed: int = 7) -> Any:
 
 
 def _run(parcels: int, cpus: set[int] | None, py_spy: str | None = None,
-         waits: bool = False) -> dict[str, Any]:
+         waits: bool = False, sim_cpus: set[int] | None = None) -> dict[str, Any]:
     import logging
 
     from shelf_sim import runner
@@ -67,7 +67,7 @@ def _run(parcels: int, cpus: set[int] | None, py_spy: str | None = None,
     t0 = time.perf_counter()
     try:
         report = runner.run_embedded(config, slice_of_week(parcels), frames=False, station_process=True,
-                                     station_cpus=cpus)
+                                     station_cpus=cpus, sim_cpus=sim_cpus)
     finally:
         if py_spy:
             runner.StationProcess._start_station = started  # type: ignore[method-assign]
@@ -80,6 +80,7 @@ def _run(parcels: int, cpus: set[int] | None, py_spy: str | None = None,
         raise RuntimeError(f"the slice shelved and picked up nothing: {out}")
     lat = report["timing"]["latency"]
     return {"wall_s": wall, "parcels": done, "cpu_s": report["station_process"]["cpu_s"],
+            "sim_cpu_s": report["simulator_process"]["cpu_s"],
             "entry_p99_ms": lat["entry"]["p99_ms"], "scan_to_lit_p99_ms": lat["scan_to_lit"]["p99_ms"],
             "ok": report["ok"], "invariants": {k: v for k, v in report["invariants"].items() if v}}
 
@@ -121,6 +122,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--parcels", type=int, help="the slice's size (default 5,000; --quick 50)")
     ap.add_argument("--unpinned-only", action="store_true",
                     help="only the station's CPU per parcel: no second run pinned to one core")
+    ap.add_argument("--split", action="store_true",
+                    help="one run, the station on the highest CPU and the simulator with its broker on "
+                         "the others (shelf-sim run --station-cpus/--sim-cpus): neither hands a core to the other")
     ap.add_argument("--py-spy", metavar="OUT",
                     help="record the station process during the slice with py-spy --gil (GIL-holding "
                          "samples: its Python CPU) to OUT, raw collapsed stacks (speedscope if OUT ends "
@@ -131,12 +135,17 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     if args.py_spy_waits and not args.py_spy:
         ap.error("--py-spy-waits needs --py-spy OUT")
-    if args.unpinned_only or args.py_spy:
+    if args.unpinned_only or args.py_spy or args.split:
         parcels = args.parcels or (50 if args.quick else 5_000)
-        r = _run(parcels, None, args.py_spy, args.py_spy_waits)
+        cpus = sorted(os.sched_getaffinity(0))
+        if args.split and len(cpus) < 2:
+            ap.error("--split needs two CPUs")
+        station, sim = ({cpus[-1]}, set(cpus[:-1])) if args.split else (None, None)
+        r = _run(parcels, station, args.py_spy, args.py_spy_waits, sim_cpus=sim)
         per = 1000.0 * r["cpu_s"] / r["parcels"]
         print(f"station CPU per parcel, week slice ({parcels:,} parcels, seed 7): {per:.2f} ms "
-              f"({r['cpu_s']:.1f} s over {r['parcels']:,} parcels; wall {r['wall_s']:.0f} s)")
+              f"({r['cpu_s']:.1f} s over {r['parcels']:,} parcels; wall {r['wall_s']:.0f} s; "
+              f"simulator {1000.0 * r['sim_cpu_s'] / r['parcels']:.2f} ms a parcel)")
         print(r)
         return
     res = run(args.quick, args.parcels)
