@@ -15,8 +15,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpx
-
+from .http import PersonHttp, Response
 from .kpi import Metrics
 from .scenario import VAN_LOAD, CourierPlan, CustomerPlan, ParcelPlan, StrangerPlan
 from .world import Room, SmsInbox
@@ -86,7 +85,7 @@ class Env:
     face_timeout_s: float = 120.0               # eight frames at 5 a second plus the decision
     _face_lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def at_face_camera(self, http: httpx.Client, frames: tuple[bytes, ...]) -> tuple[httpx.Response, float]:
+    def at_face_camera(self, http: PersonHttp, frames: tuple[bytes, ...]) -> tuple[Response, float]:
         """Stand in front of the face camera showing `frames` and press "enter by face" on the
         kiosk: the station grabs its frames from the camera and decides. One person at the
         camera at a time (the others queue); returns the answer and its wall seconds."""
@@ -134,9 +133,9 @@ class Env:
         hal, row, col = self.hal_of(slot)
         return int(hal.sensor(row, col).read())
 
-    def client(self) -> httpx.Client:
+    def client(self) -> PersonHttp:
         """One HTTP client per person: each is a thread, like a separate phone or kiosk."""
-        return httpx.Client(base_url=self.base_url, timeout=15.0)
+        return PersonHttp(self.base_url, timeout=15.0)
 
     def hal_of(self, slot: str) -> tuple[Any, int, int]:
         """The shelf HAL and (row, col) behind a printed slot address."""
@@ -222,7 +221,7 @@ class Env:
                 return slot
 
 
-def _err(res: httpx.Response) -> str:
+def _err(res: Response) -> str:
     try:
         return str(res.json().get("error", res.status_code))
     except ValueError:
@@ -265,7 +264,7 @@ class Courier:
         self.auth: dict[str, str] = {}
         self.human_s = 0.0
         self._watcher: ThreadPoolExecutor | None = None
-        self._watch_http: httpx.Client | None = None
+        self._watch_http: PersonHttp | None = None
         self._abort = False   # a parcel was given up: a new session once nothing is pending
 
     def run(self) -> None:
@@ -287,7 +286,7 @@ class Courier:
         self.human_s += sim_seconds
         self.env.pause(sim_seconds)
 
-    def _shift(self, http: httpx.Client) -> None:
+    def _shift(self, http: PersonHttp) -> None:
         env, m = self.env, self.env.metrics
         if not self._enter(http, 0):
             for p in self.parcels:
@@ -336,16 +335,16 @@ class Courier:
         if self.parcels:
             http.post(f"/api/courier/sessions/{self.session['session_id']}/close", headers=self.auth)
 
-    def _settle(self, http: httpx.Client, placing: _Placing | None) -> None:
+    def _settle(self, http: PersonHttp, placing: _Placing | None) -> None:
         """Look at the handheld for `placing` and deal with a missing tick."""
         if placing is not None:
             self.on_shelved(placing.parcel, self._confirm(http, placing))
 
-    def _settle_all(self, http: httpx.Client, unticked: deque[_Placing]) -> None:
+    def _settle_all(self, http: PersonHttp, unticked: deque[_Placing]) -> None:
         while unticked:
             self._settle(http, unticked.popleft())
 
-    def _enter(self, http: httpx.Client, visit: int) -> bool:
+    def _enter(self, http: PersonHttp, visit: int) -> bool:
         """In at the entry door: by face for a face courier (after the impostor the plan may
         put at the camera first), by PIN otherwise or when the face is refused."""
         env = self.env
@@ -358,7 +357,7 @@ class Courier:
                 return True
         return self._pin(http)
 
-    def _face(self, http: httpx.Client, kit: Any, visit: int) -> bool:
+    def _face(self, http: PersonHttp, kit: Any, visit: int) -> bool:
         """The courier looks at the face camera and blinks; False: go on with the PIN."""
         m = self.env.metrics
         m.inc("legit_entry_calls")
@@ -377,7 +376,7 @@ class Courier:
             m.inc(f"face_entry_error:{code}", example=f"{self.plan.courier_id} visit {visit}")
         return False
 
-    def _impostor(self, http: httpx.Client, kit: Any, spoof: str) -> None:
+    def _impostor(self, http: PersonHttp, kit: Any, spoof: str) -> None:
         """Somebody holds up `spoof` (a phone replaying the courier's blinking video, or a
         print of their photo) to the face camera: the door must stay shut."""
         m = self.env.metrics
@@ -394,7 +393,7 @@ class Courier:
         else:
             m.inc(f"face_spoof_error:{code}", example=f"{spoof} of {self.plan.courier_id}")
 
-    def _pin(self, http: httpx.Client) -> bool:
+    def _pin(self, http: PersonHttp) -> bool:
         """In at the entry door by courier id and PIN."""
         env, m = self.env, self.env.metrics
         deadline = time.monotonic() + env.retry_for_s
@@ -412,7 +411,7 @@ class Courier:
             env.stop.wait(0.2)
         return False
 
-    def _scan(self, http: httpx.Client, p: ParcelPlan) -> dict[str, Any] | None:
+    def _scan(self, http: PersonHttp, p: ParcelPlan) -> dict[str, Any] | None:
         env, m = self.env, self.env.metrics
         sid = self.session["session_id"]
         deadline = time.monotonic() + max(env.retry_for_s, 120.0)
@@ -465,7 +464,7 @@ class Courier:
             return None
         return options[min(len(options) - 1, int(u * len(options)))]
 
-    def _answer(self, http: httpx.Client, scan: dict[str, Any], item: dict[str, Any] | None,
+    def _answer(self, http: PersonHttp, scan: dict[str, Any], item: dict[str, Any] | None,
                 waybill: str) -> dict[str, Any] | None:
         """The handheld asks "is this parcel in slot X?" (a put the station could not
         attribute): the courier looks and answers truthfully, yes only if it lies there."""
@@ -487,7 +486,7 @@ class Courier:
         answer: dict[str, Any] = res.json()
         return answer
 
-    def _place(self, http: httpx.Client, p: ParcelPlan) -> _Placing | None:
+    def _place(self, http: PersonHttp, p: ParcelPlan) -> _Placing | None:
         """Scan, find the slot, put the parcel down; the handheld is looked at later."""
         env, m = self.env, self.env.metrics
         self._pause(p.pace_s * 0.5)                      # take the parcel, find the label
@@ -526,7 +525,7 @@ class Courier:
         return self._poll(self._watch_http, session_id, pending_id, self.env.confirm_timeout_s), \
             time.monotonic()
 
-    def _confirm(self, http: httpx.Client, placing: _Placing) -> bool:
+    def _confirm(self, http: PersonHttp, placing: _Placing) -> bool:
         """Shelved, or (a red slot, a rebooting shelf, a stuck sensor) take it out again and
         put it where the handheld says (free mode: twice, then other slots); give up after
         five puts. A question on the handheld ("is it in slot X?") is answered first."""
@@ -581,7 +580,7 @@ class Courier:
             slot = next_slot
         return self._give_up(http, p, scan, home)
 
-    def _give_up(self, http: httpx.Client, p: ParcelPlan, scan: dict[str, Any] | None = None,
+    def _give_up(self, http: PersonHttp, p: ParcelPlan, scan: dict[str, Any] | None = None,
                  home: str | None = None) -> bool:
         """A last look at the handheld; then the session is to end (once no other parcel
         of it waits for its tick) so the waiting scan cannot claim someone else's put into
@@ -598,7 +597,7 @@ class Courier:
         self._abort = True
         return False
 
-    def _new_session(self, http: httpx.Client) -> None:
+    def _new_session(self, http: PersonHttp) -> None:
         """End the session (its waiting scans fail) and carry on in a new one."""
         sid = self.session["session_id"]
         http.post(f"/api/courier/sessions/{sid}/close", headers=self.auth)
@@ -608,14 +607,14 @@ class Courier:
         self.env.metrics.inc("courier_sessions_aborted")
         self._abort = False
 
-    def _wait_bound(self, http: httpx.Client, pending_id: str,
+    def _wait_bound(self, http: PersonHttp, pending_id: str,
                     timeout: float | None = None) -> dict[str, Any] | None:
         """Look at the handheld until it says shelved or failed: one long poll of the scan
         (the handheld's own way of waiting) rather than re-reading the session."""
         wait_s = self.env.confirm_timeout_s if timeout is None else timeout
         return self._poll(http, self.session["session_id"], pending_id, wait_s)
 
-    def _poll(self, http: httpx.Client, session_id: str, pending_id: str,
+    def _poll(self, http: PersonHttp, session_id: str, pending_id: str,
               wait_s: float) -> dict[str, Any] | None:
         res = http.get(f"/api/courier/sessions/{session_id}/items/{pending_id}",
                        params={"wait_s": wait_s}, headers=self.auth)
@@ -635,7 +634,7 @@ class Customer:
         self.kiosk = {"Authorization": "Bearer " + env.kiosk_token}
         self.requeued = False
 
-    def run(self, http: httpx.Client) -> None:
+    def run(self, http: PersonHttp) -> None:
         """The visit, through the kiosk's connection `http` (one per kiosk/worker: a new
         client per customer cost more than the customer's own requests)."""
         self._visit(http)
@@ -667,7 +666,7 @@ class Customer:
                 return True
         return False
 
-    def _enter(self, http: httpx.Client) -> dict[str, Any] | None:
+    def _enter(self, http: PersonHttp) -> dict[str, Any] | None:
         env, m, plan = self.env, self.env.metrics, self.plan
         codes = env.sms.wait_for(plan.phone, "pickup_code", len(self.waybills), env.retry_for_s)
         if codes is None:
@@ -732,7 +731,7 @@ class Customer:
                     return msg
         return codes[-1]
 
-    def _extend(self, http: httpx.Client) -> None:
+    def _extend(self, http: PersonHttp) -> None:
         """At the kiosk, not going in: extend the deadline with the code (or the QR), once."""
         env, m, plan = self.env, self.env.metrics, self.plan
         codes = env.sms.wait_for(plan.phone, "pickup_code", len(self.waybills), env.retry_for_s) \
@@ -748,7 +747,7 @@ class Customer:
         else:  # short of space, or extended once already: the kiosk says so, they come anyway
             m.inc(f"customer_extension_refused:{_err(res)}", example=plan.phone[-4:])
 
-    def _report(self, http: httpx.Client, session_id: str, slot: str, problem: str,
+    def _report(self, http: PersonHttp, session_id: str, slot: str, problem: str,
                 waybill: str | None = None) -> dict[str, Any] | None:
         body = {"slot": slot, "problem": problem, **({"waybill": waybill} if waybill else {})}
         res = http.post(f"/api/kiosk/sessions/{session_id}/report", json=body, headers=self.kiosk)
@@ -758,7 +757,7 @@ class Customer:
         answer: dict[str, Any] = res.json()
         return answer
 
-    def _refuse(self, http: httpx.Client, session_id: str, taken: list[str]) -> str | None:
+    def _refuse(self, http: PersonHttp, session_id: str, taken: list[str]) -> str | None:
         """The first parcel taken turns out damaged: reported at the kiosk, then put back in
         the slot it came from (the station makes it `refused` when the shelf senses it)."""
         env, m = self.env, self.env.metrics
@@ -818,7 +817,7 @@ class Customer:
         if any(s in env.dead_leds for s in listed):
             m.inc("customer_used_slot_list_for_dead_led")
 
-    def _exit(self, http: httpx.Client, shown: list[str], by_frame: bool) -> dict[str, Any] | None:
+    def _exit(self, http: PersonHttp, shown: list[str], by_frame: bool) -> dict[str, Any] | None:
         """Show `shown` at the exit. Held because a parcel somebody lifted is not back yet
         (the station cannot tell whose bag it is in, ADR 0075), a person waits at the exit
         and tries again, as the screen asks."""
@@ -848,7 +847,7 @@ class Customer:
             env.stop.wait(0.25)
         return None
 
-    def _leave(self, http: httpx.Client, session_id: str | None, *, wait: bool) -> dict[str, Any] | None:
+    def _leave(self, http: PersonHttp, session_id: str | None, *, wait: bool) -> dict[str, Any] | None:
         """Press "leave without parcels" for `session_id` (None: the button without a session,
         as a forged kiosk request would send). With `wait`, an exit held for a lifted parcel
         is tried again until it opens or the person gives up."""
@@ -901,7 +900,7 @@ class Customer:
                 self.env.metrics.inc("foreign_parcels_out_past_a_stuck_sensor" if unsensed
                                      else "foreign_parcels_let_out", example=f"{w} by ...{self.plan.phone[-4:]}")
 
-    def _visit(self, http: httpx.Client) -> None:
+    def _visit(self, http: PersonHttp) -> None:
         env, m, plan = self.env, self.env.metrics, self.plan
         if plan.extend and self.visit == 0:
             # at the kiosk, not today: extend and come back later
@@ -1005,13 +1004,13 @@ class Customer:
             m.inc("pickups_completed")
 
 
-    def _forged_leave(self, http: httpx.Client) -> None:
+    def _forged_leave(self, http: PersonHttp) -> None:
         res = self._leave(http, None, wait=False)
         if res is not None and not res.get("allowed"):
             m = self.env.metrics
             m.inc("exit_leave_forged_refused")
 
-    def _try_to_walk_out_with_a_foreign_parcel(self, http: httpx.Client, session_id: str) -> bool:
+    def _try_to_walk_out_with_a_foreign_parcel(self, http: PersonHttp, session_id: str) -> bool:
         """Lift somebody else's parcel before touching their own and press "leave without
         parcels" with their own session and with none: the exit must stay shut both times
         (ADR 0075). Then, told so, they put it back where it came from. False: the door

@@ -33,6 +33,7 @@ from firmware_stubs.nvstore import MemoryNvStore
 from .camera import RoomCameraServer, with_room_camera
 from .facecam import LIVE_FACES, CameraServer, FacesMissing, faces_dir, load_kits
 from .faults import FaultyNet
+from .http import HttpError, PersonHttp
 from .images import WaybillRenderer
 from .kpi import Metrics, build_report, picture_counts
 from .people import Courier, Customer, Env, SlotInfo, Stranger
@@ -477,7 +478,7 @@ class Simulation:
         with self.env.client() as http:
             self._serve_customers(http)
 
-    def _serve_customers(self, http: httpx.Client) -> None:
+    def _serve_customers(self, http: PersonHttp) -> None:
         env = self.env
         while True:
             with self._qcond:
@@ -493,7 +494,7 @@ class Simulation:
             person = Customer(env, cust, self._shelved_of.get(cust.phone, []), visit, self._requeue)
             try:
                 person.run(http)
-            except httpx.HTTPError as exc:  # the station went away (shutdown, or a hang)
+            except (HttpError, httpx.HTTPError) as exc:  # the station went away (shutdown, or a hang)
                 self.m.inc(f"customer_http_error:{type(exc).__name__}", example=str(exc)[:200])
                 log.warning("customer %s: %s", cust.phone[-4:], exc)
             except Exception as exc:
@@ -592,7 +593,7 @@ class Simulation:
     def _courier(self, cp: Any, parcels: list[ParcelPlan]) -> None:
         try:
             Courier(self.env, cp, parcels, self._on_shelved).run()
-        except httpx.HTTPError as exc:
+        except (HttpError, httpx.HTTPError) as exc:
             self.m.inc(f"courier_http_error:{type(exc).__name__}", example=str(exc)[:200])
             log.warning("courier %s: %s", cp.courier_id, exc)
         except Exception as exc:
