@@ -145,15 +145,17 @@ class Env:
     def call_staff(self) -> int:
         """The operator, called by somebody held at the exit, looks at each open take's slot
         on the room camera: when no parcel that left that slot is in the hands of anyone but
-        its owner (a put-back the shelf reported out of order, a sensor glitch), they settle
-        the take; a parcel really missing stays unsettled. Returns the takes settled."""
+        its owner or the courier who brought it (a put-back the shelf reported out of order,
+        a sensor glitch, a courier who took back a parcel the shelf would not confirm), they
+        settle the take; a parcel a customer holds that is not theirs stays unsettled.
+        Returns the takes settled."""
         with self._staff_lock:
             headers = {"Authorization": "Bearer " + self.operator_token}
             with self.client() as http:
                 res = http.get("/api/operator/takes", headers=headers)
                 if res.status_code != 200:
                     return 0
-                out = {p.came_from for p in self.room.in_wrong_hands() if p.came_from}
+                out = {p.came_from for p in self.room.in_wrong_hands() if p.came_from and p.holder != p.courier}
                 settled = 0
                 for take in res.json():
                     if take["slot"] not in out:

@@ -63,6 +63,7 @@ class PhysicalParcel:
     holder: str | None = None    # who carries it (courier id / customer phone / "gone")
     came_from: str | None = None  # the slot it was last taken from
     unsensed: bool = False        # lifted while that slot's sensor was stuck (no station could see it)
+    courier: str = ""             # who brought it in
 
 
 @dataclass
@@ -92,7 +93,7 @@ class Room:
             old = self.parcels.get(waybill)
             if old is not None:
                 self._hold(old, None)
-            self.parcels[waybill] = p = PhysicalParcel(waybill, phone, size, None, None)
+            self.parcels[waybill] = p = PhysicalParcel(waybill, phone, size, None, None, courier=holder)
             self._hold(p, holder)
 
     def place(self, waybill: str, slot: str) -> None:
