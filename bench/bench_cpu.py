@@ -7,7 +7,10 @@ What is measured, in the same run:
                            parcel, so the ratio is the station's share of one core);
   one core:                the same slice again with the station pinned to one CPU
                            (sched_setaffinity, as `taskset -c N` does): entry p99, scan -> lit
-                           p99 and parcels/s, each beside the same figure unpinned.
+                           p99 and parcels/s, each beside the same figure unpinned;
+  split:                   the station on that CPU and the simulator with its broker on the
+                           others, the week's rig (ADR 0166): station CPU a parcel, parcels/s
+                           and the simulator's CPU a parcel, beside unpinned.
 The slice keeps the week's per-message network faults and mistakes; its counted faults
 (reboots, broker restarts, stuck sensors, dead LEDs) are scaled to the slice's size.
 Faces on one core are bench_faces' figures (that benchmark always pins itself to one core);
@@ -88,8 +91,11 @@ def _run(parcels: int, cpus: set[int] | None, py_spy: str | None = None,
 def run(quick: bool = False, parcels: int | None = None) -> dict[str, Any]:
     parcels = parcels or (50 if quick else 5_000)
     both = _run(parcels, None)
-    one_cpu = max(os.sched_getaffinity(0))
+    cpus = sorted(os.sched_getaffinity(0))
+    one_cpu = cpus[-1]
     one = _run(parcels, {one_cpu})
+    # the week's rig (ADR 0166): the station on one CPU, the simulator and its broker on the rest
+    split = _run(parcels, {one_cpu}, sim_cpus=set(cpus[:-1])) if len(cpus) > 1 else None
     per = lambda r: 1000.0 * r["cpu_s"] / r["parcels"]  # noqa: E731 - ms of CPU per parcel
     wall_per = lambda r: 1000.0 * r["wall_s"] / r["parcels"]  # noqa: E731
     rate = lambda r: r["parcels"] / r["wall_s"]  # noqa: E731
@@ -111,8 +117,21 @@ def run(quick: bool = False, parcels: int | None = None) -> dict[str, Any]:
         {"figure": f"one core: parcels/s through the station, {label} (baseline: unpinned)",
          "ours": rate(one), "baseline": rate(both), "unit": "parcels/s", "target": None},
     ]
-    return {"rows": rows, "unpinned": both, "one_core": {**one, "cpu": one_cpu},
-            "week_minutes_at_this_rate": WEEK_PARCELS / rate(both) / 60}
+    if split is not None:
+        rows += [
+            {"figure": f"split: station CPU per parcel, station on one CPU and simulator + broker on the "
+                       f"other (the week's rig, ADR 0166), {label} (baseline: unpinned)",
+             "ours": per(split), "baseline": per(both), "unit": "ms", "target": None},
+            {"figure": f"split: parcels/s through the station, the week's rig, {label} (baseline: unpinned)",
+             "ours": rate(split), "baseline": rate(both), "unit": "parcels/s", "target": None},
+            {"figure": f"split: simulator CPU per parcel (people, firmware; start-up included), {label} "
+                       "(baseline: unpinned)",
+             "ours": 1000.0 * split["sim_cpu_s"] / split["parcels"],
+             "baseline": 1000.0 * both["sim_cpu_s"] / both["parcels"], "unit": "ms", "target": None},
+        ]
+    return {"rows": rows, "unpinned": both, "one_core": {**one, "cpu": one_cpu}, "split": split,
+            "week_minutes_at_this_rate": WEEK_PARCELS / rate(both) / 60,
+            "week_minutes_split": WEEK_PARCELS / rate(split) / 60 if split else None}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -151,8 +170,9 @@ def main(argv: list[str] | None = None) -> None:
     res = run(args.quick, args.parcels)
     for r in res["rows"]:
         print(f"{r['figure']:<110} {r['ours']:10.2f} {r['unit']:<9} baseline {r['baseline']:10.2f}")
-    print(f"unpinned: {res['unpinned']}\none core: {res['one_core']}")
-    print(f"the week at this rate: {res['week_minutes_at_this_rate']:.0f} min")
+    print(f"unpinned: {res['unpinned']}\none core: {res['one_core']}\nsplit: {res['split']}")
+    print(f"the week at this rate: {res['week_minutes_at_this_rate']:.0f} min unpinned"
+          + (f", {res['week_minutes_split']:.0f} min split" if res["week_minutes_split"] else ""))
 
 
 if __name__ == "__main__":

@@ -372,7 +372,9 @@ def main(argv: list[str] | None = None) -> int:
                            "the week slice, start-up excluded. Its profile (py-spy --gil, top hot spots "
                            "before and after the issue 18.3 work, per-thread CPU) and what is left to "
                            "halve it are in docs/simulator.md, 'CPU per parcel'; "
-                           "`python -m bench.bench_cpu --parcels 1000 --py-spy out.raw` takes a new one.")
+                           "`python -m bench.bench_cpu --parcels 1000 --py-spy out.raw` takes a new one. "
+                           "The 'split' rows run the same slice on the week's rig (ADR 0166): the station "
+                           "on one CPU, the simulator and its broker on the other.")
     if growth.get("curves"):
         from bench.bench_growth import chart
 
