@@ -591,7 +591,10 @@ class Courier:
         if scan is not None:
             late = self._answer(http, scan, self._wait_bound(http, scan["pending_id"], 5.0), p.waybill)
             if late is not None and late.get("parcel_id"):
-                env.put(p.waybill, late.get("slot") or home or "")
+                # back where the handheld says, if it is still in our hands: gone from the slot
+                # before the retry, it is with whoever took it (its recipient), not ours to put
+                if p.waybill in env.room.held_by(self.plan.courier_id):
+                    env.put(p.waybill, late.get("slot") or home or "")
                 m.inc("courier_late_confirmations", example=f"{p.waybill} at {late.get('slot')}")
                 m.inc("parcels_shelved")
                 return True
