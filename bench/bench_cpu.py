@@ -88,14 +88,20 @@ def _run(parcels: int, cpus: set[int] | None, py_spy: str | None = None,
             "ok": report["ok"], "invariants": {k: v for k, v in report["invariants"].items() if v}}
 
 
+def split_cpus() -> tuple[set[int], set[int]] | None:
+    """The week's rig (ADR 0166): the station on the highest CPU this process may use, the
+    simulator and its broker on the others; None with only one."""
+    cpus = sorted(os.sched_getaffinity(0))
+    return ({cpus[-1]}, set(cpus[:-1])) if len(cpus) > 1 else None
+
+
 def run(quick: bool = False, parcels: int | None = None) -> dict[str, Any]:
     parcels = parcels or (50 if quick else 5_000)
     both = _run(parcels, None)
-    cpus = sorted(os.sched_getaffinity(0))
-    one_cpu = cpus[-1]
+    one_cpu = max(os.sched_getaffinity(0))
     one = _run(parcels, {one_cpu})
-    # the week's rig (ADR 0166): the station on one CPU, the simulator and its broker on the rest
-    split = _run(parcels, {one_cpu}, sim_cpus=set(cpus[:-1])) if len(cpus) > 1 else None
+    cpus = split_cpus()
+    split = _run(parcels, cpus[0], sim_cpus=cpus[1]) if cpus else None
     per = lambda r: 1000.0 * r["cpu_s"] / r["parcels"]  # noqa: E731 - ms of CPU per parcel
     wall_per = lambda r: 1000.0 * r["wall_s"] / r["parcels"]  # noqa: E731
     rate = lambda r: r["parcels"] / r["wall_s"]  # noqa: E731
@@ -156,10 +162,10 @@ def main(argv: list[str] | None = None) -> None:
         ap.error("--py-spy-waits needs --py-spy OUT")
     if args.unpinned_only or args.py_spy or args.split:
         parcels = args.parcels or (50 if args.quick else 5_000)
-        cpus = sorted(os.sched_getaffinity(0))
-        if args.split and len(cpus) < 2:
+        cpus = split_cpus() if args.split else None
+        if args.split and cpus is None:
             ap.error("--split needs two CPUs")
-        station, sim = ({cpus[-1]}, set(cpus[:-1])) if args.split else (None, None)
+        station, sim = cpus or (None, None)
         r = _run(parcels, station, args.py_spy, args.py_spy_waits, sim_cpus=sim)
         per = 1000.0 * r["cpu_s"] / r["parcels"]
         print(f"station CPU per parcel, week slice ({parcels:,} parcels, seed 7): {per:.2f} ms "

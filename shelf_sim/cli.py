@@ -41,12 +41,9 @@ def cpu_list(text: str) -> set[int]:
         raise argparse.ArgumentTypeError("this system cannot pin a process to CPUs")
     if not cpus <= allowed:
         raise argparse.ArgumentTypeError(
-            f"CPU {min(cpus - allowed)} is not available here (this process may use {_cpus_text(allowed)})")
+            f"CPU {min(cpus - allowed)} is not available here "
+            f"(this process may use {','.join(map(str, sorted(allowed)))})")
     return cpus
-
-
-def _cpus_text(cpus: set[int]) -> str:
-    return ",".join(str(c) for c in sorted(cpus))
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -28,7 +28,6 @@ class HttpError(Exception):
 class Response:
     status_code: int
     content: bytes
-    headers: Mapping[str, str]
 
     def json(self) -> Any:
         return jsonlib.loads(self.content)
@@ -44,6 +43,9 @@ class Response:
 
 # a connection the station closed while idle fails like this on reuse, before any answer
 _STALE = (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError)
+# sent again on a new connection after such a failure only if asking twice changes nothing:
+# a POST the station may have read (an entry, an exit) is an error, never a second press
+_IDEMPOTENT = frozenset({"GET", "HEAD"})
 
 
 class PersonHttp:
@@ -85,7 +87,7 @@ class PersonHttp:
                 data = res.read()
             except _STALE as exc:
                 self.close()
-                if reused and attempt == 0:
+                if reused and attempt == 0 and method in _IDEMPOTENT:
                     continue  # closed by the station between our two requests: once more, anew
                 raise HttpError(f"{method} {path}: {type(exc).__name__}: {exc}") from exc
             except (OSError, http.client.HTTPException) as exc:
@@ -93,7 +95,7 @@ class PersonHttp:
                 raise HttpError(f"{method} {path}: {type(exc).__name__}: {exc}") from exc
             if res.will_close:
                 self.close()
-            return Response(res.status, data, {k.lower(): v for k, v in res.getheaders()})
+            return Response(res.status, data)
         raise AssertionError("unreachable")
 
     def _connection(self) -> tuple[http.client.HTTPConnection, bool]:

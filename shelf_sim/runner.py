@@ -494,7 +494,7 @@ class Simulation:
             person = Customer(env, cust, self._shelved_of.get(cust.phone, []), visit, self._requeue)
             try:
                 person.run(http)
-            except (HttpError, httpx.HTTPError) as exc:  # the station went away (shutdown, or a hang)
+            except HttpError as exc:  # the station went away (shutdown, or a hang)
                 self.m.inc(f"customer_http_error:{type(exc).__name__}", example=str(exc)[:200])
                 log.warning("customer %s: %s", cust.phone[-4:], exc)
             except Exception as exc:
@@ -593,7 +593,7 @@ class Simulation:
     def _courier(self, cp: Any, parcels: list[ParcelPlan]) -> None:
         try:
             Courier(self.env, cp, parcels, self._on_shelved).run()
-        except (HttpError, httpx.HTTPError) as exc:
+        except HttpError as exc:
             self.m.inc(f"courier_http_error:{type(exc).__name__}", example=str(exc)[:200])
             log.warning("courier %s: %s", cp.courier_id, exc)
         except Exception as exc:

@@ -20,6 +20,8 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = True
     connections = 0
     close_after_each = False
+    drop_once = False      # the next request is read, then the connection closed unanswered
+    received = 0
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -40,13 +42,25 @@ class _Handler(BaseHTTPRequestHandler):
         if self.server.close_after_each:
             self.close_connection = True
 
+    def _dropped(self) -> bool:
+        self.server.received += 1
+        if self.server.drop_once:
+            self.server.drop_once = False
+            self.close_connection = True
+            return True
+        return False
+
     def do_GET(self) -> None:
+        if self._dropped():
+            return
         if self.path.startswith("/slow"):
             time.sleep(1.0)
         self._answer(200, {"path": self.path, "auth": self.headers.get("authorization")})
 
     def do_POST(self) -> None:
         body = self.rfile.read(int(self.headers["content-length"]))
+        if self._dropped():
+            return
         status = 409 if self.path == "/refuse" else 200
         self._answer(status, {"got": json.loads(body), "type": self.headers.get("content-type")})
 
@@ -103,3 +117,17 @@ def test_a_station_that_is_gone_or_slow_is_a_clear_error(server: _Server) -> Non
         assert http.get("/fast").status_code == 200      # the next request on a new connection
     with pytest.raises(ValueError, match="not an http:// URL"):
         PersonHttp("https://station.example")
+
+
+def test_a_request_the_station_read_and_never_answered_is_sent_again_only_if_harmless(
+        server: _Server) -> None:
+    with PersonHttp(_url(server)) as http:
+        assert http.get("/first").status_code == 200
+        server.drop_once, server.received = True, 0
+        assert http.get("/again").json()["path"] == "/again"      # a look: asked once more
+        assert server.received == 2
+        assert http.post("/x", json={}).status_code == 200
+        server.drop_once, server.received = True, 0
+        with pytest.raises(HttpError, match="RemoteDisconnected"):
+            http.post("/api/exit/leave", json={"session_id": "pks_1"})   # a press: never twice
+        assert server.received == 1
