@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from station.domain.assignment import fits
+from station.domain.assignment import fits, within_reach
 from station.domain.codes import PickupCode, code_digest
 from station.domain.layout import SlotAddress
 from tests.support import stack
@@ -63,14 +63,18 @@ class Room:
         return ctrl.hal.sensor(row, col).read()
 
     def free_slot(self, size: str) -> SlotAddress:
-        """Like a sensible courier: the smallest fitting slot with room that nobody else was
-        just sent to (no waiting guided reservation)."""
-        reserved = {r["target_slot"] for r in self.ls.core.ctx.store.query(
+        """Like a sensible courier: the smallest fitting slot with room, away from any slot
+        lit for somebody else (a waiting guided reservation). A put within a hand's reach of
+        another courier's lit slot is held for the courier's confirmation (ADR 0095), which
+        this courier does not give: under load the other courier's light stays on longer,
+        and the test once failed with both couriers waiting 20 s for such a pair."""
+        reserved = [SlotAddress.parse(r["target_slot"]) for r in self.ls.core.ctx.store.query(
             "SELECT target_slot FROM pending_placements WHERE state = 'waiting'"
-            " AND target_slot IS NOT NULL")}
+            " AND target_slot IS NOT NULL")]
         layout = self.ls.core.ctx.layout
         candidates = [s for s in layout if not s.outbound and fits(s, size)
-                      and str(s.address) not in reserved and self.physical(s.address) < s.capacity]
+                      and not any(within_reach(r, s.address) for r in reserved)
+                      and self.physical(s.address) < s.capacity]
         assert candidates, f"no room for a {size} parcel"
         order = {"S": 0, "M": 1, "L": 2}
         return min(candidates, key=lambda s: (order[s.size], self.physical(s.address), s.address)).address
