@@ -14,6 +14,7 @@ from __future__ import annotations
 import http.client
 import json as jsonlib
 import select
+import time
 import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -46,20 +47,27 @@ _STALE = (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError)
 # sent again on a new connection after such a failure only if asking twice changes nothing:
 # a POST the station may have read (an entry, an exit) is an error, never a second press
 _IDEMPOTENT = frozenset({"GET", "HEAD"})
+# a connection idle this long is not used again: uvicorn closes one idle for 5 s (its
+# keep-alive), and a POST sent as it closes fails with a reset that must not be retried (a
+# 5,000-parcel slice lost a customer's exit so on 2026-12-02). The readability check below
+# sees only a close that has already arrived
+MAX_IDLE_S = 3.0
 
 
 class PersonHttp:
     """One person's connection to `base_url` (http only), opened on first use and again
     when the station has closed it; not for use by two threads at once."""
 
-    def __init__(self, base_url: str, timeout: float = 15.0) -> None:
+    def __init__(self, base_url: str, timeout: float = 15.0, max_idle_s: float = MAX_IDLE_S) -> None:
         url = urllib.parse.urlsplit(base_url)
         if url.scheme != "http" or not url.hostname:
             raise ValueError(f"not an http:// URL: {base_url!r}")
         self._host, self._port = url.hostname, url.port or 80
         self._prefix = url.path.rstrip("/")
         self._timeout = timeout
+        self._max_idle_s = max_idle_s
         self._conn: http.client.HTTPConnection | None = None
+        self._idle_since = 0.0  # monotonic time of the last answer on `_conn`
 
     def get(self, path: str, *, params: Mapping[str, Any] | None = None,
             headers: Mapping[str, str] | None = None, timeout: float | None = None) -> Response:
@@ -95,14 +103,18 @@ class PersonHttp:
                 raise HttpError(f"{method} {path}: {type(exc).__name__}: {exc}") from exc
             if res.will_close:
                 self.close()
+            self._idle_since = time.monotonic()
             return Response(res.status, data)
         raise AssertionError("unreachable")
 
     def _connection(self) -> tuple[http.client.HTTPConnection, bool]:
         conn = self._conn
-        if conn is not None and conn.sock is not None and not _readable(conn.sock):
+        if (conn is not None and conn.sock is not None and not _readable(conn.sock)
+                and time.monotonic() - self._idle_since < self._max_idle_s):
             return conn, True
-        self.close()  # idle and readable: the station closed it (or sent what nobody asked)
+        # readable while idle: the station closed it (or sent what nobody asked); or idle so
+        # long that the station may be closing it right now
+        self.close()
         conn = http.client.HTTPConnection(self._host, self._port, timeout=self._timeout)
         try:
             conn.connect()

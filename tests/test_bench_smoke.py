@@ -56,7 +56,7 @@ def test_only_measures_one_section_and_keeps_the_others_rows_with_their_date(
     from bench import run_all
 
     earlier = {"quick": False, "date": "2026-11-29 20:57 UTC", "seconds": 267.0, "profiles": {},
-               "notes": ["an earlier note"],
+               "notes": ["an earlier note", "CPU per parcel: the old wording"],
                "machine": {"cpu": "AMD EPYC", "cpus": 2, "python": "3.11.7", "os": "Linux", "sqlite": "3.40.1",
                            "mosquitto": "mosquitto", "load_average_1min": 1.0},
                "sections": [{"name": "mqtt", "seconds": 1.0, "data": {}, "rows": [
@@ -74,6 +74,8 @@ def test_only_measures_one_section_and_keeps_the_others_rows_with_their_date(
     assert "| MQTT: an earlier figure | 1.50 |" in doc and "| 2 CPU AMD EPYC | 2026-11-29 |" in doc
     assert "canary: a new figure" in doc and "canary: the old figure" not in doc
     assert "Kept from earlier runs" in doc and "an earlier note" in doc
+    # a note the run writes again in new words replaces its old wording, not beside it
+    assert "the old wording" not in doc and doc.count("\n- CPU per parcel:") == 1
     kept = json.loads((tmp_path / "benchmarks.json").read_text())
     assert [s["name"] for s in kept["sections"]] == ["mqtt", "canary"]
     with pytest.raises(SystemExit):
