@@ -229,13 +229,13 @@ def keep_earlier(result: dict[str, Any], earlier_path: Path) -> dict[str, Any]:
     return out
 
 
-
 def _merged_notes(earlier: list[str], fresh: list[str]) -> list[str]:
     """Each note leads with what it is about ("CPU per parcel: ..."): a fresh note replaces
     the earlier one about the same thing, so a note whose text changed is not kept twice."""
     about = lambda note: note.split(":", 1)[0]  # noqa: E731
     renewed = {about(n) for n in fresh}
     return list(dict.fromkeys([*(n for n in earlier if about(n) not in renewed), *fresh]))
+
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
