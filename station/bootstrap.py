@@ -146,13 +146,15 @@ class Vision:
             raise Unavailable(f"the face camera gives no picture: {exc}", code="camera_unavailable") from None
         return [self._jpeg(f) for f, _ in frames]
 
-    def grab_document_frame(self) -> bytes:
+    def grab_document_frame(self, timeout: float = 3.0) -> bytes:
+        """The document camera's newest frame, waiting up to `timeout` seconds for a first
+        one (a camera just opened); a camera that gives none by then is Unavailable."""
         from station.flows.errors import Unavailable
         from station.vision.cameras import SourceError
 
         grabber = self.grabber("document")
         try:
-            got = grabber.wait_frame(timeout=3.0)
+            got = grabber.wait_frame(timeout=timeout)
         except SourceError:
             got = None
         if got is None:

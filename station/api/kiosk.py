@@ -229,6 +229,13 @@ def exit_leave(body: ExitLeave, who: Principal = Depends(kiosk_only),
     return asdict(svc.core.exit.leave_empty_handed(body.session_id, snapshot_of=_exit_snapshot(svc)))
 
 
+# How long a refused "leave without parcels" waits for the exit camera's first frame: a
+# working camera has one already (its grabber keeps the newest), so this only bounds the wait
+# on a camera that gives none. The customer waits for the answer meanwhile, and so does every
+# customer held at the exit with them (ADR 0167).
+ALARM_FRAME_WAIT_S = 0.25
+
+
 def _exit_snapshot(svc: Services) -> Callable[[], str | None] | None:
     """The exit camera's picture for an alarm, or None: a camera that gives no picture must
     never keep the answer (or the door) from the customer."""
@@ -238,7 +245,7 @@ def _exit_snapshot(svc: Services) -> Callable[[], str | None] | None:
 
     def take() -> str | None:
         try:
-            return save(grab())
+            return save(grab(timeout=ALARM_FRAME_WAIT_S))
         except Exception:  # no camera, no picture: the alarm goes without one
             log.warning("no exit snapshot for the alarm: %s", sys.exc_info()[1])
             return None

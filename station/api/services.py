@@ -19,7 +19,8 @@ class Services:
     # image list -> face decision dict {courier_id|None, distance, live, reason}
     verify_face: Callable[[list[bytes]], dict[str, Any]] | None = None
     grab_face_frames: Callable[[], list[bytes]] | None = None
-    grab_document_frame: Callable[[], bytes] | None = None
+    # the document camera's newest frame, waiting up to `timeout` s for one (default 3 s)
+    grab_document_frame: Callable[..., bytes] | None = None
     enrol_face: Callable[[str, list[bytes]], dict[str, Any]] | None = None
     save_snapshot: Callable[[bytes], str | None] | None = None
     snapshot_load: Callable[[str], bytes | None] | None = None  # decrypted JPEG, None: pruned

@@ -51,6 +51,9 @@ PATTERNS = ("solid", "blink", "alternate")
 # station retries the same command after answering it (docs/adr/0090), never a final failure
 TRANSIENT_REASONS = frozenset({"no_trusted_time", "clock_skew"})
 LIGHT_OPS = frozenset({"lights.set", "lights.clear"})
+# the shortest wait for a command's ack before it is sent again, however quick the device's
+# round trips: below it a late ack (a busy broker, a device's flash write) costs a resend
+MIN_RETRY_S = 0.1
 
 
 @dataclass(frozen=True)
@@ -284,6 +287,10 @@ class _Device:
     evt_high: int = 0  # the highest evt_seq seen in this boot
     probe_cmd_id: str | None = None  # our last `ping`: its ack is proof of life
     probes: int = 0  # sent for the pending claim
+    # round trips of commands acked at the first send (RFC 6298's estimator, Karn's rule),
+    # for the time a command waits for its ack before it is sent again (docs/adr/0167)
+    srtt: float | None = None
+    rttvar: float = 0.0
     echo_at: float | None = None  # when our echo beside the last probe came back
 
 
@@ -312,6 +319,7 @@ class DeviceLink:
         self.client_id = client_id or f"ps-{self.station_id}-station"
         self._seq = SeqSource(seq_path)
         self.retry_s = retry_s
+        self.min_retry_s = min(MIN_RETRY_S, retry_s)
         self.tick_s = tick_s
         self._lock = threading.RLock()
         self._changed = threading.Condition(self._lock)
@@ -581,7 +589,7 @@ class DeviceLink:
     def _transmit(self, dev: _Device, pending: _Pending) -> None:
         """(Re)send: same cmd_id, seq and expiry every time, a new msg_id."""
         pending.tries += 1
-        pending.next_retry = self._clock.mono() + self.retry_s
+        pending.next_retry = self._clock.mono() + self._retry_after(dev, pending.tries)
         cmd = env.build_command(
             key=self._keys[dev.id], device=dev.id, seq=pending.seq, op=pending.op,
             args=pending.args, ttl_s=0, cmd_id=pending.cmd_id, issued_at=pending.issued_at,
@@ -589,6 +597,25 @@ class DeviceLink:
             mono_issued=pending.mono_issued, mono_expires=pending.deadline,
         )
         self._publish(dev.id, cmd)
+
+    def _retry_after(self, dev: _Device, tries: int) -> float:
+        """How long the `tries`-th send waits for its ack: the device's smoothed round trip
+        plus four deviations, doubled for each send already unanswered, between
+        `min_retry_s` and `retry_s` (`retry_s` until a round trip is known). One command is
+        in flight per device, so a lost ack stalls every command queued behind it for this
+        long; a resend is harmless (the device answers a repeated cmd_id with its first ack)."""
+        if dev.srtt is None:
+            return self.retry_s
+        rto = max(self.min_retry_s, dev.srtt + 4 * dev.rttvar) * 2 ** (tries - 1)
+        return min(self.retry_s, rto)
+
+    @staticmethod
+    def _measure(dev: _Device, rtt: float) -> None:
+        if dev.srtt is None:
+            dev.srtt, dev.rttvar = rtt, rtt / 2
+        else:
+            dev.rttvar = 0.75 * dev.rttvar + 0.25 * abs(dev.srtt - rtt)
+            dev.srtt = 0.875 * dev.srtt + 0.125 * rtt
 
     def _publish(self, device: str, cmd: dict[str, Any]) -> None:
         """Hand a command to paho only while connected: paho would keep it and send it after a
@@ -908,6 +935,8 @@ class DeviceLink:
             return  # a duplicate, or an answer to someone else's message
         if ack.ok:
             dev.inflight = None
+            if pending.tries == 1:  # an ack of a resent command may answer any of its sends
+                self._measure(dev, self._clock.mono() - pending.mono_issued)
             self._resolve(dev, pending, "acked", None, ack.result)
         elif ack.reason in TRANSIENT_REASONS or self._resync_expired(pending, ack.reason):
             # the device opens a new time challenge; we answer it (from its state) and retry

@@ -1,0 +1,76 @@
+"""A command whose ack is lost is sent again after the device's own round trip, not after the
+link's fixed ceiling (docs/adr/0167): one command is in flight per device, so every command
+queued behind a lost ack waits that long. Found by the week scenario, where a lost ack
+stalled a shelf's lights for half a second about once every three seconds."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from station.devices.link import MIN_RETRY_S, DeviceLink, _Device
+
+
+class _DropNextAck:
+    """The door's network: drops its next `ack` once armed, delivers everything else."""
+
+    def __init__(self) -> None:
+        self.armed = threading.Event()
+        self.dropped = 0
+
+    def __call__(self, direction: str, topic: str, payload: bytes, deliver: Any) -> None:
+        if direction == "out" and topic.endswith("/ack") and self.armed.is_set():
+            self.armed.clear()
+            self.dropped += 1
+            return
+        deliver(payload)
+
+
+def test_a_lost_ack_is_resent_after_the_round_trip_not_the_ceiling(cfg, secrets, fleet, make_link, events):
+    net = _DropNextAck()
+    fleet.door("door-entry", net=net)
+    link: DeviceLink = make_link(cfg, secrets, retry_s=30.0)  # a ceiling no test waits out
+    assert link.wait_reported("door-entry", lambda s: s["time"]["trusted"], 5)
+    for _ in range(5):  # round trips to learn from
+        assert link.lock("door-entry").wait(5).ok
+    dev = link._devices["door-entry"]
+    assert dev.srtt is not None
+    net.armed.set()
+    handle = link.lock("door-entry")
+    outcome = handle.wait(10)   # far below the 30 s ceiling: resent after about the round trip
+    assert outcome.ok, outcome
+    assert net.dropped == 1
+    ack = events.wait("command.acked", pred=lambda e: e.data["cmd_id"] == handle.cmd_id)
+    assert ack.data["tries"] == 2
+
+
+def _link(retry_s: float = 0.5) -> Any:
+    """Just enough of a link for its retry arithmetic."""
+    link = DeviceLink.__new__(DeviceLink)
+    link.retry_s, link.min_retry_s = retry_s, min(MIN_RETRY_S, retry_s)
+    return link
+
+
+def test_the_retry_waits_the_ceiling_until_a_round_trip_is_known():
+    assert _link(0.5)._retry_after(_Device("door", "door"), 1) == 0.5
+
+
+def test_the_retry_follows_the_smoothed_round_trip_within_its_bounds():
+    link, dev = _link(0.5), _Device("shelf-1", "shelf")
+    for _ in range(50):
+        DeviceLink._measure(dev, 0.005)     # a LAN's 5 ms
+    assert link._retry_after(dev, 1) == MIN_RETRY_S        # never below the floor
+    for _ in range(50):
+        DeviceLink._measure(dev, 0.150)     # a slow gateway's 150 ms, steady
+    first = link._retry_after(dev, 1)
+    assert MIN_RETRY_S < first < 0.5
+    assert link._retry_after(dev, 2) == min(0.5, 2 * first)  # doubled for a send unanswered
+    assert link._retry_after(dev, 5) == 0.5                  # and never above the ceiling
+
+
+def test_a_jittery_link_waits_longer_than_a_steady_one_with_the_same_mean():
+    link, steady, jittery = _link(2.0), _Device("a", "shelf"), _Device("b", "shelf")
+    for i in range(100):
+        DeviceLink._measure(steady, 0.060)
+        DeviceLink._measure(jittery, 0.020 if i % 2 else 0.100)
+    assert link._retry_after(jittery, 1) > link._retry_after(steady, 1)
