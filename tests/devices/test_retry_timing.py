@@ -5,6 +5,7 @@ stalled a shelf's lights for half a second about once every three seconds."""
 
 from __future__ import annotations
 
+import json
 import threading
 from typing import Any
 
@@ -12,15 +13,22 @@ from station.devices.link import MIN_RETRY_S, DeviceLink, _Device
 
 
 class _DropNextAck:
-    """The door's network: drops its next `ack` once armed, delivers everything else."""
+    """The door's network: once armed, drops the ack of the next `lock` it is sent (only
+    that one: a time sync or a ping answered meanwhile goes through), delivers the rest."""
 
     def __init__(self) -> None:
         self.armed = threading.Event()
+        self.target: str | None = None
         self.dropped = 0
 
     def __call__(self, direction: str, topic: str, payload: bytes, deliver: Any) -> None:
-        if direction == "out" and topic.endswith("/ack") and self.armed.is_set():
+        msg = json.loads(payload)
+        if direction == "in" and self.armed.is_set() and msg.get("op") == "lock":
             self.armed.clear()
+            self.target = msg.get("cmd_id")
+        elif direction == "out" and topic.endswith("/ack") and self.target is not None \
+                and msg.get("cmd_id") == self.target:
+            self.target = None
             self.dropped += 1
             return
         deliver(payload)
