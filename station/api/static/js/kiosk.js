@@ -14,7 +14,7 @@
   // the device credential this screen got by pairing once (ADR 0130); never from the URL
   const token = PS.getToken("kiosk");
   const state = { mode: "code", phoneStep: "phone", phone: "", resetTimer: null, stream: null, lockedUntil: 0,
-                  idleTimer: null, large: false };
+                  idleTimer: null, large: false, largeChosen: false };
   // the station's [kiosk] defaults (GET /api/kiosk/settings); these until it answers
   const settings = { large_text: false, sound: true, speech: true, idle_reset_s: 60, result_reset_s: 90 };
 
@@ -286,14 +286,17 @@
 
   // ---- large text / high contrast, for this visit only ---------------------------------------
 
-  function setLarge(on) {
+  /** `chosen`: the person at the screen switched it for this visit, so the station's default
+   * arriving late (loadSettings answers after the page is up) must not switch it back. */
+  function setLarge(on, chosen = false) {
     state.large = on;
+    state.largeChosen = chosen;
     document.documentElement.classList.toggle("large-text", on);
     $("#large-text").setAttribute("aria-pressed", String(on));
   }
 
   function toggleLarge() {
-    setLarge(!state.large);
+    setLarge(!state.large, true);
     if (state.large) hint("大字高对比已打开。按星号键关闭，按加号键到下一项，按确定键确认。",
                           "Large text and high contrast on. Star turns it off, plus moves to the next control, Enter presses it.");
     else hint("大字已关闭。", "Large text off.");
@@ -419,7 +422,7 @@
     const r = await api(token, "GET", "/api/kiosk/settings");
     if (!r.ok || !r.body) return;   // an older station: the built-in defaults
     Object.assign(settings, r.body);
-    setLarge(settings.large_text);
+    if (!state.largeChosen) setLarge(settings.large_text);
   }
 
   async function startCamera() {
