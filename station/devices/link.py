@@ -287,11 +287,30 @@ class _Device:
     evt_high: int = 0  # the highest evt_seq seen in this boot
     probe_cmd_id: str | None = None  # our last `ping`: its ack is proof of life
     probes: int = 0  # sent for the pending claim
+    echo_at: float | None = None  # when our echo beside the last probe came back
     # round trips of commands acked at the first send (RFC 6298's estimator, Karn's rule),
     # for the time a command waits for its ack before it is sent again (docs/adr/0167)
     srtt: float | None = None
     rttvar: float = 0.0
-    echo_at: float | None = None  # when our echo beside the last probe came back
+
+    def measured(self, rtt: float) -> None:
+        """One round trip of a command acked at its first send."""
+        if self.srtt is None:
+            self.srtt, self.rttvar = rtt, rtt / 2
+        else:
+            self.rttvar = 0.75 * self.rttvar + 0.25 * abs(self.srtt - rtt)
+            self.srtt = 0.875 * self.srtt + 0.125 * rtt
+
+    def retry_after(self, tries: int, ceiling: float) -> float:
+        """How long the `tries`-th send waits for its ack: the smoothed round trip plus four
+        deviations, doubled for each send already unanswered, between MIN_RETRY_S and
+        `ceiling` (`ceiling` until a round trip is known). One command is in flight per
+        device, so a lost ack stalls every command queued behind it for this long; a resend
+        is harmless (the device answers a repeated cmd_id with its first ack)."""
+        if self.srtt is None:
+            return ceiling
+        floor = min(MIN_RETRY_S, ceiling)
+        return min(ceiling, max(floor, self.srtt + 4 * self.rttvar) * 2 ** (tries - 1))
 
 
 class DeviceLink:
@@ -319,7 +338,6 @@ class DeviceLink:
         self.client_id = client_id or f"ps-{self.station_id}-station"
         self._seq = SeqSource(seq_path)
         self.retry_s = retry_s
-        self.min_retry_s = min(MIN_RETRY_S, retry_s)
         self.tick_s = tick_s
         self._lock = threading.RLock()
         self._changed = threading.Condition(self._lock)
@@ -589,7 +607,7 @@ class DeviceLink:
     def _transmit(self, dev: _Device, pending: _Pending) -> None:
         """(Re)send: same cmd_id, seq and expiry every time, a new msg_id."""
         pending.tries += 1
-        pending.next_retry = self._clock.mono() + self._retry_after(dev, pending.tries)
+        pending.next_retry = self._clock.mono() + dev.retry_after(pending.tries, self.retry_s)
         cmd = env.build_command(
             key=self._keys[dev.id], device=dev.id, seq=pending.seq, op=pending.op,
             args=pending.args, ttl_s=0, cmd_id=pending.cmd_id, issued_at=pending.issued_at,
@@ -597,25 +615,6 @@ class DeviceLink:
             mono_issued=pending.mono_issued, mono_expires=pending.deadline,
         )
         self._publish(dev.id, cmd)
-
-    def _retry_after(self, dev: _Device, tries: int) -> float:
-        """How long the `tries`-th send waits for its ack: the device's smoothed round trip
-        plus four deviations, doubled for each send already unanswered, between
-        `min_retry_s` and `retry_s` (`retry_s` until a round trip is known). One command is
-        in flight per device, so a lost ack stalls every command queued behind it for this
-        long; a resend is harmless (the device answers a repeated cmd_id with its first ack)."""
-        if dev.srtt is None:
-            return self.retry_s
-        rto = max(self.min_retry_s, dev.srtt + 4 * dev.rttvar) * 2 ** (tries - 1)
-        return min(self.retry_s, rto)
-
-    @staticmethod
-    def _measure(dev: _Device, rtt: float) -> None:
-        if dev.srtt is None:
-            dev.srtt, dev.rttvar = rtt, rtt / 2
-        else:
-            dev.rttvar = 0.75 * dev.rttvar + 0.25 * abs(dev.srtt - rtt)
-            dev.srtt = 0.875 * dev.srtt + 0.125 * rtt
 
     def _publish(self, device: str, cmd: dict[str, Any]) -> None:
         """Hand a command to paho only while connected: paho would keep it and send it after a
@@ -936,7 +935,7 @@ class DeviceLink:
         if ack.ok:
             dev.inflight = None
             if pending.tries == 1:  # an ack of a resent command may answer any of its sends
-                self._measure(dev, self._clock.mono() - pending.mono_issued)
+                dev.measured(self._clock.mono() - pending.mono_issued)
             self._resolve(dev, pending, "acked", None, ack.result)
         elif ack.reason in TRANSIENT_REASONS or self._resync_expired(pending, ack.reason):
             # the device opens a new time challenge; we answer it (from its state) and retry

@@ -52,33 +52,26 @@ def test_a_lost_ack_is_resent_after_the_round_trip_not_the_ceiling(cfg, secrets,
     assert ack.data["tries"] == 2
 
 
-def _link(retry_s: float = 0.5) -> Any:
-    """Just enough of a link for its retry arithmetic."""
-    link = DeviceLink.__new__(DeviceLink)
-    link.retry_s, link.min_retry_s = retry_s, min(MIN_RETRY_S, retry_s)
-    return link
-
-
 def test_the_retry_waits_the_ceiling_until_a_round_trip_is_known():
-    assert _link(0.5)._retry_after(_Device("door", "door"), 1) == 0.5
+    assert _Device("door", "door").retry_after(1, 0.5) == 0.5
 
 
 def test_the_retry_follows_the_smoothed_round_trip_within_its_bounds():
-    link, dev = _link(0.5), _Device("shelf-1", "shelf")
+    dev = _Device("shelf-1", "shelf")
     for _ in range(50):
-        DeviceLink._measure(dev, 0.005)     # a LAN's 5 ms
-    assert link._retry_after(dev, 1) == MIN_RETRY_S        # never below the floor
+        dev.measured(0.005)     # a LAN's 5 ms
+    assert dev.retry_after(1, 0.5) == MIN_RETRY_S        # never below the floor
     for _ in range(50):
-        DeviceLink._measure(dev, 0.150)     # a slow gateway's 150 ms, steady
-    first = link._retry_after(dev, 1)
+        dev.measured(0.150)     # a slow gateway's 150 ms, steady
+    first = dev.retry_after(1, 0.5)
     assert MIN_RETRY_S < first < 0.5
-    assert link._retry_after(dev, 2) == min(0.5, 2 * first)  # doubled for a send unanswered
-    assert link._retry_after(dev, 5) == 0.5                  # and never above the ceiling
+    assert dev.retry_after(2, 0.5) == min(0.5, 2 * first)  # doubled for a send unanswered
+    assert dev.retry_after(5, 0.5) == 0.5                  # and never above the ceiling
 
 
 def test_a_jittery_link_waits_longer_than_a_steady_one_with_the_same_mean():
-    link, steady, jittery = _link(2.0), _Device("a", "shelf"), _Device("b", "shelf")
+    steady, jittery = _Device("a", "shelf"), _Device("b", "shelf")
     for i in range(100):
-        DeviceLink._measure(steady, 0.060)
-        DeviceLink._measure(jittery, 0.020 if i % 2 else 0.100)
-    assert link._retry_after(jittery, 1) > link._retry_after(steady, 1)
+        steady.measured(0.060)
+        jittery.measured(0.020 if i % 2 else 0.100)
+    assert jittery.retry_after(1, 2.0) > steady.retry_after(1, 2.0)
